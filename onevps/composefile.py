@@ -1,0 +1,80 @@
+"""The one configured ruamel.yaml round-trip editor, and atomic writes.
+
+Compose files are maintained by hand: a load + dump must give back the same
+bytes (comments, key order, quoting, anchors, blank lines, indentation). The
+golden tests hold every compose file in the repository to that.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from .errors import ComposeFileError
+
+
+def yaml() -> YAML:
+    """A round-trip YAML configured for the project's compose style."""
+    y = YAML(typ="rt")
+    y.preserve_quotes = True
+    y.width = 4096  # never re-wrap long lines (healthcheck commands)
+    y.indent(mapping=2, sequence=4, offset=2)
+    return y
+
+
+def loads(text: str, name: str = "<compose>") -> Any:
+    """Parse YAML text; a syntax error names the file and line."""
+    try:
+        data = yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{name} line {mark.line + 1} column {mark.column + 1}" if mark else name
+        problem = (exc.problem or exc.context or "invalid YAML").strip()
+        raise ComposeFileError(f"{where}: {problem}", "fix the YAML by hand (or restore it with git)") from None
+    except YAMLError as exc:
+        raise ComposeFileError(f"{name}: {str(exc).splitlines()[0]}", "fix the YAML by hand (or restore it with git)") from None
+    return data
+
+
+def load(path: Path) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ComposeFileError(f"{path} does not exist", "restore it with `git checkout -- compose/`") from None
+    return loads(text, name=str(path))
+
+
+def dumps(data: Any) -> str:
+    buf = io.StringIO()
+    yaml().dump(data, buf)
+    text = buf.getvalue()
+    return text.rstrip("\n") + "\n"  # exactly one trailing newline
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write text so that readers see the old file or the new one, never half.
+
+    Temp file in the same folder, flush, fsync, keep the mode, os.replace.
+    """
+    path = Path(path)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

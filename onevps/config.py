@@ -1,0 +1,261 @@
+"""Settings: .env -> one frozen, validated object. Errors name the key.
+
+Precedence, as in docker compose: built-in default < .env < environment.
+Every key is declared once in KEYS (name, default, check, help); .env.example
+documents the same keys and a unit test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlparse
+
+from dotenv.parser import parse_stream
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_NAMESPACE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+
+
+# ------------------------------------------------------------ value checks --
+# Each check takes the raw string and returns the parsed value or raises
+# ValueError with a short reason; the caller adds the key and where it came
+# from.
+
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ValueError("must be a port number 1-65535")
+    return int(raw)
+
+
+def _positive_int(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError("must be a whole number of at least 1")
+    return int(raw)
+
+
+def _ip(raw: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(raw))
+    except ValueError:
+        raise ValueError("must be an IPv4 address such as 127.0.0.1 or 0.0.0.0") from None
+
+
+def _network_prefix(raw: str) -> str:
+    parts = raw.split(".")
+    if len(parts) != 3 or not all(p.isdigit() and 0 <= int(p) <= 255 and str(int(p)) == p for p in parts):
+        raise ValueError("must be the first three octets of a /24 network, such as 172.20.0")
+    net = ipaddress.IPv4Network(f"{raw}.0/24")
+    if not net.is_private:
+        raise ValueError("must be a private network (10.x, 172.16-31.x or 192.168.x)")
+    return raw
+
+
+def _domain(raw: str) -> str:
+    value = raw.strip().lower().rstrip(".")
+    labels = value.split(".")
+    if not value or len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError("must be a host name such as localhost or example.com")
+    return value
+
+
+def _project(raw: str) -> str:
+    if not _PROJECT.match(raw):
+        raise ValueError("must be lowercase letters, digits, '-' or '_', starting with a letter or digit")
+    return raw
+
+
+def _namespace(raw: str) -> str:
+    if not _NAMESPACE.match(raw):
+        raise ValueError("must be a lowercase image repository prefix such as onevps")
+    return raw
+
+
+def _url(raw: str) -> str:
+    parsed = urlparse(raw)
+    if parsed.scheme not in ("http", "https", "file") or not (parsed.netloc or parsed.scheme == "file"):
+        raise ValueError("must be an http(s) URL")
+    return raw
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _optional_dir(raw: str) -> str:
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    default: str
+    check: Callable[[str], object]
+    help: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("COMPOSE_PROJECT_NAME", "onevps", _project,
+        "Compose project name: prefixes containers, volumes and the network."),
+    Key("DOMAIN", "localhost", _domain,
+        "Apps answer at <app>.<DOMAIN>; the bare domain shows the index of apps."),
+    Key("BIND_ADDRESS", "127.0.0.1", _ip,
+        "Address nginx publishes its ports on (0.0.0.0 on a server)."),
+    Key("HTTP_PORT", "8080", _port, "Host port for HTTP (80 on a server)."),
+    Key("HTTPS_PORT", "8443", _port, "Host port for HTTPS (443 on a server)."),
+    Key("NETWORK_PREFIX", "172.20.0", _network_prefix,
+        "First three octets of app-network's /24 subnet (static addresses live in it)."),
+    Key("IMAGE_NAMESPACE", "onevps", _namespace,
+        "Prefix of every image built here: <ns>/base, <ns>/ml, <ns>/<app>."),
+    Key("TORCH_INDEX_URL", "https://download.pytorch.org/whl/cpu", _url,
+        "Package index torch's CPU build is installed from (ML tier)."),
+    Key("TORCH_WHEEL_DIR", "", _optional_dir,
+        "Optional folder of local wheels (e.g. torch) used by the ML tier build; adds no layer."),
+    Key("EXTRA_CA_DIR", "", _optional_dir,
+        "Optional folder of extra CA certificates (*.crt) the base tier trusts (TLS-intercepting proxies)."),
+    Key("OLLAMA_MODEL", "llama3.2:1b", _text, "Model the chatbot asks Ollama for."),
+    Key("UP_TIMEOUT", "900", _positive_int,
+        "Seconds `inv up` waits for every container to become healthy."),
+)
+KEY_NAMES = frozenset(k.name for k in KEYS)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Build with `load()`; never mutated."""
+
+    root: Path
+    project_name: str
+    domain: str
+    bind_address: str
+    http_port: int
+    https_port: int
+    network_prefix: str
+    image_namespace: str
+    torch_index_url: str
+    torch_wheel_dir: Path | None
+    extra_ca_dir: Path | None
+    ollama_model: str
+    up_timeout: int
+    env_file: Path | None = None
+    raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def compose_file(self) -> Path:
+        return self.root / "compose" / "docker-compose.yml"
+
+    @property
+    def subnet(self) -> str:
+        return f"{self.network_prefix}.0/24"
+
+    def address(self, host: int) -> str:
+        return f"{self.network_prefix}.{host}"
+
+    def app_url(self, app: str) -> str:
+        port = "" if self.http_port == 80 else f":{self.http_port}"
+        return f"http://{app}.{self.domain}{port}/"
+
+    def compose_env(self) -> dict[str, str]:
+        """The variables compose interpolates, as validated here."""
+        return {k.name: self.raw[k.name] for k in KEYS if k.name in self.raw}
+
+
+def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:
+    """Parse a .env file; a line that does not parse is an error naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", "check the file's permissions") from None
+    values: dict[str, tuple[str, int]] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
+        if binding.error:
+            shown = binding.original.string.strip()[:60]
+            raise ConfigError(
+                f"{path.name} line {line} cannot be parsed: {shown!r}",
+                "write KEY=value, quote values with spaces, see .env.example",
+            )
+        if binding.key is None:
+            continue
+        values[binding.key] = (binding.value or "", line)
+    return values
+
+
+def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
+         env_file: Path | None = None, warn: Callable[[str], None] | None = None) -> Settings:
+    """Read defaults, then .env (if present), then the environment; validate."""
+    root = Path(root) if root else REPO_ROOT
+    environ = os.environ if environ is None else environ
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    env_path = Path(env_file) if env_file else root / ".env"
+    from_file: dict[str, tuple[str, int]] = {}
+    if env_path.exists():
+        from_file = _read_env_file(env_path)
+        for key, (_, line) in from_file.items():
+            if key not in KEY_NAMES and not key.startswith(("VPS_", "APP_", "SSH_")):
+                warn(f"warning: {env_path.name} line {line}: unknown key {key} (ignored; see .env.example)")
+
+    raw: dict[str, str] = {}
+    parsed: dict[str, object] = {}
+    for key in KEYS:
+        if key.name in environ:
+            value, where = environ[key.name], "environment variable"
+        elif key.name in from_file:
+            value, line = from_file[key.name]
+            where = f"{env_path.name} line {line}"
+        else:
+            value, where = key.default, "default"
+        if value == "" and key.default != "":
+            value, where = key.default, "default"
+        try:
+            parsed[key.name] = key.check(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key.name}={value!r} ({where}) {exc}", f"fix {key.name}; see .env.example") from None
+        raw[key.name] = str(parsed[key.name])
+
+    if parsed["HTTP_PORT"] == parsed["HTTPS_PORT"]:
+        raise ConfigError(f"HTTP_PORT and HTTPS_PORT are both {parsed['HTTP_PORT']}",
+                          "give HTTPS_PORT another port")
+
+    def folder(name: str) -> Path | None:
+        value = str(parsed[name])
+        if not value:
+            return None
+        path = Path(value)
+        path = path if path.is_absolute() else root / path
+        if not path.is_dir():
+            raise ConfigError(f"{name}={value!r} is not a folder", f"create it or leave {name} empty")
+        return path
+
+    return Settings(
+        root=root,
+        project_name=str(parsed["COMPOSE_PROJECT_NAME"]),
+        domain=str(parsed["DOMAIN"]),
+        bind_address=str(parsed["BIND_ADDRESS"]),
+        http_port=int(parsed["HTTP_PORT"]),  # type: ignore[arg-type]
+        https_port=int(parsed["HTTPS_PORT"]),  # type: ignore[arg-type]
+        network_prefix=str(parsed["NETWORK_PREFIX"]),
+        image_namespace=str(parsed["IMAGE_NAMESPACE"]),
+        torch_index_url=str(parsed["TORCH_INDEX_URL"]),
+        torch_wheel_dir=folder("TORCH_WHEEL_DIR"),
+        extra_ca_dir=folder("EXTRA_CA_DIR"),
+        ollama_model=str(parsed["OLLAMA_MODEL"]),
+        up_timeout=int(parsed["UP_TIMEOUT"]),  # type: ignore[arg-type]
+        env_file=env_path if env_path.exists() else None,
+        raw=raw,
+    )

@@ -1,0 +1,40 @@
+"""User-facing errors: one clear line, no traceback.
+
+OnevpsError subclasses invoke's Exit, so raising it from any task makes
+invoke print the message to stderr and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+from invoke.exceptions import Exit
+
+
+class OnevpsError(Exit):
+    """What failed, and what to do about it, in one line."""
+
+    def __init__(self, what: str, hint: str | None = None, code: int = 1):
+        self.what = what
+        self.hint = hint
+        line = f"error: {what}"
+        if hint:
+            line += f" (hint: {hint})"
+        super().__init__(message=line, code=code)
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.message
+
+
+class ConfigError(OnevpsError):
+    """A missing or malformed setting; the message names the key."""
+
+
+class ComposeFileError(OnevpsError):
+    """The compose file cannot be read or does not describe a valid stack."""
+
+
+class CommandFailed(OnevpsError):
+    """An external command (docker, compose, ssh) failed."""
+
+    def __init__(self, what: str, hint: str | None = None, code: int = 1, output: str = ""):
+        super().__init__(what, hint, code)
+        self.output = output

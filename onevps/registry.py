@@ -1,0 +1,186 @@
+"""The app registry, read from the compose file (the one source of truth).
+
+An app is a compose service carrying the label `onevps.tier` (base or ml).
+Its static address is `${NETWORK_PREFIX:-172.20.0}.<host>` on app-network.
+nginx routes, the index page and every task's notion of "the apps" come from
+here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import composefile
+from .errors import ComposeFileError, OnevpsError
+
+NETWORK = "app-network"
+TIERS = ("base", "ml")
+TIER_LABEL = "onevps.tier"
+
+# Shared services and their fixed host numbers on app-network.
+SHARED = {"nginx": 2, "chromadb": 3, "redis": 4, "ollama": 5}
+# Services that build image tiers; never run.
+TIER_SERVICES = {"base": "base-tier", "ml": "ml-tier"}
+
+# Address pools (last octet). Base apps start at .10, ML apps at .20; the
+# base pool continues at .30 so that 15+ base apps never collide with ML.
+# .128-.254 stay free for deploy slots.
+POOLS: dict[str, tuple[int, ...]] = {
+    "base": tuple(range(10, 20)) + tuple(range(30, 100)),
+    "ml": tuple(range(20, 30)),
+}
+
+# Names an app may not take: shared services, tier builders, and names that
+# would be confusing as a subdomain or image name.
+RESERVED = frozenset(SHARED) | frozenset(TIER_SERVICES.values()) | frozenset(
+    {"base", "ml", "www", "localhost", "default", "app", "apps", "onevps", "tiers"}
+)
+
+DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ADDRESS = re.compile(r"^\$\{NETWORK_PREFIX(?::?-[0-9.]*)?\}\.(\d{1,3})$")
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be an app name, or None when it can."""
+    if not name:
+        return "an app name cannot be empty"
+    if len(name) > 63:
+        return f"app name {name!r} is {len(name)} characters long; at most 63 fit in a DNS label"
+    if name != name.lower():
+        return f"app name {name!r} has uppercase letters; use lowercase (DNS names are lowercase)"
+    if "_" in name:
+        return f"app name {name!r} has '_'; use '-' (it must be a DNS label)"
+    if name[0].isdigit() or name[0] == "-":
+        return f"app name {name!r} must start with a letter"
+    if name.endswith("-"):
+        return f"app name {name!r} must not end with '-'"
+    if not DNS_LABEL.match(name):
+        return f"app name {name!r} may hold only a-z, 0-9 and '-' (a DNS label)"
+    if name in RESERVED:
+        return f"app name {name!r} is reserved (shared service or tool name)"
+    return None
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    tier: str
+    host: int  # last octet of the static address
+
+    def address(self, network_prefix: str) -> str:
+        return f"{network_prefix}.{self.host}"
+
+    @property
+    def folder(self) -> str:
+        return f"apps/{self.name}"
+
+
+@dataclass(frozen=True)
+class Registry:
+    apps: tuple[App, ...]
+    services: tuple[str, ...]  # every service name in the compose file
+    hosts: dict[str, int]  # every service with a static address -> host
+
+    def get(self, name: str) -> App:
+        for app in self.apps:
+            if app.name == name:
+                return app
+        known = ", ".join(a.name for a in self.apps) or "none"
+        raise OnevpsError(f"unknown app {name!r}", f"known apps: {known}")
+
+    def names(self) -> list[str]:
+        return [a.name for a in self.apps]
+
+    def by_tier(self, tier: str) -> list[App]:
+        return [a for a in self.apps if a.tier == tier]
+
+    def next_free_host(self, tier: str) -> int | None:
+        taken = set(self.hosts.values())
+        for host in POOLS[tier]:
+            if host not in taken:
+                return host
+        return None
+
+
+def _static_host(name: str, service: Any) -> int | None:
+    networks = service.get("networks") if isinstance(service, dict) else None
+    if not isinstance(networks, dict) or not isinstance(networks.get(NETWORK), dict):
+        return None
+    raw = networks[NETWORK].get("ipv4_address")
+    if raw is None:
+        return None
+    match = _ADDRESS.match(str(raw))
+    if not match or not 1 <= int(match.group(1)) <= 254:
+        raise ComposeFileError(
+            f"service {name}: ipv4_address {raw!r} is not of the form ${{NETWORK_PREFIX:-172.20.0}}.N",
+            "write the address as ${NETWORK_PREFIX:-172.20.0}.N with N from its tier's pool",
+        )
+    return int(match.group(1))
+
+
+def from_data(data: Any, name: str = "compose file") -> Registry:
+    if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
+        raise ComposeFileError(f"{name} has no `services:` mapping", "restore it with git")
+    apps: list[App] = []
+    hosts: dict[str, int] = {}
+    for svc_name, service in data["services"].items():
+        svc_name = str(svc_name)
+        if not isinstance(service, dict):
+            raise ComposeFileError(f"{name}: service {svc_name} is not a mapping", "fix it by hand")
+        host = _static_host(svc_name, service)
+        if host is not None:
+            hosts[svc_name] = host
+        labels = service.get("labels") or {}
+        if isinstance(labels, list):  # ["key=value", ...] form
+            labels = dict(str(item).split("=", 1) for item in labels if "=" in str(item))
+        tier = labels.get(TIER_LABEL) if isinstance(labels, dict) else None
+        if tier is None:
+            continue
+        if tier not in TIERS:
+            raise ComposeFileError(
+                f"{name}: app {svc_name} has {TIER_LABEL}={tier!r}", "use base or ml"
+            )
+        if host is None:
+            raise ComposeFileError(
+                f"{name}: app {svc_name} has no static address on {NETWORK}",
+                f"add networks: {{{NETWORK}: {{ipv4_address: ...}}}}",
+            )
+        apps.append(App(name=svc_name, tier=str(tier), host=host))
+    return Registry(apps=tuple(apps), services=tuple(str(s) for s in data["services"]), hosts=hosts)
+
+
+def load(compose_file: Path) -> Registry:
+    return from_data(composefile.load(compose_file), name=str(compose_file))
+
+
+def problems(registry: Registry) -> list[str]:
+    """Everything wrong with the registry itself (addresses, names, pools)."""
+    found: list[str] = []
+    by_host: dict[int, list[str]] = {}
+    for svc, host in registry.hosts.items():
+        by_host.setdefault(host, []).append(svc)
+    for host, names in sorted(by_host.items()):
+        if len(names) > 1:
+            found.append(f"address .{host} is used by {', '.join(names)}")
+    for svc, host in SHARED.items():
+        if svc not in registry.services:
+            found.append(f"shared service {svc} is missing from the compose file")
+        elif registry.hosts.get(svc) != host:
+            found.append(f"shared service {svc} must be at .{host}, found .{registry.hosts.get(svc)}")
+    for app in registry.apps:
+        problem = name_problem(app.name)
+        if problem:
+            found.append(problem)
+        if app.host not in POOLS[app.tier]:
+            found.append(f"app {app.name} ({app.tier}) is at .{app.host}, outside the {app.tier} pool")
+    return found
+
+
+def app_dirs(root: Path) -> Iterable[str]:
+    apps = root / "apps"
+    if not apps.is_dir():
+        return []
+    return sorted(p.name for p in apps.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))

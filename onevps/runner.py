@@ -1,0 +1,91 @@
+"""The one place commands run: locally (invoke Context) or on the server
+(fabric Connection, a Context subclass). argv lists are quoted here, and
+only here. A failing command becomes one clear error naming the step.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from invoke.context import Context
+
+from . import commands
+from .errors import CommandFailed, OnevpsError
+
+_TAIL_LINES = 20
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    exited: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+
+def _tail(text: str, lines: int = _TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+@dataclass
+class Runner:
+    ctx: Context
+    env: Mapping[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+    echo: bool = False
+    out: object = sys.stdout
+
+    def say(self, message: str) -> None:
+        print(message, file=self.out, flush=True)  # type: ignore[arg-type]
+
+    def run(self, argv: Sequence[str], step: str, *, hide: bool = True, check: bool = True,
+            hint: str | None = None, env: Mapping[str, str] | None = None,
+            mutates: bool = True) -> Result:
+        """Run argv; raise CommandFailed naming `step` when it fails and check is set.
+
+        hide=False streams the output (long builds show their progress).
+        With dry_run, commands that change something are printed, not run.
+        """
+        argv = [str(a) for a in argv]
+        command = shlex.join(argv)
+        if self.dry_run and mutates:
+            self.say(f"[dry-run] {command}")
+            return Result(argv, 0, "", "")
+        if self.echo:
+            self.say(f"$ {command}")
+        merged = {**self.env, **(env or {})}
+        try:
+            res = self.ctx.run(command, env=merged, hide=hide, warn=True, in_stream=False, pty=False)
+        except OSError as exc:  # the program itself cannot start
+            raise CommandFailed(f"{step}: cannot run {argv[0]}: {exc.strerror}", hint) from None
+        result = Result(argv, res.exited, res.stdout or "", res.stderr or "")
+        if check and not result.ok:
+            detail = _tail(result.stderr or result.stdout) if hide else ""
+            what = f"{step} failed (exit {result.exited}): {command}"
+            if detail:
+                what += "\n" + "\n".join("    " + line for line in detail.splitlines())
+            raise CommandFailed(what, hint, output=result.stdout + result.stderr)
+        return result
+
+
+def require_docker(runner: Runner) -> None:
+    """Docker client, engine and Compose v2 must answer; one clear line if not."""
+    if shutil.which("docker") is None:
+        raise OnevpsError("the docker command is not installed",
+                          "install Docker Engine and the Compose v2 plugin (see README, Prerequisites)")
+    info = runner.run(commands.docker_info(), "docker info", check=False, mutates=False)
+    if not info.ok:
+        raise OnevpsError("the Docker engine is not reachable (`docker info` failed)",
+                          "start it, e.g. `sudo systemctl start docker`, and check you may use it")
+    version = runner.run(commands.compose_version(), "docker compose version", check=False, mutates=False)
+    if not version.ok:
+        raise OnevpsError("Docker Compose v2 is missing (`docker compose version` failed)",
+                          "install the docker-compose-plugin package (see README, Prerequisites)")

@@ -1,0 +1,224 @@
+"""Recipes for the local stack: build tiers and apps, up, down, status.
+
+Each recipe reads like a list of named steps; every command comes from
+onevps.commands and runs through onevps.runner.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from invoke.context import Context
+
+from . import commands, nginx, registry as registry_mod, tiers
+from .config import Settings
+from .errors import CommandFailed, OnevpsError
+from .registry import SHARED, Registry
+from .runner import Runner, require_docker
+
+
+def compose_env(settings: Settings) -> dict[str, str]:
+    """Everything compose interpolates: validated settings + tier tags."""
+    return {**settings.compose_env(), **tiers.tag_env(settings), "COMPOSE_BAKE": "false"}
+
+
+def make_runner(ctx: Context, settings: Settings, dry_run: bool = False) -> Runner:
+    """A runner whose environment carries the settings and tier tags.
+
+    Outside build inputs are staged first, so the tags cover them.
+    """
+    for tier in tiers.TIER_ORDER:
+        staged = tiers.stage_inputs(settings, tier)
+        if staged:
+            print(f"==> staged for the {tier} tier: {', '.join(staged)}")
+    return Runner(ctx, env=compose_env(settings), dry_run=dry_run)
+
+
+def load_registry(settings: Settings) -> Registry:
+    return registry_mod.load(settings.compose_file)
+
+
+# ------------------------------------------------------------------ images --
+
+def image_labels(runner: Runner, ref: str) -> dict[str, str] | None:
+    """The image's labels, or None when the image does not exist."""
+    res = runner.run(commands.image_labels(ref), f"inspect {ref}", check=False, mutates=False)
+    if not res.ok:
+        return None
+    return json.loads(res.stdout or "null") or {}
+
+
+def build_tier(runner: Runner, settings: Settings, tier: str) -> None:
+    if tier == "ml":
+        ensure_tier(runner, settings, "base")
+    ref = tiers.tier_image(settings, tier)
+    runner.say(f"==> building the {tier} tier: {ref}")
+    runner.run(commands.build_tier(settings, tier), f"build the {tier} tier", hide=False,
+               hint=f"read the build output above; fix dockerfiles/{tier}/ and run `inv build-{tier}`")
+
+
+def ensure_tier(runner: Runner, settings: Settings, tier: str) -> bool:
+    """Build the tier when its content-tagged image is missing. True if built."""
+    if tier == "ml":
+        ensure_tier(runner, settings, "base")
+    if image_labels(runner, tiers.tier_image(settings, tier)) is not None:
+        return False
+    build_tier(runner, settings, tier)
+    return True
+
+
+def build_apps(runner: Runner, settings: Settings, reg: Registry, names: Sequence[str],
+               no_cache: bool = False) -> None:
+    if not names:
+        return
+    for tier in tiers.TIER_ORDER:
+        if any(reg.get(n).tier == tier for n in names):
+            ensure_tier(runner, settings, tier)
+    runner.say(f"==> building app images: {', '.join(names)}")
+    runner.run(commands.build_apps(settings, names, no_cache=no_cache), "build app images", hide=False,
+               hint="read the build output above; fix the app and run `inv build --app NAME`")
+
+
+def build_all(runner: Runner, settings: Settings, reg: Registry) -> None:
+    """Every image, in tier order: base -> ml -> apps."""
+    build_tier(runner, settings, "base")
+    build_tier(runner, settings, "ml")
+    build_apps(runner, settings, reg, reg.names())
+
+
+def stale_apps(runner: Runner, settings: Settings, reg: Registry) -> list[str]:
+    """Apps whose image is missing or was built on another tier version."""
+    stale = []
+    for app in reg.apps:
+        labels = image_labels(runner, tiers.image(settings, app.name))
+        if labels is None or labels.get("onevps.tier.image") != tiers.tier_image(settings, app.tier):
+            stale.append(app.name)
+    return stale
+
+
+# ------------------------------------------------------------------- state --
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    tier: str
+    address: str
+    url: str
+    state: str
+
+
+def _parse_ps(text: str) -> dict[str, dict]:
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("["):
+        items = json.loads(text)
+    else:
+        items = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return {item.get("Service", ""): item for item in items}
+
+
+def _state(item: dict | None) -> str:
+    if not item:
+        return "not created"
+    state = item.get("State", "?")
+    health = item.get("Health") or ""
+    if state == "exited":
+        return f"exited ({item.get('ExitCode', '?')})"
+    return f"{state} ({health})" if health else state
+
+
+def containers(runner: Runner, settings: Settings) -> dict[str, dict]:
+    res = runner.run(commands.ps(settings), "list containers", mutates=False)
+    return _parse_ps(res.stdout)
+
+
+def rows(settings: Settings, reg: Registry, ps: dict[str, dict]) -> list[Row]:
+    port = "" if settings.http_port == 80 else f":{settings.http_port}"
+    out = [
+        Row("nginx", "-", settings.address(SHARED["nginx"]), f"http://{settings.domain}{port}/", _state(ps.get("nginx"))),
+    ]
+    for svc in ("chromadb", "redis", "ollama"):
+        out.append(Row(svc, "-", settings.address(SHARED[svc]), "(internal)", _state(ps.get(svc))))
+    for app in reg.apps:
+        out.append(Row(app.name, app.tier, app.address(settings.network_prefix), settings.app_url(app.name),
+                       _state(ps.get(app.name))))
+    return out
+
+
+def table(items: Iterable[Row]) -> str:
+    header = ("APP", "TIER", "ADDRESS", "URL", "STATE")
+    body = [(r.name, r.tier, r.address, r.url, r.state) for r in items]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in (header, *body)]
+    return "\n".join(lines)
+
+
+def unhealthy(ps: dict[str, dict], services: Iterable[str]) -> list[str]:
+    bad = []
+    for svc in services:
+        item = ps.get(svc)
+        if not item or item.get("State") != "running" or item.get("Health") not in (None, "", "healthy"):
+            bad.append(svc)
+    return bad
+
+
+# ----------------------------------------------------------------- recipes --
+
+def check_routes(settings: Settings, reg: Registry) -> None:
+    drift = nginx.drift(settings.root, reg)
+    if drift:
+        raise OnevpsError(f"nginx routes drifted from the compose file: {'; '.join(drift)}",
+                          "run `inv routes` to regenerate them, then `inv check`")
+
+
+def up(runner: Runner, settings: Settings, reg: Registry, rebuild: bool = False) -> list[Row]:
+    """Build what is missing, start everything, wait until healthy."""
+    require_docker(runner)
+    problems = registry_mod.problems(reg)
+    if problems:
+        raise OnevpsError(f"the compose file is inconsistent: {'; '.join(problems)}", "fix it, then `inv check`")
+    check_routes(settings, reg)
+    for tier in tiers.TIER_ORDER:
+        ensure_tier(runner, settings, tier)
+    todo = reg.names() if rebuild else stale_apps(runner, settings, reg)
+    build_apps(runner, settings, reg, todo)
+    runner.say(f"==> starting {len(reg.apps)} apps and {len(SHARED)} shared services "
+               f"(waiting up to {settings.up_timeout}s for health checks)")
+    services = list(SHARED) + reg.names()
+    try:
+        runner.run(commands.up(settings, services), "start the stack", hide=False)
+    except CommandFailed as exc:
+        ps = containers(runner, settings)
+        bad = unhealthy(ps, services)
+        runner.say(table(rows(settings, reg, ps)))
+        for svc in bad[:5]:
+            res = runner.run(commands.logs(settings, [svc], tail=15), f"logs of {svc}", check=False, mutates=False)
+            runner.say(f"--- last log lines of {svc} ---\n{res.stdout.strip() or '(no output)'}")
+        raise OnevpsError(f"the stack did not become healthy: {', '.join(bad) or 'see above'}",
+                          "read the log lines above; `inv logs --app NAME` shows more") from exc
+    return rows(settings, reg, containers(runner, settings))
+
+
+def status(runner: Runner, settings: Settings, reg: Registry) -> list[Row]:
+    require_docker(runner)
+    return rows(settings, reg, containers(runner, settings))
+
+
+def restart(runner: Runner, settings: Settings, reg: Registry, app: str) -> None:
+    require_docker(runner)
+    reg.get(app)
+    runner.say(f"==> restarting {app}")
+    runner.run(commands.restart(settings, [app]), f"restart {app}")
+    runner.run(commands.up(settings, [app]) , f"wait for {app} to be healthy", hide=False,
+               hint=f"`inv logs --app {app}` shows why")
+
+
+def service_names(reg: Registry, app: str | None) -> list[str]:
+    if app is None:
+        return []
+    if app in SHARED:
+        return [app]
+    return [reg.get(app).name]

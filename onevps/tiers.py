@@ -1,0 +1,93 @@
+"""Image tiers: content tags and build inputs.
+
+A tier's content tag is `c-` + the first 12 hex digits of a SHA-256 over
+its build inputs (Dockerfile, requirements.txt, extra CA certificates for
+the base tier; the ML tier also covers the base tag it is built on). A tier
+change is visible as a new tag; an app image's label `onevps.tier.image`
+names the tag it was built on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from .config import Settings
+from .errors import OnevpsError
+
+TIER_ORDER = ("base", "ml")
+
+
+def tier_dir(settings: Settings, tier: str) -> Path:
+    return settings.root / "dockerfiles" / tier
+
+
+def _inputs(folder: Path, tier: str) -> list[Path]:
+    files = [folder / "Dockerfile", folder / "requirements.txt"]
+    if tier == "base":
+        files += sorted((folder / "extra-ca").glob("*.crt"))
+    return files
+
+
+def content_tag(settings: Settings, tier: str) -> str:
+    folder = tier_dir(settings, tier)
+    digest = hashlib.sha256()
+    for path in _inputs(folder, tier):
+        if not path.is_file():
+            raise OnevpsError(f"tier {tier}: {path.relative_to(settings.root)} is missing",
+                              "restore it with `git checkout -- dockerfiles/`")
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    if tier == "ml":
+        digest.update(content_tag(settings, "base").encode())
+    return "c-" + digest.hexdigest()[:12]
+
+
+def image(settings: Settings, name: str, tag: str = "latest") -> str:
+    return f"{settings.image_namespace}/{name}:{tag}"
+
+
+def tier_image(settings: Settings, tier: str) -> str:
+    """The content-tagged reference of a tier image (what apps build FROM)."""
+    return image(settings, tier, content_tag(settings, tier))
+
+
+def tag_env(settings: Settings) -> dict[str, str]:
+    """Variables the compose file uses to name tier tags."""
+    return {"BASE_TAG": content_tag(settings, "base"), "ML_TAG": content_tag(settings, "ml")}
+
+
+def _link_or_copy(src: Path, dst: Path) -> bool:
+    """Place src at dst (hard link when possible); True when dst changed."""
+    if dst.exists() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
+        return False
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return True
+
+
+def stage_inputs(settings: Settings, tier: str) -> list[str]:
+    """Copy optional outside inputs into the tier's build context.
+
+    EXTRA_CA_DIR/*.crt -> dockerfiles/base/extra-ca/, TORCH_WHEEL_DIR/*.whl ->
+    dockerfiles/ml/wheels/ (git-ignored). Engines older than BuildKit 0.10
+    cannot take extra named build contexts, so the inputs are staged.
+    """
+    staged: list[str] = []
+    if tier == "base" and settings.extra_ca_dir:
+        target = tier_dir(settings, "base") / "extra-ca"
+        for crt in sorted(settings.extra_ca_dir.glob("*.crt")):
+            if _link_or_copy(crt, target / crt.name):
+                staged.append(f"extra-ca/{crt.name}")
+    if tier == "ml" and settings.torch_wheel_dir:
+        target = tier_dir(settings, "ml") / "wheels"
+        for whl in sorted(settings.torch_wheel_dir.glob("*.whl")):
+            if _link_or_copy(whl, target / whl.name):
+                staged.append(f"wheels/{whl.name}")
+    return staged

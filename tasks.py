@@ -1,0 +1,113 @@
+"""onevps tasks for your own machine: `inv --list` shows them all.
+
+Thin on purpose: each task loads the settings, picks a recipe from the
+onevps package and prints its result. User errors print one line and exit
+non-zero (onevps.errors.OnevpsError is an invoke Exit).
+"""
+
+from invoke import task
+
+from onevps import checks, commands, config, nginx, stack
+from onevps.errors import OnevpsError
+from onevps.runner import require_docker
+
+
+def _setup(c):
+    settings = config.load()
+    return settings, stack.load_registry(settings), stack.make_runner(c, settings)
+
+
+@task
+def build_base(c):
+    """Build the base tier image (python:3.11-slim + fastapi, uvicorn, httpx, ...)."""
+    settings, _, runner = _setup(c)
+    require_docker(runner)
+    stack.build_tier(runner, settings, "base")
+
+
+@task
+def build_ml(c):
+    """Build the ML tier image (base tier + torch CPU, sentence-transformers, ...)."""
+    settings, _, runner = _setup(c)
+    require_docker(runner)
+    stack.build_tier(runner, settings, "ml")
+
+
+@task(help={"app": "Build only this app's image (its tier is built first if missing).",
+            "no-cache": "With --app: rebuild the app layer without the build cache."})
+def build(c, app=None, no_cache=False):
+    """Build images in tier order: base -> ml -> every app (or just --app NAME)."""
+    settings, reg, runner = _setup(c)
+    require_docker(runner)
+    if app:
+        stack.build_apps(runner, settings, reg, [reg.get(app).name], no_cache=no_cache)
+    else:
+        stack.build_all(runner, settings, reg)
+
+
+@task(help={"build": "Rebuild every app image first (tiers are rebuilt only when they changed)."})
+def up(c, build=False):
+    """Start the whole stack, build what is missing, wait until healthy, print the URLs."""
+    settings, reg, runner = _setup(c)
+    rows = stack.up(runner, settings, reg, rebuild=build)
+    print(stack.table(rows))
+
+
+@task(help={"volumes": "Also delete the data volumes (Redis, ChromaDB, Ollama, certificates). Data is lost."})
+def down(c, volumes=False):
+    """Stop and remove the stack's containers (data volumes are kept)."""
+    settings, _, runner = _setup(c)
+    require_docker(runner)
+    runner.run(commands.down(settings, volumes=volumes), "stop the stack", hide=False)
+
+
+@task
+def status(c):
+    """Show every app and shared service: tier, address, URL, state."""
+    settings, reg, runner = _setup(c)
+    print(stack.table(stack.status(runner, settings, reg)))
+
+
+@task(help={"app": "Only this app or shared service (default: all).",
+            "follow": "Keep printing new lines (Ctrl-C to stop).",
+            "tail": "How many recent lines to show per container (default 100)."})
+def logs(c, app=None, follow=False, tail=100):
+    """Show container logs."""
+    settings, reg, runner = _setup(c)
+    require_docker(runner)
+    runner.run(commands.logs(settings, stack.service_names(reg, app), follow=follow, tail=int(tail)),
+               "show logs", hide=False, mutates=False)
+
+
+@task(help={"app": "The app to restart (required)."})
+def restart(c, app=None):
+    """Restart one app's container and wait until it is healthy again."""
+    if not app:
+        raise OnevpsError("no app given", "use `inv restart --app NAME`")
+    settings, reg, runner = _setup(c)
+    stack.restart(runner, settings, reg, app)
+
+
+@task
+def routes(c):
+    """Regenerate the nginx routes and index page from the compose file's apps."""
+    settings = config.load()
+    changed = nginx.write(settings.root, stack.load_registry(settings))
+    print("\n".join(f"wrote {p}" for p in changed) or "nginx routes already up to date")
+
+
+@task
+def check(c):
+    """Check that apps/, the compose file and nginx agree and addresses are unique."""
+    settings = config.load()
+    print(checks.run(settings))
+
+
+@task(help={"show-defaults": "Also list keys left at their default."})
+def settings(c, show_defaults=False):
+    """Print the effective settings (.env + environment + defaults)."""
+    s = config.load()
+    for key in config.KEYS:
+        value = s.raw.get(key.name, "")
+        if show_defaults or value != key.default:
+            print(f"{key.name}={value}")
