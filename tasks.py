@@ -38,9 +38,10 @@ def build_ml(c):
 def build(c, app=None, no_cache=False):
     """Build images in tier order: base -> ml -> every app (or just --app NAME)."""
     settings, reg, runner = _setup(c)
+    names = [reg.get(app).name] if app else None
     require_docker(runner)
-    if app:
-        stack.build_apps(runner, settings, reg, [reg.get(app).name], no_cache=no_cache)
+    if names:
+        stack.build_apps(runner, settings, reg, names, no_cache=no_cache)
     else:
         stack.build_all(runner, settings, reg)
 
@@ -90,10 +91,12 @@ def restart(c, app=None):
 
 @task
 def routes(c):
-    """Regenerate the nginx routes and index page from the compose file's apps."""
-    settings = config.load()
-    changed = nginx.write(settings.root, stack.load_registry(settings))
+    """Regenerate the nginx routes and index page from the compose file's apps; reload a running nginx."""
+    settings, reg, runner = _setup(c)
+    changed = nginx.write(settings.root, reg)
     print("\n".join(f"wrote {p}" for p in changed) or "nginx routes already up to date")
+    if changed and stack.reload_nginx(runner, settings):
+        print("nginx: new routes tested with `nginx -t` and reloaded")
 
 
 @task

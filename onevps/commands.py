@@ -86,3 +86,8 @@ def docker_info() -> list[str]:
 
 def compose_version() -> list[str]:
     return docker("compose", "version", "--short")
+
+
+def exec_in(settings: Settings, service: str, argv: Sequence[str]) -> list[str]:
+    """`docker compose exec -T SERVICE ARGV...` (no TTY: works without a terminal)."""
+    return compose(settings, "exec", "-T", service, *argv)

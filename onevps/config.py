@@ -202,6 +202,7 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
     root = Path(root) if root else REPO_ROOT
     environ = os.environ if environ is None else environ
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    env_file = env_file or environ.get("ONEVPS_ENV_FILE") or None
     env_path = Path(env_file) if env_file else root / ".env"
     from_file: dict[str, tuple[str, int]] = {}
     if env_path.exists():

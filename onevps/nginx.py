@@ -112,3 +112,34 @@ def write(root: Path, registry: Registry) -> list[Path]:
             atomic_write(path, text)
             changed.append(rel)
     return changed
+
+
+# Run inside the nginx container (`sh -c`): render templates/*.template like
+# the image's entrypoint does, swap them into conf.d, test with `nginx -t`,
+# and reload only when the test passes. A failing test puts the old conf.d
+# back untouched, so a bad route never takes nginx down.
+RELOAD_SCRIPT = r"""
+set -eu
+new=$(mktemp -d); old=$(mktemp -d)
+trap 'rm -rf "$new" "$old"' EXIT
+defined_envs=$(printf '${%s} ' $(env | cut -d= -f1))
+for t in /etc/nginx/templates/*.template; do
+    envsubst "$defined_envs" < "$t" > "$new/$(basename "$t" .template)"
+done
+cp -a /etc/nginx/conf.d/. "$old/"
+rm -f /etc/nginx/conf.d/*.conf
+cp -a "$new/." /etc/nginx/conf.d/
+if ! nginx -t 2>"$new/.nginx-t"; then
+    rm -f /etc/nginx/conf.d/*.conf
+    cp -a "$old/." /etc/nginx/conf.d/
+    echo "nginx -t rejected the new configuration; the old one stays:" >&2
+    cat "$new/.nginx-t" >&2
+    exit 3
+fi
+nginx -s reload
+echo "nginx configuration tested and reloaded"
+"""
+
+
+def reload_argv() -> list[str]:
+    return ["sh", "-c", RELOAD_SCRIPT]

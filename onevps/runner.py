@@ -41,10 +41,10 @@ class Runner:
     env: Mapping[str, str] = field(default_factory=dict)
     dry_run: bool = False
     echo: bool = False
-    out: object = sys.stdout
+    out: object = None  # default: sys.stdout at the time of printing
 
     def say(self, message: str) -> None:
-        print(message, file=self.out, flush=True)  # type: ignore[arg-type]
+        print(message, file=self.out or sys.stdout, flush=True)  # type: ignore[arg-type]
 
     def run(self, argv: Sequence[str], step: str, *, hide: bool = True, check: bool = True,
             hint: str | None = None, env: Mapping[str, str] | None = None,

@@ -21,7 +21,7 @@ from .runner import Runner, require_docker
 
 def compose_env(settings: Settings) -> dict[str, str]:
     """Everything compose interpolates: validated settings + tier tags."""
-    return {**settings.compose_env(), **tiers.tag_env(settings), "COMPOSE_BAKE": "false"}
+    return {**settings.compose_env(), **tiers.tag_env(settings)}
 
 
 def make_runner(ctx: Context, settings: Settings, dry_run: bool = False) -> Runner:
@@ -199,7 +199,27 @@ def up(runner: Runner, settings: Settings, reg: Registry, rebuild: bool = False)
             runner.say(f"--- last log lines of {svc} ---\n{res.stdout.strip() or '(no output)'}")
         raise OnevpsError(f"the stack did not become healthy: {', '.join(bad) or 'see above'}",
                           "read the log lines above; `inv logs --app NAME` shows more") from exc
+    reload_nginx(runner, settings)  # picks up route changes in a running nginx
     return rows(settings, reg, containers(runner, settings))
+
+
+def nginx_running(runner: Runner, settings: Settings) -> bool:
+    res = runner.run(commands.ps(settings), "list containers", check=False, mutates=False)
+    item = _parse_ps(res.stdout).get("nginx") if res.ok else None
+    return bool(item) and item.get("State") == "running"
+
+
+def reload_nginx(runner: Runner, settings: Settings) -> bool:
+    """Re-render nginx's config in the running container, `nginx -t`, reload.
+
+    Returns False when nginx is not running (it renders at start). A failing
+    `nginx -t` keeps the old configuration and raises.
+    """
+    if not nginx_running(runner, settings):
+        return False
+    runner.run(commands.exec_in(settings, "nginx", nginx.reload_argv()), "test and reload nginx",
+               hint="the old nginx configuration is still serving; fix the route and run `inv routes`")
+    return True
 
 
 def status(runner: Runner, settings: Settings, reg: Registry) -> list[Row]:
@@ -208,8 +228,8 @@ def status(runner: Runner, settings: Settings, reg: Registry) -> list[Row]:
 
 
 def restart(runner: Runner, settings: Settings, reg: Registry, app: str) -> None:
-    require_docker(runner)
     reg.get(app)
+    require_docker(runner)
     runner.say(f"==> restarting {app}")
     runner.run(commands.restart(settings, [app]), f"restart {app}")
     runner.run(commands.up(settings, [app]) , f"wait for {app} to be healthy", hide=False,

@@ -1,7 +1,7 @@
 """Image tiers: content tags and build inputs.
 
 A tier's content tag is `c-` + the first 12 hex digits of a SHA-256 over
-its build inputs (Dockerfile, requirements.txt, extra CA certificates for
+its build inputs (Dockerfile, requirements.txt, constraints.txt, extra CA certificates for
 the base tier; the ML tier also covers the base tag it is built on). A tier
 change is visible as a new tag; an app image's label `onevps.tier.image`
 names the tag it was built on.
@@ -25,7 +25,7 @@ def tier_dir(settings: Settings, tier: str) -> Path:
 
 
 def _inputs(folder: Path, tier: str) -> list[Path]:
-    files = [folder / "Dockerfile", folder / "requirements.txt"]
+    files = [folder / "Dockerfile", folder / "requirements.txt", folder / "constraints.txt"]
     if tier == "base":
         files += sorted((folder / "extra-ca").glob("*.crt"))
     return files

@@ -20,7 +20,7 @@ Environment:
     CHROMA_TOKEN     optional; sent as "Authorization: Bearer <token>" and "X-Chroma-Token"
     CHROMA_TENANT    default default_tenant
     CHROMA_DATABASE  default default_database
-    KB_COLLECTION    default "kb"
+    KB_COLLECTION    default "kb-documents" (Chroma wants 3-512 characters)
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def chroma_url() -> str:
 
 
 def collection_name() -> str:
-    return os.getenv("KB_COLLECTION", "kb")
+    return os.getenv("KB_COLLECTION", "kb-documents")
 
 
 def chroma_headers() -> dict[str, str]:

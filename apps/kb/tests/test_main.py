@@ -130,7 +130,7 @@ def test_health_is_local(client, fake):
 def test_index(client):
     data = client.get("/").json()
     assert data["app"] == "kb"
-    assert data["collection"] == "kb"
+    assert data["collection"] == "kb-documents"
     assert data["embedding"]["dimension"] == 256
 
 
@@ -146,9 +146,9 @@ def test_add_search_count_roundtrip(client, fake):
             body["metadata"] = meta
         r = client.post("/documents", json=body)
         assert r.status_code == 201, r.text
-        assert r.json() == {"id": doc_id, "collection": "kb", "dimension": 256}
+        assert r.json() == {"id": doc_id, "collection": "kb-documents", "dimension": 256}
 
-    assert client.get("/documents/count").json() == {"collection": "kb", "count": 3}
+    assert client.get("/documents/count").json() == {"collection": "kb-documents", "count": 3}
 
     r = client.get("/search", params={"q": "how can I reset my password", "k": 2})
     assert r.status_code == 200
@@ -162,7 +162,7 @@ def test_add_search_count_roundtrip(client, fake):
     # only one collection create (id is cached) and it asked for cosine space
     creates = [r for r in fake.requests if r.url.path == BASE]
     assert len(creates) == 1
-    assert json.loads(creates[0].content) == {"name": "kb", "get_or_create": True,
+    assert json.loads(creates[0].content) == {"name": "kb-documents", "get_or_create": True,
                                               "metadata": {"hnsw:space": "cosine"}}
 
 

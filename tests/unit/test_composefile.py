@@ -1,0 +1,75 @@
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from onevps import composefile
+from onevps.errors import ComposeFileError
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILES = sorted((ROOT / "compose").glob("*.yml"))
+
+
+def test_there_are_compose_files():
+    assert COMPOSE_FILES
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_golden_round_trip_is_byte_identical(path):
+    text = path.read_text()
+    assert composefile.dumps(composefile.loads(text)) == text
+
+
+def test_round_trip_keeps_comments_anchors_and_quotes():
+    text = (
+        "# head comment\n"
+        "x-app: &app\n"
+        "  restart: unless-stopped  # inline\n"
+        "\n"
+        "services:\n"
+        "  a:\n"
+        "    <<: *app\n"
+        "    ports:\n"
+        "      - \"127.0.0.1:80:80\"\n"
+        "    command: ['a', \"b\"]\n"
+    )
+    data = composefile.loads(text)
+    assert data["services"]["a"]["restart"] == "unless-stopped"  # merged from the anchor
+    assert composefile.dumps(data) == text
+
+
+def test_syntax_error_names_file_and_line():
+    with pytest.raises(ComposeFileError) as err:
+        composefile.loads("services:\n  a:\n    image: x\n   bad: [\n", name="compose/x.yml")
+    assert "compose/x.yml line" in err.value.message
+    assert "\n" not in err.value.message
+
+
+def test_missing_file_is_one_line(tmp_path):
+    with pytest.raises(ComposeFileError, match="does not exist"):
+        composefile.load(tmp_path / "nope.yml")
+
+
+def test_atomic_write_replaces_and_keeps_mode(tmp_path):
+    path = tmp_path / "f.yml"
+    path.write_text("old\n")
+    os.chmod(path, 0o640)
+    composefile.atomic_write(path, "new\n")
+    assert path.read_text() == "new\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["f.yml"]  # no temp file left
+
+
+def test_atomic_write_failure_leaves_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.yml"
+    path.write_text("old\n")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        composefile.atomic_write(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.yml"]

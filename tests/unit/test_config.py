@@ -1,0 +1,125 @@
+from pathlib import Path
+
+import pytest
+
+from onevps import config
+from onevps.config import KEYS, load
+from onevps.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_env(tmp_path, text):
+    path = tmp_path / ".env"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_env_file(tmp_path):
+    s = load(root=tmp_path, environ={})
+    assert (s.domain, s.http_port, s.https_port, s.network_prefix) == ("localhost", 8080, 8443, "172.20.0")
+    assert s.project_name == "onevps" and s.bind_address == "127.0.0.1"
+    assert s.subnet == "172.20.0.0/24" and s.address(10) == "172.20.0.10"
+    assert s.app_url("blog") == "http://blog.localhost:8080/"
+    assert s.env_file is None
+
+
+def test_env_file_then_environment_override(tmp_path):
+    write_env(tmp_path, "HTTP_PORT=9000\nDOMAIN=Example.COM\nHTTPS_PORT=9443\n")
+    s = load(root=tmp_path, environ={"HTTP_PORT": "9100"})
+    assert s.http_port == 9100  # environment wins over .env
+    assert s.https_port == 9443
+    assert s.domain == "example.com"
+    assert s.compose_env()["HTTP_PORT"] == "9100"
+    assert s.env_file == tmp_path / ".env"
+
+
+def test_port_80_url_has_no_port(tmp_path):
+    s = load(root=tmp_path, environ={"HTTP_PORT": "80", "HTTPS_PORT": "443"})
+    assert s.app_url("kb") == "http://kb.localhost/"
+
+
+@pytest.mark.parametrize("line, key", [
+    ("HTTP_PORT=abc", "HTTP_PORT"),
+    ("HTTP_PORT=70000", "HTTP_PORT"),
+    ("HTTPS_PORT=0", "HTTPS_PORT"),
+    ("BIND_ADDRESS=localhost", "BIND_ADDRESS"),
+    ("NETWORK_PREFIX=172.20.0.0", "NETWORK_PREFIX"),
+    ("NETWORK_PREFIX=8.8.8", "NETWORK_PREFIX"),
+    ("NETWORK_PREFIX=172.20.300", "NETWORK_PREFIX"),
+    ("DOMAIN=bad_domain!", "DOMAIN"),
+    ("COMPOSE_PROJECT_NAME=Bad Name", "COMPOSE_PROJECT_NAME"),
+    ("IMAGE_NAMESPACE=UPPER", "IMAGE_NAMESPACE"),
+    ("TORCH_INDEX_URL=not-a-url", "TORCH_INDEX_URL"),
+    ("UP_TIMEOUT=-5", "UP_TIMEOUT"),
+    ("EXTRA_CA_DIR=/no/such/folder", "EXTRA_CA_DIR"),
+])
+def test_malformed_value_names_key_and_line(tmp_path, line, key):
+    write_env(tmp_path, "# settings\n" + line + "\n")
+    with pytest.raises(ConfigError) as err:
+        load(root=tmp_path, environ={})
+    message = err.value.message
+    assert key in message
+    assert "\n" not in message
+    if "/no/such" not in line:
+        assert ".env line 2" in message
+
+
+def test_unparsable_line_is_named(tmp_path):
+    write_env(tmp_path, "DOMAIN=localhost\nthis is not a setting\n")
+    with pytest.raises(ConfigError, match=r"\.env line 2 cannot be parsed"):
+        load(root=tmp_path, environ={})
+
+
+def test_unterminated_quote_is_named(tmp_path):
+    write_env(tmp_path, 'HTTP_PORT=8080\nDOMAIN="example.com\n')
+    with pytest.raises(ConfigError, match=r"line 2"):
+        load(root=tmp_path, environ={})
+
+
+def test_same_http_and_https_port_refused(tmp_path):
+    with pytest.raises(ConfigError, match="HTTP_PORT and HTTPS_PORT"):
+        load(root=tmp_path, environ={"HTTP_PORT": "8000", "HTTPS_PORT": "8000"})
+
+
+def test_unknown_key_warns_but_loads(tmp_path):
+    write_env(tmp_path, "HTTP_PROT=1\n")
+    warnings = []
+    load(root=tmp_path, environ={}, warn=warnings.append)
+    assert warnings == ["warning: .env line 1: unknown key HTTP_PROT (ignored; see .env.example)"]
+
+
+def test_empty_value_takes_default(tmp_path):
+    write_env(tmp_path, "HTTP_PORT=\n")
+    assert load(root=tmp_path, environ={}).http_port == 8080
+
+
+def test_relative_folder_is_resolved_against_root(tmp_path):
+    (tmp_path / "certs").mkdir()
+    s = load(root=tmp_path, environ={"EXTRA_CA_DIR": "certs"})
+    assert s.extra_ca_dir == tmp_path / "certs"
+
+
+def test_env_example_documents_every_key_with_its_default():
+    from dotenv import dotenv_values
+
+    example = dotenv_values(ROOT / ".env.example")
+    assert set(example) == {k.name for k in KEYS}
+    for key in KEYS:
+        assert example[key.name] == key.default, key.name
+        assert key.help
+
+
+def test_env_example_loads_cleanly():
+    s = load(root=ROOT, environ={}, env_file=ROOT / ".env.example")
+    assert s.http_port == 8080
+
+
+def test_settings_are_frozen(tmp_path):
+    s = load(root=tmp_path, environ={})
+    with pytest.raises(Exception):
+        s.http_port = 1  # type: ignore[misc]
+
+
+def test_repo_root_points_at_the_repository():
+    assert (config.REPO_ROOT / "compose" / "docker-compose.yml").is_file()

@@ -1,0 +1,41 @@
+from pathlib import Path
+
+from onevps import nginx, registry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def reg():
+    return registry.load(ROOT / "compose" / "docker-compose.yml")
+
+
+def test_repository_routes_are_in_sync_with_the_compose_file():
+    assert nginx.drift(ROOT, reg()) == []
+
+
+def test_every_app_gets_an_upstream_at_its_address_and_a_server_name():
+    text = nginx.render_routes(reg())
+    for app in reg().apps:
+        assert f"upstream app_{app.name} {{\n    server ${{NETWORK_PREFIX}}.{app.host}:8000;" in text
+        assert f"server_name {app.name}.${{DOMAIN}};" in text
+    assert text.count("server_name") == len(reg().apps)
+
+
+def test_index_lists_every_app():
+    page = nginx.render_index(reg())
+    for app in reg().apps:
+        assert f'data-app="{app.name}"' in page
+
+
+def test_drift_is_detected_and_repaired(tmp_path):
+    r = reg()
+    assert sorted(map(str, nginx.drift(tmp_path, r))) == [
+        "nginx/html/index.html is missing", "nginx/templates/apps.conf.template is missing"]
+    (tmp_path / "nginx" / "templates").mkdir(parents=True)
+    (tmp_path / "nginx" / "html").mkdir()
+    assert len(nginx.write(tmp_path, r)) == 2
+    assert nginx.drift(tmp_path, r) == []
+    route_file = tmp_path / nginx.ROUTES_FILE
+    route_file.write_text(route_file.read_text().replace(".11:8000", ".99:8000"))
+    assert nginx.drift(tmp_path, r) == ["nginx/templates/apps.conf.template is out of date with the compose file"]
+    assert nginx.write(tmp_path, r) == [nginx.ROUTES_FILE]

@@ -1,0 +1,66 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from onevps import tiers
+from onevps.config import load
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def s(tmp_path):
+    shutil.copytree(ROOT / "dockerfiles", tmp_path / "dockerfiles",
+                    ignore=shutil.ignore_patterns("*.crt", "*.whl"))
+    return load(root=tmp_path, environ={})
+
+
+def test_tags_are_content_hashes(s):
+    base, ml = tiers.content_tag(s, "base"), tiers.content_tag(s, "ml")
+    assert base.startswith("c-") and len(base) == 14 and base != ml
+    assert tiers.content_tag(s, "base") == base  # stable
+
+
+def test_requirement_change_changes_the_tier_and_the_ml_tier_above(s):
+    base, ml = tiers.content_tag(s, "base"), tiers.content_tag(s, "ml")
+    req = s.root / "dockerfiles" / "base" / "requirements.txt"
+    req.write_text(req.read_text() + "rich==13.0.0\n")
+    assert tiers.content_tag(s, "base") != base
+    assert tiers.content_tag(s, "ml") != ml
+
+
+def test_ml_change_leaves_base_alone(s):
+    base = tiers.content_tag(s, "base")
+    dockerfile = s.root / "dockerfiles" / "ml" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "\n# change\n")
+    assert tiers.content_tag(s, "base") == base
+
+
+def test_extra_ca_is_staged_and_changes_the_base_tag(s, tmp_path):
+    before = tiers.content_tag(s, "base")
+    cas = tmp_path / "cas"
+    cas.mkdir()
+    (cas / "corp.crt").write_text("-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
+    (cas / "notes.txt").write_text("ignored")
+    s2 = load(root=s.root, environ={"EXTRA_CA_DIR": str(cas)})
+    assert tiers.stage_inputs(s2, "base") == ["extra-ca/corp.crt"]
+    assert tiers.stage_inputs(s2, "base") == []  # already staged
+    assert (s.root / "dockerfiles/base/extra-ca/corp.crt").is_file()
+    assert not (s.root / "dockerfiles/base/extra-ca/notes.txt").exists()
+    assert tiers.content_tag(s2, "base") != before
+
+
+def test_wheels_are_staged_for_ml(s, tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-none-any.whl").write_bytes(b"wheel")
+    s2 = load(root=s.root, environ={"TORCH_WHEEL_DIR": str(wheels)})
+    assert tiers.stage_inputs(s2, "ml") == ["wheels/torch-2.13.0+cpu-cp311-none-any.whl"]
+    assert tiers.stage_inputs(s2, "base") == []
+
+
+def test_image_names(s):
+    assert tiers.image(s, "kb") == "onevps/kb:latest"
+    assert tiers.tier_image(s, "base") == f"onevps/base:{tiers.content_tag(s, 'base')}"
+    assert set(tiers.tag_env(s)) == {"BASE_TAG", "ML_TAG"}
