@@ -7,9 +7,16 @@ non-zero (onevps.errors.OnevpsError is an invoke Exit).
 
 from invoke import task
 
-from onevps import checks, commands, config, nginx, stack
+from onevps import apps, checks, commands, config, nginx, stack
 from onevps.errors import OnevpsError
 from onevps.runner import require_docker
+
+
+def _positional_help(name, usage):
+    """`inv TASK --help` reaches a positional argument as its value: answer it."""
+    if name in ("-h", "--help"):
+        print(f"usage: {usage}\n(`inv --help {usage.split()[1]}` describes every flag)")
+        raise SystemExit(0)
 
 
 def _setup(c):
@@ -46,11 +53,12 @@ def build(c, app=None, no_cache=False):
         stack.build_all(runner, settings, reg)
 
 
-@task(help={"build": "Rebuild every app image first (tiers are rebuilt only when they changed)."})
-def up(c, build=False):
+@task(help={"build": "Rebuild every app image first (tiers are rebuilt only when they changed).",
+            "app": "Build and start just this app (shared services are started if not running)."})
+def up(c, build=False, app=None):
     """Start the whole stack, build what is missing, wait until healthy, print the URLs."""
     settings, reg, runner = _setup(c)
-    rows = stack.up(runner, settings, reg, rebuild=build)
+    rows = stack.up(runner, settings, reg, rebuild=build, app=app)
     print(stack.table(rows))
 
 
@@ -114,3 +122,24 @@ def settings(c, show_defaults=False):
         value = s.raw.get(key.name, "")
         if show_defaults or value != key.default:
             print(f"{key.name}={value}")
+
+
+@task(help={"name": "The app's name: a DNS label (a-z, 0-9, '-'), also its subdomain and image name.",
+            "tier": "Image tier: base (web stack) or ml (adds torch, sentence-transformers, ...). Default: base.",
+            "domain": "An extra host name nginx routes to this app (besides NAME.<DOMAIN>).",
+            "dry-run": "Show what would change; change nothing."})
+def new_app(c, name, tier="base", domain=None, dry_run=False):
+    """Add an app: apps/NAME from the template, its compose entry and its nginx route (all or nothing)."""
+    _positional_help(name, "inv new-app NAME [--tier base|ml] [--domain HOST] [--dry-run]")
+    settings = config.load()
+    print("\n".join(stack.new_app(c, settings, name, tier, domain, dry_run)))
+
+
+@task(help={"name": "The app to remove.",
+            "yes": "Do not ask for confirmation.",
+            "dry-run": "Show what would change; change nothing."})
+def remove_app(c, name, yes=False, dry_run=False):
+    """Remove an app: its folder, compose entry and nginx route (asks first)."""
+    _positional_help(name, "inv remove-app NAME [--yes] [--dry-run]")
+    settings = config.load()
+    print("\n".join(stack.remove_app(c, settings, name, yes, dry_run)))

@@ -37,8 +37,8 @@ def build_apps(settings: Settings, apps: Sequence[str], no_cache: bool = False) 
 
 
 def up(settings: Settings, services: Iterable[str] = (), wait: bool = True,
-       timeout: int | None = None) -> list[str]:
-    flags: list[str | None] = ["up", "--detach", "--no-build", "--remove-orphans"]
+       timeout: int | None = None, remove_orphans: bool = True) -> list[str]:
+    flags: list[str | None] = ["up", "--detach", "--no-build", "--remove-orphans" if remove_orphans else None]
     if wait:
         flags += ["--wait", "--wait-timeout", str(timeout or settings.up_timeout)]
     return compose(settings, *flags, *services)

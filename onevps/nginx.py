@@ -31,7 +31,7 @@ upstream app_{name} {{
 server {{
     listen 80;
     listen 443 ssl;
-    server_name {name}.${{DOMAIN}};
+    server_name {name}.${{DOMAIN}}{extra};
     include /etc/nginx/snippets/tls.conf;
     include /etc/nginx/snippets/errors.conf;
     location / {{
@@ -45,7 +45,8 @@ server {{
 def render_routes(registry: Registry) -> str:
     parts = [_HEADER]
     for app in registry.apps:
-        parts.append(_ROUTE.format(name=app.name, tier=app.tier, host=app.host, port=APP_PORT))
+        extra = f" {app.domain}" if app.domain else ""
+        parts.append(_ROUTE.format(name=app.name, tier=app.tier, host=app.host, port=APP_PORT, extra=extra))
     return "".join(parts)
 
 

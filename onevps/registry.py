@@ -69,6 +69,7 @@ class App:
     name: str
     tier: str
     host: int  # last octet of the static address
+    domain: str | None = None  # an extra host name (label onevps.domain)
 
     def address(self, network_prefix: str) -> str:
         return f"{network_prefix}.{self.host}"
@@ -148,7 +149,8 @@ def from_data(data: Any, name: str = "compose file") -> Registry:
                 f"{name}: app {svc_name} has no static address on {NETWORK}",
                 f"add networks: {{{NETWORK}: {{ipv4_address: ...}}}}",
             )
-        apps.append(App(name=svc_name, tier=str(tier), host=host))
+        domain = labels.get("onevps.domain") if isinstance(labels, dict) else None
+        apps.append(App(name=svc_name, tier=str(tier), host=host, domain=str(domain) if domain else None))
     return Registry(apps=tuple(apps), services=tuple(str(s) for s in data["services"]), hosts=hosts)
 
 

@@ -174,22 +174,33 @@ def check_routes(settings: Settings, reg: Registry) -> None:
                           "run `inv routes` to regenerate them, then `inv check`")
 
 
-def up(runner: Runner, settings: Settings, reg: Registry, rebuild: bool = False) -> list[Row]:
-    """Build what is missing, start everything, wait until healthy."""
+def up(runner: Runner, settings: Settings, reg: Registry, rebuild: bool = False,
+       app: str | None = None) -> list[Row]:
+    """Build what is missing, start everything, wait until healthy.
+
+    With `app`: build that app (its code may have changed) and start just it,
+    plus any shared service that is not running yet; other apps are untouched.
+    """
+    only = reg.get(app).name if app else None
     require_docker(runner)
     problems = registry_mod.problems(reg)
     if problems:
         raise OnevpsError(f"the compose file is inconsistent: {'; '.join(problems)}", "fix it, then `inv check`")
     check_routes(settings, reg)
-    for tier in tiers.TIER_ORDER:
-        ensure_tier(runner, settings, tier)
-    todo = reg.names() if rebuild else stale_apps(runner, settings, reg)
-    build_apps(runner, settings, reg, todo)
-    runner.say(f"==> starting {len(reg.apps)} apps and {len(SHARED)} shared services "
-               f"(waiting up to {settings.up_timeout}s for health checks)")
-    services = list(SHARED) + reg.names()
+    if only:
+        build_apps(runner, settings, reg, [only])
+        services = list(SHARED) + [only]
+        runner.say(f"==> starting {only} (and any shared service not yet running)")
+    else:
+        for tier in tiers.TIER_ORDER:
+            ensure_tier(runner, settings, tier)
+        todo = reg.names() if rebuild else stale_apps(runner, settings, reg)
+        build_apps(runner, settings, reg, todo)
+        services = list(SHARED) + reg.names()
+        runner.say(f"==> starting {len(reg.apps)} apps and {len(SHARED)} shared services "
+                   f"(waiting up to {settings.up_timeout}s for health checks)")
     try:
-        runner.run(commands.up(settings, services), "start the stack", hide=False)
+        runner.run(commands.up(settings, services, remove_orphans=not only), "start the stack", hide=False)
     except CommandFailed as exc:
         ps = containers(runner, settings)
         bad = unhealthy(ps, services)
@@ -242,3 +253,70 @@ def service_names(reg: Registry, app: str | None) -> list[str]:
     if app in SHARED:
         return [app]
     return [reg.get(app).name]
+
+
+# -------------------------------------------------------- new-app / remove-app --
+
+def _compose_check(ctx: Context, settings: Settings):
+    """A `run` for apps.compose_validates, or None when Docker is absent."""
+    import shutil
+
+    if shutil.which("docker") is None:
+        return None
+    runner = Runner(ctx, env=compose_env(settings))
+    if not runner.run(commands.compose_version(), "docker compose version", check=False, mutates=False).ok:
+        return None
+
+    def run(argv: list[str]) -> tuple[int, str]:
+        res = runner.run(argv, "docker compose config", check=False, mutates=False)
+        return res.exited, res.stderr + res.stdout
+
+    return run
+
+
+def new_app(ctx: Context, settings: Settings, name: str, tier: str, domain: str | None,
+            dry_run: bool = False) -> list[str]:
+    from . import apps
+
+    plan = apps.plan_new_app(settings, name, tier, domain)
+    try:
+        check = _compose_check(ctx, settings)
+        if check:
+            apps.compose_validates(settings, plan, check)
+        if dry_run:
+            return ["[dry-run] would " + line for line in plan.describe(settings.root)]
+        apps.apply(plan)
+    finally:
+        apps.discard(plan)
+    app = registry_mod.load(settings.compose_file).get(name)
+    lines = [f"created apps/{name}/ from templates/app/",
+             f"added service {name} ({tier} tier) at {app.address(settings.network_prefix)} "
+             f"to {settings.compose_file.relative_to(settings.root)}",
+             f"added nginx route {name}.{settings.domain}" + (f" and {app.domain}" if app.domain else ""),
+             f"next: inv up --app {name}    (builds and starts just this app; then {settings.app_url(name)})"]
+    if not check:
+        lines.insert(0, "note: Docker is not available, so `docker compose config` did not check the new file")
+    return lines
+
+
+def remove_app(ctx: Context, settings: Settings, name: str, yes: bool, dry_run: bool = False) -> list[str]:
+    from . import apps
+
+    plan = apps.plan_remove_app(settings, name)
+    check = _compose_check(ctx, settings)
+    if check:
+        apps.compose_validates(settings, plan, check)
+    changes = plan.describe(settings.root)
+    if dry_run:
+        return ["[dry-run] would " + line for line in changes]
+    if not yes:
+        import sys
+
+        if not sys.stdin or not sys.stdin.isatty():
+            raise OnevpsError(f"refusing to remove {name} without confirmation", "add --yes to confirm")
+        answer = input(f"Remove app {name}? This deletes apps/{name}/ and its compose entry. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return ["nothing removed"]
+    apps.apply(plan)
+    return [f"removed app {name}: " + "; ".join(changes),
+            f"its container (if any) goes with the next `inv up` (--remove-orphans) or `docker compose rm -sf {name}`"]

@@ -1,0 +1,323 @@
+"""`inv new-app` / `inv remove-app`: add or remove an app, all or nothing.
+
+The compose file is edited with a ruamel.yaml round trip: the new service is
+inserted after the last app of its tier and the comment that followed that
+app moves below the new entry, so `git diff compose/` shows exactly the new
+entry. Every file is prepared in memory and validated first; then all are
+written atomically. If a write fails, the files already written are put
+back, so either every file changes or none does.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.error import CommentMark
+from ruamel.yaml.mergevalue import MergeValue
+from ruamel.yaml.tokens import CommentToken
+
+from . import composefile, nginx, registry as registry_mod
+from .config import Settings
+from .errors import OnevpsError
+from .registry import TIERS, Registry
+
+TEMPLATE_DIR = Path("templates/app")
+APP_ANCHOR_KEY = "x-app"
+DOMAIN_LABEL = "onevps.domain"
+
+_ENTRY = """\
+{name}:
+  image: ${{IMAGE_NAMESPACE:-onevps}}/{name}:latest
+  build:
+    context: ../apps/{name}
+    dockerfile: ../../dockerfiles/app.Dockerfile
+    args:
+      APP_NAME: {name}
+      APP_TIER: {tier}
+      TIER_IMAGE: ${{IMAGE_NAMESPACE:-onevps}}/{tier}:${{{tag_var}:-latest}}
+  labels:
+    onevps.tier: {tier}{domain_label}
+  networks:
+    app-network:
+      ipv4_address: ${{NETWORK_PREFIX:-172.20.0}}.{host}
+"""
+
+
+# ------------------------------------------------------------ compose edits --
+
+def _own_keys(node: Any) -> list:
+    return [k for k, _ in node.non_merged_items()]
+
+
+def _last_leaf(node: CommentedMap) -> tuple[CommentedMap, Any]:
+    """The innermost last key of a mapping: where ruamel keeps the comment
+    (and blank lines) that follow the mapping in the file."""
+    while True:
+        key = _own_keys(node)[-1]
+        child = node[key]
+        if isinstance(child, CommentedMap) and _own_keys(child):
+            node = child
+            continue
+        return node, key
+
+
+def _after_comment(node: CommentedMap) -> CommentToken | None:
+    leaf, key = _last_leaf(node)
+    items = leaf.ca.items.get(key)
+    return items[2] if items and len(items) > 2 else None
+
+
+def _set_after_comment(node: CommentedMap, token: CommentToken | None) -> None:
+    leaf, key = _last_leaf(node)
+    items = leaf.ca.items.setdefault(key, [None, None, None, None])
+    items[2] = token
+
+
+def _blank_line() -> CommentToken:
+    return CommentToken("\n\n", CommentMark(0))
+
+
+def entry_text(name: str, tier: str, host: int, domain: str | None = None) -> str:
+    domain_label = f"\n    {DOMAIN_LABEL}: {domain}" if domain else ""
+    tag_var = "BASE_TAG" if tier == "base" else "ML_TAG"
+    return _ENTRY.format(name=name, tier=tier, host=host, tag_var=tag_var, domain_label=domain_label)
+
+
+def add_service(data: Any, reg: Registry, name: str, tier: str, host: int, domain: str | None = None) -> None:
+    """Insert the app's service into the loaded compose data (in place)."""
+    services = data["services"]
+    anchor = data.get(APP_ANCHOR_KEY)
+    if not isinstance(anchor, CommentedMap):
+        raise OnevpsError(f"the compose file has no `{APP_ANCHOR_KEY}: &app` block to merge into new apps",
+                          "restore it with `git checkout -- compose/`")
+    entry = composefile.loads(entry_text(name, tier, host, domain))[name]
+    merge = MergeValue()
+    merge.append(anchor)
+    merge.merge_pos = 0
+    entry.add_yaml_merge(merge)
+
+    same_tier = reg.by_tier(tier)
+    previous = (same_tier or list(reg.apps) or [None])[-1]
+    keys = list(services)
+    prev_key = previous.name if previous else keys[-1]
+    prev_node = services[prev_key]
+    token = _after_comment(prev_node)
+    _set_after_comment(prev_node, _blank_line())
+    _set_after_comment(entry, token)
+    services.insert(keys.index(prev_key) + 1, name, entry)
+
+
+def remove_service(data: Any, name: str) -> None:
+    """Remove the app's service; the comment that followed it stays in place."""
+    services = data["services"]
+    keys = list(services)
+    index = keys.index(name)
+    token = _after_comment(services[name])
+    del services[name]
+    if index > 0:
+        _set_after_comment(services[keys[index - 1]], token)
+
+
+# ------------------------------------------------------------------ the plan --
+
+@dataclass
+class Plan:
+    """Every file change of one operation, prepared and validated in memory."""
+
+    writes: dict[Path, str] = field(default_factory=dict)  # absolute path -> new text
+    new_dirs: list[Path] = field(default_factory=list)  # created wholesale (from a staging copy)
+    remove_dirs: list[Path] = field(default_factory=list)
+    staging: Path | None = None
+
+    def describe(self, root: Path) -> list[str]:
+        lines = [f"create {p.relative_to(root)}/" for p in self.new_dirs]
+        lines += [f"update {p.relative_to(root)}" for p in self.writes]
+        lines += [f"delete {p.relative_to(root)}/" for p in self.remove_dirs]
+        return lines
+
+
+def _render_template(root: Path, name: str, tier: str, target: Path) -> None:
+    template = root / TEMPLATE_DIR
+    if not template.is_dir():
+        raise OnevpsError(f"the app template {TEMPLATE_DIR}/ is missing", "restore it with `git checkout -- templates/`")
+    for src in sorted(template.rglob("*")):
+        if src.is_dir() or "__pycache__" in src.parts or src.name == ".pytest_cache":
+            continue
+        dst = target / src.relative_to(template)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        text = src.read_text(encoding="utf-8")
+        dst.write_text(text.replace("__APP_NAME__", name).replace("__APP_TIER__", tier), encoding="utf-8")
+
+
+def _validate(root: Path, compose_text: str, expect: Callable[[Registry], None]) -> Registry:
+    data = composefile.loads(compose_text, name="the new compose file")
+    if composefile.dumps(data) != compose_text:
+        raise OnevpsError("internal error: the new compose file does not round-trip",
+                          "nothing was changed; please report this")
+    reg = registry_mod.from_data(data)
+    problems = registry_mod.problems(reg)
+    if problems:
+        raise OnevpsError(f"the new compose file would be inconsistent: {'; '.join(problems)}",
+                          "nothing was changed")
+    expect(reg)
+    return reg
+
+
+def _known_problems(settings: Settings, reg: Registry) -> None:
+    """Refuse to edit on top of a repository that is already inconsistent."""
+    in_compose = set(reg.names())
+    folders = set(registry_mod.app_dirs(settings.root))
+    for name in sorted(folders - in_compose):
+        raise OnevpsError(f"apps/{name} has no compose entry",
+                          f"repair first: delete apps/{name} or add its entry by hand, then `inv check`")
+    for name in sorted(in_compose - folders):
+        raise OnevpsError(f"app {name} is in the compose file but apps/{name} is missing",
+                          f"repair first: restore apps/{name} with git or `inv remove-app {name}`")
+
+
+def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str | None = None) -> Plan:
+    root = settings.root
+    problem = registry_mod.name_problem(name)
+    if problem:
+        raise OnevpsError(problem, "use a DNS label: a-z, 0-9 and '-', starting with a letter, at most 63")
+    if tier not in TIERS:
+        raise OnevpsError(f"unknown tier {tier!r}", f"use one of: {', '.join(TIERS)}")
+    if domain is not None:
+        from .config import _domain
+        try:
+            domain = _domain(domain)
+        except ValueError as exc:
+            raise OnevpsError(f"--domain {domain!r} {exc}", "give a host name such as blog.example.com") from None
+    compose_path = settings.compose_file
+    data = composefile.load(compose_path)
+    reg = registry_mod.from_data(data, name=str(compose_path))
+    if name in reg.services:
+        what = "a shared service" if name in registry_mod.SHARED else "an app"
+        raise OnevpsError(f"{name!r} is already {what} in the compose file", "choose another name")
+    if (root / "apps" / name).exists():
+        raise OnevpsError(f"apps/{name} exists but has no compose entry",
+                          f"repair first: delete apps/{name} or add its entry by hand, then `inv check`")
+    _known_problems(settings, reg)
+    host = reg.next_free_host(tier)
+    if host is None:
+        raise OnevpsError(f"the {tier} address pool is full ({len(registry_mod.POOLS[tier])} apps)",
+                          "remove an unused app with `inv remove-app NAME`")
+
+    add_service(data, reg, name, tier, host, domain)
+    compose_text = composefile.dumps(data)
+
+    def expect(new: Registry) -> None:
+        app = new.get(name)
+        if (app.tier, app.host) != (tier, host) or new.names().count(name) != 1:
+            raise OnevpsError("internal error: the new entry did not read back as written", "nothing was changed")
+
+    new_reg = _validate(root, compose_text, expect)
+    plan = Plan()
+    plan.writes[compose_path] = compose_text
+    for rel, text in nginx.rendered_files(new_reg).items():
+        plan.writes[root / rel] = text
+    plan.staging = Path(tempfile.mkdtemp(prefix=f".new-app-{name}-", dir=root / "apps"))
+    try:
+        _render_template(root, name, tier, plan.staging)
+    except BaseException:
+        shutil.rmtree(plan.staging, ignore_errors=True)
+        raise
+    plan.new_dirs.append(root / "apps" / name)
+    return plan
+
+
+def plan_remove_app(settings: Settings, name: str) -> Plan:
+    root = settings.root
+    compose_path = settings.compose_file
+    data = composefile.load(compose_path)
+    reg = registry_mod.from_data(data, name=str(compose_path))
+    if name in registry_mod.SHARED or name in registry_mod.TIER_SERVICES.values():
+        raise OnevpsError(f"{name!r} is a shared service, not an app", "only apps can be removed")
+    reg.get(name)  # unknown app -> lists the known ones
+    remove_service(data, name)
+    compose_text = composefile.dumps(data)
+
+    def expect(new: Registry) -> None:
+        if name in new.names() or len(new.apps) != len(reg.apps) - 1:
+            raise OnevpsError("internal error: the entry did not go away", "nothing was changed")
+
+    new_reg = _validate(root, compose_text, expect)
+    plan = Plan()
+    plan.writes[compose_path] = compose_text
+    for rel, text in nginx.rendered_files(new_reg).items():
+        plan.writes[root / rel] = text
+    if (root / "apps" / name).exists():
+        plan.remove_dirs.append(root / "apps" / name)
+    return plan
+
+
+def discard(plan: Plan) -> None:
+    if plan.staging:
+        shutil.rmtree(plan.staging, ignore_errors=True)
+
+
+def apply(plan: Plan) -> None:
+    """Write every file of the plan; on any failure put everything back."""
+    originals: dict[Path, str | None] = {
+        p: (p.read_text(encoding="utf-8") if p.exists() else None) for p in plan.writes
+    }
+    trash: list[tuple[Path, Path]] = []
+    created: list[Path] = []
+    written: list[Path] = []
+    try:
+        for target in plan.new_dirs:
+            assert plan.staging is not None
+            plan.staging.rename(target)  # same folder: atomic
+            plan.staging = None
+            created.append(target)
+        for target in plan.remove_dirs:
+            hidden = target.with_name(f".removed-{target.name}")
+            if hidden.exists():
+                shutil.rmtree(hidden)
+            target.rename(hidden)
+            trash.append((target, hidden))
+        for path, text in plan.writes.items():
+            if originals[path] != text:
+                composefile.atomic_write(path, text)
+                written.append(path)
+    except BaseException:
+        for path in written:
+            old = originals[path]
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                composefile.atomic_write(path, old)
+        for target, hidden in trash:
+            hidden.rename(target)
+        for target in created:
+            shutil.rmtree(target, ignore_errors=True)
+        discard(plan)
+        raise
+    for _, hidden in trash:
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
+def compose_validates(settings: Settings, plan: Plan, run: Callable[[list[str]], tuple[int, str]]) -> None:
+    """`docker compose config --quiet` on the new compose file, before it replaces the old one.
+
+    The candidate is written next to the real file (relative paths resolve the
+    same) and always removed. `run(argv) -> (exit code, output)`.
+    """
+    text = plan.writes.get(settings.compose_file)
+    if text is None:
+        return
+    candidate = settings.compose_file.with_name(".docker-compose.candidate.yml")
+    try:
+        composefile.atomic_write(candidate, text)
+        code, output = run(["docker", "compose", "--project-name", settings.project_name,
+                            "--file", str(candidate), "config", "--quiet"])
+    finally:
+        candidate.unlink(missing_ok=True)
+    if code != 0:
+        detail = " ".join(output.strip().splitlines()[-3:])
+        raise OnevpsError(f"docker compose rejects the new compose file: {detail}", "nothing was changed")
