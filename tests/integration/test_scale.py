@@ -1,0 +1,95 @@
+"""Issue #3's scale test: grow a copy of the repository to 15 base + 6 ML apps
+with `inv new-app`, bring all 25 containers up on this machine, and reach
+every app through nginx on 127.0.0.1.
+
+Runs in a temporary copy (its own Compose project, ports and subnet), so the
+repository and the other test stack are untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from onevps import config, registry
+
+from .conftest import ROOT, docker, http
+
+pytestmark = pytest.mark.docker
+
+SCALE_ENV = {
+    "COMPOSE_PROJECT_NAME": "onevps-scale",
+    "HTTP_PORT": "18180",
+    "HTTPS_PORT": "18543",
+    "NETWORK_PREFIX": "172.28.0",
+    "TORCH_WHEEL_DIR": "",  # tiers are already built by the session; nothing to stage
+}
+
+
+def inv_in(repo, *args, timeout=1800):
+    env = {**os.environ, **SCALE_ENV}
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def scale_repo(tmp_path_factory, built_images):
+    repo = tmp_path_factory.mktemp("scale") / "onevps"
+    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.whl", ".env"))
+    yield repo
+    inv_in(repo, "down", "--volumes")
+
+
+def memory_mib(settings_project: str) -> dict[str, float]:
+    out = docker("stats", "--no-stream", "--format", "{{json .}}")
+    usage = {}
+    for line in out.splitlines():
+        item = json.loads(line)
+        if not item["Name"].startswith(settings_project + "-"):
+            continue
+        used = item["MemUsage"].split("/")[0].strip()
+        number, unit = float(used[:-3]), used[-3:]
+        usage[item["Name"]] = number * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}.get(unit, 1)
+    return usage
+
+
+def test_new_app_grows_to_21_apps_and_all_25_containers_serve(scale_repo, settings):
+    for i in range(11):
+        res = inv_in(scale_repo, "new-app", f"site{i:02d}")
+        assert res.returncode == 0, res.stderr
+    for i in range(3):
+        res = inv_in(scale_repo, "new-app", f"model{i}", "--tier", "ml")
+        assert res.returncode == 0, res.stderr
+    res = inv_in(scale_repo, "check")
+    assert res.returncode == 0 and res.stdout.startswith("ok: 21 apps (15 base, 6 ml)"), res.stdout + res.stderr
+
+    s = config.load(root=scale_repo, environ={**os.environ, **SCALE_ENV})
+    reg = registry.load(s.compose_file)
+    assert len(reg.by_tier("base")) == 15 and len(reg.by_tier("ml")) == 6
+    assert len(set(reg.hosts.values())) == len(reg.hosts) == 25
+
+    res = inv_in(scale_repo, "up")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    ids = docker("ps", "--quiet", "--filter", f"label=com.docker.compose.project={s.project_name}").split()
+    assert len(ids) == 25
+
+    for app in reg.apps:
+        res = http(s, app.name, "/health")
+        assert res.status == 200, (app.name, res)
+        assert res.json()["app"] == app.name and res.json()["tier"] == app.tier
+
+    usage = memory_mib(s.project_name)
+    assert len(usage) == 25
+    report = {"containers": len(usage), "total_mib": round(sum(usage.values()), 1),
+              "per_container_mib": {k: round(v, 1) for k, v in sorted(usage.items())}}
+    print("\n21-app stack memory (docker stats):", json.dumps(report, indent=2))
+    out = os.environ.get("ONEVPS_SCALE_REPORT")
+    if out:
+        with open(out, "w") as fh:
+            json.dump(report, fh, indent=2)
