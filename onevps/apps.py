@@ -83,7 +83,7 @@ def _blank_line() -> CommentToken:
 
 
 def entry_text(name: str, tier: str, host: int, domain: str | None = None) -> str:
-    domain_label = f"\n    {DOMAIN_LABEL}: {domain}" if domain else ""
+    domain_label = f'\n    {DOMAIN_LABEL}: "{domain}"' if domain else ""  # quoted: stays a string
     tag_var = "BASE_TAG" if tier == "base" else "ML_TAG"
     return _ENTRY.format(name=name, tier=tier, host=host, tag_var=tag_var, domain_label=domain_label)
 
@@ -112,15 +112,28 @@ def add_service(data: Any, reg: Registry, name: str, tier: str, host: int, domai
     services.insert(keys.index(prev_key) + 1, name, entry)
 
 
+def _has_comment(token: CommentToken | None) -> bool:
+    return bool(token and token.value.strip())
+
+
 def remove_service(data: Any, name: str) -> None:
-    """Remove the app's service; the comment that followed it stays in place."""
+    """Remove the app's service. Comments around it stay: the section header
+    above it (kept by the previous service) and any header below it."""
     services = data["services"]
     keys = list(services)
     index = keys.index(name)
-    token = _after_comment(services[name])
+    removed = _after_comment(services[name])
     del services[name]
-    if index > 0:
-        _set_after_comment(services[keys[index - 1]], token)
+    if index == 0:
+        return
+    previous = services[keys[index - 1]]
+    kept = _after_comment(previous)
+    if _has_comment(removed) and _has_comment(kept):
+        assert kept is not None and removed is not None
+        merged = kept.value.rstrip("\n") + "\n" + removed.value
+        _set_after_comment(previous, CommentToken(merged, CommentMark(0)))
+    elif _has_comment(removed) or kept is None:
+        _set_after_comment(previous, removed)
 
 
 # ------------------------------------------------------------------ the plan --
@@ -213,7 +226,7 @@ def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str 
 
     def expect(new: Registry) -> None:
         app = new.get(name)
-        if (app.tier, app.host) != (tier, host) or new.names().count(name) != 1:
+        if (app.tier, app.host, app.domain) != (tier, host, domain) or new.names().count(name) != 1:
             raise OnevpsError("internal error: the new entry did not read back as written", "nothing was changed")
 
     new_reg = _validate(root, compose_text, expect)

@@ -99,6 +99,28 @@ def _optional_dir(raw: str) -> str:
     return raw.strip()
 
 
+def _optional_host(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        return ""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return _domain(value)
+
+
+def _user(raw: str) -> str:
+    if not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", raw):
+        raise ValueError("must be a Unix user name such as root or deploy")
+    return raw
+
+
+def _abs_path(raw: str) -> str:
+    if not raw.startswith("/") or any(c in raw for c in "\n\0") or ".." in raw.split("/"):
+        raise ValueError("must be an absolute path on the server, such as /opt/apps")
+    return raw.rstrip("/") or "/"
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -129,6 +151,15 @@ KEYS: tuple[Key, ...] = (
     Key("OLLAMA_MODEL", "llama3.2:1b", _text, "Model the chatbot asks Ollama for."),
     Key("UP_TIMEOUT", "900", _positive_int,
         "Seconds `inv up` waits for every container to become healthy."),
+    Key("VPS_HOST", "", _optional_host, "The server `fab` works on (or give `fab -H host`)."),
+    Key("VPS_USER", "root", _user, "SSH user on the server (must be able to use Docker)."),
+    Key("VPS_PORT", "22", _port, "SSH port on the server."),
+    Key("VPS_PATH", "/opt/apps", _abs_path, "Folder on the server that holds the stack's files."),
+    Key("VPS_SSH_KEY", "", _optional_dir, "Private key for SSH (empty: your SSH agent and ~/.ssh defaults)."),
+    Key("VPS_ENV_FILE", ".env", _text,
+        "Local file uploaded as the server's .env (its settings: ports 80/443, BIND_ADDRESS 0.0.0.0, ...)."),
+    Key("DEPLOY_TIMEOUT", "180", _positive_int,
+        "Seconds `fab deploy` waits for the new version to become healthy before it gives up."),
 )
 KEY_NAMES = frozenset(k.name for k in KEYS)
 
@@ -150,6 +181,13 @@ class Settings:
     extra_ca_dir: Path | None
     ollama_model: str
     up_timeout: int
+    vps_host: str = ""
+    vps_user: str = "root"
+    vps_port: int = 22
+    vps_path: str = "/opt/apps"
+    vps_ssh_key: Path | None = None
+    vps_env_file: Path | None = None
+    deploy_timeout: int = 180
     env_file: Path | None = None
     raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -196,6 +234,20 @@ def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:
     return values
 
 
+def _resolve(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _file(root: Path, name: str, value: str) -> Path | None:
+    if not value:
+        return None
+    path = _resolve(root, value)
+    if not path.is_file():
+        raise ConfigError(f"{name}={value!r} is not a file", f"point {name} at your SSH private key or leave it empty")
+    return path
+
+
 def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
          env_file: Path | None = None, warn: Callable[[str], None] | None = None) -> Settings:
     """Read defaults, then .env (if present), then the environment; validate."""
@@ -208,7 +260,7 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
     if env_path.exists():
         from_file = _read_env_file(env_path)
         for key, (_, line) in from_file.items():
-            if key not in KEY_NAMES and not key.startswith(("VPS_", "APP_", "SSH_")):
+            if key not in KEY_NAMES:
                 warn(f"warning: {env_path.name} line {line}: unknown key {key} (ignored; see .env.example)")
 
     raw: dict[str, str] = {}
@@ -257,6 +309,13 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
         extra_ca_dir=folder("EXTRA_CA_DIR"),
         ollama_model=str(parsed["OLLAMA_MODEL"]),
         up_timeout=int(parsed["UP_TIMEOUT"]),  # type: ignore[arg-type]
+        vps_host=str(parsed["VPS_HOST"]),
+        vps_user=str(parsed["VPS_USER"]),
+        vps_port=int(parsed["VPS_PORT"]),  # type: ignore[arg-type]
+        vps_path=str(parsed["VPS_PATH"]),
+        vps_ssh_key=_file(root, "VPS_SSH_KEY", str(parsed["VPS_SSH_KEY"])),
+        vps_env_file=_resolve(root, str(parsed["VPS_ENV_FILE"])),
+        deploy_timeout=int(parsed["DEPLOY_TIMEOUT"]),  # type: ignore[arg-type]
         env_file=env_path if env_path.exists() else None,
         raw=raw,
     )

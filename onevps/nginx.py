@@ -13,6 +13,9 @@ from .composefile import atomic_write
 from .registry import App, Registry
 
 APP_PORT = 8000
+# Seconds nginx leaves a failed primary alone before trying it again; a
+# deploy waits this long (plus a margin) before it stops the deploy slot.
+FAIL_TIMEOUT = 2
 ROUTES_FILE = Path("nginx/templates/apps.conf.template")
 INDEX_FILE = Path("nginx/html/index.html")
 
@@ -23,9 +26,11 @@ _HEADER = """\
 """
 
 _ROUTE = """
-# {name} ({tier} tier)
+# {name} ({tier} tier). The backup is the deploy slot: `fab deploy` starts
+# the new version there, then replaces the primary; nginx fails over to it.
 upstream app_{name} {{
-    server ${{NETWORK_PREFIX}}.{host}:{port};
+    server ${{NETWORK_PREFIX}}.{host}:{port} max_fails=1 fail_timeout={fail_timeout}s;
+    server ${{NETWORK_PREFIX}}.{slot}:{port} backup;
     keepalive 16;
 }}
 server {{
@@ -46,7 +51,8 @@ def render_routes(registry: Registry) -> str:
     parts = [_HEADER]
     for app in registry.apps:
         extra = f" {app.domain}" if app.domain else ""
-        parts.append(_ROUTE.format(name=app.name, tier=app.tier, host=app.host, port=APP_PORT, extra=extra))
+        parts.append(_ROUTE.format(name=app.name, tier=app.tier, host=app.host, slot=app.slot_host,
+                                   port=APP_PORT, extra=extra, fail_timeout=FAIL_TIMEOUT))
     return "".join(parts)
 
 

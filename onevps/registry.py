@@ -33,13 +33,18 @@ POOLS: dict[str, tuple[int, ...]] = {
     "ml": tuple(range(20, 30)),
 }
 
+# A deploy starts the new version at host + SLOT_OFFSET (.138-.227).
+SLOT_OFFSET = 128
+
 # Names an app may not take: shared services, tier builders, and names that
 # would be confusing as a subdomain or image name.
 RESERVED = frozenset(SHARED) | frozenset(TIER_SERVICES.values()) | frozenset(
     {"base", "ml", "www", "localhost", "default", "app", "apps", "onevps", "tiers"}
 )
 
-DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+DNS_LABEL = re.compile(r"\A[a-z]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+# Valid DNS labels that YAML reads as something other than a string.
+YAML_KEYWORDS = frozenset({"null", "true", "false"})
 _ADDRESS = re.compile(r"^\$\{NETWORK_PREFIX(?::?-[0-9.]*)?\}\.(\d{1,3})$")
 
 
@@ -61,6 +66,8 @@ def name_problem(name: str) -> str | None:
         return f"app name {name!r} may hold only a-z, 0-9 and '-' (a DNS label)"
     if name in RESERVED:
         return f"app name {name!r} is reserved (shared service or tool name)"
+    if name in YAML_KEYWORDS:
+        return f"app name {name!r} reads as a YAML keyword in the compose file; choose another"
     return None
 
 
@@ -73,6 +80,11 @@ class App:
 
     def address(self, network_prefix: str) -> str:
         return f"{network_prefix}.{self.host}"
+
+    @property
+    def slot_host(self) -> int:
+        """Host number of the app's deploy slot (nginx's backup server)."""
+        return self.host + SLOT_OFFSET
 
     @property
     def folder(self) -> str:

@@ -16,7 +16,9 @@ def test_repository_routes_are_in_sync_with_the_compose_file():
 def test_every_app_gets_an_upstream_at_its_address_and_a_server_name():
     text = nginx.render_routes(reg())
     for app in reg().apps:
-        assert f"upstream app_{app.name} {{\n    server ${{NETWORK_PREFIX}}.{app.host}:8000;" in text
+        assert (f"upstream app_{app.name} {{\n"
+                f"    server ${{NETWORK_PREFIX}}.{app.host}:8000 max_fails=1 fail_timeout=2s;\n"
+                f"    server ${{NETWORK_PREFIX}}.{app.host + 128}:8000 backup;\n") in text
         assert f"server_name {app.name}.${{DOMAIN}};" in text
     assert text.count("server_name") == len(reg().apps)
 

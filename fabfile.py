@@ -1,0 +1,76 @@
+"""onevps tasks for the server, over SSH: `fab --list` shows them all.
+
+The server comes from .env (VPS_HOST, VPS_USER, VPS_PORT, VPS_PATH,
+VPS_SSH_KEY) or from `fab -H user@host`. Thin on purpose: the recipes live in
+onevps.deploy; user errors print one line and exit non-zero.
+"""
+
+from fabric import task
+
+from onevps import config, deploy as recipes, remote
+from onevps.errors import OnevpsError
+
+
+def _ctx(c, dry_run=False):
+    return recipes.open_ctx(config.load(), c, dry_run)
+
+
+@task(help={"dry-run": "Print every remote command that would change something; change nothing."})
+def setup(c, dry_run=False):
+    """Make a fresh server ready: Docker + Compose v2, VPS_PATH, files, .env (mode 600), tier images."""
+    recipes.setup(_ctx(c, dry_run))
+
+
+@task(help={"app": "Deploy just this app.",
+            "tier": "Rebuild this tier (base or ml) on the server and redeploy its apps one at a time.",
+            "all": "Deploy every app, one at a time.",
+            "dry-run": "Print every remote command and which containers would change; change nothing."})
+def deploy(c, app=None, tier=None, all=False, dry_run=False):
+    """Send what changed, build only the app's layer on the server, swap its container with zero failed requests."""
+    recipes.deploy(_ctx(c, dry_run), app=app, tier=tier, every=all)
+
+
+@task(help={"app": "The app to roll back (required).",
+            "dry-run": "Print what would happen; change nothing."})
+def rollback(c, app=None, dry_run=False):
+    """Return an app to its previous image (no rebuild), with the same zero-failure switch."""
+    if not app:
+        raise OnevpsError("no app given", "use `fab rollback --app=NAME`")
+    recipes.rollback(_ctx(c, dry_run), app)
+
+
+@task(help={"app": "Only this app's deploys."})
+def history(c, app=None):
+    """Show the deploy journal: time, user, git commit, app, image, result."""
+    print(recipes.history(_ctx(c), app))
+
+
+@task
+def status(c):
+    """Every container on the server: state, health, image age, memory."""
+    print(recipes.status(_ctx(c)))
+
+
+@task(help={"app": "The app (or shared service) whose logs to show (required).",
+            "follow": "Keep printing new lines (Ctrl-C to stop).",
+            "tail": "How many recent lines to show (default 100)."})
+def logs(c, app=None, follow=False, tail=100):
+    """Show an app's container logs on the server."""
+    if not app:
+        raise OnevpsError("no app given", "use `fab logs --app=NAME`")
+    ctx = _ctx(c)
+    name = app if app in recipes.SHARED else ctx.reg.get(app).name
+    ctx.run.run(recipes.commands.logs(ctx.rs, [name], follow=follow, tail=int(tail)), "show logs",
+                hide=False, mutates=False)
+
+
+@task
+def unlock(c):
+    """Break a stale deploy lock on purpose (names who held it)."""
+    ctx = _ctx(c)
+    holder = remote.read_lock(ctx.run, ctx.rs)
+    if holder is None:
+        print("no deploy lock is held")
+        return
+    remote.release_lock(ctx.run, ctx.rs)
+    print(f"removed the deploy lock held by {holder}")

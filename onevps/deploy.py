@@ -1,0 +1,466 @@
+"""Recipes for the server: setup, deploy, rollback, status, history.
+
+Zero-downtime switch of one app (nginx upstream: primary = the app's static
+address, backup = its deploy slot at host + 128):
+
+  1. start the new image as a plain container in the deploy slot and wait
+     until its health check passes (or give up: remove it, the old version
+     never stopped serving, exit non-zero with its last log lines);
+  2. stop the old container gracefully: uvicorn finishes in-flight requests,
+     refused connections make nginx retry on the backup (the new version);
+  3. recreate the compose service with the new image at the static address
+     and wait until it is healthy;
+  4. wait out nginx's fail_timeout so the primary is trusted again, then stop
+     and remove the slot container.
+
+Every other container keeps its ID and start time; the deploy prints proof.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fabric import Connection
+
+from . import commands, nginx, remote, tiers
+from .config import Settings
+from .errors import CommandFailed, OnevpsError
+from .registry import SHARED, App, Registry
+from .registry import load as load_registry
+from .runner import Runner
+
+
+@dataclass
+class Ctx:
+    """Everything one server task needs."""
+
+    local: Settings  # this machine: source files, tags
+    rs: Settings  # the server's settings (rooted at VPS_PATH)
+    reg: Registry
+    conn: Connection
+    run: remote.RemoteRunner
+    tags: dict[str, str]  # BASE_TAG / ML_TAG from the local files
+
+    def say(self, msg: str) -> None:
+        self.run.say(msg)
+
+
+def open_ctx(local: Settings, connection: object | None, dry_run: bool) -> Ctx:
+    rs = remote.remote_settings(local)
+    server = remote.server_from(local, connection)
+    conn = remote.connect(server)
+    for tier in tiers.TIER_ORDER:
+        tiers.stage_inputs(local, tier)
+    tags = tiers.tag_env(local)
+    runner = remote.RemoteRunner(conn, env=tags, dry_run=dry_run)
+    return Ctx(local, rs, load_registry(local.compose_file), conn, runner, tags)
+
+
+# ------------------------------------------------------------------ helpers --
+
+def tier_ref(c: Ctx, tier: str) -> str:
+    return f"{c.rs.image_namespace}/{tier}:{c.tags['BASE_TAG' if tier == 'base' else 'ML_TAG']}"
+
+
+def app_ref(c: Ctx, name: str) -> str:
+    return f"{c.rs.image_namespace}/{name}:latest"
+
+
+def container_name(c: Ctx, name: str) -> str:
+    return f"{c.rs.project_name}-{name}-1"
+
+
+def slot_name(c: Ctx, name: str) -> str:
+    return f"{c.rs.project_name}-{name}-next"
+
+
+def inspect(c: Ctx, fmt: str, *refs: str, kind: str = "container") -> str | None:
+    res = c.run.run(commands.docker(kind, "inspect", "--format", fmt, *refs), f"inspect {' '.join(refs)}",
+                    check=False, mutates=False)
+    return res.stdout.strip() if res.ok else None
+
+
+def require_docker_on_server(c: Ctx) -> None:
+    if not c.run.run(commands.docker_info(), "docker info", check=False, mutates=False).ok:
+        raise OnevpsError(f"Docker does not answer on {c.rs.vps_host or 'the server'}", "run `fab setup` first")
+    if not c.run.run(commands.compose_version(), "docker compose version", check=False, mutates=False).ok:
+        raise OnevpsError("Docker Compose v2 is missing on the server", "run `fab setup` first")
+
+
+def snapshot(c: Ctx) -> dict[str, tuple[str, str]]:
+    """Every container of the project: name -> (ID, start time)."""
+    ids = c.run.run(commands.docker("ps", "--all", "--quiet", "--filter",
+                                    f"label=com.docker.compose.project={c.rs.project_name}"),
+                    "list containers", mutates=False).stdout.split()
+    if not ids:
+        return {}
+    out = c.run.run(commands.docker("inspect", "--format", "{{.Name}} {{.Id}} {{.State.StartedAt}}", *ids),
+                    "inspect containers", mutates=False).stdout
+    snap = {}
+    for line in out.splitlines():
+        name, cid, started = line.split()
+        snap[name.lstrip("/")] = (cid, started)
+    return snap
+
+
+def proof(before: dict, after: dict, replaced: set[str]) -> list[str]:
+    """Lines proving every other container kept its ID and start time."""
+    lines, moved = [], []
+    for name in sorted(before):
+        if name in replaced:
+            continue
+        same = after.get(name) == before[name]
+        lines.append(f"  {'unchanged' if same else 'CHANGED  '}  {name}  id {before[name][0][:12]}  started {before[name][1]}")
+        if not same:
+            moved.append(name)
+    if moved:
+        raise OnevpsError(f"containers changed that should not have: {', '.join(moved)}",
+                          "check `fab status`; another process may be managing them")
+    return [f"{len(lines)} other containers kept their ID and start time:"] + lines
+
+
+def git_commit(root: Path) -> str:
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+# --------------------------------------------------------------------- sync --
+
+def sync(c: Ctx, dirs: tuple[str, ...]) -> remote.SyncPlan:
+    local = remote.local_files(c.local.root, dirs)
+    remote_now = remote.remote_hashes(c.run, c.rs.vps_path, dirs)
+    plan = remote.plan_sync(local, remote_now)
+    remote.apply_sync(c.conn, c.run, c.rs.vps_path, local, plan)
+    c.say(f"==> sent {len(plan.send)} changed file(s), {plan.bytes} bytes"
+          + (f"; deleted {len(plan.delete)}" if plan.delete else "")
+          + (" (dry run: nothing sent)" if c.run.dry_run else ""))
+    return plan
+
+
+def sync_env(c: Ctx) -> bool:
+    """Upload VPS_ENV_FILE as the server's .env (mode 600) when it differs."""
+    text = c.local.vps_env_file.read_text(encoding="utf-8")  # type: ignore[union-attr]
+    target = f"{c.rs.vps_path}/.env"
+    current = c.run.run(["cat", target], "read the server's .env", check=False, mutates=False)
+    if current.ok and current.stdout == text:
+        return False
+    remote.put_text(c.conn, c.run, target, text, mode="600")
+    c.say(f"==> uploaded {c.local.vps_env_file.name} as {target} (mode 600)")
+    return True
+
+
+# ------------------------------------------------------------------ builds --
+
+def ensure_tier(c: Ctx, tier: str, force: bool = False) -> None:
+    if tier == "ml":
+        ensure_tier(c, "base")
+    if not force and inspect(c, "{{.Id}}", tier_ref(c, tier), kind="image"):
+        return
+    c.say(f"==> building the {tier} tier on the server: {tier_ref(c, tier)}")
+    c.run.run(commands.build_tier(c.rs, tier), f"build the {tier} tier on the server", hide=False)
+
+
+def build_app(c: Ctx, app: App) -> str | None:
+    """Build the app's layer on the server; returns the new image ID."""
+    ensure_tier(c, app.tier)
+    c.say(f"==> building {app.name} on the server (its tier is reused)")
+    c.run.run(commands.build_apps(c.rs, [app.name]), f"build {app.name} on the server", hide=False)
+    return inspect(c, "{{.Id}}", app_ref(c, app.name), kind="image")
+
+
+# ------------------------------------------------------------------ switch --
+
+def _service_config(c: Ctx, name: str) -> tuple[dict, str]:
+    res = c.run.run(commands.compose(c.rs, "config", "--format", "json"), "read the server's compose config",
+                    mutates=False)
+    data = json.loads(res.stdout)
+    networks = data.get("networks", {})
+    net = networks.get("app-network", {}).get("name") or f"{c.rs.project_name}_app-network"
+    return data["services"][name], net
+
+
+def slot_run_argv(c: Ctx, app: App, image: str, service: dict, network: str) -> list[str]:
+    """`docker run` for the deploy slot: the service's environment and health check,
+    on app-network at host + 128, with no compose labels (compose leaves it alone)."""
+    argv = ["run", "--detach", "--name", slot_name(c, app.name),
+            "--network", network, "--ip", c.rs.address(app.slot_host),
+            "--label", "onevps.slot=next", "--label", f"onevps.app={app.name}",
+            "--log-driver", "json-file", "--log-opt", "max-size=10m", "--log-opt", "max-file=3"]
+    for key, value in sorted((service.get("environment") or {}).items()):
+        argv += ["--env", f"{key}={value}" if value is not None else key]
+    check = service.get("healthcheck") or {}
+    test = check.get("test") or []
+    if test and test[0] in ("CMD", "CMD-SHELL"):
+        cmd = shlex.join(test[1:]) if test[0] == "CMD" else test[1]
+        argv += ["--health-cmd", cmd, "--health-interval", "1s", "--health-timeout", str(check.get("timeout", "5s")),
+                 "--health-retries", str(check.get("retries", 3)),
+                 "--health-start-period", str(check.get("start_period", "60s"))]
+    return commands.docker(*argv, image)
+
+
+def wait_healthy(c: Ctx, name: str, timeout: int) -> str:
+    """Poll the container until healthy; returns the final state."""
+    if c.run.dry_run:
+        return "healthy"
+    deadline = time.monotonic() + timeout
+    state = "missing"
+    while time.monotonic() < deadline:
+        state = inspect(c, "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", name) or "missing"
+        if state == "running healthy":
+            return "healthy"
+        if state.startswith(("exited", "dead", "missing")) or state.endswith("unhealthy"):
+            return state
+        time.sleep(1)
+    return f"{state} after {timeout}s"
+
+
+def switch(c: Ctx, app: App, image: str) -> None:
+    """Replace the app's container with `image` without a failed request."""
+    primary, slot = container_name(c, app.name), slot_name(c, app.name)
+    c.run.run(commands.docker("rm", "--force", slot), "remove a leftover deploy slot", check=False)
+    if not inspect(c, "{{.Id}}", primary):
+        c.say(f"==> {app.name} has no container yet: starting it")
+        c.run.run(commands.compose(c.rs, "up", "--detach", "--no-deps", "--no-build", "--wait",
+                                   "--wait-timeout", str(c.rs.deploy_timeout), app.name),
+                  f"start {app.name}", hide=False)
+        return
+    service, network = _service_config(c, app.name)
+    c.say(f"==> starting the new {app.name} in its deploy slot {c.rs.address(app.slot_host)}")
+    c.run.run(slot_run_argv(c, app, image, service, network), f"start the new {app.name} in the deploy slot")
+    state = wait_healthy(c, slot, c.rs.deploy_timeout)
+    if state != "healthy":
+        logs = c.run.run(commands.docker("logs", "--tail", "30", slot), "logs of the new version",
+                         check=False, mutates=False)
+        c.run.run(commands.docker("rm", "--force", slot), "remove the failed new version", check=False)
+        c.say(f"--- last log lines of the new {app.name} ---\n"
+              f"{(logs.stdout + logs.stderr).strip() or '(no output)'}")
+        raise OnevpsError(f"the new {app.name} did not become healthy ({state}); it was removed and "
+                          f"the old version keeps serving", "read its log lines above, fix the app and deploy again")
+    c.say(f"==> new {app.name} is healthy; replacing the old container (nginx serves from the slot meanwhile)")
+    c.run.run(commands.compose(c.rs, "stop", "--timeout", "30", app.name), f"stop the old {app.name}")
+    c.run.run(commands.compose(c.rs, "up", "--detach", "--no-deps", "--no-build", "--wait",
+                               "--wait-timeout", str(c.rs.deploy_timeout), app.name),
+              f"start the new {app.name} at its address", hide=True,
+              hint=f"the new version keeps serving from the deploy slot {slot}; check `fab logs --app={app.name}`")
+    if not c.run.dry_run:
+        time.sleep(nginx.FAIL_TIMEOUT + 1)  # nginx trusts the primary again after fail_timeout
+    c.run.run(commands.docker("stop", "--time", "30", slot), "stop the deploy slot")
+    c.run.run(commands.docker("rm", slot), "remove the deploy slot")
+
+
+# ----------------------------------------------------------------- recipes --
+
+def ensure_shared(c: Ctx) -> None:
+    """Shared services up (started if missing; running ones are left alone)."""
+    c.run.run(commands.compose(c.rs, "up", "--detach", "--no-build", "--no-recreate", "--wait",
+                               "--wait-timeout", str(c.rs.up_timeout), *SHARED),
+              "start the shared services", hide=True)
+
+
+def reload_nginx_if_changed(c: Ctx, plan: remote.SyncPlan) -> None:
+    if any(rel.startswith("nginx/") for rel in plan.send + plan.delete):
+        if inspect(c, "{{.State.Running}}", container_name(c, "nginx")) == "true":
+            c.run.run(commands.exec_in(c.rs, "nginx", nginx.reload_argv()), "test and reload nginx on the server",
+                      hint="the old nginx configuration is still serving")
+            c.say("==> nginx: new configuration tested with `nginx -t` and reloaded")
+
+
+def deploy_app(c: Ctx, app: App, action: str = "deploy", image: str | None = None) -> dict:
+    """Deploy (build) or roll back (given image) one app; returns its journal entry."""
+    started = time.monotonic()
+    before = snapshot(c)
+    previous = inspect(c, "{{.Image}}", container_name(c, app.name))
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "user": remote.whoami(),
+             "commit": git_commit(c.local.root), "app": app.name, "action": action,
+             "previous_image": previous, "image": image, "result": "failed"}
+    try:
+        if image is None:
+            image = build_app(c, app)
+            entry["image"] = image
+        else:
+            c.run.run(commands.docker("tag", image, app_ref(c, app.name)), f"point {app.name}:latest at {image[:19]}")
+        if c.run.dry_run:
+            c.say(f"[dry-run] would replace the container of {app.name} "
+                  f"({(previous or 'none')[:19]} -> new image); no other container would change")
+            entry["result"] = "dry-run"
+            return entry
+        if image and image == previous:
+            c.say(f"==> {app.name} already runs this image ({image[:19]}); nothing to switch")
+            entry["result"] = "ok (unchanged)"
+        else:
+            c.run.run(commands.docker("tag", image, f"{c.rs.image_namespace}/{app.name}:deploy-{time.strftime('%Y%m%d%H%M%S')}"),
+                      "keep the image for rollback")
+            switch(c, app, image)
+            entry["result"] = "ok"
+        after = snapshot(c)
+        for line in proof(before, after, {container_name(c, app.name), slot_name(c, app.name)}):
+            c.say(line)
+        return entry
+    except OnevpsError as exc:
+        entry["error"] = exc.what
+        raise
+    finally:
+        entry["seconds"] = round(time.monotonic() - started, 1)
+        remote.append_journal(c.run, c.rs, entry)
+
+
+def locked(c: Ctx, what: str, body: Callable[[], None]) -> None:
+    remote.acquire_lock(c.run, c.rs, what)
+    try:
+        body()
+    finally:
+        remote.release_lock(c.run, c.rs)
+
+
+def deploy(c: Ctx, app: str | None = None, tier: str | None = None, every: bool = False) -> None:
+    chosen = [a for a in (app, tier, every) if a]
+    if len(chosen) != 1:
+        raise OnevpsError("say what to deploy", "use exactly one of --app=NAME, --tier=base|ml, --all")
+    if tier and tier not in tiers.TIER_ORDER:
+        raise OnevpsError(f"unknown tier {tier!r}", "use --tier=base or --tier=ml")
+    apps = [c.reg.get(app)] if app else (c.reg.by_tier(tier) if tier == "ml" else list(c.reg.apps))
+    require_docker_on_server(c)
+    what = f"deploy {app or ('tier ' + tier if tier else 'all')}"
+
+    def body() -> None:
+        shared = SHARED_SYNC
+        dirs = shared + tuple(f"apps/{a.name}" for a in apps)
+        plan = sync(c, dirs)
+        env_changed = sync_env(c)
+        if env_changed:
+            c.say("note: the server's .env changed; apps pick it up as they are deployed")
+        if tier:
+            for t in (("base", "ml") if tier == "base" else ("ml",)):
+                ensure_tier(c, t, force=True)
+        ensure_shared(c)
+        reload_nginx_if_changed(c, plan)
+        for a in apps:
+            c.say(f"==> {a.name}")
+            deploy_app(c, a)
+
+    locked(c, what, body)
+
+
+SHARED_SYNC = remote.SHARED_DIRS
+
+
+def rollback(c: Ctx, app: str) -> None:
+    target_app = c.reg.get(app)
+    require_docker_on_server(c)
+
+    def body() -> None:
+        current = inspect(c, "{{.Image}}", container_name(c, app))
+        history = [e for e in remote.read_journal(c.run, c.rs)
+                   if e.get("app") == app and str(e.get("result", "")).startswith("ok") and e.get("image")]
+        candidates = [e["image"] for e in reversed(history) if e["image"] != current]
+        candidates += [e["previous_image"] for e in reversed(history) if e.get("previous_image")
+                       and e["previous_image"] != current]
+        target = next((img for img in candidates if inspect(c, "{{.Id}}", img, kind="image")), None)
+        if not target:
+            raise OnevpsError(f"no earlier image of {app} is on the server", "see `fab history --app=" + app + "`")
+        c.say(f"==> rolling {app} back to {target[:19]} (no rebuild)")
+        deploy_app(c, target_app, action="rollback", image=target)
+
+    locked(c, f"rollback {app}", body)
+
+
+def setup(c: Ctx) -> None:
+    """Make the server ready, idempotently."""
+    c.say(f"==> checking Docker on {c.rs.vps_host or 'the server'}")
+    if not c.run.run(commands.docker_info(), "docker info", check=False, mutates=False).ok:
+        c.say("==> installing Docker (Debian/Ubuntu: apt-get install docker.io)")
+        c.run.run(["sh", "-c", INSTALL_DOCKER], "install Docker on the server", hide=False,
+                  hint="install Docker Engine and the Compose v2 plugin by hand, then run `fab setup` again")
+    if not c.run.run(commands.compose_version(), "docker compose version", check=False, mutates=False).ok:
+        c.say("==> installing the Compose v2 plugin")
+        c.run.run(["sh", "-c", INSTALL_COMPOSE], "install Docker Compose v2 on the server", hide=False,
+                  hint="install the docker-compose-plugin package by hand, then run `fab setup` again")
+    c.run.run(["mkdir", "-p", f"{c.rs.vps_path}/{remote.STATE_DIR}"], f"create {c.rs.vps_path}")
+    sync(c, remote.SHARED_DIRS + ("apps",))
+    sync_env(c)
+    for tier in tiers.TIER_ORDER:
+        ensure_tier(c, tier)
+    c.say(f"==> the server is ready; next: fab deploy --all")
+
+
+INSTALL_DOCKER = ("set -e; command -v apt-get >/dev/null || { echo 'not Debian/Ubuntu: install Docker by hand' >&2; exit 2; }; "
+                  "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq docker.io; "
+                  "systemctl enable --now docker 2>/dev/null || (dockerd >/var/log/dockerd.log 2>&1 &); "
+                  "for i in $(seq 30); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1")
+INSTALL_COMPOSE = ("set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; "
+                   "apt-get install -y -qq docker-compose-plugin || apt-get install -y -qq docker-compose-v2; "
+                   "docker compose version")
+
+
+# ------------------------------------------------------------ read-only views --
+
+def status(c: Ctx) -> str:
+    ids = c.run.run(commands.docker("ps", "--all", "--quiet", "--filter",
+                                    f"label=com.docker.compose.project={c.rs.project_name}"),
+                    "list containers", mutates=False).stdout.split()
+    if not ids:
+        return f"no containers of project {c.rs.project_name} on the server (run `fab deploy --all`)"
+    fmt = "{{.Name}}\t{{.State.Status}}\t{{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}}\t{{.Image}}"
+    rows = [line.split("\t") for line in c.run.run(commands.docker("inspect", "--format", fmt, *ids),
+                                                    "inspect containers", mutates=False).stdout.splitlines()]
+    created = {}
+    images = sorted({r[3] for r in rows})
+    out = c.run.run(commands.docker("image", "inspect", "--format", "{{.Id}} {{.Created}}", *images),
+                    "inspect images", check=False, mutates=False).stdout
+    for line in out.splitlines():
+        iid, _, when = line.partition(" ")
+        created[iid] = when
+    mem = {}
+    stats = c.run.run(commands.docker("stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}", *ids),
+                      "read memory use", check=False, mutates=False).stdout
+    for line in stats.splitlines():
+        name, _, usage = line.partition("\t")
+        mem[name] = usage.split("/")[0].strip()
+    table = [("CONTAINER", "STATE", "HEALTH", "IMAGE AGE", "MEMORY")]
+    for name, state, health, image in sorted(rows):
+        table.append((name.lstrip("/"), state, health, _age(created.get(image, "")), mem.get(name.lstrip("/"), "-")))
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table)
+
+
+def _age(created: str) -> str:
+    from datetime import datetime, timezone
+
+    if not created:
+        return "-"
+    try:
+        stamp = datetime.fromisoformat(created.replace("Z", "+00:00").split(".")[0] + "+00:00")
+    except ValueError:
+        return "-"
+    seconds = int((datetime.now(timezone.utc) - stamp).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def history(c: Ctx, app: str | None = None) -> str:
+    if app:
+        c.reg.get(app)
+    entries = [e for e in remote.read_journal(c.run, c.rs) if not app or e.get("app") == app]
+    if not entries:
+        return "no deploys recorded yet" + (f" for {app}" if app else "")
+    table = [("TIME", "USER", "COMMIT", "APP", "ACTION", "IMAGE", "SECONDS", "RESULT")]
+    for e in entries:
+        table.append((e.get("time", "?"), e.get("user", "?"), e.get("commit", "?"), e.get("app", "?"),
+                      e.get("action", "?"), (e.get("image") or "-").replace("sha256:", "")[:12],
+                      str(e.get("seconds", "-")), e.get("result", "?")))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table)
