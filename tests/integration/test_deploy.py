@@ -1,0 +1,295 @@
+"""`fab` against a real sshd on 127.0.0.1: the "VPS" is this machine, reached
+over real SSH; its stack is a Compose project of its own (onevps-deploy).
+
+The local side is a temporary copy of the repository, so code changes made
+by these tests never touch the working tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from onevps import config, loadgen, tiers
+
+from .conftest import ROOT, docker, http
+
+pytestmark = pytest.mark.docker
+
+SSH_PORT = int(os.environ.get("ONEVPS_TEST_SSH_PORT", "2223"))
+SERVER_ENV = """\
+COMPOSE_PROJECT_NAME=onevps-deploy
+HTTP_PORT=18280
+HTTPS_PORT=18643
+NETWORK_PREFIX=172.27.0
+IMAGE_NAMESPACE=onevps-deploy
+"""
+PROJECT = "onevps-deploy"
+
+
+# ------------------------------------------------------------------ sshd --
+
+def _sshd_binary() -> str:
+    path = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(path):
+        pytest.fail("the deploy tests need OpenSSH's sshd (apt-get install openssh-server); they never skip",
+                    pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 with its own host key and an authorized key made here."""
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    shutil.copy(d / "client_key.pub", d / "authorized_keys")
+    config = d / "sshd_config"
+    config.write_text(f"""\
+Port {SSH_PORT}
+ListenAddress 127.0.0.1
+HostKey {d}/host_key
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+MaxStartups 100
+MaxSessions 100
+Subsystem sftp internal-sftp
+""")
+    os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen([_sshd_binary(), "-D", "-f", str(config), "-E", str(d / "sshd.log")])
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", SSH_PORT), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"sshd did not listen on 127.0.0.1:{SSH_PORT}: {(d / 'sshd.log').read_text()}")
+    yield d / "client_key"
+    proc.terminate()  # only the sshd this fixture started, by its PID
+    proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------ local copy --
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, built_images, settings, sshd):
+    base = tmp_path_factory.mktemp("deploy")
+    copy = base / "onevps"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.whl", ".env"))
+    (copy / ".env.vps").write_text(SERVER_ENV)
+    # The "server" shares this machine's engine: give it the tier images the
+    # session built (through Compose), as a server that ran `fab setup` before
+    # has them. Building torch there would need PyTorch's index, out of reach here.
+    tags = tiers.tag_env(config.load(root=copy, environ={}))
+    for tier, tag in (("base", tags["BASE_TAG"]), ("ml", tags["ML_TAG"])):
+        docker("tag", f"{settings.image_namespace}/{tier}:{tag}", f"onevps-deploy/{tier}:{tag}")
+        docker("tag", f"{settings.image_namespace}/{tier}:{tag}", f"onevps-deploy/{tier}:latest")
+    env = {
+        "VPS_HOST": "127.0.0.1", "VPS_PORT": str(SSH_PORT), "VPS_USER": "root", "VPS_SSH_KEY": str(sshd),
+        "VPS_PATH": str(base / "vps"), "VPS_ENV_FILE": ".env.vps", "TORCH_WHEEL_DIR": "",
+        "DEPLOY_TIMEOUT": "120",
+    }
+    yield {"root": copy, "vps": base / "vps", "env": env}
+    compose = base / "vps" / "compose" / "docker-compose.yml"
+    if compose.exists():
+        subprocess.run(["docker", "compose", "-p", PROJECT, "-f", str(compose), "down", "--volumes",
+                        "--remove-orphans"], capture_output=True)
+    for name in docker("ps", "--all", "--format", "{{.Names}}").split():
+        if name.startswith(PROJECT + "-") and name.endswith("-next"):
+            docker("rm", "--force", name)
+
+
+def fab(repo, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **repo["env"], **(env or {})}
+    fab_bin = str(Path(sys.executable).with_name("fab"))
+    return subprocess.run([fab_bin, *args], cwd=repo["root"], env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+class Server:
+    domain = "localhost"
+    http_port = 18280
+    https_port = 18643
+
+
+def containers() -> dict[str, tuple[str, str]]:
+    ids = docker("ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT}").split()
+    out = docker("inspect", "--format", "{{.Name}} {{.Id}} {{.State.StartedAt}}", *ids) if ids else ""
+    return {n.lstrip("/"): (i, s) for n, i, s in (line.split() for line in out.splitlines())}
+
+
+def server_files(repo) -> dict[str, bytes]:
+    root = repo["vps"]
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def Load(app: str) -> loadgen.Load:
+    """A steady stream of requests through the server's nginx on 127.0.0.1 to one app."""
+    return loadgen.Load(Server.http_port, f"{app}.{Server.domain}", threads=3)
+
+
+def set_version(repo, app: str, version: str) -> None:
+    """Change the app's code: its default APP_VERSION."""
+    path = repo["root"] / "apps" / app / "main.py"
+    text = path.read_text()
+    import re
+
+    new = re.sub(r'os\.getenv\("APP_VERSION", "[^"]*"\)', f'os.getenv("APP_VERSION", "{version}")', text)
+    assert new != text or f'"{version}"' in text
+    path.write_text(new)
+
+
+# ------------------------------------------------------------------ tests --
+
+def test_setup_makes_the_server_ready_and_is_idempotent(repo):
+    res = fab(repo, "setup")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert "the server is ready" in res.stdout
+    env_file = repo["vps"] / ".env"
+    assert env_file.read_text() == SERVER_ENV
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    assert (repo["vps"] / "compose" / "docker-compose.yml").is_file()
+    again = fab(repo, "setup")
+    assert again.returncode == 0, again.stderr
+    assert "sent 0 changed file(s), 0 bytes" in again.stdout
+
+
+def test_first_deploy_of_everything(repo):
+    res = fab(repo, "deploy", "--all")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    assert len(containers()) == 11
+    for app in ("portfolio", "kb", "embedder"):
+        assert http(Server, app, "/health").json()["app"] == app
+
+
+def test_deploy_a_code_change_under_load_fails_no_request(repo):
+    before = containers()
+    set_version(repo, "portfolio", "v2")
+    with Load("portfolio") as load:
+        res = fab(repo, "deploy", "--app=portfolio")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert load.total > 100
+    assert "dev" in load.versions and load.versions[-1] == "v2"  # responses switched to the new version
+    assert "sent 1 changed file(s)" in res.stdout
+    assert "10 other containers kept their ID and start time" in res.stdout
+    after = containers()
+    name = f"{PROJECT}-portfolio-1"
+    assert after[name][0] != before[name][0]
+    assert {k: v for k, v in after.items() if k != name} == {k: v for k, v in before.items() if k != name}
+    assert not [n for n in docker("ps", "--all", "--format", "{{.Names}}").split() if n.endswith("-next")]
+
+
+def test_a_crashing_version_is_removed_and_the_old_one_keeps_serving(repo):
+    path = repo["root"] / "apps" / "portfolio" / "main.py"
+    good = path.read_text()
+    path.write_text(good + '\nraise SystemExit("boom: this version crashes on start")\n')
+    before = containers()
+    try:
+        with Load("portfolio") as load:
+            res = fab(repo, "deploy", "--app=portfolio")
+    finally:
+        path.write_text(good)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]  # the build's own output streams above it
+    assert last.startswith("error: the new portfolio did not become healthy") and "old version keeps serving" in last
+    assert "Traceback" not in res.stderr
+    assert "boom: this version crashes on start" in res.stdout  # the new container's last log lines
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert set(load.versions) == {"v2"}
+    assert containers() == before
+    assert not [n for n in docker("ps", "--all", "--format", "{{.Names}}").split() if n.endswith("-next")]
+
+
+def test_two_deploys_at_once_one_is_refused(repo):
+    set_version(repo, "kb", "kb-v2")
+    env = {**os.environ, **repo["env"]}
+    first = subprocess.Popen([str(Path(sys.executable).with_name("fab")), "deploy", "--app=kb"],
+                             cwd=repo["root"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = repo["vps"] / ".onevps" / "deploy.lock" / "holder"
+    deadline = time.time() + 60
+    while not lock.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert lock.exists(), "the first deploy never took the lock"
+    second = fab(repo, "deploy", "--app=portfolio")
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-2000:] + err
+    assert second.returncode == 1
+    assert second.stderr.startswith("error: another deploy is running: the deploy lock is held by ")
+    assert "since 20" in second.stderr and "deploy kb" in second.stderr
+    assert http(Server, "kb", "/health").json()["version"] == "kb-v2"
+
+
+def test_a_stale_lock_is_refused_until_unlock(repo):
+    lock = repo["vps"] / ".onevps" / "deploy.lock"
+    lock.mkdir(parents=True)
+    (lock / "holder").write_text(json.dumps({"holder": "alice@laptop", "since": "2026-01-01T00:00:00+0000",
+                                             "what": "deploy kb"}))
+    res = fab(repo, "deploy", "--app=kb")
+    assert res.returncode == 1
+    assert "held by alice@laptop since 2026-01-01T00:00:00+0000" in res.stderr
+    res = fab(repo, "unlock")
+    assert res.returncode == 0 and "removed the deploy lock held by" in res.stdout
+    assert not lock.exists()
+
+
+def test_rollback_returns_the_previous_image_without_failed_requests(repo):
+    with Load("portfolio") as load:
+        res = fab(repo, "rollback", "--app=portfolio")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    assert "building" not in res.stdout  # no rebuild
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert load.versions[0] == "v2" and load.versions[-1] == "dev"
+    hist = fab(repo, "history", "--app=portfolio")
+    assert hist.returncode == 0
+    rows = [line.split() for line in hist.stdout.splitlines()[1:]]
+    assert [r[4] for r in rows] == ["deploy", "deploy", "deploy", "rollback"]
+    assert [r[-1] for r in rows][-1] == "ok" and rows[2][-1] == "failed"
+
+
+def test_dry_run_changes_nothing(repo):
+    set_version(repo, "portfolio", "v3")
+    before_ids, before_files = containers(), server_files(repo)
+    res = fab(repo, "deploy", "--app=portfolio", "--dry-run")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert "[dry-run] send apps/portfolio/main.py" in res.stdout
+    assert "[dry-run] would replace the container of portfolio" in res.stdout
+    assert any(line.startswith("[dry-run] env BASE_TAG=") and " docker compose " in line and " build portfolio" in line
+               for line in res.stdout.splitlines())
+    assert containers() == before_ids
+    assert server_files(repo) == before_files
+    assert http(Server, "portfolio", "/health").json()["version"] == "dev"
+
+
+def test_status_logs_and_user_errors(repo):
+    res = fab(repo, "status")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].split() == ["CONTAINER", "STATE", "HEALTH", "IMAGE", "AGE", "MEMORY"]
+    assert f"{PROJECT}-portfolio-1" in res.stdout and "healthy" in res.stdout
+    res = fab(repo, "logs", "--app=portfolio", "--tail=5")
+    assert res.returncode == 0 and "portfolio" in res.stdout
+    res = fab(repo, "deploy", "--app=nope")
+    assert res.returncode == 1
+    assert res.stderr.strip() == ("error: unknown app 'nope' (hint: known apps: portfolio, chatbot, kb, api-gw, "
+                                  "embedder, classify, summary)")
+    res = fab(repo, "status", env={"VPS_PORT": "1"})
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: cannot reach root@127.0.0.1:1") and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
