@@ -11,14 +11,14 @@ from onevps import config, deploy as recipes, remote
 from onevps.errors import OnevpsError
 
 
-def _ctx(c, dry_run=False):
-    return recipes.open_ctx(config.load(), c, dry_run)
+def _ctx(c, dry_run=False, secrets=False):
+    return recipes.open_ctx(config.load(), c, dry_run, secrets=secrets)
 
 
 @task(help={"dry-run": "Print every remote command that would change something; change nothing."})
 def setup(c, dry_run=False):
     """Make a fresh server ready: Docker + Compose v2, VPS_PATH, files, .env (mode 600), tier images."""
-    recipes.setup(_ctx(c, dry_run))
+    recipes.setup(_ctx(c, dry_run, secrets=True))
 
 
 @task(help={"app": "Deploy just this app.",
@@ -27,7 +27,7 @@ def setup(c, dry_run=False):
             "dry-run": "Print every remote command and which containers would change; change nothing."})
 def deploy(c, app=None, tier=None, all=False, dry_run=False):
     """Send what changed, build only the app's layer on the server, swap its container with zero failed requests."""
-    recipes.deploy(_ctx(c, dry_run), app=app, tier=tier, every=all)
+    recipes.deploy(_ctx(c, dry_run, secrets=True), app=app, tier=tier, every=all)
 
 
 @task(help={"app": "The app to roll back (required).",
@@ -36,7 +36,7 @@ def rollback(c, app=None, dry_run=False):
     """Return an app to its previous image (no rebuild), with the same zero-failure switch."""
     if not app:
         raise OnevpsError("no app given", "use `fab rollback --app=NAME`")
-    recipes.rollback(_ctx(c, dry_run), app)
+    recipes.rollback(_ctx(c, dry_run, secrets=True), app)
 
 
 @task(help={"app": "Only this app's deploys."})

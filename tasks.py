@@ -5,6 +5,8 @@ onevps package and prints its result. User errors print one line and exit
 non-zero (onevps.errors.OnevpsError is an invoke Exit).
 """
 
+import os
+
 from invoke import task
 
 from onevps import apps, checks, commands, config, nginx, stack
@@ -57,6 +59,9 @@ def build(c, app=None, no_cache=False):
             "app": "Build and start just this app (shared services are started if not running)."})
 def up(c, build=False, app=None):
     """Start the whole stack, build what is missing, wait until healthy, print the URLs."""
+    created = config.create_env_file(config.REPO_ROOT) if not os.environ.get("ONEVPS_ENV_FILE") else None
+    if created:
+        print(f"==> first run: wrote {created.name} from .env.example with a new random REDIS_PASSWORD (mode 600)")
     settings, reg, runner = _setup(c)
     rows = stack.up(runner, settings, reg, rebuild=build, app=app)
     print(stack.table(rows))
@@ -121,7 +126,8 @@ def settings(c, show_defaults=False):
     for key in config.KEYS:
         value = s.raw.get(key.name, "")
         if show_defaults or value != key.default:
-            print(f"{key.name}={value}")
+            shown = "(set, hidden)" if key.name in config.SECRET_KEYS and value else value
+            print(f"{key.name}={shown}")
 
 
 @task(help={"name": "The app's name: a DNS label (a-z, 0-9, '-'), also its subdomain and image name.",

@@ -23,4 +23,6 @@ COPY . /app
 ENV APP_NAME="${APP_NAME}" \
     APP_TIER="${APP_TIER}"
 EXPOSE 8000
+# Never root: the base tier's unprivileged user (uid 10001).
+USER app
 CMD ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]

@@ -28,6 +28,8 @@ from .registry import TIERS, Registry
 
 TEMPLATE_DIR = Path("templates/app")
 APP_ANCHOR_KEY = "x-app"
+# The defaults block each tier's apps merge (`<<: *app` / `<<: *ml-app`).
+TIER_ANCHOR_KEYS = {"base": "x-app", "ml": "x-ml-app"}
 DOMAIN_LABEL = "onevps.domain"
 
 _ENTRY = """\
@@ -91,7 +93,8 @@ def entry_text(name: str, tier: str, host: int, domain: str | None = None) -> st
 def add_service(data: Any, reg: Registry, name: str, tier: str, host: int, domain: str | None = None) -> None:
     """Insert the app's service into the loaded compose data (in place)."""
     services = data["services"]
-    anchor = data.get(APP_ANCHOR_KEY)
+    anchor_key = TIER_ANCHOR_KEYS[tier] if isinstance(data.get(TIER_ANCHOR_KEYS[tier]), CommentedMap) else APP_ANCHOR_KEY
+    anchor = data.get(anchor_key)
     if not isinstance(anchor, CommentedMap):
         raise OnevpsError(f"the compose file has no `{APP_ANCHOR_KEY}: &app` block to merge into new apps",
                           "restore it with `git checkout -- compose/`")

@@ -99,6 +99,39 @@ def _optional_dir(raw: str) -> str:
     return raw.strip()
 
 
+PLACEHOLDER = "change-me"
+SECRET_HINT = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def _secret(raw: str) -> str:
+    value = raw.strip()
+    if value in ("", PLACEHOLDER):
+        return value  # refused later, by require_secrets(), where a secret is needed
+    if len(value) < 16 or not re.match(r"^[A-Za-z0-9_-]+$", value):
+        raise ValueError("must be at least 16 characters of A-Z, a-z, 0-9, '_' or '-' (it goes into a URL); "
+                         + SECRET_HINT)
+    return value
+
+
+_MEMORY = re.compile(r"^[1-9][0-9]*[kmg]?$")
+
+
+def _memory(raw: str) -> str:
+    if not _MEMORY.match(raw.strip().lower()):
+        raise ValueError("must be a memory size such as 256m or 2g")
+    return raw.strip().lower()
+
+
+def _cpus(raw: str) -> str:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0
+    if not 0 < value <= 256:
+        raise ValueError("must be a number of CPUs such as 0.5 or 2")
+    return raw.strip()
+
+
 def _optional_host(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -151,6 +184,15 @@ KEYS: tuple[Key, ...] = (
     Key("OLLAMA_MODEL", "llama3.2:1b", _text, "Model the chatbot asks Ollama for."),
     Key("UP_TIMEOUT", "900", _positive_int,
         "Seconds `inv up` waits for every container to become healthy."),
+    Key("REDIS_PASSWORD", "", _secret,
+        "Password Redis requires; apps get it in REDIS_URL. Required: `inv up` and `fab` refuse without it."),
+    Key("APP_MEM_LIMIT", "256m", _memory, "Memory limit of each base app (override per app in the compose file)."),
+    Key("APP_CPUS", "1.0", _cpus, "CPU limit of each app."),
+    Key("ML_APP_MEM_LIMIT", "1g", _memory, "Memory limit of each ML app."),
+    Key("NGINX_MEM_LIMIT", "256m", _memory, "Memory limit of nginx."),
+    Key("REDIS_MEM_LIMIT", "512m", _memory, "Memory limit of Redis."),
+    Key("CHROMA_MEM_LIMIT", "1g", _memory, "Memory limit of ChromaDB."),
+    Key("OLLAMA_MEM_LIMIT", "8g", _memory, "Memory limit of Ollama (models need room)."),
     Key("VPS_HOST", "", _optional_host, "The server `fab` works on (or give `fab -H host`)."),
     Key("VPS_USER", "root", _user, "SSH user on the server (must be able to use Docker)."),
     Key("VPS_PORT", "22", _port, "SSH port on the server."),
@@ -162,6 +204,41 @@ KEYS: tuple[Key, ...] = (
         "Seconds `fab deploy` waits for the new version to become healthy before it gives up."),
 )
 KEY_NAMES = frozenset(k.name for k in KEYS)
+SECRET_KEYS = ("REDIS_PASSWORD",)
+
+
+def require_secrets(settings: "Settings", where: str = ".env") -> None:
+    """Refuse to go on while a secret is missing or still the .env.example placeholder."""
+    for key in SECRET_KEYS:
+        value = settings.raw.get(key, "")
+        if not value:
+            raise ConfigError(f"{key} is not set in {where}", f"add {key}=<a random value>; {SECRET_HINT}")
+        if value == PLACEHOLDER:
+            raise ConfigError(f"{key} in {where} is still the .env.example placeholder",
+                              f"replace it with a random value; {SECRET_HINT}")
+
+
+def create_env_file(root: Path) -> Path | None:
+    """First run: copy .env.example to .env (mode 600) with fresh random secrets.
+
+    Does nothing when .env exists. Returns the path when it made one.
+    """
+    import secrets
+
+    from .composefile import atomic_write
+
+    target, example = root / ".env", root / ".env.example"
+    if target.exists() or not example.exists():
+        return None
+    lines = []
+    for line in example.read_text(encoding="utf-8").splitlines():
+        key = line.split("=", 1)[0]
+        if key in SECRET_KEYS:
+            line = f"{key}={secrets.token_urlsafe(32)}"
+        lines.append(line)
+    atomic_write(target, "\n".join(lines) + "\n")
+    os.chmod(target, 0o600)
+    return target
 
 
 @dataclass(frozen=True)
@@ -207,8 +284,15 @@ class Settings:
         return f"http://{app}.{self.domain}{port}/"
 
     def compose_env(self) -> dict[str, str]:
-        """The variables compose interpolates, as validated here."""
-        return {k.name: self.raw[k.name] for k in KEYS if k.name in self.raw}
+        """The variables compose interpolates, as validated here.
+
+        A missing secret travels as the placeholder, so builds and checks work;
+        the tasks that start containers refuse it first (require_secrets).
+        """
+        env = {k.name: self.raw[k.name] for k in KEYS if k.name in self.raw}
+        for key in SECRET_KEYS:
+            env[key] = env.get(key) or PLACEHOLDER
+        return env
 
 
 def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:

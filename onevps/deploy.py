@@ -28,7 +28,7 @@ from typing import Callable
 
 from fabric import Connection
 
-from . import commands, nginx, remote, tiers
+from . import commands, config, nginx, remote, tiers
 from .config import Settings
 from .errors import CommandFailed, OnevpsError
 from .registry import SHARED, App, Registry
@@ -51,8 +51,10 @@ class Ctx:
         self.run.say(msg)
 
 
-def open_ctx(local: Settings, connection: object | None, dry_run: bool) -> Ctx:
+def open_ctx(local: Settings, connection: object | None, dry_run: bool, secrets: bool = False) -> Ctx:
     rs = remote.remote_settings(local)
+    if secrets:  # tasks that (re)start containers on the server
+        config.require_secrets(rs, where=str(local.vps_env_file.name if local.vps_env_file else ".env"))
     server = remote.server_from(local, connection)
     conn = remote.connect(server)
     for tier in tiers.TIER_ORDER:

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 from invoke.context import Context
 
-from . import commands, nginx, registry as registry_mod, tiers
+from . import commands, config, nginx, registry as registry_mod, tiers
 from .config import Settings
 from .errors import CommandFailed, OnevpsError
 from .registry import SHARED, Registry
@@ -182,6 +182,7 @@ def up(runner: Runner, settings: Settings, reg: Registry, rebuild: bool = False,
     plus any shared service that is not running yet; other apps are untouched.
     """
     only = reg.get(app).name if app else None
+    config.require_secrets(settings)
     require_docker(runner)
     problems = registry_mod.problems(reg)
     if problems:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import ssl
 import subprocess
@@ -37,8 +38,12 @@ TEST_ENV = {
     "NETWORK_PREFIX": os.environ.get("ONEVPS_TEST_NETWORK_PREFIX", "172.29.0"),
     "IMAGE_NAMESPACE": "onevps-test",
     "UP_TIMEOUT": "900",
+    "REDIS_PASSWORD": secrets.token_urlsafe(24),  # a fresh secret for every run
 }
 os.environ.update(TEST_ENV)
+# Use the developer's .env when there is one (proxy CA, wheel folder); never
+# let `inv up` write one into the working tree during tests.
+os.environ.setdefault("ONEVPS_ENV_FILE", str(ROOT / ".env") if (ROOT / ".env").exists() else str(ROOT / ".env.absent"))
 
 
 def docker_problem() -> str | None:

@@ -106,7 +106,8 @@ def test_env_example_documents_every_key_with_its_default():
     example = dotenv_values(ROOT / ".env.example")
     assert set(example) == {k.name for k in KEYS}
     for key in KEYS:
-        assert example[key.name] == key.default, key.name
+        expected = config.PLACEHOLDER if key.name in config.SECRET_KEYS else key.default
+        assert example[key.name] == expected, key.name
         assert key.help
 
 
@@ -123,3 +124,36 @@ def test_settings_are_frozen(tmp_path):
 
 def test_repo_root_points_at_the_repository():
     assert (config.REPO_ROOT / "compose" / "docker-compose.yml").is_file()
+
+
+def test_secrets_are_required_where_needed(tmp_path):
+    s = load(root=tmp_path, environ={})
+    with pytest.raises(ConfigError, match="REDIS_PASSWORD is not set in .env.*token_urlsafe"):
+        config.require_secrets(s)
+    s = load(root=tmp_path, environ={"REDIS_PASSWORD": "change-me"})
+    with pytest.raises(ConfigError, match="still the .env.example placeholder"):
+        config.require_secrets(s)
+    config.require_secrets(load(root=tmp_path, environ={"REDIS_PASSWORD": "x" * 32}))
+
+
+def test_weak_or_url_breaking_secret_is_refused(tmp_path):
+    for bad in ("short", "has spaces in it here!", "with@at-sign-and-more"):
+        with pytest.raises(ConfigError, match="REDIS_PASSWORD"):
+            load(root=tmp_path, environ={"REDIS_PASSWORD": bad})
+
+
+def test_first_run_creates_env_with_random_secret(tmp_path):
+    (tmp_path / ".env.example").write_text((ROOT / ".env.example").read_text())
+    path = config.create_env_file(tmp_path)
+    assert path == tmp_path / ".env" and oct(path.stat().st_mode & 0o777) == "0o600"
+    s = load(root=tmp_path, environ={})
+    config.require_secrets(s)
+    assert len(s.raw["REDIS_PASSWORD"]) >= 40
+    before = path.read_text()
+    assert config.create_env_file(tmp_path) is None and path.read_text() == before  # never overwrites
+
+
+@pytest.mark.parametrize("key, value", [("APP_MEM_LIMIT", "lots"), ("APP_CPUS", "0"), ("ML_APP_MEM_LIMIT", "0g")])
+def test_bad_limits_name_the_key(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=key):
+        load(root=tmp_path, environ={key: value})

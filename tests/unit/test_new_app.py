@@ -131,7 +131,8 @@ def test_new_app_compose_diff_matches_golden(repo, golden, args):
     assert changed and all(line.startswith("+") for line in changed), "new-app must not change existing lines"
     host = registry.load(repo.compose_file).get(name).host
     entry = textwrap.indent(apps.entry_text(name, tier, host, domain), "  ")
-    entry = entry.replace("  " + name + ":\n", "  " + name + ":\n    <<: *app\n", 1)
+    anchor = "*ml-app" if tier == "ml" else "*app"  # each tier merges its defaults block
+    entry = entry.replace("  " + name + ":\n", "  " + name + ":\n    <<: " + anchor + "\n", 1)
     assert "".join(line[1:] for line in changed) == entry + "\n"
 
 

@@ -112,3 +112,19 @@ def test_require_docker_reports_a_stopped_engine(monkeypatch):
     ctx = MockContext(run={"docker info --format '{{.ServerVersion}}'": Result(exited=1)})
     with pytest.raises(OnevpsError, match="Docker engine is not reachable"):
         runner_mod.require_docker(Runner(ctx))
+
+
+def test_up_refuses_a_missing_or_placeholder_secret(tmp_path):
+    for value, expected in (("", "error: REDIS_PASSWORD is not set in .env"),
+                            ("change-me", "error: REDIS_PASSWORD in .env is still the .env.example placeholder")):
+        res = run_inv("up", env={"ONEVPS_ENV_FILE": str(tmp_path / "none.env"), "REDIS_PASSWORD": value})
+        assert res.returncode == 1
+        assert res.stderr.startswith(expected) and "token_urlsafe" in res.stderr
+        assert "Traceback" not in res.stderr
+
+
+def test_settings_never_prints_a_secret(tmp_path):
+    res = run_inv("settings", env={"ONEVPS_ENV_FILE": str(tmp_path / "none.env"),
+                                   "REDIS_PASSWORD": "s3cret-value-0123456789"})
+    assert res.returncode == 0
+    assert "s3cret-value" not in res.stdout and "REDIS_PASSWORD=(set, hidden)" in res.stdout
