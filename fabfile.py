@@ -5,9 +5,11 @@ VPS_SSH_KEY) or from `fab -H user@host`. Thin on purpose: the recipes live in
 onevps.deploy; user errors print one line and exit non-zero.
 """
 
+from pathlib import Path
+
 from fabric import task
 
-from onevps import config, deploy as recipes, remote
+from onevps import backup as recipes_backup, config, deploy as recipes, remote
 from onevps.errors import OnevpsError
 
 
@@ -74,3 +76,37 @@ def unlock(c):
         return
     remote.release_lock(ctx.run, ctx.rs)
     print(f"removed the deploy lock held by {holder}")
+
+
+@task(help={"dest": "Local folder the archive is downloaded to (default: backups/).",
+            "dry-run": "Print every remote command; change nothing."})
+def backup(c, dest="backups", dry_run=False):
+    """Archive the data volumes (Redis, ChromaDB, Ollama, certificates) and .env on the server; download it."""
+    ctx = _ctx(c, dry_run)
+    path = recipes_backup.backup(ctx, config.REPO_ROOT / dest if not dest.startswith("/") else Path(dest))
+    if path:
+        print(f"downloaded {path} ({path.stat().st_size} bytes, mode 600: it holds the server's secrets)")
+
+
+@task(help={"archive": "The archive `fab backup` downloaded.",
+            "env": "Also put back the server's .env from the archive.",
+            "yes": "Do not ask for confirmation.",
+            "dry-run": "Print every remote command; change nothing."})
+def restore(c, archive, env=False, yes=False, dry_run=False):
+    """Put a backup back: replaces the data volumes on the server (stops the stateful services meanwhile)."""
+    if archive in ("-h", "--help"):
+        print("usage: fab restore ARCHIVE [--env] [--yes] [--dry-run]\n(`fab --help restore` describes every flag)")
+        return
+    path = Path(archive)
+    recipes_backup.check_archive(path)
+    if not yes and not dry_run:
+        import sys
+
+        if not sys.stdin or not sys.stdin.isatty():
+            raise OnevpsError("refusing to replace the server's data without confirmation", "add --yes to confirm")
+        if input(f"Replace the server's data with {path.name}? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing restored")
+            return
+    ctx = _ctx(c, dry_run)
+    with_lock = recipes.locked
+    with_lock(ctx, f"restore {path.name}", lambda: recipes_backup.restore(ctx, path, with_env=env))

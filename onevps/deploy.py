@@ -264,9 +264,11 @@ def switch(c: Ctx, app: App, image: str) -> None:
 
 # ----------------------------------------------------------------- recipes --
 
-def ensure_shared(c: Ctx) -> None:
-    """Shared services up (started if missing; running ones are left alone)."""
-    c.run.run(commands.compose(c.rs, "up", "--detach", "--no-build", "--no-recreate", "--wait",
+def ensure_shared(c: Ctx, recreate_changed: bool = False) -> None:
+    """Shared services up. Deploys leave running ones alone; `fab setup` also
+    recreates a shared service whose compose entry changed (a short restart)."""
+    flags = [] if recreate_changed else ["--no-recreate"]
+    c.run.run(commands.compose(c.rs, "up", "--detach", "--no-build", *flags, "--wait",
                                "--wait-timeout", str(c.rs.up_timeout), *SHARED),
               "start the shared services", hide=True)
 
@@ -394,7 +396,9 @@ def setup(c: Ctx) -> None:
     sync_env(c)
     for tier in tiers.TIER_ORDER:
         ensure_tier(c, tier)
-    c.say(f"==> the server is ready; next: fab deploy --all")
+    c.say("==> starting the shared services (a changed entry is applied now)")
+    ensure_shared(c, recreate_changed=True)
+    c.say("==> the server is ready; next: fab deploy --all")
 
 
 INSTALL_DOCKER = ("set -e; command -v apt-get >/dev/null || { echo 'not Debian/Ubuntu: install Docker by hand' >&2; exit 2; }; "

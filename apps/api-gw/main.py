@@ -43,6 +43,9 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 log = logging.getLogger("api-gw")
@@ -111,13 +114,20 @@ def redact_url(url: str) -> str:
 
 
 def make_redis(url: str):
-    """A redis.asyncio client that fails fast when Redis is down."""
+    """A redis.asyncio client that fails fast when Redis is down.
+
+    A pooled connection that died with a Redis restart is retried once on a
+    fresh connection (health_check_interval also probes idle connections), so
+    the first request after a restart does not fail.
+    """
     return aioredis.from_url(
         url,
         decode_responses=True,
         socket_connect_timeout=2.0,
         socket_timeout=2.0,
-        retry_on_timeout=False,
+        health_check_interval=15,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[RedisConnectionError],
     )
 
 

@@ -294,3 +294,36 @@ def test_status_logs_and_user_errors(repo):
     assert res.returncode == 1
     assert res.stderr.startswith("error: cannot reach root@127.0.0.1:1") and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_backup_and_restore_round_trip(repo):
+    def kv(value=None):
+        if value is None:
+            return http(Server, "api-gw", "/kv/backup-check").json()["value"]
+        assert http(Server, "api-gw", "/kv/backup-check", "POST", {"value": value}).status == 200
+
+    def kb_count():
+        return http(Server, "kb", "/documents/count").json()["count"]
+
+    kv("before")
+    assert http(Server, "kb", "/documents", "POST", {"id": "kept", "text": "kept in the backup"}).status == 201
+    count = kb_count()
+    res = fab(repo, "backup")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    archive = Path(res.stdout.split("downloaded ", 1)[1].split(" (", 1)[0])
+    assert archive.is_file() and oct(archive.stat().st_mode & 0o777) == "0o600"
+
+    kv("after")  # change the data
+    assert http(Server, "kb", "/documents", "POST", {"id": "lost", "text": "written after the backup"}).status == 201
+    assert kb_count() == count + 1
+
+    res = fab(repo, "restore", str(archive))  # no terminal, no --yes: refused, nothing changes
+    assert res.returncode == 1 and "add --yes" in res.stderr and kv() == "after"
+    res = fab(repo, "restore", str(archive), "--yes")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert kv() == "before" and kb_count() == count
+
+    res = fab(repo, "restore", "/etc/hostname", "--yes")
+    assert res.returncode == 1
+    assert res.stderr.strip() == ("error: /etc/hostname is not an onevps backup archive "
+                                  "(hint: give a file made by `fab backup`)")
