@@ -17,6 +17,15 @@ def _ctx(c, dry_run=False, secrets=False):
     return recipes.open_ctx(config.load(), c, dry_run, secrets=secrets)
 
 
+def _check_target(app=None, tier=None):
+    """Refuse an unknown app or tier before connecting to anything."""
+    settings = config.load()
+    if app and app not in recipes.SHARED:
+        recipes.load_registry(settings.compose_file).get(app)
+    if tier is not None and tier not in ("base", "ml"):
+        raise OnevpsError(f"unknown tier {tier!r}", "use --tier=base or --tier=ml")
+
+
 @task(help={"dry-run": "Print every remote command that would change something; change nothing."})
 def setup(c, dry_run=False):
     """Make a fresh server ready: Docker + Compose v2, VPS_PATH, files, .env (mode 600), tier images."""
@@ -29,6 +38,7 @@ def setup(c, dry_run=False):
             "dry-run": "Print every remote command and which containers would change; change nothing."})
 def deploy(c, app=None, tier=None, all=False, dry_run=False):
     """Send what changed, build only the app's layer on the server, swap its container with zero failed requests."""
+    _check_target(app, tier)
     recipes.deploy(_ctx(c, dry_run, secrets=True), app=app, tier=tier, every=all)
 
 
@@ -38,12 +48,14 @@ def rollback(c, app=None, dry_run=False):
     """Return an app to its previous image (no rebuild), with the same zero-failure switch."""
     if not app:
         raise OnevpsError("no app given", "use `fab rollback --app=NAME`")
+    _check_target(app)
     recipes.rollback(_ctx(c, dry_run, secrets=True), app)
 
 
 @task(help={"app": "Only this app's deploys."})
 def history(c, app=None):
     """Show the deploy journal: time, user, git commit, app, image, result."""
+    _check_target(app)
     print(recipes.history(_ctx(c), app))
 
 
@@ -60,6 +72,7 @@ def logs(c, app=None, follow=False, tail=100):
     """Show an app's container logs on the server."""
     if not app:
         raise OnevpsError("no app given", "use `fab logs --app=NAME`")
+    _check_target(app)
     ctx = _ctx(c)
     name = app if app in recipes.SHARED else ctx.reg.get(app).name
     ctx.run.run(recipes.commands.logs(ctx.rs, [name], follow=follow, tail=int(tail)), "show logs",

@@ -9,7 +9,7 @@ import os
 
 from invoke import task
 
-from onevps import apps, checks, commands, config, nginx, stack
+from onevps import checks, commands, config, nginx, stack
 from onevps.errors import OnevpsError
 from onevps.runner import require_docker
 
@@ -88,8 +88,9 @@ def status(c):
 def logs(c, app=None, follow=False, tail=100):
     """Show container logs."""
     settings, reg, runner = _setup(c)
+    services = stack.service_names(reg, app)
     require_docker(runner)
-    runner.run(commands.logs(settings, stack.service_names(reg, app), follow=follow, tail=int(tail)),
+    runner.run(commands.logs(settings, services, follow=follow, tail=int(tail)),
                "show logs", hide=False, mutates=False)
 
 

@@ -184,6 +184,16 @@ def _validate(root: Path, compose_text: str, expect: Callable[[Registry], None])
     return reg
 
 
+def _planned_writes(settings: Settings, compose_text: str, expect: Callable[[Registry], None]) -> Plan:
+    """Validate the new compose text; plan it and the nginx files it renders."""
+    new_reg = _validate(settings.root, compose_text, expect)
+    plan = Plan()
+    plan.writes[settings.compose_file] = compose_text
+    for rel, text in nginx.rendered_files(new_reg).items():
+        plan.writes[settings.root / rel] = text
+    return plan
+
+
 def _known_problems(settings: Settings, reg: Registry) -> None:
     """Refuse to edit on top of a repository that is already inconsistent."""
     in_compose = set(reg.names())
@@ -232,11 +242,7 @@ def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str 
         if (app.tier, app.host, app.domain) != (tier, host, domain) or new.names().count(name) != 1:
             raise OnevpsError("internal error: the new entry did not read back as written", "nothing was changed")
 
-    new_reg = _validate(root, compose_text, expect)
-    plan = Plan()
-    plan.writes[compose_path] = compose_text
-    for rel, text in nginx.rendered_files(new_reg).items():
-        plan.writes[root / rel] = text
+    plan = _planned_writes(settings, compose_text, expect)
     plan.staging = Path(tempfile.mkdtemp(prefix=f".new-app-{name}-", dir=root / "apps"))
     try:
         _render_template(root, name, tier, plan.staging)
@@ -262,11 +268,7 @@ def plan_remove_app(settings: Settings, name: str) -> Plan:
         if name in new.names() or len(new.apps) != len(reg.apps) - 1:
             raise OnevpsError("internal error: the entry did not go away", "nothing was changed")
 
-    new_reg = _validate(root, compose_text, expect)
-    plan = Plan()
-    plan.writes[compose_path] = compose_text
-    for rel, text in nginx.rendered_files(new_reg).items():
-        plan.writes[root / rel] = text
+    plan = _planned_writes(settings, compose_text, expect)
     if (root / "apps" / name).exists():
         plan.remove_dirs.append(root / "apps" / name)
     return plan

@@ -16,7 +16,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from . import commands, remote
+from . import commands
 from .deploy import Ctx, inspect, tier_ref
 from .errors import CommandFailed, OnevpsError
 

@@ -30,10 +30,9 @@ from fabric import Connection
 
 from . import commands, config, nginx, remote, tiers
 from .config import Settings
-from .errors import CommandFailed, OnevpsError
+from .errors import OnevpsError
 from .registry import SHARED, App, Registry
 from .registry import load as load_registry
-from .runner import Runner
 
 
 @dataclass

@@ -25,7 +25,6 @@ import pytest
 from invoke import Context
 
 from onevps import config, registry as registry_mod, stack
-from onevps.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[2]
 

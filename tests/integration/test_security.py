@@ -3,7 +3,6 @@ exposure, and data that survives restarts of every kind tested here."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import uuid

@@ -1,5 +1,4 @@
 import shlex
-from pathlib import Path
 
 import pytest
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from invoke import Collection, Context, MockContext, Result
+from invoke import Collection, MockContext, Result
 
 import tasks
 from onevps import runner as runner_mod

@@ -1,0 +1,151 @@
+"""Bad input everywhere: every inv and fab task, fed a malformed .env, an
+unknown app or tier, a bad flag, a missing Docker or an unreachable host,
+answers with one clear line on stderr, exits non-zero, and changes nothing.
+
+No Docker and no server are needed: PATH holds no docker, and the "server"
+is a closed port on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WATCHED = ("compose", "nginx", "apps", "templates", "dockerfiles/base/Dockerfile", "dockerfiles/ml/Dockerfile")
+
+INV_TASKS = [
+    ["build-base"], ["build-ml"], ["build"], ["up"], ["down"], ["status"], ["logs"], ["restart", "--app", "kb"],
+    ["routes"], ["check"], ["settings"], ["new-app", "blog"], ["remove-app", "kb", "--yes"],
+]
+FAB_TASKS = [
+    ["setup"], ["deploy", "--app=kb"], ["deploy", "--all"], ["rollback", "--app=kb"], ["history"], ["status"],
+    ["logs", "--app=kb"], ["unlock"], ["backup"],
+]
+
+
+def snapshot() -> dict[str, str]:
+    out = {}
+    for rel in WATCHED:
+        path = ROOT / rel
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
+                                                     and "__pycache__" not in p.parts)
+        for f in files:
+            out[str(f.relative_to(ROOT))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def before():
+    return snapshot()
+
+
+@pytest.fixture
+def unchanged(before):
+    yield
+    assert snapshot() == before, "a refused command changed a file"
+
+
+def run(tool: str, args: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess:
+    nodocker = tmp_path / "bin"
+    nodocker.mkdir(exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VPS_", "ONEVPS_", "REDIS_", "HTTP", "DOMAIN"))}
+    full = {**base, "PATH": str(nodocker),  # nothing on PATH: no docker (commands run via /bin/bash)
+            "ONEVPS_ENV_FILE": str(tmp_path / "absent.env"), **env}
+    exe = [sys.executable, "-m", "invoke"] if tool == "inv" else [str(Path(sys.executable).with_name("fab"))]
+    return subprocess.run([*exe, *args], cwd=ROOT, env=full, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+def one_line(res: subprocess.CompletedProcess, starts: str) -> str:
+    assert res.returncode != 0, res.stdout
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    assert lines[0].startswith(starts), lines[0]
+    return lines[0]
+
+
+def server_env(tmp_path: Path) -> dict[str, str]:
+    env_file = tmp_path / "server.env"
+    env_file.write_text("REDIS_PASSWORD=a-good-server-secret-0123456789\n")
+    return {"VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": str(env_file)}
+
+
+@pytest.mark.parametrize("tool, args", [("inv", a) for a in INV_TASKS] + [("fab", a) for a in FAB_TASKS],
+                         ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_malformed_env_is_one_line_naming_the_key(tool, args, tmp_path, unchanged):
+    bad = tmp_path / "bad.env"
+    bad.write_text("# settings\nHTTP_PORT=eighty\n")
+    line = one_line(run(tool, args, {"ONEVPS_ENV_FILE": str(bad)}, tmp_path), "error: HTTP_PORT='eighty'")
+    assert "bad.env line 2" in line
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("inv", ["build", "--app", "nope"]), ("inv", ["restart", "--app", "nope"]), ("inv", ["logs", "--app", "nope"]),
+    ("inv", ["up", "--app", "nope"]), ("inv", ["remove-app", "nope", "--yes"]),
+    ("fab", ["deploy", "--app=nope"]), ("fab", ["rollback", "--app=nope"]), ("fab", ["logs", "--app=nope"]),
+    ("fab", ["history", "--app=nope"]),
+], ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_unknown_app_lists_the_known_ones(tool, args, tmp_path, unchanged):
+    env = {"REDIS_PASSWORD": "a-good-local-secret-0123456789", **server_env(tmp_path)}
+    line = one_line(run(tool, args, env, tmp_path), "error: unknown app 'nope'")
+    assert "known apps: portfolio, chatbot, kb" in line
+
+
+@pytest.mark.parametrize("tool, args", [("inv", ["new-app", "blog", "--tier", "gpu"]),
+                                        ("fab", ["deploy", "--tier=gpu"])],
+                         ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_unknown_tier(tool, args, tmp_path, unchanged):
+    one_line(run(tool, args, server_env(tmp_path), tmp_path), "error: unknown tier 'gpu'")
+
+
+@pytest.mark.parametrize("tool, args", [("inv", ["up", "--bogus"]), ("inv", ["new-app"]),
+                                        ("fab", ["deploy", "--bogus"]), ("fab", ["restore"])],
+                         ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_bad_flags(tool, args, tmp_path, unchanged):
+    res = run(tool, args, {}, tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+@pytest.mark.parametrize("args", [["build-base"], ["build-ml"], ["build"], ["down"], ["status"], ["logs"],
+                                  ["restart", "--app", "kb"]], ids=" ".join)
+def test_missing_docker(args, tmp_path, unchanged):
+    one_line(run("inv", args, {}, tmp_path), "error: the docker command is not installed")
+
+
+def test_up_without_docker_after_the_secret_check(tmp_path, unchanged):
+    one_line(run("inv", ["up"], {"REDIS_PASSWORD": "a-good-local-secret-0123456789"}, tmp_path),
+             "error: the docker command is not installed")
+
+
+@pytest.mark.parametrize("args", FAB_TASKS, ids=" ".join)
+def test_unreachable_host(args, tmp_path, unchanged):
+    line = one_line(run("fab", args, server_env(tmp_path), tmp_path), "error: cannot reach root@127.0.0.1:1")
+    assert "check VPS_HOST/VPS_PORT" in line
+
+
+def test_no_server_configured(tmp_path, unchanged):
+    env_file = tmp_path / "server.env"
+    env_file.write_text("REDIS_PASSWORD=a-good-server-secret-0123456789\n")
+    one_line(run("fab", ["status"], {"VPS_ENV_FILE": str(env_file)}, tmp_path), "error: no server given")
+
+
+def test_missing_server_env_file(tmp_path, unchanged):
+    one_line(run("fab", ["status"], {"VPS_HOST": "127.0.0.1", "VPS_ENV_FILE": str(tmp_path / "nope.env")}, tmp_path),
+             "error: VPS_ENV_FILE")
+
+
+@pytest.mark.parametrize("args", [["setup"], ["deploy", "--app=kb"], ["rollback", "--app=kb"]], ids=" ".join)
+def test_server_secret_placeholder_is_refused_before_connecting(args, tmp_path, unchanged):
+    env_file = tmp_path / "server.env"
+    env_file.write_text("REDIS_PASSWORD=change-me\n")
+    line = one_line(run("fab", args, {"VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": str(env_file)},
+                        tmp_path), "error: REDIS_PASSWORD in server.env is still the .env.example placeholder")
+    assert "token_urlsafe" in line
