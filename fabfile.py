@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fabric import task
 
-from onevps import backup as recipes_backup, config, deploy as recipes, remote
+from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes, remote
 from onevps.errors import OnevpsError
 
 
@@ -123,3 +123,16 @@ def restore(c, archive, env=False, yes=False, dry_run=False):
     ctx = _ctx(c, dry_run)
     with_lock = recipes.locked
     with_lock(ctx, f"restore {path.name}", lambda: recipes_backup.restore(ctx, path, with_env=env))
+
+
+@task(help={"no-schedule": "Do not install the daily renewal job.",
+            "dry-run": "Print every remote command; change nothing."})
+def certs(c, no_schedule=False, dry_run=False):
+    """Obtain or renew Let's Encrypt certificates for every app's domain (HTTP-01 via nginx), then reload nginx."""
+    ctx = _ctx(c, dry_run, secrets=True)
+
+    def body():
+        recipes.sync_env(ctx)
+        recipes_certs.certs(ctx, schedule=not no_schedule)
+
+    recipes.locked(ctx, "certs", body)

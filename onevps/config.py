@@ -132,6 +132,25 @@ def _cpus(raw: str) -> str:
     return raw.strip()
 
 
+def _on_off(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("on", "off"):
+        raise ValueError("must be on or off")
+    return value
+
+
+def _optional_email(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", value):
+        raise ValueError("must be an e-mail address such as ops@example.com")
+    return value
+
+
+def _optional_path(raw: str) -> str:
+    value = raw.strip()
+    return _abs_path(value) if value else ""
+
+
 def _optional_host(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -193,6 +212,15 @@ KEYS: tuple[Key, ...] = (
     Key("REDIS_MEM_LIMIT", "512m", _memory, "Memory limit of Redis."),
     Key("CHROMA_MEM_LIMIT", "1g", _memory, "Memory limit of ChromaDB."),
     Key("OLLAMA_MEM_LIMIT", "8g", _memory, "Memory limit of Ollama (models need room)."),
+    Key("HTTPS_REDIRECT", "off", _on_off,
+        "on: plain HTTP is redirected to HTTPS and HTTPS answers carry HSTS (a server with real certificates)."),
+    Key("ACME_EMAIL", "", _optional_email, "E-mail Let's Encrypt writes to about your certificates (`fab certs`)."),
+    Key("ACME_SERVER", "https://acme-v02.api.letsencrypt.org/directory", _url,
+        "ACME directory `fab certs` uses (Let's Encrypt; its staging server for trials)."),
+    Key("ACME_CA_BUNDLE", "", _optional_path,
+        "Path on the server of a private ACME server's CA certificate; empty: the public CAs."),
+    Key("CERT_CRON_FILE", "/etc/cron.d/onevps-certs", _abs_path,
+        "Where `fab certs` installs the daily renewal job on the server."),
     Key("VPS_HOST", "", _optional_host, "The server `fab` works on (or give `fab -H host`)."),
     Key("VPS_USER", "root", _user, "SSH user on the server (must be able to use Docker)."),
     Key("VPS_PORT", "22", _port, "SSH port on the server."),

@@ -39,7 +39,9 @@ server {{
     server_name {name}.${{DOMAIN}}{extra};
     include /etc/nginx/snippets/tls.conf;
     include /etc/nginx/snippets/errors.conf;
+    include /etc/nginx/snippets/acme.conf;
     location / {{
+        include /etc/nginx/snippets/https.conf;
         proxy_pass http://app_{name};
         include /etc/nginx/snippets/proxy.conf;
     }}

@@ -69,7 +69,8 @@ class Runner:
         result = Result(argv, res.exited, res.stdout or "", res.stderr or "")
         if check and not result.ok:
             detail = _tail(result.stderr or result.stdout) if hide else ""
-            what = f"{step} failed (exit {result.exited}): {command}"
+            shown = shlex.join(a if "\n" not in a else "<script>" for a in argv)  # keep it to one line
+            what = f"{step} failed (exit {result.exited}): {shown}"
             if detail:
                 what += "\n" + "\n".join("    " + line for line in detail.splitlines())
             raise CommandFailed(what, hint, output=result.stdout + result.stderr)

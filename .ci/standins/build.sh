@@ -6,7 +6,7 @@
 #
 #   bash .ci/standins/build.sh [--force] [--serial] [NAME...]
 #
-# NAME is one of: debian python nginx redis chroma ollama (default: all; the
+# NAME is one of: debian python nginx redis chroma ollama certbot pebble (default: all; the
 # images a NAME is built FROM are built too). An image whose label
 # onevps.standin.hash already equals the hash of its build inputs is skipped,
 # unless --force, which rebuilds without the layer cache (as on a new machine).
@@ -29,7 +29,7 @@ for arg in "$@"; do
         --force) FORCE=1 ;;
         --serial) PARALLEL=0 ;;
         -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        debian|python|nginx|redis|chroma|ollama) WANT+=("$arg") ;;
+        debian|python|nginx|redis|chroma|ollama|certbot|pebble) WANT+=("$arg") ;;
         *) echo "[standins] unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -42,6 +42,8 @@ declare -A TAGS=(
     [redis]="redis:7.4-bookworm"
     [chroma]="chromadb/chroma:1.0.20"
     [ollama]="ollama/ollama:0.9.6"
+    [certbot]="certbot/certbot:v2.11.0"
+    [pebble]="onevps-standin/pebble:2.4.0"
 )
 declare -A PARENT=(
     [debian]=""
@@ -50,6 +52,8 @@ declare -A PARENT=(
     [redis]="debian"
     [chroma]="python"
     [ollama]="python"
+    [certbot]="debian"
+    [pebble]="debian"
 )
 
 log() { echo "[standins] $*"; }
@@ -185,7 +189,7 @@ select_with_parents() {
     local n=$1
     while [ -n "$n" ]; do SELECTED[$n]=1; n=${PARENT[$n]}; done
 }
-if [ ${#WANT[@]} -eq 0 ]; then WANT=(debian python nginx redis chroma ollama); fi
+if [ ${#WANT[@]} -eq 0 ]; then WANT=(debian python nginx redis chroma ollama certbot pebble); fi
 for n in "${WANT[@]}"; do select_with_parents "$n"; done
 sel() { [ -n "${SELECTED[$1]:-}" ]; }
 
@@ -199,14 +203,14 @@ if [ "$PARALLEL" = 1 ]; then
     # Mostly network-bound (apt, PyPI): overlap the independent branches.
     pids=()
     chain python chroma & pids+=($!)
-    chain nginx redis & pids+=($!)
+    chain nginx redis certbot pebble & pids+=($!)
     fail=0
     for p in "${pids[@]}"; do wait "$p" || fail=1; done
     # ollama needs python; it is quick, so it waits for the python branch above.
     [ "$fail" = 0 ] || die "some stand-in images failed to build"
     chain ollama
 else
-    chain python nginx redis chroma ollama
+    chain python nginx redis chroma ollama certbot pebble
 fi
 # Stand-ins replaced by a rebuild are left untagged: remove them by id once no
 # container or image uses them (docker refuses until then; the ids wait in

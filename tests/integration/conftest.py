@@ -143,6 +143,11 @@ class Response:
         return self.body.decode("utf-8", "replace")
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the 3xx answer itself is returned (as an HTTPError)
+
+
 def http(settings, app: str | None, path: str, method: str = "GET", payload=None,
          https: bool = False, timeout: float = 60) -> Response:
     """A request to nginx on 127.0.0.1 with Host <app>.<DOMAIN> (or the bare domain)."""
@@ -160,8 +165,10 @@ def http(settings, app: str | None, path: str, method: str = "GET", payload=None
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    # Never follow a redirect: it would leave 127.0.0.1.
+    opener = urllib.request.build_opener(_NoRedirect, urllib.request.HTTPSHandler(context=ctx))
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as res:
+        with opener.open(req, timeout=timeout) as res:
             return Response(res.status, {k.lower(): v for k, v in res.headers.items()}, res.read())
     except urllib.error.HTTPError as err:
         return Response(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())

@@ -32,6 +32,8 @@ HTTPS_PORT=18643
 NETWORK_PREFIX=172.27.0
 IMAGE_NAMESPACE=onevps-deploy
 REDIS_PASSWORD=deploy-test-secret-0123456789
+DOMAIN=onevps.test
+ACME_EMAIL=ops@onevps.test
 """
 PROJECT = "onevps-deploy"
 
@@ -125,7 +127,7 @@ def fab(repo, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
 
 
 class Server:
-    domain = "localhost"
+    domain = "onevps.test"
     http_port = 18280
     https_port = 18643
 
@@ -327,3 +329,77 @@ def test_backup_and_restore_round_trip(repo):
     assert res.returncode == 1
     assert res.stderr.strip() == ("error: /etc/hostname is not an onevps backup archive "
                                   "(hint: give a file made by `fab backup`)")
+
+
+def _served_certificate(name: str) -> str:
+    """Issuer and names of the certificate nginx presents on 127.0.0.1 for `name`."""
+    pem = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{Server.https_port}", "-servername", name],
+                         input="", capture_output=True, text=True, timeout=30).stdout
+    return subprocess.run(["openssl", "x509", "-noout", "-issuer", "-ext", "subjectAltName"], input=pem,
+                          capture_output=True, text=True, timeout=30).stdout
+
+
+@pytest.fixture
+def pebble(repo, tmp_path):
+    """Let's Encrypt's test ACME server (Debian's pebble) on the server's network.
+    Its DNS (pebble-challtestsrv) answers every name with nginx's address, so
+    HTTP-01 validation goes to nginx on port 80, container to container."""
+    d = tmp_path / "pebble"
+    d.mkdir()
+    ip = "172.27.0.7"
+    subprocess.run(["openssl", "req", "-x509", "-nodes", "-newkey", "rsa:2048", "-days", "2", "-subj", "/CN=pebble",
+                    "-addext", f"subjectAltName=IP:{ip},DNS:pebble", "-keyout", str(d / "key.pem"),
+                    "-out", str(d / "cert.pem")], check=True, capture_output=True)
+    (d / "config.json").write_text(json.dumps({"pebble": {
+        "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
+        "certificate": "/pebble/cert.pem", "privateKey": "/pebble/key.pem",
+        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+    name = f"{PROJECT}-pebble"
+    docker("rm", "--force", name)
+    docker("run", "--detach", "--name", name, "--network", f"{PROJECT}_app-network", "--ip", ip,
+           "--env", "NGINX_IP=172.27.0.2", "--env", "PEBBLE_WFE_NONCEREJECT=0",
+           "--volume", f"{d}:/pebble:ro", "onevps-standin/pebble:2.4.0")
+    deadline = time.time() + 30
+    while "Listening on: 0.0.0.0:14000" not in docker("logs", name) + subprocess.run(
+            ["docker", "logs", name], capture_output=True, text=True).stderr:
+        assert time.time() < deadline, "pebble did not start"
+        time.sleep(0.5)
+    yield {"server": f"https://{ip}:14000/dir", "ca": d / "cert.pem"}
+    docker("rm", "--force", name)
+
+
+def test_certs_come_from_acme_through_nginx_and_renewal_is_scheduled(repo, pebble, tmp_path):
+    assert "Pebble" not in _served_certificate("portfolio.onevps.test")  # self-signed until now
+    cron = tmp_path / "onevps-certs.cron"
+    with open(repo["root"] / ".env.vps", "a") as fh:
+        fh.write(f"ACME_SERVER={pebble['server']}\nACME_CA_BUNDLE={pebble['ca']}\nCERT_CRON_FILE={cron}\n")
+    with Load("portfolio") as load:
+        res = fab(repo, "certs")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert "tested with `nginx -t` and serving" in res.stdout
+    served = _served_certificate("portfolio.onevps.test")
+    assert "Pebble" in served  # issued by the ACME server, not self-signed
+    for name in ["onevps.test"] + [f"{a}.onevps.test" for a in ("portfolio", "chatbot", "kb", "api-gw",
+                                                                 "embedder", "classify", "summary")]:
+        assert f"DNS:{name}" in served
+    assert cron.read_text().startswith("# onevps") and "renew-certs.sh" in cron.read_text()
+    renew = repo["vps"] / ".onevps" / "renew-certs.sh"
+    assert "certbot renew" in renew.read_text() and os.access(renew, os.X_OK)
+    res = subprocess.run(["sh", str(renew)], capture_output=True, text=True, timeout=300)  # what cron runs
+    assert res.returncode == 0, res.stdout[-1000:] + res.stderr[-1000:]
+    assert "Pebble" in _served_certificate("kb.onevps.test")
+    assert http(Server, "kb", "/health", https=True).json()["app"] == "kb"
+
+
+def test_https_redirect_and_hsts_when_switched_on(repo):
+    with open(repo["root"] / ".env.vps", "a") as fh:
+        fh.write("HTTPS_REDIRECT=on\n")
+    res = fab(repo, "setup")  # applies the changed .env to nginx
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    plain = http(Server, "portfolio", "/health?x=1")
+    assert plain.status == 301 and plain.headers["location"] == "https://portfolio.onevps.test/health?x=1"
+    secure = http(Server, "portfolio", "/health", https=True)
+    assert secure.status == 200 and secure.headers["strict-transport-security"].startswith("max-age=63072000")
+    challenge = http(Server, "portfolio", "/.well-known/acme-challenge/none")
+    assert challenge.status == 404  # challenges are answered on plain HTTP, never redirected
