@@ -223,7 +223,7 @@ def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str 
     data = composefile.load(compose_path)
     reg = registry_mod.from_data(data, name=str(compose_path))
     if name in reg.services:
-        what = "a shared service" if name in registry_mod.SHARED else "an app"
+        what = "an app" if name in reg.names() else "a shared service"
         raise OnevpsError(f"{name!r} is already {what} in the compose file", "choose another name")
     if (root / "apps" / name).exists():
         raise OnevpsError(f"apps/{name} exists but has no compose entry",

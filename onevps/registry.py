@@ -39,7 +39,7 @@ SLOT_OFFSET = 128
 # Names an app may not take: shared services, tier builders, and names that
 # would be confusing as a subdomain or image name.
 RESERVED = frozenset(SHARED) | frozenset(TIER_SERVICES.values()) | frozenset(
-    {"base", "ml", "www", "localhost", "default", "app", "apps", "onevps", "tiers"}
+    {"base", "ml", "www", "localhost", "default", "app", "apps", "onevps", "tiers", "certbot", "certs"}
 )
 
 DNS_LABEL = re.compile(r"\A[a-z]([a-z0-9-]{0,61}[a-z0-9])?\Z")
