@@ -21,6 +21,7 @@ from .registry import Registry
 
 CERT_NAME = "onevps"
 CERTS = "/etc/nginx/certs"
+LOGS = "/etc/letsencrypt/logs"  # in the letsencrypt volume: kept after the run
 
 # Run in the certbot container: put the issued certificate where nginx reads
 # it, keeping the previous pair as *.prev for a restore.
@@ -54,14 +55,14 @@ def _certbot(settings: Settings, *args: str) -> list[str]:
 
 def certonly_argv(settings: Settings, names: list[str]) -> list[str]:
     flags = [f for name in names for f in ("-d", name)]
-    return _certbot(settings, "certbot", "certonly", "--webroot", "-w", "/var/www/acme",
+    return _certbot(settings, "certbot", "certonly", "--logs-dir", LOGS, "--webroot", "-w", "/var/www/acme",
                     "--cert-name", CERT_NAME, "--non-interactive", "--agree-tos",
                     "--email", settings.raw["ACME_EMAIL"], "--server", settings.raw["ACME_SERVER"],
                     "--keep-until-expiring", "--expand", *flags)
 
 
 def renew_argv(settings: Settings) -> list[str]:
-    return _certbot(settings, "certbot", "renew", "--webroot", "-w", "/var/www/acme", "--quiet")
+    return _certbot(settings, "certbot", "renew", "--logs-dir", LOGS, "--webroot", "-w", "/var/www/acme", "--quiet")
 
 
 def install_argv(settings: Settings, script: str = INSTALL_SCRIPT) -> list[str]:
@@ -96,8 +97,14 @@ def certs(c: Ctx, schedule: bool = True) -> None:
         raise OnevpsError("nginx is not running on the server", "run `fab setup` and `fab deploy --all` first")
     names = domains(rs, c.reg)
     c.say(f"==> asking {rs.raw['ACME_SERVER']} for a certificate for: {', '.join(names)}")
-    c.run.run(certonly_argv(rs, names), "obtain the certificate (certbot)", hide=False,
-              hint="each name must resolve to this server and port 80 must reach nginx")
+    try:
+        c.run.run(certonly_argv(rs, names), "obtain the certificate (certbot)", hide=False,
+                  hint="each name must resolve to this server and port 80 must reach nginx")
+    except OnevpsError:
+        log = c.run.run(install_argv(rs, f"tail -n 25 {LOGS}/letsencrypt.log"), "read certbot's log",
+                        check=False, mutates=False)
+        c.say(f"--- the end of certbot's log ---\n{log.stdout.strip() or '(empty)'}")
+        raise
     c.run.run(install_argv(rs), "install the certificate for nginx")
     try:
         c.run.run(commands.exec_in(rs, "nginx", nginx.reload_argv()), "test and reload nginx")

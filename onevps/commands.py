@@ -45,7 +45,8 @@ def up(settings: Settings, services: Iterable[str] = (), wait: bool = True,
 
 
 def down(settings: Settings, volumes: bool = False) -> list[str]:
-    return compose(settings, "down", "--remove-orphans", "--volumes" if volumes else None)
+    """Every profile counts, so --volumes also removes the certbot volumes."""
+    return compose(settings, "--profile", "*", "down", "--remove-orphans", "--volumes" if volumes else None)
 
 
 def ps(settings: Settings) -> list[str]:

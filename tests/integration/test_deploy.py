@@ -90,6 +90,12 @@ Subsystem sftp internal-sftp
 
 # ------------------------------------------------------------ local copy --
 
+def _remove_volumes() -> None:
+    """Volumes an earlier run of this project left (e.g. a certbot account)."""
+    for vol in docker("volume", "ls", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT}").split():
+        subprocess.run(["docker", "volume", "rm", vol], capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, built_images, settings, sshd):
     base = tmp_path_factory.mktemp("deploy")
@@ -97,6 +103,7 @@ def repo(tmp_path_factory, built_images, settings, sshd):
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(
         ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.whl", ".env"))
     (copy / ".env.vps").write_text(SERVER_ENV)
+    _remove_volumes()
     # The "server" shares this machine's engine: give it the tier images the
     # session built (through Compose), as a server that ran `fab setup` before
     # has them. Building torch there would need PyTorch's index, out of reach here.
@@ -112,8 +119,9 @@ def repo(tmp_path_factory, built_images, settings, sshd):
     yield {"root": copy, "vps": base / "vps", "env": env}
     compose = base / "vps" / "compose" / "docker-compose.yml"
     if compose.exists():
-        subprocess.run(["docker", "compose", "-p", PROJECT, "-f", str(compose), "down", "--volumes",
-                        "--remove-orphans"], capture_output=True)
+        subprocess.run(["docker", "compose", "-p", PROJECT, "-f", str(compose), "--profile", "*", "down",
+                        "--volumes", "--remove-orphans"], capture_output=True)
+    _remove_volumes()
     for name in docker("ps", "--all", "--format", "{{.Names}}").split():
         if name.startswith(PROJECT + "-") and name.endswith("-next"):
             docker("rm", "--force", name)
@@ -386,7 +394,9 @@ def test_certs_come_from_acme_through_nginx_and_renewal_is_scheduled(repo, pebbl
     assert cron.read_text().startswith("# onevps") and "renew-certs.sh" in cron.read_text()
     renew = repo["vps"] / ".onevps" / "renew-certs.sh"
     assert "certbot renew" in renew.read_text() and os.access(renew, os.X_OK)
-    res = subprocess.run(["sh", str(renew)], capture_output=True, text=True, timeout=300)  # what cron runs
+    # What cron runs, with cron's bare environment (not this test's settings).
+    res = subprocess.run(["sh", str(renew)], capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
     assert res.returncode == 0, res.stdout[-1000:] + res.stderr[-1000:]
     assert "Pebble" in _served_certificate("kb.onevps.test")
     assert http(Server, "kb", "/health", https=True).json()["app"] == "kb"

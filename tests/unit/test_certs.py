@@ -25,7 +25,8 @@ def test_certonly_uses_the_webroot_and_the_configured_server():
     s = server_settings(ACME_SERVER="https://acme-staging-v02.api.letsencrypt.org/directory")
     argv = certs.certonly_argv(s, ["example.com", "kb.example.com"])
     assert shlex.join(argv).endswith(
-        "--profile certs run --rm --no-deps certbot certonly --webroot -w /var/www/acme --cert-name onevps "
+        "--profile certs run --rm --no-deps certbot certonly --logs-dir /etc/letsencrypt/logs "
+        "--webroot -w /var/www/acme --cert-name onevps "
         "--non-interactive --agree-tos --email ops@example.com "
         "--server https://acme-staging-v02.api.letsencrypt.org/directory --keep-until-expiring --expand "
         "-d example.com -d kb.example.com")
@@ -40,7 +41,7 @@ def test_cron_runs_the_renew_script_which_reloads_after_nginx_t():
     assert len(lines) == 4 and "%" not in lines[3]  # cron splits lines at % and newlines
     script = certs.renew_script(s)
     assert script.startswith("#!/bin/sh\n") and "set -e\n" in script
-    assert "certbot renew --webroot -w /var/www/acme --quiet" in script
+    assert "certbot renew --logs-dir /etc/letsencrypt/logs --webroot -w /var/www/acme --quiet" in script
     assert "--entrypoint sh certbot -c" in script and "nginx -t" in script
 
 

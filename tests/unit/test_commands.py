@@ -45,8 +45,8 @@ def test_up_waits_for_health(s):
 
 
 def test_down(s):
-    assert shlex.join(commands.down(s)) == base(s) + " down --remove-orphans"
-    assert shlex.join(commands.down(s, volumes=True)) == base(s) + " down --remove-orphans --volumes"
+    assert shlex.join(commands.down(s)) == base(s) + " --profile '*' down --remove-orphans"
+    assert shlex.join(commands.down(s, volumes=True)) == base(s) + " --profile '*' down --remove-orphans --volumes"
 
 
 def test_logs(s):
