@@ -333,6 +333,10 @@ def test_backup_and_restore_round_trip(repo):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr
     assert kv() == "before" and kb_count() == count
 
+    res = fab(repo, "deploy", "--all")  # data lives in volumes: a redeploy of every app keeps it
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert kv() == "before" and kb_count() == count
+
     res = fab(repo, "restore", "/etc/hostname", "--yes")
     assert res.returncode == 1
     assert res.stderr.strip() == ("error: /etc/hostname is not an onevps backup archive "
