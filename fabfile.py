@@ -136,3 +136,10 @@ def certs(c, no_schedule=False, dry_run=False):
         recipes_certs.certs(ctx, schedule=not no_schedule)
 
     recipes.locked(ctx, "certs", body)
+
+
+@task(help={"dry-run": "List what would be removed and the room it would free; remove nothing."})
+def prune(c, dry_run=False):
+    """On the server: remove old app images (keeping PRUNE_KEEP each), unused tiers, dangling images, excess cache."""
+    ctx = _ctx(c, dry_run)
+    recipes.locked(ctx, "prune", lambda: recipes.prune_server(ctx))

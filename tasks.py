@@ -10,6 +10,8 @@ import os
 from invoke import task
 
 from onevps import checks, commands, config, nginx, stack
+from onevps import disk as disk_mod
+from onevps import prune as prune_mod
 from onevps.errors import OnevpsError
 from onevps.runner import require_docker
 
@@ -150,3 +152,34 @@ def remove_app(c, name, yes=False, dry_run=False):
     _positional_help(name, "inv remove-app NAME [--yes] [--dry-run]")
     settings = config.load()
     print("\n".join(stack.remove_app(c, settings, name, yes, dry_run)))
+
+
+@task(help={"json": "Print the report as JSON (for scripts).",
+            "budget": "Budget for each app's own layers, in MB (default 5)."})
+def disk(c, json=False, budget=5.0):
+    """Image disk use: unique/shared bytes per image, on disk vs unlayered, app layers vs budget."""
+    import json as json_mod
+
+    settings, reg, runner = _setup(c)
+    require_docker(runner)
+    data = disk_mod.report(runner, settings, reg, int(float(budget) * 1_000_000))
+    print(json_mod.dumps(data, indent=2) if json else disk_mod.render(data))
+    if data["over_budget"]:
+        largest = "; ".join(f"{a['app']}: {', '.join(a['largest'][:3]) or '?'}" for a in data["apps"]
+                            if a["over_budget"])
+        raise OnevpsError(f"over the {budget} MB budget: {', '.join(data['over_budget'])} (largest files: {largest})",
+                          "move big dependencies into a tier or trim the app")
+
+
+@task(help={"keep": "How many images of each app to keep for rollback (default 3).",
+            "cache-limit": "Trim the build cache down to this many MB (default 2000).",
+            "dry-run": "List what would be removed and the room it would free; remove nothing."})
+def prune(c, keep=3, cache_limit=2000, dry_run=False):
+    """Remove old app images (keeping the newest N), unused tier images, dangling images, excess build cache."""
+    settings = config.load()
+    reg = stack.load_registry(settings)
+    runner = stack.make_runner(c, settings, dry_run=dry_run)
+    require_docker(runner)
+    if int(keep) < 1:
+        raise OnevpsError("--keep must be at least 1", "keep the running image at least")
+    prune_mod.prune(runner, settings, reg, int(keep), int(cache_limit))

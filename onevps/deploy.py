@@ -313,6 +313,10 @@ def deploy_app(c: Ctx, app: App, action: str = "deploy", image: str | None = Non
         return entry
     except OnevpsError as exc:
         entry["error"] = exc.what
+        if previous and entry.get("image") and entry["image"] != previous and not c.run.dry_run:
+            # `latest` goes back to what runs, so no later `compose up` starts the failed build.
+            c.run.run(commands.docker("tag", previous, app_ref(c, app.name)), "point latest back at the running image",
+                      check=False)
         raise
     finally:
         entry["seconds"] = round(time.monotonic() - started, 1)
@@ -352,8 +356,17 @@ def deploy(c: Ctx, app: str | None = None, tier: str | None = None, every: bool 
         for a in apps:
             c.say(f"==> {a.name}")
             deploy_app(c, a)
+        if c.rs.raw.get("PRUNE_ON_DEPLOY", "on") == "on":
+            prune_server(c)
 
     locked(c, what, body)
+
+
+def prune_server(c: Ctx) -> None:
+    from . import prune
+
+    prune.prune(c.run, c.rs, c.reg, int(c.rs.raw.get("PRUNE_KEEP", "3")), int(c.rs.raw.get("PRUNE_CACHE_MB", "2000")),
+                tags=c.tags)
 
 
 SHARED_SYNC = remote.SHARED_DIRS

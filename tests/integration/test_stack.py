@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 
 import pytest
@@ -247,3 +248,54 @@ def test_a_broken_route_is_refused_by_nginx_t_and_the_old_config_keeps_serving(s
         broken.unlink()
     assert stack_mod.reload_nginx(runner, settings) is True
     assert http(settings, "chatbot", "/health").status == 200
+
+
+def test_inv_disk_reports_sizes_and_enforces_the_budget(stack_up, settings, reg):
+    res = inv("disk", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert {a["app"] for a in data["apps"]} == set(reg.names())
+    assert all(0 < a["own"] < 5_000_000 for a in data["apps"])
+    assert data["on_disk"] < data["unlayered"] and data["savings_ratio"] > 1
+    assert any(r["image"] == f"{settings.image_namespace}/kb:latest" for r in data["images"])
+    res = inv("disk", "--budget", "0.001")  # 1 kB: every app is over
+    assert res.returncode == 1
+    assert res.stderr.startswith("error: over the 0.001 MB budget: portfolio, chatbot")
+    assert "/app/main.py" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_inv_prune_keeps_the_newest_and_never_a_used_tier(stack_up, settings):
+    """Old app images made with `docker commit` (new IDs, newer than latest); an
+    old tier tag with an app image built on it among the kept ones."""
+    ns, made = settings.image_namespace, []
+
+    def commit(source: str, target: str, n: int) -> None:
+        cid = docker("create", source, "true").strip()
+        try:
+            docker("commit", "--change", f"LABEL onevps.test.n={n}", cid, target)
+        finally:
+            docker("rm", cid)
+        made.append(target)
+
+    try:
+        commit(tiers.tier_image(settings, "base"), f"{ns}/base:c-0ld0ld0ld0ld", 0)  # an old tier
+        commit(f"{ns}/base:c-0ld0ld0ld0ld", f"{ns}/portfolio:deploy-00000000000001", 1)  # built on it
+        for n in (2, 3, 4):
+            commit(tiers.image(settings, "portfolio"), f"{ns}/portfolio:deploy-0000000000000{n}", n)
+        # newest first: 4, 3, 2, 1 (on the old tier), then latest
+        res = inv("prune", "--keep", "4", "--dry-run")
+        assert res.returncode == 0, res.stderr
+        assert f"would remove {ns}/portfolio:" not in res.stdout  # all four are among the newest four
+        assert f"would remove {ns}/base:c-0ld0ld0ld0ld" not in res.stdout  # a kept image is built on it
+        res = inv("prune", "--keep", "2")
+        assert res.returncode == 0, res.stderr
+        present = set(docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").split())
+        assert f"{ns}/portfolio:deploy-00000000000004" in present and f"{ns}/portfolio:deploy-00000000000003" in present
+        assert f"{ns}/portfolio:deploy-00000000000001" not in present and f"{ns}/portfolio:deploy-00000000000002" not in present
+        assert f"{ns}/base:c-0ld0ld0ld0ld" not in present  # its only user went, so it went too
+        assert tiers.tier_image(settings, "base") in present and tiers.tier_image(settings, "ml") in present
+        assert all(tiers.image(settings, a) in present for a in ("portfolio", "kb", "embedder"))
+        assert http(settings, "portfolio", "/health").status == 200
+    finally:
+        for ref in made:
+            subprocess.run(["docker", "image", "rm", ref], capture_output=True)

@@ -1,0 +1,141 @@
+"""`inv disk`: what the images take on disk, and what layering saves.
+
+Per image, Docker's own accounting (`docker system df -v`): its unique bytes
+(layers no other image has) and shared bytes. For the stack: the bytes on
+disk (the tiers once, plus every app's own layers) against what the same
+images would take unlayered (the sum of their full sizes), and each app's
+own layers against a budget.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from . import commands, tiers
+from .config import Settings
+from .errors import OnevpsError
+from .registry import Registry
+from .runner import Runner
+
+_UNITS = {"": 1, "B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+_SIZE = re.compile(r"^\s*([0-9.]+)\s*([kKMGT]?B?)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Docker's human sizes ("185.5MB", "14.07kB", "0B") to bytes (SI units, as Docker prints them)."""
+    match = _SIZE.match(text or "0B")
+    if not match:
+        raise ValueError(f"not a size: {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def human(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+@dataclass
+class ImageRow:
+    image: str
+    size: int
+    unique: int
+    shared: int
+
+
+@dataclass
+class AppRow:
+    app: str
+    tier: str
+    image: int  # the whole image
+    own: int  # its layers above the tier
+    over_budget: bool
+    largest: list[str]
+
+
+def image_rows(df_json: str, namespace: str) -> list[ImageRow]:
+    data = json.loads(df_json or "{}")
+    rows = []
+    for item in data.get("Images") or []:
+        repo, tag = item.get("Repository", ""), item.get("Tag", "")
+        if not repo.startswith(namespace + "/"):
+            continue
+        rows.append(ImageRow(f"{repo}:{tag}", parse_size(item.get("Size", "0B")),
+                             parse_size(item.get("UniqueSize", "0B")), parse_size(item.get("SharedSize", "0B"))))
+    return sorted(rows, key=lambda r: r.image)
+
+
+def _image_size(runner: Runner, ref: str) -> int:
+    res = runner.run(commands.image_inspect(ref, "{{.Size}}"), f"inspect {ref}", check=False, mutates=False)
+    if not res.ok:
+        raise OnevpsError(f"image {ref} is missing", "build it first: `inv build`")
+    return int(res.stdout.strip())
+
+
+def _files(runner: Runner, ref: str, roots: str) -> dict[str, int]:
+    res = runner.run(commands.docker("run", "--rm", "--network", "none", "--entrypoint", "find", ref,
+                                     *roots.split(), "-xdev", "-type", "f", "-printf", "%s %p\\n"),
+                     f"list the files of {ref}", check=False, mutates=False)
+    files = {}
+    for line in res.stdout.splitlines():
+        size, _, path = line.partition(" ")
+        if size.isdigit():
+            files[path] = int(size)
+    return files
+
+
+def largest_files(runner: Runner, ref: str, tier_ref: str, count: int = 5) -> list[str]:
+    """The biggest files the app adds over its tier: its /app folder and any extra packages."""
+    roots = "/app /usr/local/lib /usr/lib/python3"
+    tier_files = _files(runner, tier_ref, roots)
+    added = {p: s for p, s in _files(runner, ref, roots).items()
+             if p.startswith("/app/") or tier_files.get(p) != s}
+    top = sorted(added.items(), key=lambda kv: kv[1], reverse=True)[:count]
+    return [f"{path} ({human(size)})" for path, size in top]
+
+
+def report(runner: Runner, settings: Settings, reg: Registry, budget: int) -> dict:
+    tier_size = {t: _image_size(runner, tiers.tier_image(settings, t)) for t in tiers.TIER_ORDER}
+    apps: list[AppRow] = []
+    for app in reg.apps:
+        ref = tiers.image(settings, app.name)
+        size = _image_size(runner, ref)
+        own = size - tier_size[app.tier]
+        over = own > budget
+        largest = largest_files(runner, ref, tiers.tier_image(settings, app.tier)) if over else []
+        apps.append(AppRow(app.name, app.tier, size, own, over, largest))
+    df = runner.run(commands.docker("system", "df", "--verbose", "--format", "json"), "read docker's disk usage",
+                    mutates=False)
+    uses_ml = any(a.tier == "ml" for a in apps)
+    on_disk = (tier_size["ml"] if uses_ml else tier_size["base"]) + sum(a.own for a in apps)
+    unlayered = sum(a.image for a in apps)
+    return {
+        "images": [asdict(r) for r in image_rows(df.stdout, settings.image_namespace)],
+        "tiers": {"base": tier_size["base"], "ml_own": tier_size["ml"] - tier_size["base"]},
+        "apps": [asdict(a) for a in apps],
+        "on_disk": on_disk,
+        "unlayered": unlayered,
+        "savings_ratio": round(unlayered / on_disk, 2) if on_disk else 0,
+        "budget": budget,
+        "over_budget": [a.app for a in apps if a.over_budget],
+    }
+
+
+def render(data: dict) -> str:
+    lines = ["IMAGE                                   SIZE        UNIQUE      SHARED"]
+    for r in data["images"]:
+        lines.append(f"{r['image']:<38}  {human(r['size']):>10}  {human(r['unique']):>10}  {human(r['shared']):>10}")
+    lines.append("")
+    lines.append(f"base tier {human(data['tiers']['base'])}, ML tier's own layers {human(data['tiers']['ml_own'])}")
+    lines.append(f"APP{'':<15} TIER  OWN LAYERS  (budget {human(data['budget'])})")
+    for a in data["apps"]:
+        mark = "  OVER BUDGET" if a["over_budget"] else ""
+        lines.append(f"{a['app']:<18} {a['tier']:<4}  {human(a['own']):>10}{mark}")
+        lines.extend(f"    {f}" for f in a["largest"])
+    lines.append("")
+    lines.append(f"on disk {human(data['on_disk'])}, unlayered {human(data['unlayered'])}, "
+                 f"savings {data['savings_ratio']}x")
+    return "\n".join(lines)

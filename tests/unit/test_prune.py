@@ -1,0 +1,60 @@
+"""The pruning rules, as a pure function: what goes, what stays."""
+
+from onevps.prune import Image, select
+
+NS = "onevps"
+BASE_NEW = Image("sha:base-new", ("onevps/base:c-new", "onevps/base:latest"), "2026-11-20", ("L1", "L2"))
+BASE_OLD = Image("sha:base-old", ("onevps/base:c-old",), "2026-10-01", ("L1", "L0"))
+BASE_GONE = Image("sha:base-gone", ("onevps/base:c-gone",), "2026-09-01", ("L1", "Lx"))
+ML_NEW = Image("sha:ml-new", ("onevps/ml:c-mlnew", "onevps/ml:latest"), "2026-11-20", ("L1", "L2", "M1"))
+
+
+def app(name, when, layers, *tags):
+    return Image(f"sha:{name}-{when}", tuple(f"onevps/{name}:{t}" for t in tags), when, layers)
+
+
+def plan_for(images, in_use=frozenset(), keep=2):
+    return select(list(images), set(in_use), ["kb"], NS, {"base": "c-new", "ml": "c-mlnew"}, keep)
+
+
+def test_keeps_latest_the_newest_n_and_what_runs():
+    images = [BASE_NEW,
+              app("kb", "2026-11-25", ("L1", "L2", "A5"), "latest", "deploy-5"),
+              app("kb", "2026-11-24", ("L1", "L2", "A4"), "deploy-4"),
+              app("kb", "2026-11-23", ("L1", "L2", "A3"), "deploy-3"),
+              app("kb", "2026-11-22", ("L1", "L2", "A2"), "deploy-2"),
+              app("kb", "2026-11-21", ("L1", "L2", "A1"), "deploy-1")]
+    plan = plan_for(images, in_use={"sha:kb-2026-11-21"}, keep=2)
+    assert plan.remove == ["onevps/kb:deploy-2", "onevps/kb:deploy-3"]  # deploy-1 runs: kept
+    assert "onevps/kb:latest" in plan.kept and "onevps/kb:deploy-4" in plan.kept
+
+
+def test_never_deletes_a_tier_a_kept_app_is_built_on():
+    images = [BASE_NEW, BASE_OLD, BASE_GONE,
+              app("kb", "2026-11-25", ("L1", "L2", "A5"), "latest"),
+              app("kb", "2026-10-02", ("L1", "L0", "A0"), "deploy-0")]  # kept (newest 2), built on c-old
+    plan = plan_for(images, keep=2)
+    assert plan.remove == ["onevps/base:c-gone"]
+    assert "onevps/base:c-old" in plan.kept and "onevps/base:c-new" in plan.kept
+
+
+def test_a_pruned_app_image_releases_its_old_tier():
+    images = [BASE_NEW, BASE_OLD,
+              app("kb", "2026-11-25", ("L1", "L2", "A5"), "latest"),
+              app("kb", "2026-11-24", ("L1", "L2", "A4"), "deploy-4"),
+              app("kb", "2026-10-02", ("L1", "L0", "A0"), "deploy-0")]  # third newest: goes
+    plan = plan_for(images, keep=2)
+    assert plan.remove == ["onevps/base:c-old", "onevps/kb:deploy-0"]
+
+
+def test_the_base_under_a_kept_ml_tier_stays():
+    old_ml_base = Image("sha:base-mlparent", ("onevps/base:c-parent",), "2026-08-01", ("L1", "P"))
+    old_ml = Image("sha:ml-old", ("onevps/ml:c-mlold",), "2026-08-02", ("L1", "P", "M0"))
+    images = [BASE_NEW, ML_NEW, old_ml_base, old_ml]
+    assert plan_for(images, in_use={"sha:ml-old"}).remove == []
+    assert plan_for(images).remove == ["onevps/base:c-parent", "onevps/ml:c-mlold"]
+
+
+def test_other_namespaces_and_repos_are_left_alone():
+    other = Image("sha:x", ("onevps/other:old",), "2020-01-01", ("Z",))
+    assert plan_for([BASE_NEW, other]).remove == []
