@@ -270,11 +270,14 @@ def test_inv_prune_keeps_the_newest_and_never_a_used_tier(stack_up, settings):
     ns, made = settings.image_namespace, []
 
     def commit(source: str, target: str, n: int) -> None:
-        cid = docker("create", source, "true").strip()
+        """A new image: source + a layer holding one small file (a real, distinct layer)."""
+        name = f"onevps-prune-test-{n}"
+        docker("run", "--name", name, "--user", "0", "--network", "none", "--entrypoint", "sh", source,
+               "-c", f"echo {n} > /prune-test-{n}")
         try:
-            docker("commit", "--change", f"LABEL onevps.test.n={n}", cid, target)
+            docker("commit", name, target)
         finally:
-            docker("rm", cid)
+            docker("rm", name)
         made.append(target)
 
     try:
