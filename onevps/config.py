@@ -221,7 +221,7 @@ KEYS: tuple[Key, ...] = (
         "Path on the server of a private ACME server's CA certificate; empty: the public CAs."),
     Key("CERT_CRON_FILE", "/etc/cron.d/onevps-certs", _abs_path,
         "Where `fab certs` installs the daily renewal job on the server."),
-    Key("PRUNE_ON_DEPLOY", "off", _on_off,
+    Key("PRUNE_ON_DEPLOY", "on", _on_off,
         "on: every `fab deploy` ends with a prune on the server, so repeated deploys leave the disk where it was."),
     Key("PRUNE_KEEP", "3", _positive_int, "Images of each app pruning keeps for rollback."),
     Key("PRUNE_CACHE_MB", "2000", _positive_int, "Build cache pruning trims down to (MB)."),

@@ -356,7 +356,7 @@ def deploy(c: Ctx, app: str | None = None, tier: str | None = None, every: bool 
         for a in apps:
             c.say(f"==> {a.name}")
             deploy_app(c, a)
-        if c.rs.raw.get("PRUNE_ON_DEPLOY", "off") == "on":
+        if c.rs.raw.get("PRUNE_ON_DEPLOY", "on") == "on":
             prune_server(c)
 
     locked(c, what, body)

@@ -39,6 +39,19 @@ def _repo(ref: str) -> str:
     return ref.rsplit(":", 1)[0]
 
 
+def _recency(image: Image, repo: str) -> tuple[str, str]:
+    """When the image was last deployed (its newest `deploy-<time>` tag), then when it was built.
+
+    Build time alone misleads: a build served from the cache reuses an older
+    image (and its old creation time), e.g. when a change is reverted.
+    """
+    if f"{repo}:latest" in image.tags:
+        return ("~", image.created)  # what the next start uses: newest of all
+    deployed = [t.rsplit(":", 1)[1][len("deploy-"):] for t in image.tags
+                if _repo(t) == repo and t.rsplit(":", 1)[1].startswith("deploy-")]
+    return (max(deployed, default=""), image.created)
+
+
 def select(images: list[Image], in_use: set[str], apps: list[str], namespace: str,
            current_tier_tags: dict[str, str], keep: int) -> Plan:
     """Pure: which references to remove. Never an image a container uses, an
@@ -49,7 +62,7 @@ def select(images: list[Image], in_use: set[str], apps: list[str], namespace: st
     for app in apps:
         repo = f"{namespace}/{app}"
         mine = sorted((i for i in images if any(_repo(t) == repo for t in i.tags)),
-                      key=lambda i: i.created, reverse=True)
+                      key=lambda i: _recency(i, repo), reverse=True)
         for rank, image in enumerate(mine):
             if rank < keep or image.id in in_use or f"{repo}:latest" in image.tags:
                 kept_ids.add(image.id)

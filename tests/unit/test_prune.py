@@ -58,3 +58,16 @@ def test_the_base_under_a_kept_ml_tier_stays():
 def test_other_namespaces_and_repos_are_left_alone():
     other = Image("sha:x", ("onevps/other:old",), "2020-01-01", ("Z",))
     assert plan_for([BASE_NEW, other]).remove == []
+
+
+def test_recency_is_the_last_deploy_not_the_build_time():
+    """A cached build reuses an old image (old creation time) that was deployed just now."""
+    old_build_new_deploy = app("kb", "2026-01-01", ("L1", "L2", "A1"), "deploy-20261126060300")
+    images = [BASE_NEW,
+              app("kb", "2026-11-25", ("L1", "L2", "A5"), "latest", "deploy-20261126060400"),
+              app("kb", "2026-11-24", ("L1", "L2", "A4"), "deploy-20261120000000"),
+              app("kb", "2026-11-23", ("L1", "L2", "A3"), "deploy-20261110000000"),
+              old_build_new_deploy]
+    plan = plan_for(images, keep=2)
+    assert plan.remove == ["onevps/kb:deploy-20261110000000", "onevps/kb:deploy-20261120000000"]
+    assert "onevps/kb:deploy-20261126060300" in plan.kept
