@@ -285,12 +285,12 @@ def test_inv_prune_keeps_the_newest_and_never_a_used_tier(stack_up, settings):
         commit(f"{ns}/base:c-0ld0ld0ld0ld", f"{ns}/portfolio:deploy-00000000000001", 1)  # built on it
         for n in (2, 3, 4):
             commit(tiers.image(settings, "portfolio"), f"{ns}/portfolio:deploy-0000000000000{n}", n)
-        # newest first: 4, 3, 2, 1 (on the old tier), then latest
-        res = inv("prune", "--keep", "4", "--dry-run")
+        # Newest first: latest (what starts next), then by deploy tag: 4, 3, 2, 1 (on the old tier).
+        res = inv("prune", "--keep", "5", "--dry-run")
         assert res.returncode == 0, res.stderr
-        assert f"would remove {ns}/portfolio:" not in res.stdout  # all four are among the newest four
+        assert f"would remove {ns}/portfolio:" not in res.stdout  # all five are kept
         assert f"would remove {ns}/base:c-0ld0ld0ld0ld" not in res.stdout  # a kept image is built on it
-        res = inv("prune", "--keep", "2")
+        res = inv("prune", "--keep", "3")
         assert res.returncode == 0, res.stderr
         present = set(docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").split())
         assert f"{ns}/portfolio:deploy-00000000000004" in present and f"{ns}/portfolio:deploy-00000000000003" in present
