@@ -33,6 +33,7 @@ from .config import Settings
 from .errors import OnevpsError
 from .registry import SHARED, App, Registry
 from .registry import load as load_registry
+from .stack import columns
 
 
 @dataclass
@@ -449,8 +450,7 @@ def status(c: Ctx) -> str:
     table = [("CONTAINER", "STATE", "HEALTH", "IMAGE AGE", "MEMORY")]
     for name, state, health, image in sorted(rows):
         table.append((name.lstrip("/"), state, health, _age(created.get(image, "")), mem.get(name.lstrip("/"), "-")))
-    widths = [max(len(r[i]) for r in table) for i in range(5)]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table)
+    return columns(table)
 
 
 def _age(created: str) -> str:
@@ -480,5 +480,4 @@ def history(c: Ctx, app: str | None = None) -> str:
         table.append((e.get("time", "?"), e.get("user", "?"), e.get("commit", "?"), e.get("app", "?"),
                       e.get("action", "?"), (e.get("image") or "-").replace("sha256:", "")[:12],
                       str(e.get("seconds", "-")), e.get("result", "?")))
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in table)
+    return columns(table)

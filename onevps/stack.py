@@ -148,12 +148,15 @@ def rows(settings: Settings, reg: Registry, ps: dict[str, dict]) -> list[Row]:
     return out
 
 
+def columns(rows: Sequence[Sequence[object]]) -> str:
+    """Rows (the first is the header) as left-aligned columns two spaces apart."""
+    widths = [max(len(str(x)) for x in col) for col in zip(*rows)]
+    return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows)
+
+
 def table(items: Iterable[Row]) -> str:
     header = ("APP", "TIER", "ADDRESS", "URL", "STATE")
-    body = [(r.name, r.tier, r.address, r.url, r.state) for r in items]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    lines = ["  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in (header, *body)]
-    return "\n".join(lines)
+    return columns([header, *[(r.name, r.tier, r.address, r.url, r.state) for r in items]])
 
 
 def unhealthy(ps: dict[str, dict], services: Iterable[str]) -> list[str]:
