@@ -20,7 +20,7 @@ def _ctx(c, dry_run=False, secrets=False):
 def _check_target(app=None, tier=None):
     """Refuse an unknown app or tier before connecting to anything."""
     settings = config.load()
-    if app and app not in recipes.SHARED:
+    if app and app not in recipes.SHARED_SERVICES:
         recipes.load_registry(settings.compose_file).get(app)
     if tier is not None and tier not in ("base", "ml"):
         raise OnevpsError(f"unknown tier {tier!r}", "use --tier=base or --tier=ml")
@@ -74,7 +74,7 @@ def logs(c, app=None, follow=False, tail=100):
         raise OnevpsError("no app given", "use `fab logs --app=NAME`")
     _check_target(app)
     ctx = _ctx(c)
-    name = app if app in recipes.SHARED else ctx.reg.get(app).name
+    name = app if app in recipes.SHARED_SERVICES else ctx.reg.get(app).name
     ctx.run.run(recipes.commands.logs(ctx.rs, [name], follow=follow, tail=int(tail)), "show logs",
                 hide=False, mutates=False)
 

@@ -63,7 +63,7 @@ def up(c, build=False, app=None):
     """Start the whole stack, build what is missing, wait until healthy, print the URLs."""
     created = config.create_env_file(config.REPO_ROOT) if not os.environ.get("ONEVPS_ENV_FILE") else None
     if created:
-        print(f"==> first run: wrote {created.name} from .env.example with a new random REDIS_PASSWORD (mode 600)")
+        print(f"==> first run: wrote {created.name} from .env.example with new random secrets (REDIS_PASSWORD, CHROMA_TOKEN; mode 600)")
     settings, reg, runner = _setup(c)
     rows = stack.up(runner, settings, reg, rebuild=build, app=app)
     print(stack.table(rows))

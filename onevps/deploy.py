@@ -31,7 +31,7 @@ from fabric import Connection
 from . import commands, config, nginx, remote, tiers
 from .config import Settings
 from .errors import OnevpsError
-from .registry import SHARED, App, Registry
+from .registry import SHARED_SERVICES, App, Registry
 from .registry import load as load_registry
 from .stack import columns
 
@@ -269,7 +269,7 @@ def ensure_shared(c: Ctx, recreate_changed: bool = False) -> None:
     recreates a shared service whose compose entry changed (a short restart)."""
     flags = [] if recreate_changed else ["--no-recreate"]
     c.run.run(commands.compose(c.rs, "up", "--detach", "--no-build", *flags, "--wait",
-                               "--wait-timeout", str(c.rs.up_timeout), *SHARED),
+                               "--wait-timeout", str(c.rs.up_timeout), *SHARED_SERVICES),
               "start the shared services", hide=True)
 
 
