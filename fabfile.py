@@ -10,6 +10,7 @@ from pathlib import Path
 from fabric import task
 
 from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes, remote
+from onevps import disk as recipes_disk
 from onevps.errors import OnevpsError
 
 
@@ -143,3 +144,11 @@ def prune(c, dry_run=False):
     """On the server: remove old app images (keeping PRUNE_KEEP each), unused tiers, dangling images, excess cache."""
     ctx = _ctx(c, dry_run)
     recipes.locked(ctx, "prune", lambda: recipes.prune_server(ctx))
+
+
+@task(help={"json": "Print the report as JSON (for scripts).",
+            "budget": "Budget for each app's own layers, in MB (default 5)."})
+def disk(c, json=False, budget=5.0):
+    """On the server: image disk use (unique/shared per image, on disk vs unlayered, savings), app layers vs budget."""
+    budget_bytes = recipes_disk.budget_bytes(budget)  # a bad budget is refused before connecting
+    recipes.disk(_ctx(c), budget_bytes, json)

@@ -238,6 +238,8 @@ KEYS: tuple[Key, ...] = (
         "Where `fab certs` installs the daily renewal job on the server."),
     Key("PRUNE_ON_DEPLOY", "on", _on_off,
         "on: every `fab deploy` ends with a prune on the server, so repeated deploys leave the disk where it was."),
+    Key("BUILD_FREE_MB", "1024", _positive_int,
+        "Free MB on the server's Docker disk a build needs (a tier build needs more on top); less: the build is refused."),
     Key("PRUNE_KEEP", "3", _positive_int, "Images of each app pruning keeps for rollback."),
     Key("PRUNE_CACHE_MB", "2000", _positive_int, "Build cache pruning trims down to (MB)."),
     Key("VPS_HOST", "", _optional_host, "The server `fab` works on (or give `fab -H host`)."),

@@ -25,7 +25,7 @@ INV_TASKS = [
 ]
 FAB_TASKS = [
     ["setup"], ["deploy", "--app=kb"], ["deploy", "--all"], ["rollback", "--app=kb"], ["history"], ["status"],
-    ["logs", "--app=kb"], ["unlock"], ["backup"],
+    ["logs", "--app=kb"], ["unlock"], ["backup"], ["disk"], ["prune"],
 ]
 
 
