@@ -161,9 +161,10 @@ def disk(c, json=False, budget="5"):
     """Image disk use: unique/shared bytes per image, on disk vs unlayered, app layers vs budget."""
     import json as json_mod
 
+    budget_bytes = disk_mod.budget_bytes(budget)
     settings, reg, runner = _setup(c)
     require_docker(runner)
-    data = disk_mod.report(runner, settings, reg, disk_mod.budget_bytes(budget))
+    data = disk_mod.report(runner, settings, reg, budget_bytes)
     print(json_mod.dumps(data, indent=2) if json else disk_mod.render(data))
     disk_mod.check_budget(data)
 
