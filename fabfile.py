@@ -11,7 +11,7 @@ from fabric import task
 
 from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes, remote
 from onevps import disk as recipes_disk
-from onevps.errors import OnevpsError, number_flag
+from onevps.errors import OnevpsError, confirm, number_flag
 
 
 def _ctx(c, dry_run=False, secrets=False):
@@ -114,14 +114,10 @@ def restore(c, archive, env=False, yes=False, dry_run=False):
         return
     path = Path(archive)
     recipes_backup.check_archive(path)
-    if not yes and not dry_run:
-        import sys
-
-        if not sys.stdin or not sys.stdin.isatty():
-            raise OnevpsError("refusing to replace the server's data without confirmation", "add --yes to confirm")
-        if input(f"Replace the server's data with {path.name}? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing restored")
-            return
+    if not yes and not dry_run and not confirm(f"Replace the server's data with {path.name}?",
+                                               "replace the server's data"):
+        print("nothing restored")
+        return
     ctx = _ctx(c, dry_run)
     with_lock = recipes.locked
     with_lock(ctx, f"restore {path.name}", lambda: recipes_backup.restore(ctx, path, with_env=env))

@@ -51,3 +51,12 @@ def number_flag(flag: str, value: object, minimum: float = 0, whole: bool = True
         kind = "a whole number" if whole else "a number"
         raise OnevpsError(f"--{flag}={value} is not {kind} of at least {minimum:g}", f"e.g. --{flag}={max(minimum, 1):g}")
     return number
+
+
+def confirm(question: str, refusal: str) -> bool:
+    """Ask a yes/no question on a terminal; without one, refuse (one line naming --yes)."""
+    import sys
+
+    if not sys.stdin or not sys.stdin.isatty():
+        raise OnevpsError(f"refusing to {refusal} without confirmation", "add --yes to confirm")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
