@@ -54,8 +54,14 @@ Subsystem sftp internal-sftp
     try:
         deadline = time.time() + 20
         while True:
+            if proc.poll() is not None:  # e.g. the port is taken: never mistake another sshd for ours
+                log = (workdir / "sshd.log").read_text() if (workdir / "sshd.log").exists() else ""
+                raise SshdError(f"sshd on 127.0.0.1:{port} exited ({proc.returncode}): {log.strip()[-300:]}")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                time.sleep(0.3)
+                if proc.poll() is not None:
+                    continue  # something else answered; ours died: reported above
                 break
             except OSError:
                 if time.time() > deadline:
