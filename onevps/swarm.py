@@ -46,12 +46,12 @@ SERVICE_MONITOR = "10s"
 # Compose keys copied into the stack file unchanged (Swarm honours them).
 KEPT = ("command", "entrypoint", "user", "working_dir", "read_only", "init", "stop_signal",
         "stop_grace_period", "healthcheck", "logging", "labels", "cap_add", "cap_drop", "ulimits",
-        "sysctls", "hostname", "extra_hosts", "dns", "dns_search", "secrets", "configs")
+        "sysctls", "hostname", "extra_hosts", "dns", "dns_search", "secrets")
 # Compose keys render() turns into something else (handled below, one by one).
 CONVERTED = ("image", "build", "environment", "networks", "ports", "volumes", "tmpfs", "restart",
              "mem_limit", "memswap_limit", "mem_reservation", "cpus", "cpu_shares", "cpu_quota",
              "cpuset", "profiles", "container_name", "depends_on", "security_opt", "deploy",
-             "pull_policy", "env_file", "expose")
+             "pull_policy", "env_file", "expose", "configs")
 
 
 @dataclass(frozen=True)
@@ -249,9 +249,11 @@ class _Render:
         env = self.environment(name, svc.get("environment"))
         if env:
             out["environment"] = env
-        volumes, stateful = self.volumes(name, svc, routes_text)
+        volumes, configs, stateful = self.volumes(name, svc, routes_text)
         if volumes:
             out["volumes"] = volumes
+        if configs:
+            out["configs"] = configs
         ports = self.ports(name, svc.get("ports") or [])
         if ports:
             out["ports"] = ports
@@ -294,8 +296,10 @@ class _Render:
                                    "fix the address in the compose file")
         return target
 
-    def volumes(self, name: str, svc: dict, routes_text: str) -> tuple[list, bool]:
+    def volumes(self, name: str, svc: dict, routes_text: str) -> tuple[list, list, bool]:
+        """(volumes, configs, stateful) of one service."""
         out: list[Any] = []
+        configs: list[dict] = []
         stateful = False
         for item in svc.get("volumes") or []:
             source, target, ro = _parse_volume(item)
@@ -306,7 +310,7 @@ class _Render:
                 if source == "/dev/null" or not ro:
                     raise OnevpsError(f"service {name}: the writable bind mount {source}:{target} cannot move "
                                       "between nodes", "use a named volume, or leave the service to compose")
-                out.extend(self.config_mounts(name, source, target, routes_text))
+                configs.extend(self.config_mounts(name, source, target, routes_text))
             else:
                 self.note("volume", name)
                 stateful = True
@@ -315,7 +319,7 @@ class _Render:
                 out.append(f"{source}:{target}" + (":ro" if ro else ""))
         for path in svc.get("tmpfs") or []:
             out.append({"type": "tmpfs", "target": str(path)})
-        return out, stateful
+        return out, configs, stateful
 
     def config_mounts(self, name: str, source: str, target: str, routes_text: str) -> list[dict]:
         path = (self.compose_dir / source).resolve()
@@ -336,7 +340,10 @@ class _Render:
                 rel = ROUTES_FILE.as_posix()
             else:
                 content, source_path = file.read_bytes(), file
-            key = f"{_slug(rel)}-{hashlib.sha256(content).hexdigest()[:10]}"
+            # Config names are at most 64 characters with the stack's prefix;
+            # the hash covers path and content, so a change is a new config.
+            digest = hashlib.sha256(rel.encode() + b"\0" + content).hexdigest()[:10]
+            key = f"{_slug(PurePosixPath(rel).name)[:24].strip('-')}-{digest}"
             entry: dict[str, Any] = {"file": self.rel(source_path)}
             self.configs[key] = entry
             mount: dict[str, Any] = {"source": key, "target": str(inside)}
