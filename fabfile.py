@@ -143,3 +143,18 @@ def prune(c, dry_run=False):
     """On the server: remove old app images (keeping PRUNE_KEEP each), unused tiers, dangling images, excess cache."""
     ctx = _ctx(c, dry_run)
     recipes.locked(ctx, "prune", lambda: recipes.prune_server(ctx))
+
+
+@task(help={"app": "Build and roll out just this app (the stack must be deployed already).",
+            "dry-run": "Print every remote command that would change something; change nothing."})
+def swarm_deploy(c, app=None, dry_run=False):
+    """On the server's swarm: send the files, build, tag (push to REGISTRY), `docker stack deploy`, wait; Swarm rolls back a failure."""
+    _check_target(app)
+    result = recipes.swarm_deploy(_ctx(c, dry_run, secrets=True), app)
+    print("\n".join(f"{svc}: {outcome}" for svc, outcome in result.outcome.items()))
+
+
+@task
+def swarm_status(c):
+    """Every service of the stack on the server's swarm: replicas, image, last update."""
+    print(recipes.swarm_status(_ctx(c)))

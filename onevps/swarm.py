@@ -584,6 +584,11 @@ def stack_deploy_argv(stack_file: str, stack: str, registry: bool) -> list[str]:
                            "--with-registry-auth" if registry else None, stack)
 
 
+def with_env_file(env_file: str, argv: Sequence[str]) -> list[str]:
+    """argv run by a shell that first exports every variable of env_file (the server's .env)."""
+    return ["sh", "-c", 'set -a && . "$1" && set +a && shift && exec "$@"', "sh", env_file, *argv]
+
+
 def stack_rm_argv(stack: str) -> list[str]:
     return commands.docker("stack", "rm", stack)
 
@@ -772,12 +777,15 @@ class DeployResult:
 def deploy(runner: Runner, settings: Settings, reg: Registry, *, app: str | None = None,
            only: Iterable[str] | None = None, build: Callable[[Sequence[str]], None] | None = None,
            env: Mapping[str, str] | None = None, stack_file: str | None = None,
-           upload: Callable[[], None] | None = None, wait_timeout: int | None = None) -> DeployResult:
+           upload: Callable[[], None] | None = None, wait_timeout: int | None = None,
+           wrap: Callable[[list[str]], list[str]] | None = None) -> DeployResult:
     """Build, tag, (push), render, `docker stack deploy`, wait; raise on a rollback.
 
-    `build` builds the given apps (compose build, locally or on the server);
-    `env` carries the compose variables (secrets included) to the deploy;
-    `upload` sends the rendered files to the server (fab), `stack_file` is
+    `settings` holds the target's values (the server's for fab) rooted at the
+    local files. `build` builds the given apps (compose build, locally or on
+    the server); `env` carries the compose variables to the deploy, or `wrap`
+    lets the server's shell read them from its .env (secrets stay off command
+    lines); `upload` sends the rendered files to the server, `stack_file` is
     their path there.
     """
     only = list(only) if only is not None else None
@@ -796,15 +804,18 @@ def deploy(runner: Runner, settings: Settings, reg: Registry, *, app: str | None
         raise OnevpsError(f"stack {stack} is not deployed yet, so there is nothing to update {app} in",
                           "deploy the whole stack first: swarm-deploy without --app")
     tags = tag_images(runner, settings, rendered.apps, before, rebuild=todo)
-    changed = write(settings, rendered)
-    for rel in changed:
-        runner.say(f"==> wrote {rel}")
+    if runner.dry_run:
+        runner.say(f"[dry-run] would write {STACK_FILE} and {ROUTES_FILE} ({len(rendered.services)} services)")
+    else:
+        for rel in write(settings, rendered):
+            runner.say(f"==> wrote {rel}")
     if upload:
         upload()
     target = stack_file or str(settings.root / STACK_FILE)
     runner.say(f"==> docker stack deploy {stack} ({len(rendered.services)} services"
                + (f"; updating {app}" if app else "") + ")")
-    runner.run(stack_deploy_argv(target, stack, bool(settings.registry)), "docker stack deploy",
+    argv = stack_deploy_argv(target, stack, bool(settings.registry))
+    runner.run(wrap(argv) if wrap else argv, "docker stack deploy",
                env={**(env or {}), **tags}, hint="the services keep running their previous version")
     targets = [app] if app else list(rendered.services)
     outcome = wait(runner, stack, before, targets, wait_timeout or settings.deploy_timeout + 60)
