@@ -604,8 +604,8 @@ def services_argv(stack: str) -> list[str]:
 
 def service_inspect_argv(*names: str) -> list[str]:
     return commands.docker("service", "inspect", "--format",
-                           "{{.Spec.Name}}\t{{.Spec.TaskTemplate.ContainerSpec.Image}}\t{{json .UpdateStatus}}",
-                           *names)
+                           "{{.Spec.Name}}\t{{.Spec.TaskTemplate.ContainerSpec.Image}}\t{{json .UpdateStatus}}"
+                           "\t{{json .Spec.TaskTemplate}}", *names)
 
 
 def service_logs_argv(service: str, tail: int = 20) -> list[str]:
@@ -657,6 +657,7 @@ class ServiceState:
     name: str
     image: str
     update: dict | None
+    template: str = ""  # the task template as JSON: when it changes, Swarm rolls the service
 
 
 def service_states(runner: Runner, stack: str) -> dict[str, ServiceState]:
@@ -667,9 +668,9 @@ def service_states(runner: Runner, stack: str) -> dict[str, ServiceState]:
     out = runner.run(service_inspect_argv(*names), "inspect the stack's services", mutates=False).stdout
     states = {}
     for line in out.splitlines():
-        name, image, update = (line.split("\t") + ["", ""])[:3]
+        name, image, update, template = (line.split("\t") + ["", "", ""])[:4]
         short = name[len(stack) + 1:] if name.startswith(stack + "_") else name
-        states[short] = ServiceState(short, image.split("@")[0], json.loads(update) if update else None)
+        states[short] = ServiceState(short, image.split("@")[0], json.loads(update) if update else None, template)
     return states
 
 
@@ -743,9 +744,14 @@ def wait(runner: Runner, stack: str, before: Mapping[str, ServiceState], service
             update = (st.update if st else None) or {}
             changed = bool(update) and (old is None or old.update != update)
             state = update.get("State", "") if changed else ""
+            # The task template changed, so Swarm will roll the service, but its
+            # update may not have begun yet: wait for it to show.
+            pending = bool(st and old and st.template != old.template and not changed)
             running, _, desired = reps.get(svc, "0/0").partition("/")
             desired = desired.split()[0] if desired else "0"
-            if state in ("updating", "rollback_started"):
+            if pending:
+                busy.append(f"{svc} update pending")
+            elif state in ("updating", "rollback_started"):
                 busy.append(f"{svc} {state}")
             elif state in ("paused", "rollback_paused"):
                 outcome[svc] = f"{state}: {update.get('Message', '')}"
