@@ -222,6 +222,8 @@ def swarm_deploy(c, app=None, services=None, dry_run=False):
     from onevps import swarm
 
     settings, reg, runner = _setup(c)
+    if app:
+        reg.get(app)
     config.require_secrets(settings)
     runner.dry_run = dry_run
     require_docker(runner)
