@@ -10,6 +10,7 @@ from pathlib import Path
 from fabric import task
 
 from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes, remote
+from onevps import disk as recipes_disk
 from onevps.errors import OnevpsError
 
 
@@ -20,7 +21,7 @@ def _ctx(c, dry_run=False, secrets=False):
 def _check_target(app=None, tier=None):
     """Refuse an unknown app or tier before connecting to anything."""
     settings = config.load()
-    if app and app not in recipes.SHARED:
+    if app and app not in recipes.SHARED_SERVICES:
         recipes.load_registry(settings.compose_file).get(app)
     if tier is not None and tier not in ("base", "ml"):
         raise OnevpsError(f"unknown tier {tier!r}", "use --tier=base or --tier=ml")
@@ -74,7 +75,7 @@ def logs(c, app=None, follow=False, tail=100):
         raise OnevpsError("no app given", "use `fab logs --app=NAME`")
     _check_target(app)
     ctx = _ctx(c)
-    name = app if app in recipes.SHARED else ctx.reg.get(app).name
+    name = app if app in recipes.SHARED_SERVICES else ctx.reg.get(app).name
     ctx.run.run(recipes.commands.logs(ctx.rs, [name], follow=follow, tail=int(tail)), "show logs",
                 hide=False, mutates=False)
 
@@ -143,6 +144,14 @@ def prune(c, dry_run=False):
     """On the server: remove old app images (keeping PRUNE_KEEP each), unused tiers, dangling images, excess cache."""
     ctx = _ctx(c, dry_run)
     recipes.locked(ctx, "prune", lambda: recipes.prune_server(ctx))
+
+
+@task(help={"json": "Print the report as JSON (for scripts).",
+            "budget": "Budget for each app's own layers, in MB (default 5)."})
+def disk(c, json=False, budget=5.0):
+    """On the server: image disk use (unique/shared per image, on disk vs unlayered, savings), app layers vs budget."""
+    budget_bytes = recipes_disk.budget_bytes(budget)  # a bad budget is refused before connecting
+    recipes.disk(_ctx(c), budget_bytes, json)
 
 
 @task(help={"app": "Build and roll out just this app (the stack must be deployed already).",

@@ -63,7 +63,7 @@ def up(c, build=False, app=None):
     """Start the whole stack, build what is missing, wait until healthy, print the URLs."""
     created = config.create_env_file(config.REPO_ROOT) if not os.environ.get("ONEVPS_ENV_FILE") else None
     if created:
-        print(f"==> first run: wrote {created.name} from .env.example with a new random REDIS_PASSWORD (mode 600)")
+        print(f"==> first run: wrote {created.name} from .env.example with new random secrets (REDIS_PASSWORD, CHROMA_TOKEN; mode 600)")
     settings, reg, runner = _setup(c)
     rows = stack.up(runner, settings, reg, rebuild=build, app=app)
     print(stack.table(rows))
@@ -162,13 +162,9 @@ def disk(c, json=False, budget=5.0):
 
     settings, reg, runner = _setup(c)
     require_docker(runner)
-    data = disk_mod.report(runner, settings, reg, int(float(budget) * 1_000_000))
+    data = disk_mod.report(runner, settings, reg, disk_mod.budget_bytes(budget))
     print(json_mod.dumps(data, indent=2) if json else disk_mod.render(data))
-    if data["over_budget"]:
-        largest = "; ".join(f"{a['app']}: {', '.join(a['largest'][:3]) or '?'}" for a in data["apps"]
-                            if a["over_budget"])
-        raise OnevpsError(f"over the {budget} MB budget: {', '.join(data['over_budget'])} (largest files: {largest})",
-                          "move big dependencies into a tier or trim the app")
+    disk_mod.check_budget(data)
 
 
 @task(help={"keep": "How many images of each app to keep for rollback (default 3).",

@@ -258,7 +258,7 @@ def plan_remove_app(settings: Settings, name: str) -> Plan:
     compose_path = settings.compose_file
     data = composefile.load(compose_path)
     reg = registry_mod.from_data(data, name=str(compose_path))
-    if name in registry_mod.SHARED or name in registry_mod.TIER_SERVICES.values():
+    if name in registry_mod.SHARED_SERVICES or name in registry_mod.TIER_SERVICES.values():
         raise OnevpsError(f"{name!r} is a shared service, not an app", "only apps can be removed")
     reg.get(name)  # unknown app -> lists the known ones
     remove_service(data, name)

@@ -62,6 +62,16 @@ def _network_prefix(raw: str) -> str:
     return raw
 
 
+def _private_subnet(raw: str) -> str:
+    try:
+        net = ipaddress.IPv4Network(raw.strip(), strict=True)
+    except ValueError:
+        raise ValueError("must be a network in CIDR form such as 172.20.1.0/28") from None
+    if not net.is_private or not 16 <= net.prefixlen <= 29:
+        raise ValueError("must be a private network between /16 and /29, such as 172.20.1.0/28")
+    return str(net)
+
+
 def _domain(raw: str) -> str:
     value = raw.strip().lower().rstrip(".")
     labels = value.split(".")
@@ -213,6 +223,8 @@ KEYS: tuple[Key, ...] = (
     Key("HTTPS_PORT", "8443", _port, "Host port for HTTPS (443 on a server)."),
     Key("NETWORK_PREFIX", "172.20.0", _network_prefix,
         "First three octets of app-network's /24 subnet (static addresses live in it)."),
+    Key("CHROMA_SUBNET", "172.20.1.0/28", _private_subnet,
+        "Subnet of chroma-private, the internal network between ChromaDB and its token gate (must not overlap app-network)."),
     Key("IMAGE_NAMESPACE", "onevps", _namespace,
         "Prefix of every image built here: <ns>/base, <ns>/ml, <ns>/<app>."),
     Key("TORCH_INDEX_URL", "https://download.pytorch.org/whl/cpu", _url,
@@ -226,12 +238,15 @@ KEYS: tuple[Key, ...] = (
         "Seconds `inv up` waits for every container to become healthy."),
     Key("REDIS_PASSWORD", "", _secret,
         "Password Redis requires; apps get it in REDIS_URL. Required: `inv up` and `fab` refuse without it."),
+    Key("CHROMA_TOKEN", "", _secret,
+        "Token ChromaDB's gate (chroma-auth) requires; apps get it in CHROMA_TOKEN. Required like REDIS_PASSWORD."),
     Key("APP_MEM_LIMIT", "256m", _memory, "Memory limit of each base app (override per app in the compose file)."),
     Key("APP_CPUS", "1.0", _cpus, "CPU limit of each app."),
     Key("ML_APP_MEM_LIMIT", "1g", _memory, "Memory limit of each ML app."),
     Key("NGINX_MEM_LIMIT", "256m", _memory, "Memory limit of nginx."),
     Key("REDIS_MEM_LIMIT", "512m", _memory, "Memory limit of Redis."),
     Key("CHROMA_MEM_LIMIT", "1g", _memory, "Memory limit of ChromaDB."),
+    Key("CHROMA_AUTH_MEM_LIMIT", "64m", _memory, "Memory limit of chroma-auth, ChromaDB's token gate."),
     Key("OLLAMA_MEM_LIMIT", "8g", _memory, "Memory limit of Ollama (models need room)."),
     Key("HTTPS_REDIRECT", "off", _on_off,
         "on: plain HTTP is redirected to HTTPS and HTTPS answers carry HSTS (a server with real certificates)."),
@@ -244,6 +259,8 @@ KEYS: tuple[Key, ...] = (
         "Where `fab certs` installs the daily renewal job on the server."),
     Key("PRUNE_ON_DEPLOY", "on", _on_off,
         "on: every `fab deploy` ends with a prune on the server, so repeated deploys leave the disk where it was."),
+    Key("BUILD_FREE_MB", "1024", _positive_int,
+        "Free MB on the server's Docker disk a build needs (a tier build needs more on top); less: the build is refused."),
     Key("PRUNE_KEEP", "3", _positive_int, "Images of each app pruning keeps for rollback."),
     Key("PRUNE_CACHE_MB", "2000", _positive_int, "Build cache pruning trims down to (MB)."),
     Key("VPS_HOST", "", _optional_host, "The server `fab` works on (or give `fab -H host`)."),
@@ -261,7 +278,7 @@ KEYS: tuple[Key, ...] = (
         "Swarm: private range the overlay networks take their /24s from, in file order (empty: Docker picks)."),
 )
 KEY_NAMES = frozenset(k.name for k in KEYS)
-SECRET_KEYS = ("REDIS_PASSWORD",)
+SECRET_KEYS = ("REDIS_PASSWORD", "CHROMA_TOKEN")
 
 
 def require_secrets(settings: "Settings", where: str = ".env") -> None:
@@ -424,6 +441,10 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
             raise ConfigError(f"{key.name}={value!r} ({where}) {exc}", f"fix {key.name}; see .env.example") from None
         raw[key.name] = str(parsed[key.name])
 
+    app_net = ipaddress.IPv4Network(f"{parsed['NETWORK_PREFIX']}.0/24")
+    if ipaddress.IPv4Network(str(parsed["CHROMA_SUBNET"])).overlaps(app_net):
+        raise ConfigError(f"CHROMA_SUBNET={parsed['CHROMA_SUBNET']} overlaps app-network {app_net}",
+                          "give CHROMA_SUBNET a range outside NETWORK_PREFIX's /24")
     if parsed["HTTP_PORT"] == parsed["HTTPS_PORT"]:
         raise ConfigError(f"HTTP_PORT and HTTPS_PORT are both {parsed['HTTP_PORT']}",
                           "give HTTPS_PORT another port")

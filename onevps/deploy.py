@@ -31,7 +31,7 @@ from fabric import Connection
 from . import commands, config, nginx, remote, tiers
 from .config import Settings
 from .errors import OnevpsError
-from .registry import SHARED, App, Registry
+from .registry import SHARED_SERVICES, App, Registry
 from .registry import load as load_registry
 from .stack import columns
 
@@ -174,6 +174,19 @@ def ensure_tier(c: Ctx, tier: str, force: bool = False) -> None:
     c.run.run(commands.build_tier(c.rs, tier), f"build the {tier} tier on the server", hide=False)
 
 
+def missing_tiers(c: Ctx, wanted: set[str]) -> list[str]:
+    """Tiers (in build order) the apps need that are not on the server yet."""
+    if "ml" in wanted:
+        wanted = wanted | {"base"}
+    return [t for t in tiers.TIER_ORDER if t in wanted and not inspect(c, "{{.Id}}", tier_ref(c, t), kind="image")]
+
+
+def require_room(c: Ctx, tiers_to_build: list[str], what: str) -> None:
+    from . import disk
+
+    disk.require_room(c.run, int(c.rs.raw.get("BUILD_FREE_MB", "1024")), tiers_to_build, what)
+
+
 def build_app(c: Ctx, app: App) -> str | None:
     """Build the app's layer on the server; returns the new image ID."""
     ensure_tier(c, app.tier)
@@ -269,7 +282,7 @@ def ensure_shared(c: Ctx, recreate_changed: bool = False) -> None:
     recreates a shared service whose compose entry changed (a short restart)."""
     flags = [] if recreate_changed else ["--no-recreate"]
     c.run.run(commands.compose(c.rs, "up", "--detach", "--no-build", *flags, "--wait",
-                               "--wait-timeout", str(c.rs.up_timeout), *SHARED),
+                               "--wait-timeout", str(c.rs.up_timeout), *SHARED_SERVICES),
               "start the shared services", hide=True)
 
 
@@ -343,15 +356,18 @@ def deploy(c: Ctx, app: str | None = None, tier: str | None = None, every: bool 
     what = f"deploy {app or ('tier ' + tier if tier else 'all')}"
 
     def body() -> None:
+        # Room first: a refused build leaves the server's files as they were.
+        forced = list(("base", "ml") if tier == "base" else ("ml",)) if tier else []
+        require_room(c, forced or missing_tiers(c, {a.tier for a in apps}),
+                     f"building {len(apps)} app{'s' if len(apps) != 1 else ''}")
         shared = SHARED_SYNC
         dirs = shared + tuple(f"apps/{a.name}" for a in apps)
         plan = sync(c, dirs)
         env_changed = sync_env(c)
         if env_changed:
             c.say("note: the server's .env changed; apps pick it up as they are deployed")
-        if tier:
-            for t in (("base", "ml") if tier == "base" else ("ml",)):
-                ensure_tier(c, t, force=True)
+        for t in forced:
+            ensure_tier(c, t, force=True)
         ensure_shared(c)
         reload_nginx_if_changed(c, plan)
         for a in apps:
@@ -404,6 +420,7 @@ def setup(c: Ctx) -> None:
         c.say("==> installing the Compose v2 plugin")
         c.run.run(["sh", "-c", INSTALL_COMPOSE], "install Docker Compose v2 on the server", hide=False,
                   hint="install the docker-compose-plugin package by hand, then run `fab setup` again")
+    require_room(c, missing_tiers(c, set(tiers.TIER_ORDER)), "setting up the server")
     c.run.run(["mkdir", "-p", f"{c.rs.vps_path}/{remote.STATE_DIR}"], f"create {c.rs.vps_path}")
     sync(c, remote.SHARED_DIRS + ("apps",))
     sync_env(c)
@@ -481,6 +498,24 @@ def history(c: Ctx, app: str | None = None) -> str:
                       e.get("action", "?"), (e.get("image") or "-").replace("sha256:", "")[:12],
                       str(e.get("seconds", "-")), e.get("result", "?")))
     return columns(table)
+
+
+def disk(c: Ctx, budget: int, as_json: bool) -> None:
+    """`fab disk`: `inv disk` for the server's images (budget in bytes), plus the free space."""
+    import json
+
+    from . import disk as disk_mod
+
+    require_docker_on_server(c)
+    data = disk_mod.report(c.run, c.rs, c.reg, budget)
+    root, free = disk_mod.docker_free_mb(c.run)
+    data["docker_root"], data["free_mb"] = root, free
+    if as_json:
+        c.say(json.dumps(data, indent=2))
+    else:
+        c.say(disk_mod.render(data))
+        c.say(f"free on the server's Docker disk ({root}): {free:,} MB")
+    disk_mod.check_budget(data)
 
 
 # ------------------------------------------------------------------- swarm --

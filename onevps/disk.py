@@ -124,6 +124,25 @@ def report(runner: Runner, settings: Settings, reg: Registry, budget: int) -> di
     }
 
 
+def budget_bytes(budget_mb: object) -> int:
+    try:
+        value = float(str(budget_mb))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise OnevpsError(f"--budget={budget_mb} is not a positive number of MB", "use e.g. --budget 5")
+    return int(value * 1_000_000)
+
+
+def check_budget(data: dict) -> None:
+    """Over budget: one error line naming each app and its largest files."""
+    if data["over_budget"]:
+        largest = "; ".join(f"{a['app']}: {', '.join(a['largest'][:3]) or '?'}" for a in data["apps"]
+                            if a["over_budget"])
+        raise OnevpsError(f"over the {data['budget'] / 1e6:g} MB budget: {', '.join(data['over_budget'])} "
+                          f"(largest files: {largest})", "move big dependencies into a tier or trim the app")
+
+
 def render(data: dict) -> str:
     lines = ["IMAGE                                   SIZE        UNIQUE      SHARED"]
     for r in data["images"]:
@@ -139,3 +158,47 @@ def render(data: dict) -> str:
     lines.append(f"on disk {human(data['on_disk'])}, unlayered {human(data['unlayered'])}, "
                  f"savings {data['savings_ratio']}x")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------- room for a build --
+
+# Room a tier build takes on top of BUILD_FREE_MB, while it runs: the layers
+# being written, BuildKit's cache and pip's downloads. About twice the final
+# tier (base 186 MB, ML's own layers 1.4 GB; README "Measured").
+TIER_BUILD_MB = {"base": 500, "ml": 3500}
+
+
+def docker_free_mb(runner: Runner) -> tuple[str, int]:
+    """The Docker data folder and the megabytes free on its file system."""
+    root = runner.run(commands.docker("info", "--format", "{{.DockerRootDir}}"), "find Docker's data folder",
+                      mutates=False).stdout.strip() or "/var/lib/docker"
+    res = runner.run(["df", "-P", "-m", root], f"read the free space of {root}", mutates=False)
+    return root, parse_df_available(res.stdout)
+
+
+def parse_df_available(df_output: str) -> int:
+    """`df -P -m PATH` -> available megabytes (POSIX format: the 4th field of the last line)."""
+    lines = [line for line in df_output.splitlines() if line.strip()]
+    fields = lines[-1].split() if len(lines) >= 2 else []
+    if len(fields) < 6 or not fields[3].isdigit():
+        raise OnevpsError(f"cannot read the free space from df: {df_output.strip()[:80]!r}",
+                          "check that `df -P -m` works on the server")
+    return int(fields[3])
+
+
+def needed_mb(headroom_mb: int, tiers_to_build: list[str]) -> int:
+    return headroom_mb + sum(TIER_BUILD_MB[t] for t in tiers_to_build)
+
+
+def require_room(runner: Runner, headroom_mb: int, tiers_to_build: list[str], what: str,
+                 where: str = "the server") -> None:
+    """Refuse a build that would fill the disk, before it starts."""
+    root, free = docker_free_mb(runner)
+    need = needed_mb(headroom_mb, tiers_to_build)
+    if free < need:
+        tiers_note = f", including the {' and '.join(tiers_to_build)} tier" if tiers_to_build else ""
+        raise OnevpsError(
+            f"only {free:,} MB free on {where}'s Docker disk ({root}); {what} needs about {need:,} MB{tiers_note}",
+            "`fab prune` removes old images and build cache (`fab prune --dry-run` shows how much it frees); "
+            "or make room on the server")
+    runner.say(f"==> {free:,} MB free on {where}'s Docker disk ({root}); {what} needs about {need:,} MB")

@@ -21,7 +21,12 @@ TIERS = ("base", "ml")
 TIER_LABEL = "onevps.tier"
 
 # Shared services and their fixed host numbers on app-network.
-SHARED = {"nginx": 2, "chromadb": 3, "redis": 4, "ollama": 5}
+SHARED = {"nginx": 2, "chroma-auth": 3, "redis": 4, "ollama": 5}
+# Shared services with no address on app-network: ChromaDB's server sits on
+# the private network chroma-private, behind its token gate chroma-auth.
+PRIVATE = ("chromadb",)
+# Every shared service, in the order they are listed.
+SHARED_SERVICES = (*SHARED, *PRIVATE)
 # Services that build image tiers; never run.
 TIER_SERVICES = {"base": "base-tier", "ml": "ml-tier"}
 
@@ -38,7 +43,7 @@ SLOT_OFFSET = 128
 
 # Names an app may not take: shared services, tier builders, and names that
 # would be confusing as a subdomain or image name.
-RESERVED = frozenset(SHARED) | frozenset(TIER_SERVICES.values()) | frozenset(
+RESERVED = frozenset(SHARED_SERVICES) | frozenset(TIER_SERVICES.values()) | frozenset(
     {"base", "ml", "www", "localhost", "default", "app", "apps", "onevps", "tiers", "certbot", "certs"}
 )
 
@@ -184,6 +189,11 @@ def problems(registry: Registry) -> list[str]:
             found.append(f"shared service {svc} is missing from the compose file")
         elif registry.hosts.get(svc) != host:
             found.append(f"shared service {svc} must be at .{host}, found .{registry.hosts.get(svc)}")
+    for svc in PRIVATE:
+        if svc not in registry.services:
+            found.append(f"shared service {svc} is missing from the compose file")
+        elif svc in registry.hosts:
+            found.append(f"shared service {svc} must not have an address on {NETWORK} (it is reached through a gateway)")
     for app in registry.apps:
         problem = name_problem(app.name)
         if problem:

@@ -15,7 +15,7 @@ from invoke.context import Context
 from . import commands, config, nginx, registry as registry_mod, tiers
 from .config import Settings
 from .errors import CommandFailed, OnevpsError
-from .registry import SHARED, Registry
+from .registry import PRIVATE, SHARED, SHARED_SERVICES, Registry
 from .runner import Runner, require_docker
 
 
@@ -140,8 +140,10 @@ def rows(settings: Settings, reg: Registry, ps: dict[str, dict]) -> list[Row]:
     out = [
         Row("nginx", "-", settings.address(SHARED["nginx"]), f"http://{settings.domain}{port}/", _state(ps.get("nginx"))),
     ]
-    for svc in ("chromadb", "redis", "ollama"):
+    for svc in ("chroma-auth", "redis", "ollama"):
         out.append(Row(svc, "-", settings.address(SHARED[svc]), "(internal)", _state(ps.get(svc))))
+    for svc in PRIVATE:
+        out.append(Row(svc, "-", "-", "(private, via chroma-auth)", _state(ps.get(svc))))
     for app in reg.apps:
         out.append(Row(app.name, app.tier, app.address(settings.network_prefix), settings.app_url(app.name),
                        _state(ps.get(app.name))))
@@ -193,15 +195,15 @@ def up(runner: Runner, settings: Settings, reg: Registry, rebuild: bool = False,
     check_routes(settings, reg)
     if only:
         build_apps(runner, settings, reg, [only])
-        services = list(SHARED) + [only]
+        services = list(SHARED_SERVICES) + [only]
         runner.say(f"==> starting {only} (and any shared service not yet running)")
     else:
         for tier in tiers.TIER_ORDER:
             ensure_tier(runner, settings, tier)
         todo = reg.names() if rebuild else stale_apps(runner, settings, reg)
         build_apps(runner, settings, reg, todo)
-        services = list(SHARED) + reg.names()
-        runner.say(f"==> starting {len(reg.apps)} apps and {len(SHARED)} shared services "
+        services = list(SHARED_SERVICES) + reg.names()
+        runner.say(f"==> starting {len(reg.apps)} apps and {len(SHARED_SERVICES)} shared services "
                    f"(waiting up to {settings.up_timeout}s for health checks)")
     try:
         runner.run(commands.up(settings, services, remove_orphans=not only), "start the stack", hide=False)
@@ -254,7 +256,7 @@ def restart(runner: Runner, settings: Settings, reg: Registry, app: str) -> None
 def service_names(reg: Registry, app: str | None) -> list[str]:
     if app is None:
         return []
-    if app in SHARED:
+    if app in SHARED_SERVICES:
         return [app]
     return [reg.get(app).name]
 

@@ -35,9 +35,11 @@ TEST_ENV = {
     "HTTP_PORT": os.environ.get("ONEVPS_TEST_HTTP_PORT", "18080"),
     "HTTPS_PORT": os.environ.get("ONEVPS_TEST_HTTPS_PORT", "18443"),
     "NETWORK_PREFIX": os.environ.get("ONEVPS_TEST_NETWORK_PREFIX", "172.29.0"),
+    "CHROMA_SUBNET": os.environ.get("ONEVPS_TEST_CHROMA_SUBNET", "172.29.1.0/28"),
     "IMAGE_NAMESPACE": "onevps-test",
     "UP_TIMEOUT": "900",
-    "REDIS_PASSWORD": secrets.token_urlsafe(24),  # a fresh secret for every run
+    "REDIS_PASSWORD": secrets.token_urlsafe(24),  # fresh secrets for every run
+    "CHROMA_TOKEN": secrets.token_urlsafe(24),
 }
 os.environ.update(TEST_ENV)
 # Use the developer's .env when there is one (proxy CA, wheel folder); never

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +21,7 @@ import pytest
 from onevps import config, loadgen, tiers
 
 from .conftest import ROOT, docker, http
+from .sshd import SshdError, local_sshd
 
 pytestmark = pytest.mark.docker
 
@@ -30,8 +31,10 @@ COMPOSE_PROJECT_NAME=onevps-deploy
 HTTP_PORT=18280
 HTTPS_PORT=18643
 NETWORK_PREFIX=172.27.0
+CHROMA_SUBNET=172.27.1.0/28
 IMAGE_NAMESPACE=onevps-deploy
 REDIS_PASSWORD=deploy-test-secret-0123456789
+CHROMA_TOKEN=deploy-test-chroma-token-0123456789
 DOMAIN=onevps.test
 ACME_EMAIL=ops@onevps.test
 """
@@ -40,52 +43,14 @@ PROJECT = "onevps-deploy"
 
 # ------------------------------------------------------------------ sshd --
 
-def _sshd_binary() -> str:
-    path = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not os.path.exists(path):
-        pytest.fail("the deploy tests need OpenSSH's sshd (apt-get install openssh-server); they never skip",
-                    pytrace=False)
-    return path
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """A real sshd on 127.0.0.1 with its own host key and an authorized key made here."""
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    shutil.copy(d / "client_key.pub", d / "authorized_keys")
-    config = d / "sshd_config"
-    config.write_text(f"""\
-Port {SSH_PORT}
-ListenAddress 127.0.0.1
-HostKey {d}/host_key
-PidFile {d}/sshd.pid
-AuthorizedKeysFile {d}/authorized_keys
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-MaxStartups 100
-MaxSessions 100
-Subsystem sftp internal-sftp
-""")
-    os.makedirs("/run/sshd", exist_ok=True)
-    proc = subprocess.Popen([_sshd_binary(), "-D", "-f", str(config), "-E", str(d / "sshd.log")])
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", SSH_PORT), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"sshd did not listen on 127.0.0.1:{SSH_PORT}: {(d / 'sshd.log').read_text()}")
-    yield d / "client_key"
-    proc.terminate()  # only the sshd this fixture started, by its PID
-    proc.wait(timeout=10)
+    try:
+        with local_sshd(tmp_path_factory.mktemp("sshd"), SSH_PORT) as client_key:
+            yield client_key
+    except SshdError as exc:
+        pytest.fail(f"the deploy tests need a local sshd; they never skip: {exc}", pytrace=False)
 
 
 # ------------------------------------------------------------ local copy --
@@ -185,7 +150,7 @@ def test_setup_makes_the_server_ready_and_is_idempotent(repo):
 def test_first_deploy_of_everything(repo):
     res = fab(repo, "deploy", "--all")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
-    assert len(containers()) == 11
+    assert len(containers()) == 12  # 7 apps, nginx, chroma-auth, chromadb, redis, ollama
     for app in ("portfolio", "kb", "embedder"):
         assert http(Server, app, "/health").json()["app"] == app
 
@@ -200,7 +165,7 @@ def test_deploy_a_code_change_under_load_fails_no_request(repo):
     assert load.total > 100
     assert "dev" in load.versions and load.versions[-1] == "v2"  # responses switched to the new version
     assert "sent 1 changed file(s)" in res.stdout
-    assert "10 other containers kept their ID and start time" in res.stdout
+    assert "11 other containers kept their ID and start time" in res.stdout
     after = containers()
     name = f"{PROJECT}-portfolio-1"
     assert after[name][0] != before[name][0]
@@ -287,6 +252,47 @@ def test_dry_run_changes_nothing(repo):
     assert containers() == before_ids
     assert server_files(repo) == before_files
     assert http(Server, "portfolio", "/health").json()["version"] == "dev"
+
+
+def test_a_build_is_refused_when_the_server_disk_is_too_full(repo):
+    """Less free room than BUILD_FREE_MB: one line naming the need and `fab prune`; nothing changes."""
+    main_py = repo["root"] / "apps" / "portfolio" / "main.py"
+    code = main_py.read_text()
+    set_version(repo, "portfolio", "v4")
+    env_file = repo["root"] / ".env.vps"
+    before_ids, before_files = containers(), server_files(repo)
+    env_file.write_text(SERVER_ENV + "BUILD_FREE_MB=900000000\n")
+    try:
+        res = fab(repo, "deploy", "--app=portfolio")
+    finally:
+        env_file.write_text(SERVER_ENV)
+        main_py.write_text(code)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert re.match(r"error: only [0-9,]+ MB free on the server's Docker disk \(/\S+\); building 1 app needs about "
+                    r"900,000,000 MB \(hint: `fab prune` ", lines[0]), lines[0]
+    assert containers() == before_ids
+    assert server_files(repo) == before_files
+    assert http(Server, "portfolio", "/health").json()["version"] == "dev"
+
+
+def test_fab_disk_reports_the_server_images(repo):
+    res = fab(repo, "disk", "--json")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    data = json.loads(res.stdout)
+    assert [a["app"] for a in data["apps"]] == ["portfolio", "chatbot", "kb", "api-gw", "embedder", "classify",
+                                                "summary"]
+    assert all(0 < a["own"] < 5_000_000 for a in data["apps"]) and data["over_budget"] == []
+    assert data["savings_ratio"] > 1 and data["free_mb"] > 0 and data["docker_root"].startswith("/")
+    assert all(r["image"].startswith("onevps-deploy/") for r in data["images"])
+    res = fab(repo, "disk", "--budget=0.001")
+    assert res.returncode == 1
+    assert res.stdout.splitlines()[0].split() == ["IMAGE", "SIZE", "UNIQUE", "SHARED"]
+    assert "free on the server's Docker disk" in res.stdout
+    assert res.stderr.startswith("error: over the 0.001 MB budget: portfolio, chatbot")
+    res = fab(repo, "disk", "--budget=nope", env={"VPS_PORT": "1"})  # refused before connecting
+    assert res.returncode == 1 and res.stderr.startswith("error: --budget=nope is not a positive number of MB")
 
 
 def test_status_logs_and_user_errors(repo):

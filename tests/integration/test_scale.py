@@ -1,5 +1,5 @@
 """Issue #3's scale test: grow a copy of the repository to 15 base + 6 ML apps
-with `inv new-app`, bring all 25 containers up on this machine, and reach
+with `inv new-app`, bring all 26 containers up on this machine, and reach
 every app through nginx on 127.0.0.1.
 
 Runs in a temporary copy (its own Compose project, ports and subnet), so the
@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from onevps import config, registry
-from onevps.registry import SHARED
+from onevps.registry import SHARED, SHARED_SERVICES
 
 from .conftest import ROOT, docker, http
 
@@ -28,6 +28,7 @@ SCALE_ENV = {
     "HTTP_PORT": "18180",
     "HTTPS_PORT": "18543",
     "NETWORK_PREFIX": "172.28.0",
+    "CHROMA_SUBNET": "172.28.1.0/28",
     "TORCH_WHEEL_DIR": "",  # tiers are already built by the session; nothing to stage
 }
 
@@ -60,7 +61,7 @@ def memory_mib(settings_project: str) -> dict[str, float]:
     return usage
 
 
-def test_new_app_grows_to_21_apps_and_all_25_containers_serve(scale_repo, settings):
+def test_new_app_grows_to_21_apps_and_all_26_containers_serve(scale_repo, settings):
     for i in range(11):
         res = inv_in(scale_repo, "new-app", f"site{i:02d}")
         assert res.returncode == 0, res.stderr
@@ -79,7 +80,7 @@ def test_new_app_grows_to_21_apps_and_all_25_containers_serve(scale_repo, settin
     res = inv_in(scale_repo, "up")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     ids = docker("ps", "--quiet", "--filter", f"label=com.docker.compose.project={s.project_name}").split()
-    assert len(ids) == 25
+    assert len(ids) == 21 + len(SHARED_SERVICES)
 
     for app in reg.apps:
         res = http(s, app.name, "/health")
@@ -87,7 +88,7 @@ def test_new_app_grows_to_21_apps_and_all_25_containers_serve(scale_repo, settin
         assert res.json()["app"] == app.name and res.json()["tier"] == app.tier
 
     usage = memory_mib(s.project_name)
-    assert len(usage) == 25
+    assert len(usage) == 21 + len(SHARED_SERVICES)
     report = {"containers": len(usage), "total_mib": round(sum(usage.values()), 1),
               "per_container_mib": {k: round(v, 1) for k, v in sorted(usage.items())}}
     print("\n21-app stack memory (docker stats):", json.dumps(report, indent=2))

@@ -3,14 +3,18 @@ exposure, and data that survives restarts of every kind tested here."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from onevps import tiers
-from onevps.registry import SHARED
+from onevps.registry import SHARED_SERVICES
 
 from .conftest import docker, http, inv, project_containers
 
@@ -27,7 +31,7 @@ def compose(settings, *args: str) -> str:
 
 def test_every_container_runs_with_least_privilege(stack_up, settings, reg):
     containers = by_service(settings)
-    assert set(containers) == set(SHARED) | set(reg.names())
+    assert set(containers) == set(SHARED_SERVICES) | set(reg.names())
     for name, c in containers.items():
         host = c["HostConfig"]
         assert host["CapDrop"] == ["ALL"], name
@@ -52,20 +56,61 @@ def test_redis_requires_the_password(stack_up, settings):
     assert compose(settings, "exec", "-T", "redis", "redis-cli", "ping").strip() == "PONG"
 
 
-def test_the_secret_is_in_no_image(stack_up, settings, reg):
-    secret = os.environ["REDIS_PASSWORD"]
+CHROMA_PROBE = """
+import json, os, sys, urllib.error, urllib.request
+url = os.environ["CHROMA_URL"] + "/api/v2/heartbeat"
+out = []
+for headers in json.loads(sys.argv[1]):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            out.append(r.status)
+    except urllib.error.HTTPError as e:
+        out.append(e.code)
+print(json.dumps(out))
+"""
+
+
+def test_chromadb_requires_the_token(stack_up, settings):
+    """Apps reach ChromaDB only through chroma-auth, and only with CHROMA_TOKEN."""
+    token = os.environ["CHROMA_TOKEN"]
+    tries = [{}, {"Authorization": "Bearer wrong-token-0123456789"}, {"X-Chroma-Token": token[:-1]},
+             {"Authorization": f"Bearer {token}"}, {"X-Chroma-Token": token}]
+    statuses = json.loads(compose(settings, "exec", "-T", "portfolio", "python", "-c", CHROMA_PROBE, json.dumps(tries)))
+    assert statuses == [401, 401, 401, 200, 200]
+
+
+def test_chromadb_itself_is_only_on_its_private_network(stack_up, settings):
+    containers = by_service(settings)
+    nets = containers["chromadb"]["NetworkSettings"]["Networks"]
+    assert list(nets) == [f"{settings.project_name}_chroma-private"]
+    private = json.loads(docker("network", "inspect", f"{settings.project_name}_chroma-private"))[0]
+    assert private["Internal"] is True
+    assert private["IPAM"]["Config"][0]["Subnet"] == settings.raw["CHROMA_SUBNET"]
+    on_private = {c["Name"] for c in private["Containers"].values()}
+    assert on_private == {containers["chromadb"]["Name"].lstrip("/"), containers["chroma-auth"]["Name"].lstrip("/")}
+    # From an app, the server's name does not even resolve, and its private address does not answer.
+    address = nets[f"{settings.project_name}_chroma-private"]["IPAddress"]
+    probe = ("import socket\n"
+             "try:\n    socket.gethostbyname('chromadb'); print('resolves')\nexcept OSError: print('unknown')\n"
+             f"s = socket.socket(); s.settimeout(3)\nprint('open' if s.connect_ex(('{address}', 8000)) == 0 else 'closed')\n")
+    assert compose(settings, "exec", "-T", "portfolio", "python", "-c", probe).split() == ["unknown", "closed"]
+
+
+def test_the_secrets_are_in_no_image(stack_up, settings, reg):
     refs = [tiers.image(settings, a.name) for a in reg.apps] + [tiers.tier_image(settings, t) for t in tiers.TIER_ORDER]
-    for ref in refs:
-        assert secret not in docker("image", "inspect", ref), ref
-        assert secret not in docker("history", "--no-trunc", ref), ref
+    for key in ("REDIS_PASSWORD", "CHROMA_TOKEN"):
+        secret = os.environ[key]
+        for ref in refs:
+            assert secret not in docker("image", "inspect", ref), (key, ref)
+            assert secret not in docker("history", "--no-trunc", ref), (key, ref)
 
 
-def test_the_secret_is_in_no_task_output(stack_up, settings):
-    secret = os.environ["REDIS_PASSWORD"]
+def test_the_secrets_are_in_no_task_output(stack_up, settings):
     for args in (["status"], ["settings", "--show-defaults"], ["up"]):
         res = inv(*args)
         assert res.returncode == 0, res.stderr
-        assert secret not in res.stdout + res.stderr, args
+        for key in ("REDIS_PASSWORD", "CHROMA_TOKEN"):
+            assert os.environ[key] not in res.stdout + res.stderr, (key, args)
 
 
 def test_from_the_host_only_nginx_answers(stack_up, settings):
@@ -96,7 +141,7 @@ def _read_everything(settings, tag: str) -> None:
 def test_data_survives_kill_and_down_up(stack_up, settings):
     tag = uuid.uuid4().hex[:10]
     _write_everything(settings, tag)
-    for service in ("redis", "chromadb", "ollama"):
+    for service in ("redis", "chromadb", "chroma-auth", "ollama"):
         compose(settings, "kill", service)
     res = inv("up")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr
@@ -107,3 +152,53 @@ def test_data_survives_kill_and_down_up(stack_up, settings):
     res = inv("up")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr
     _read_everything(settings, tag)
+
+
+# ------------------------------------------------------ Docker engine restart --
+
+def _restart_docker_engine() -> None:
+    """Restart the Docker engine the way this machine runs it: systemd when it
+    manages docker, else the dockerd whose PID is in /var/run/docker.pid (as
+    .ci/run starts it), started again the same way."""
+    if subprocess.run(["systemctl", "is-active", "--quiet", "docker"], capture_output=True).returncode == 0:
+        subprocess.run(["systemctl", "restart", "docker"], check=True, timeout=300)
+    else:
+        pid = int(Path("/var/run/docker.pid").read_text().strip())
+        os.kill(pid, 15)
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{pid}").exists():
+            assert time.monotonic() < deadline, f"dockerd (PID {pid}) did not stop within 120 s"
+            time.sleep(0.5)
+        with open("/var/log/dockerd.log", "ab") as log:
+            subprocess.Popen(["dockerd"], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "the Docker engine did not come back within 120 s"
+        time.sleep(1)
+
+
+def _wait_healthy(settings, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {c["Config"]["Labels"]["com.docker.compose.service"]:
+                  (c["State"]["Status"], (c["State"].get("Health") or {}).get("Status", "none"))
+                  for c in project_containers(settings)}
+        if states and all(s == ("running", "healthy") for s in states.values()):
+            return
+        assert time.monotonic() < deadline, f"not healthy after an engine restart: {states}"
+        time.sleep(3)
+
+
+def test_data_survives_a_docker_engine_restart(stack_up, settings, reg):
+    """Every container comes back by its restart policy (no `inv up`), healthy
+    and with its data; the apps answer through nginx again."""
+    tag = uuid.uuid4().hex[:10]
+    _write_everything(settings, tag)
+    before = {c["Config"]["Labels"]["com.docker.compose.service"]: c["Id"] for c in project_containers(settings)}
+    _restart_docker_engine()
+    _wait_healthy(settings)
+    after = {c["Config"]["Labels"]["com.docker.compose.service"]: c["Id"] for c in project_containers(settings)}
+    assert after == before  # the same containers, restarted by the engine
+    _read_everything(settings, tag)
+    for app in reg.names():
+        assert http(settings, app, "/health").status == 200, app

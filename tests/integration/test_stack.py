@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from onevps import tiers
-from onevps.registry import SHARED
+from onevps.registry import PRIVATE, SHARED, SHARED_SERVICES
 
 from .conftest import docker, http, inv, project_containers
 
@@ -133,7 +133,7 @@ def test_classify_and_summary_answer(stack_up, settings):
 
 def test_only_nginx_publishes_ports(stack_up, settings):
     containers = project_containers(settings)
-    assert len(containers) == len(SHARED) + 7
+    assert len(containers) == len(SHARED_SERVICES) + 7
     published = {}
     for c in containers:
         ports = c["NetworkSettings"]["Ports"] or {}
@@ -151,7 +151,11 @@ def test_every_container_has_its_static_address(stack_up, settings, reg):
     for c in project_containers(settings):
         service = c["Config"]["Labels"]["com.docker.compose.service"]
         nets = c["NetworkSettings"]["Networks"]
-        (net,) = [n for n in nets if n.endswith("app-network")]
+        on_app_network = [n for n in nets if n.endswith("app-network")]
+        if service in PRIVATE:
+            assert not on_app_network, f"{service} must be reachable only through its gateway"
+            continue
+        (net,) = on_app_network
         actual[service] = nets[net]["IPAddress"]
     assert actual == expected
 

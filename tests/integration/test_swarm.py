@@ -1,14 +1,15 @@
 """The stack on a real single-node Docker Swarm, deployed with `inv swarm-deploy`.
 
-A small stack keeps this quick (nginx, Redis and two base apps: portfolio, and
-api-gw, which reaches Redis and other apps by service name); the big ML apps
-add only image pulls to what Swarm does. Images are built locally through
+A small stack keeps this quick: nginx, ChromaDB behind its token gateway
+(chroma-auth, on the internal overlay chroma-private), Redis and two base
+apps: portfolio, and api-gw, which reaches Redis and other apps by service
+name. The big ML apps would add only image size to what Swarm does. Images are built locally through
 compose, no registry (REGISTRY empty: one node).
 
 The swarm: when this engine is not in one, the module runs `docker swarm init
 --advertise-addr 127.0.0.1` and leaves it again at the end; an engine already
 in a swarm is used as it is. Everything else is its own: stack onevps-swarm,
-ports 18380/18743 on 127.0.0.1, overlay subnet 10.231.0.0/24.
+ports 18380/18743 on 127.0.0.1, overlay subnets from 10.231.0.0/23.
 
 The local side is a temporary copy of the repository, so the code changes
 made here never touch the working tree.
@@ -35,17 +36,18 @@ from .conftest import ROOT, docker, docker_problem, http
 pytestmark = pytest.mark.docker
 
 STACK = "onevps-swarm"
-SERVICES = ("nginx", "redis", "portfolio", "api-gw")
+SERVICES = ("nginx", "chroma-auth", "chromadb", "redis", "portfolio", "api-gw")
 SWARM_ENV = {
     "COMPOSE_PROJECT_NAME": STACK,
     "IMAGE_NAMESPACE": STACK,
     "BIND_ADDRESS": "127.0.0.1",
     "HTTP_PORT": os.environ.get("ONEVPS_TEST_SWARM_HTTP_PORT", "18380"),
     "HTTPS_PORT": os.environ.get("ONEVPS_TEST_SWARM_HTTPS_PORT", "18743"),
-    "SWARM_SUBNET": os.environ.get("ONEVPS_TEST_SWARM_SUBNET", "10.231.0.0/24"),
+    "SWARM_SUBNET": os.environ.get("ONEVPS_TEST_SWARM_SUBNET", "10.231.0.0/23"),  # one /24 per network
     "DOMAIN": "localhost",
     "REGISTRY": "",
     "REDIS_PASSWORD": secrets.token_urlsafe(24),
+    "CHROMA_TOKEN": secrets.token_urlsafe(24),
     "DEPLOY_TIMEOUT": "180",
 }
 
@@ -171,7 +173,33 @@ def test_apps_reach_redis_and_each_other_by_service_name(stack):
     res = http(Site, "api-gw", "/proxy/portfolio/health")
     assert res.status == 200 and res.json()["app"] == "portfolio", res
     env = dict(e.split("=", 1) for e in tasks_of("api-gw")[0]["Config"]["Env"])
-    assert env["REDIS_URL"].endswith("@redis:6379/0") and env["CHROMA_URL"] == "http://chromadb:8000"
+    assert env["REDIS_URL"].endswith("@redis:6379/0") and env["CHROMA_URL"] == "http://chroma-auth:8000"
+
+
+def _from_api_gw(url: str, token: str | None = None) -> str:
+    """GET url from inside the api-gw task (Python's urllib); prints the status or the error."""
+    script = ("import sys, urllib.request, urllib.error\n"
+              "req = urllib.request.Request(sys.argv[1])\n"
+              "if len(sys.argv) > 2: req.add_header('X-Chroma-Token', sys.argv[2])\n"
+              "try: print(urllib.request.urlopen(req, timeout=10).status)\n"
+              "except urllib.error.HTTPError as e: print(e.code)\n"
+              "except Exception as e: print(type(e).__name__)\n")
+    cid = tasks_of("api-gw")[0]["Id"]
+    args = ["exec", cid, "python", "-c", script, url] + ([token] if token else [])
+    return docker(*args).strip()
+
+
+def test_chromadb_sits_on_the_internal_overlay_behind_its_token_gateway(stack):
+    heartbeat = "http://chroma-auth:8000/api/v2/heartbeat"
+    deadline = time.monotonic() + 120  # ChromaDB's first start takes a while; wait for the gateway to pass
+    while _from_api_gw(heartbeat, SWARM_ENV["CHROMA_TOKEN"]) != "200" and time.monotonic() < deadline:
+        time.sleep(2)
+    assert _from_api_gw(heartbeat, SWARM_ENV["CHROMA_TOKEN"]) == "200"
+    assert _from_api_gw(heartbeat) == "401"
+    assert _from_api_gw("http://chromadb:8000/api/v2/heartbeat") == "URLError"  # not on app-network
+    net = json.loads(docker("network", "inspect", f"{STACK}_chroma-private"))[0]
+    assert net["Driver"] == "overlay" and net["Internal"] is True
+    assert net["IPAM"]["Config"][0]["Subnet"] == "10.231.1.0/24"
 
 
 def test_least_privilege_survives_the_move_to_swarm(stack):
@@ -188,7 +216,7 @@ def test_least_privilege_survives_the_move_to_swarm(stack):
 
 
 def test_a_rolling_update_under_load_fails_no_request(stack, repo):
-    others = {svc: [t["Id"] for t in tasks_of(svc)] for svc in ("nginx", "redis", "api-gw")}
+    others = {svc: [t["Id"] for t in tasks_of(svc)] for svc in SERVICES if svc != "portfolio"}
     set_version(repo, "portfolio", "v2")
     with loadgen.Load(Site.http_port, "portfolio.localhost", threads=3) as load:
         res = deploy(repo, "--app", "portfolio")

@@ -26,7 +26,7 @@ INV_TASKS = [
 ]
 FAB_TASKS = [
     ["setup"], ["deploy", "--app=kb"], ["deploy", "--all"], ["rollback", "--app=kb"], ["history"], ["status"],
-    ["logs", "--app=kb"], ["unlock"], ["backup"], ["swarm-deploy"], ["swarm-status"],
+    ["logs", "--app=kb"], ["unlock"], ["backup"], ["disk"], ["prune"], ["swarm-deploy"], ["swarm-status"],
 ]
 
 
@@ -72,9 +72,13 @@ def one_line(res: subprocess.CompletedProcess, starts: str) -> str:
     return lines[0]
 
 
+SERVER_SECRETS = "REDIS_PASSWORD=a-good-server-secret-0123456789\nCHROMA_TOKEN=a-good-server-token-0123456789\n"
+LOCAL_SECRETS = {"REDIS_PASSWORD": "a-good-local-secret-0123456789", "CHROMA_TOKEN": "a-good-local-token-0123456789"}
+
+
 def server_env(tmp_path: Path) -> dict[str, str]:
     env_file = tmp_path / "server.env"
-    env_file.write_text("REDIS_PASSWORD=a-good-server-secret-0123456789\n")
+    env_file.write_text(SERVER_SECRETS)
     return {"VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": str(env_file)}
 
 
@@ -95,7 +99,7 @@ def test_malformed_env_is_one_line_naming_the_key(tool, args, tmp_path, unchange
     ("fab", ["swarm-deploy", "--app=nope"]),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_unknown_app_lists_the_known_ones(tool, args, tmp_path, unchanged):
-    env = {"REDIS_PASSWORD": "a-good-local-secret-0123456789", **server_env(tmp_path)}
+    env = {**LOCAL_SECRETS, **server_env(tmp_path)}
     line = one_line(run(tool, args, env, tmp_path), "error: unknown app 'nope'")
     assert "known apps: portfolio, chatbot, kb" in line
 
@@ -123,7 +127,7 @@ def test_missing_docker(args, tmp_path, unchanged):
 
 
 def test_up_without_docker_after_the_secret_check(tmp_path, unchanged):
-    one_line(run("inv", ["up"], {"REDIS_PASSWORD": "a-good-local-secret-0123456789"}, tmp_path),
+    one_line(run("inv", ["up"], LOCAL_SECRETS, tmp_path),
              "error: the docker command is not installed")
 
 
@@ -135,7 +139,7 @@ def test_unreachable_host(args, tmp_path, unchanged):
 
 def test_no_server_configured(tmp_path, unchanged):
     env_file = tmp_path / "server.env"
-    env_file.write_text("REDIS_PASSWORD=a-good-server-secret-0123456789\n")
+    env_file.write_text(SERVER_SECRETS)
     one_line(run("fab", ["status"], {"VPS_ENV_FILE": str(env_file)}, tmp_path), "error: no server given")
 
 
@@ -148,7 +152,16 @@ def test_missing_server_env_file(tmp_path, unchanged):
                                   ["swarm-deploy"]], ids=" ".join)
 def test_server_secret_placeholder_is_refused_before_connecting(args, tmp_path, unchanged):
     env_file = tmp_path / "server.env"
-    env_file.write_text("REDIS_PASSWORD=change-me\n")
+    env_file.write_text("REDIS_PASSWORD=change-me\nCHROMA_TOKEN=a-good-server-token-0123456789\n")
     line = one_line(run("fab", args, {"VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": str(env_file)},
                         tmp_path), "error: REDIS_PASSWORD in server.env is still the .env.example placeholder")
+    assert "token_urlsafe" in line
+
+
+@pytest.mark.parametrize("args", [["setup"], ["deploy", "--app=kb"]], ids=" ".join)
+def test_server_chroma_token_missing_is_refused_before_connecting(args, tmp_path, unchanged):
+    env_file = tmp_path / "server.env"
+    env_file.write_text("REDIS_PASSWORD=a-good-server-secret-0123456789\n")
+    line = one_line(run("fab", args, {"VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": str(env_file)},
+                        tmp_path), "error: CHROMA_TOKEN is not set in server.env")
     assert "token_urlsafe" in line

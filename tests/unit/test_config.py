@@ -133,7 +133,24 @@ def test_secrets_are_required_where_needed(tmp_path):
     s = load(root=tmp_path, environ={"REDIS_PASSWORD": "change-me"})
     with pytest.raises(ConfigError, match="still the .env.example placeholder"):
         config.require_secrets(s)
-    config.require_secrets(load(root=tmp_path, environ={"REDIS_PASSWORD": "x" * 32}))
+    s = load(root=tmp_path, environ={"REDIS_PASSWORD": "x" * 32})
+    with pytest.raises(ConfigError, match="CHROMA_TOKEN is not set in .env"):
+        config.require_secrets(s)
+    s = load(root=tmp_path, environ={"REDIS_PASSWORD": "x" * 32, "CHROMA_TOKEN": "change-me"})
+    with pytest.raises(ConfigError, match="CHROMA_TOKEN in .env is still the .env.example placeholder"):
+        config.require_secrets(s)
+    config.require_secrets(load(root=tmp_path, environ={"REDIS_PASSWORD": "x" * 32, "CHROMA_TOKEN": "y" * 32}))
+
+
+def test_chroma_subnet_must_be_private_and_apart_from_app_network(tmp_path):
+    assert load(root=tmp_path, environ={}).raw["CHROMA_SUBNET"] == "172.20.1.0/28"
+    for bad in ("172.20.1.0", "8.8.8.0/28", "172.20.1.5/28", "10.0.0.0/30"):
+        with pytest.raises(ConfigError, match="CHROMA_SUBNET"):
+            load(root=tmp_path, environ={"CHROMA_SUBNET": bad})
+    with pytest.raises(ConfigError, match="CHROMA_SUBNET=172.20.0.0/16 overlaps app-network 172.20.0.0/24"):
+        load(root=tmp_path, environ={"CHROMA_SUBNET": "172.20.0.0/16"})
+    assert load(root=tmp_path, environ={"NETWORK_PREFIX": "10.9.0", "CHROMA_SUBNET": "10.9.1.0/28"}) \
+        .raw["CHROMA_SUBNET"] == "10.9.1.0/28"
 
 
 def test_weak_or_url_breaking_secret_is_refused(tmp_path):
@@ -148,7 +165,8 @@ def test_first_run_creates_env_with_random_secret(tmp_path):
     assert path == tmp_path / ".env" and oct(path.stat().st_mode & 0o777) == "0o600"
     s = load(root=tmp_path, environ={})
     config.require_secrets(s)
-    assert len(s.raw["REDIS_PASSWORD"]) >= 40
+    assert len(s.raw["REDIS_PASSWORD"]) >= 40 and len(s.raw["CHROMA_TOKEN"]) >= 40
+    assert s.raw["REDIS_PASSWORD"] != s.raw["CHROMA_TOKEN"]
     before = path.read_text()
     assert config.create_env_file(tmp_path) is None and path.read_text() == before  # never overwrites
 

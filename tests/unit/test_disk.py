@@ -39,3 +39,67 @@ def test_render_marks_apps_over_budget_and_lists_their_files():
     assert "fat                base      9.0 MB  OVER BUDGET" in text
     assert "    /app/model.bin (8.9 MB)" in text
     assert text.endswith("on disk 1.6 GB, unlayered 5.5 GB, savings 3.44x")
+
+
+# ------------------------------------------------------- room for a build --
+
+class FakeRunner:
+    """Answers `docker info` and `df` like a server would; records what was said."""
+
+    def __init__(self, df_out: str, root: str = "/srv/docker"):
+        self.df_out, self.root, self.said, self.argvs = df_out, root, [], []
+
+    def run(self, argv, step, **kw):
+        self.argvs.append(list(argv))
+        out = self.root + "\n" if argv[:2] == ["docker", "info"] else self.df_out
+        return type("R", (), {"ok": True, "stdout": out})()
+
+    def say(self, msg):
+        self.said.append(msg)
+
+
+DF = "Filesystem     1048576-blocks  Used Available Capacity Mounted on\n/dev/vda1  {total} {used} {avail} 50% /\n"
+
+
+def test_parse_df_available():
+    assert disk.parse_df_available(DF.format(total=100, used=40, avail=60)) == 60
+    for bad in ("", "Filesystem\n", "header\n/dev/x a b c d e\n"):
+        with pytest.raises(disk.OnevpsError, match="cannot read the free space"):
+            disk.parse_df_available(bad)
+
+
+def test_needed_room_adds_the_tiers_to_build():
+    assert disk.needed_mb(1024, []) == 1024
+    assert disk.needed_mb(1024, ["base", "ml"]) == 1024 + disk.TIER_BUILD_MB["base"] + disk.TIER_BUILD_MB["ml"]
+
+
+def test_require_room_passes_and_says_how_much_is_free():
+    runner = FakeRunner(DF.format(total=9000, used=1000, avail=8000))
+    disk.require_room(runner, 1024, ["ml"], "building 1 app")
+    assert runner.argvs == [["docker", "info", "--format", "{{.DockerRootDir}}"], ["df", "-P", "-m", "/srv/docker"]]
+    assert runner.said == ["==> 8,000 MB free on the server's Docker disk (/srv/docker); building 1 app needs about "
+                           f"{1024 + disk.TIER_BUILD_MB['ml']:,} MB"]
+
+
+def test_require_room_refuses_naming_the_need_and_fab_prune():
+    runner = FakeRunner(DF.format(total=9000, used=8300, avail=700))
+    with pytest.raises(disk.OnevpsError) as err:
+        disk.require_room(runner, 1024, [], "building 1 app")
+    line = str(err.value)
+    assert line.startswith("error: only 700 MB free on the server's Docker disk (/srv/docker); "
+                           "building 1 app needs about 1,024 MB")
+    assert "`fab prune`" in line and "\n" not in line
+    assert runner.said == []
+
+
+def test_budget_bytes_and_check_budget():
+    assert disk.budget_bytes("5") == 5_000_000 and disk.budget_bytes(0.5) == 500_000
+    for bad in ("0", "-1", "lots"):
+        with pytest.raises(disk.OnevpsError, match="is not a positive number of MB"):
+            disk.budget_bytes(bad)
+    ok = {"over_budget": [], "apps": [], "budget": 5_000_000}
+    disk.check_budget(ok)
+    over = {"over_budget": ["fat"], "budget": 5_000_000,
+            "apps": [{"app": "fat", "over_budget": True, "largest": ["/app/a.bin (9.0 MB)", "/app/b (1 MB)"]}]}
+    with pytest.raises(disk.OnevpsError, match=r"over the 5 MB budget: fat \(largest files: fat: /app/a.bin"):
+        disk.check_budget(over)

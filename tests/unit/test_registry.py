@@ -17,7 +17,8 @@ def test_repository_registry():
         ("embedder", "ml", 20), ("classify", "ml", 21), ("summary", "ml", 22),
     ]
     assert registry.problems(reg) == []
-    assert {s: reg.hosts[s] for s in registry.SHARED} == {"nginx": 2, "chromadb": 3, "redis": 4, "ollama": 5}
+    assert {s: reg.hosts[s] for s in registry.SHARED} == {"nginx": 2, "chroma-auth": 3, "redis": 4, "ollama": 5}
+    assert "chromadb" in reg.services and "chromadb" not in reg.hosts  # private, behind chroma-auth
     assert "base-tier" in reg.services and "base-tier" not in reg.names()
 
 

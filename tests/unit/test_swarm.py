@@ -73,8 +73,8 @@ def test_the_stack_file_has_none_of_the_keys_swarm_rejects_or_ignores():
 
 def test_profiles_leave_tiers_and_certbot_out():
     doc = load_stack(swarm.render(settings()).stack)
-    assert set(doc["services"]) == {"nginx", "chromadb", "redis", "ollama", "portfolio", "chatbot", "kb",
-                                    "api-gw", "embedder", "classify", "summary"}
+    assert set(doc["services"]) == {"nginx", "chroma-auth", "chromadb", "redis", "ollama", "portfolio", "chatbot",
+                                    "kb", "api-gw", "embedder", "classify", "summary"}
 
 
 def test_app_limits_become_deploy_resources_and_updates_roll_start_first():
@@ -104,7 +104,7 @@ def test_stateful_and_published_services_stop_first_and_stay_on_the_manager():
 
 def test_static_addresses_in_the_environment_become_service_names():
     env = load_stack(swarm.render(settings()).stack)["services"]["kb"]["environment"]
-    assert env["CHROMA_URL"] == "http://chromadb:8000"
+    assert env["CHROMA_URL"] == "http://chroma-auth:8000"  # .3 is the gateway now
     assert env["OLLAMA_URL"] == "http://ollama:11434"
     assert env["REDIS_URL"].endswith("@redis:6379/0")
 
@@ -181,40 +181,49 @@ def test_replicas_come_from_the_app_label():
         swarm.render(settings(), data=d)
 
 
-# ------------------------------------------- the ChromaDB gateway on main --
-
-def with_chroma_gateway():
-    """The compose file as main is changing it: chroma-auth (nginx) takes .3 on
-    app-network, chromadb moves to an internal network of its own."""
-    d = data()
-    services = d["services"]
-    gateway = copy.deepcopy(swarm.plain(services["nginx"]))
-    del gateway["ports"]
-    gateway["volumes"] = ["../nginx/nginx.conf:/etc/nginx/nginx.conf:ro"]
-    gateway["networks"] = {"app-network": {"ipv4_address": "${NETWORK_PREFIX:-172.20.0}.3"},
-                           "chroma-private": None}
-    services.insert(list(services).index("chromadb"), "chroma-auth", gateway)
-    services["chromadb"]["networks"] = {"chroma-private": {"ipv4_address": "172.30.0.2"}}
-    d["networks"]["chroma-private"] = {"driver": "bridge", "internal": True,
-                                       "ipam": {"config": [{"subnet": "172.30.0.0/24"}]}}
-    return d
-
+# ------------------------------- ChromaDB behind its gateway, or not --
 
 def test_any_network_becomes_an_overlay_and_internal_stays_internal():
-    doc = load_stack(swarm.render(settings(), data=with_chroma_gateway()).stack)
+    """The compose file puts chromadb on the internal network chroma-private
+    behind chroma-auth (which took .3 on app-network)."""
+    doc = load_stack(swarm.render(settings()).stack)
     assert doc["networks"] == {"app-network": {"driver": "overlay"},
                                "chroma-private": {"driver": "overlay", "internal": True}}
     assert doc["services"]["chromadb"]["networks"] == ["chroma-private"]
     assert doc["services"]["chroma-auth"]["networks"] == ["app-network", "chroma-private"]
     assert doc["services"]["kb"]["environment"]["CHROMA_URL"] == "http://chroma-auth:8000"
+    assert doc["services"]["kb"]["environment"]["CHROMA_TOKEN"].startswith("${CHROMA_TOKEN:?")
+    gate = doc["services"]["chroma-auth"]
+    assert [c["target"] for c in gate["configs"]] == ["/etc/nginx/templates/default.conf.template"]
+    assert gate["environment"]["NGINX_ENVSUBST_FILTER"] == "^CHROMA_TOKEN$$"  # stack deploy reads $$ as $
+    assert "depends_on" not in gate
+
+
+def without_chroma_gateway():
+    """The compose file as it was before the gateway: chromadb at .3 on app-network."""
+    d = data()
+    services = d["services"]
+    del services["chroma-auth"]
+    services["chromadb"]["networks"] = {"app-network": {"ipv4_address": "${NETWORK_PREFIX:-172.20.0}.3"}}
+    del d["networks"]["chroma-private"]
+    return d
+
+
+def test_the_renderer_is_generic_over_services_and_networks():
+    doc = load_stack(swarm.render(settings(), data=without_chroma_gateway()).stack)
+    assert doc["networks"] == {"app-network": {"driver": "overlay"}}
+    assert "chroma-auth" not in doc["services"]
+    assert doc["services"]["kb"]["environment"]["CHROMA_URL"] == "http://chromadb:8000"
 
 
 def test_swarm_subnet_gives_each_network_a_slice_in_file_order():
-    doc = load_stack(swarm.render(settings(SWARM_SUBNET="10.231.0.0/23"), data=with_chroma_gateway()).stack)
+    doc = load_stack(swarm.render(settings(SWARM_SUBNET="10.231.0.0/23")).stack)
     assert doc["networks"]["app-network"]["ipam"] == {"config": [{"subnet": "10.231.0.0/24"}]}
     assert doc["networks"]["chroma-private"]["ipam"] == {"config": [{"subnet": "10.231.1.0/24"}]}
     with pytest.raises(OnevpsError, match="holds 1 /24 network"):
-        swarm.render(settings(SWARM_SUBNET="10.231.0.0/24"), data=with_chroma_gateway())
+        swarm.render(settings(SWARM_SUBNET="10.231.0.0/24"))
+    one = load_stack(swarm.render(settings(SWARM_SUBNET="10.231.0.0/24"), data=without_chroma_gateway()).stack)
+    assert one["networks"]["app-network"]["ipam"] == {"config": [{"subnet": "10.231.0.0/24"}]}
 
 
 def test_bad_swarm_settings_name_the_key():
@@ -228,15 +237,18 @@ def test_bad_swarm_settings_name_the_key():
 
 def test_swarm_check_finds_what_swarm_ignores_or_rejects():
     found = {f.key: f for f in swarm.findings(settings())}
-    assert set(found) == {"build", "ipv4_address", "ipam", "mem_limit", "cpus", "restart", "security_opt",
-                          "cap_add", "profiles", "tmpfs", "ports", "bind", "volume"}
+    assert set(found) == {"build", "ipv4_address", "ipam", "depends_on", "mem_limit", "cpus", "restart",
+                          "security_opt", "cap_add", "profiles", "tmpfs", "ports", "bind", "volume"}
+    assert found["depends_on"].services == ("chroma-auth",)
+    assert found["bind"].services == ("nginx", "chroma-auth")
+    assert found["ipam"].services == ("app-network", "chroma-private")
     assert found["profiles"].services == ("base-tier", "ml-tier", "certbot")
     assert found["mem_limit"].rule.swarm == "rejects" and "deploy.resources" in found["mem_limit"].rule.fix
     assert found["ports"].services == ("nginx",)
     assert "portfolio" in found["cpus"].services and "redis" not in found["cpus"].services
     text = swarm.report(swarm.findings(settings()))
-    assert "mem_limit [rejects] in nginx, chromadb" in text
-    assert text.endswith("13 findings (3 would make `docker stack deploy` fail); "
+    assert "mem_limit [rejects] in nginx, chroma-auth, chromadb" in text
+    assert text.endswith("14 findings (3 would make `docker stack deploy` fail); "
                          "`inv swarm-render` applies every fix above")
 
 

@@ -115,9 +115,13 @@ def test_require_docker_reports_a_stopped_engine(monkeypatch):
 
 
 def test_up_refuses_a_missing_or_placeholder_secret(tmp_path):
-    for value, expected in (("", "error: REDIS_PASSWORD is not set in .env"),
-                            ("change-me", "error: REDIS_PASSWORD in .env is still the .env.example placeholder")):
-        res = run_inv("up", env={"ONEVPS_ENV_FILE": str(tmp_path / "none.env"), "REDIS_PASSWORD": value})
+    token = {"CHROMA_TOKEN": "a-good-token-0123456789"}
+    for env, expected in (({"REDIS_PASSWORD": "", **token}, "error: REDIS_PASSWORD is not set in .env"),
+                          ({"REDIS_PASSWORD": "change-me", **token},
+                           "error: REDIS_PASSWORD in .env is still the .env.example placeholder"),
+                          ({"REDIS_PASSWORD": "a-good-secret-0123456789", "CHROMA_TOKEN": "change-me"},
+                           "error: CHROMA_TOKEN in .env is still the .env.example placeholder")):
+        res = run_inv("up", env={"ONEVPS_ENV_FILE": str(tmp_path / "none.env"), **env})
         assert res.returncode == 1
         assert res.stderr.startswith(expected) and "token_urlsafe" in res.stderr
         assert "Traceback" not in res.stderr
@@ -125,6 +129,8 @@ def test_up_refuses_a_missing_or_placeholder_secret(tmp_path):
 
 def test_settings_never_prints_a_secret(tmp_path):
     res = run_inv("settings", env={"ONEVPS_ENV_FILE": str(tmp_path / "none.env"),
-                                   "REDIS_PASSWORD": "s3cret-value-0123456789"})
+                                   "REDIS_PASSWORD": "s3cret-value-0123456789",
+                                   "CHROMA_TOKEN": "t0ken-value-0123456789"})
     assert res.returncode == 0
     assert "s3cret-value" not in res.stdout and "REDIS_PASSWORD=(set, hidden)" in res.stdout
+    assert "t0ken-value" not in res.stdout and "CHROMA_TOKEN=(set, hidden)" in res.stdout
