@@ -17,6 +17,7 @@ made here never touch the working tree.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -199,7 +200,8 @@ def test_chromadb_sits_on_the_internal_overlay_behind_its_token_gateway(stack):
     assert _from_api_gw("http://chromadb:8000/api/v2/heartbeat") == "URLError"  # not on app-network
     net = json.loads(docker("network", "inspect", f"{STACK}_chroma-private"))[0]
     assert net["Driver"] == "overlay" and net["Internal"] is True
-    assert net["IPAM"]["Config"][0]["Subnet"] == "10.231.1.0/24"
+    second = list(ipaddress.IPv4Network(SWARM_ENV["SWARM_SUBNET"]).subnets(new_prefix=24))[1]
+    assert net["IPAM"]["Config"][0]["Subnet"] == str(second)  # app-network has the first /24
 
 
 def test_least_privilege_survives_the_move_to_swarm(stack):
