@@ -155,11 +155,13 @@ def disk(c, json=False, budget=5.0):
 
 
 @task(help={"app": "Build and roll out just this app (the stack must be deployed already).",
+            "services": "Comma-separated services to put in the stack (default: every service without a profile).",
             "dry-run": "Print every remote command that would change something; change nothing."})
-def swarm_deploy(c, app=None, dry_run=False):
+def swarm_deploy(c, app=None, services=None, dry_run=False):
     """On the server's swarm: send the files, build, tag (push to REGISTRY), `docker stack deploy`, wait; Swarm rolls back a failure."""
     _check_target(app)
-    result = recipes.swarm_deploy(_ctx(c, dry_run, secrets=True), app)
+    only = [s.strip() for s in services.split(",") if s.strip()] if services else None
+    result = recipes.swarm_deploy(_ctx(c, dry_run, secrets=True), app, only)
     print("\n".join(f"{svc}: {outcome}" for svc, outcome in result.outcome.items()))
 
 

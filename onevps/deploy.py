@@ -520,7 +520,7 @@ def disk(c: Ctx, budget: int, as_json: bool) -> None:
 
 # ------------------------------------------------------------------- swarm --
 
-def swarm_deploy(c: Ctx, app: str | None = None) -> "swarm.DeployResult":
+def swarm_deploy(c: Ctx, app: str | None = None, only: list[str] | None = None) -> "swarm.DeployResult":
     """`fab swarm-deploy`: the stack on the server's swarm (see onevps.swarm).
 
     Renders with the server's settings, sends compose/ (stack file included),
@@ -547,7 +547,7 @@ def swarm_deploy(c: Ctx, app: str | None = None) -> "swarm.DeployResult":
     def body() -> None:
         sync_env(c)
         result.append(swarm.deploy(c.run, dataclasses.replace(c.rs, root=c.local.root), c.reg,
-                            app=target.name if target else None, build=build, upload=upload,
+                            app=target.name if target else None, only=only, build=build, upload=upload,
                             stack_file=f"{c.rs.vps_path}/{swarm.STACK_FILE.as_posix()}",
                             wrap=lambda argv: swarm.with_env_file(f"{c.rs.vps_path}/.env", argv)))
 

@@ -801,15 +801,13 @@ def deploy(runner: Runner, settings: Settings, reg: Registry, *, app: str | None
             raise OnevpsError(f"--app {app} is not among the services to deploy", "add it or drop the selection")
     stack = settings.project_name
     require_manager(runner)
-    rendered = render(settings, only)
-    todo = [app] if app else list(rendered.apps)
-    if build and todo:
-        build(todo)
     before = service_states(runner, stack)
     if app and not before:
         raise OnevpsError(f"stack {stack} is not deployed yet, so there is nothing to update {app} in",
                           "deploy the whole stack first: swarm-deploy without --app")
-    tags = tag_images(runner, settings, rendered.apps, before, rebuild=todo)
+    rendered = render(settings, only)
+    # The stack file holds no tags (they travel as variables), so it is
+    # written, and sent with the sources, before anything is built.
     if runner.dry_run:
         runner.say(f"[dry-run] would write {STACK_FILE} and {ROUTES_FILE} ({len(rendered.services)} services)")
     else:
@@ -817,6 +815,10 @@ def deploy(runner: Runner, settings: Settings, reg: Registry, *, app: str | None
             runner.say(f"==> wrote {rel}")
     if upload:
         upload()
+    todo = [app] if app else list(rendered.apps)
+    if build and todo:
+        build(todo)
+    tags = tag_images(runner, settings, rendered.apps, before, rebuild=todo)
     target = stack_file or str(settings.root / STACK_FILE)
     runner.say(f"==> docker stack deploy {stack} ({len(rendered.services)} services"
                + (f"; updating {app}" if app else "") + ")")

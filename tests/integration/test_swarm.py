@@ -33,10 +33,12 @@ import pytest
 from onevps import loadgen
 
 from .conftest import ROOT, docker, docker_problem, http
+from .sshd import SshdError, local_sshd
 
 pytestmark = pytest.mark.docker
 
 STACK = "onevps-swarm"
+SSH_PORT = int(os.environ.get("ONEVPS_TEST_SWARM_SSH_PORT", "2231"))
 SERVICES = ("nginx", "chroma-auth", "chromadb", "redis", "portfolio", "api-gw")
 SWARM_ENV = {
     "COMPOSE_PROJECT_NAME": STACK,
@@ -46,6 +48,7 @@ SWARM_ENV = {
     "HTTPS_PORT": os.environ.get("ONEVPS_TEST_SWARM_HTTPS_PORT", "18743"),
     "SWARM_SUBNET": os.environ.get("ONEVPS_TEST_SWARM_SUBNET", "10.231.0.0/23"),  # one /24 per network
     "DOMAIN": "localhost",
+    "NETWORK_PREFIX": "172.20.0",  # unused by Swarm but handed to nginx: the same on both sides (inv and fab)
     "REGISTRY": "",
     "REDIS_PASSWORD": secrets.token_urlsafe(24),
     "CHROMA_TOKEN": secrets.token_urlsafe(24),
@@ -135,7 +138,7 @@ def set_version(repo: Path, app: str, version: str) -> None:
     path = repo / "apps" / app / "main.py"
     text = path.read_text()
     new = re.sub(r'os\.getenv\("APP_VERSION", "[^"]*"\)', f'os.getenv("APP_VERSION", "{version}")', text)
-    assert new != text
+    assert new != text or f'"{version}"' in text
     path.write_text(new)
 
 
@@ -285,3 +288,55 @@ def test_swarm_status_shows_the_services(stack):
     lines = res.stdout.splitlines()
     assert lines[0].split() == ["SERVICE", "REPLICAS", "IMAGE", "LAST", "UPDATE"]
     assert {line.split()[0] for line in lines[1:]} == set(SERVICES)
+
+
+# ----------------------------------------------- fab, over real SSH --
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, repo):
+    """This machine as "the VPS", reached over a real sshd on 127.0.0.1; its
+    settings (VPS_ENV_FILE) are the same as the stack's, so `fab` updates it."""
+    try:
+        with local_sshd(tmp_path_factory.mktemp("swarm-sshd"), SSH_PORT) as key:
+            (repo / ".env.vps").write_text("".join(f"{k}={v}\n" for k, v in SWARM_ENV.items()))
+            yield {"VPS_HOST": "127.0.0.1", "VPS_PORT": str(SSH_PORT), "VPS_USER": "root", "VPS_SSH_KEY": str(key),
+                   "VPS_PATH": str(tmp_path_factory.mktemp("swarm-vps")), "VPS_ENV_FILE": ".env.vps",
+                   "TORCH_WHEEL_DIR": ""}
+    except SshdError as exc:
+        pytest.fail(f"the fab Swarm tests need a local sshd; they never skip: {exc}", pytrace=False)
+
+
+def fab(repo: Path, server: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name("fab")), *args], cwd=repo,
+                          env={**os.environ, **SWARM_ENV, **server}, capture_output=True, text=True, timeout=1200)
+
+
+def test_fab_swarm_deploy_dry_run_changes_nothing(stack, repo, server):
+    set_version(repo, "portfolio", "v3")
+    before = {svc: service_image(svc) for svc in SERVICES}
+    res = fab(repo, server, "swarm-deploy", "--app=portfolio", f"--services={','.join(SERVICES)}", "--dry-run")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    line = next(x for x in res.stdout.splitlines() if "docker stack deploy --compose-file" in x)
+    assert line.startswith("[dry-run] env ") and " TAG_PORTFOLIO=s-" in line and " sh -c " in line
+    assert SWARM_ENV["REDIS_PASSWORD"] not in res.stdout  # read from the server's .env by its shell
+    assert "[dry-run] send apps/portfolio/main.py" in res.stdout
+    assert {svc: service_image(svc) for svc in SERVICES} == before
+    assert not any(Path(server["VPS_PATH"]).iterdir())  # nothing was sent
+
+
+def test_fab_swarm_deploy_rolls_out_a_code_change_over_ssh(stack, repo, server):
+    set_version(repo, "portfolio", "v3")
+    others = {svc: [t["Id"] for t in tasks_of(svc)] for svc in SERVICES if svc != "portfolio"}
+    with loadgen.Load(Site.http_port, "portfolio.localhost", threads=3) as load:
+        res = fab(repo, server, "swarm-deploy", "--app=portfolio", f"--services={','.join(SERVICES)}")
+    print(f"\nfab swarm-deploy of portfolio: {load.total} requests, {load.failed} failed")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "portfolio: completed" in res.stdout
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert load.versions[-1] == "v3"
+    assert {svc: [t["Id"] for t in tasks_of(svc)] for svc in others} == others  # nothing else was touched
+    stack_file = Path(server["VPS_PATH"]) / "compose" / "swarm" / "docker-stack.yml"
+    assert stack_file.is_file() and SWARM_ENV["REDIS_PASSWORD"] not in stack_file.read_text()
+    status = fab(repo, server, "swarm-status")
+    assert status.returncode == 0, status.stderr
+    assert any(line.split()[:2] == ["portfolio", "1/1"] for line in status.stdout.splitlines())
