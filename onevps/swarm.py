@@ -46,12 +46,12 @@ SERVICE_MONITOR = "10s"
 # Compose keys copied into the stack file unchanged (Swarm honours them).
 KEPT = ("command", "entrypoint", "user", "working_dir", "read_only", "init", "stop_signal",
         "stop_grace_period", "healthcheck", "logging", "labels", "cap_add", "cap_drop", "ulimits",
-        "sysctls", "hostname", "extra_hosts", "dns", "dns_search", "secrets")
+        "sysctls", "hostname", "extra_hosts", "dns", "dns_search", "secrets", "expose")
 # Compose keys render() turns into something else (handled below, one by one).
 CONVERTED = ("image", "build", "environment", "networks", "ports", "volumes", "tmpfs", "restart",
              "mem_limit", "memswap_limit", "mem_reservation", "cpus", "cpu_shares", "cpu_quota",
              "cpuset", "profiles", "container_name", "depends_on", "security_opt", "deploy",
-             "pull_policy", "env_file", "expose", "configs")
+             "pull_policy", "configs")
 
 
 @dataclass(frozen=True)
@@ -171,10 +171,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def _cpus(value: Any) -> str:
-    return str(value)
-
-
 def _restart_policy(value: str | None) -> dict:
     value = (value or "no").strip()
     if value in ("always", "unless-stopped"):
@@ -232,6 +228,9 @@ class _Render:
 
     def service(self, name: str, svc: dict, routes_text: str) -> dict:
         app = TIER_LABEL in _labels(svc)
+        if "env_file" in svc:  # its path would be read relative to the stack file, and silently missed
+            raise OnevpsError(f"service {name}: env_file is not carried into the stack file",
+                              "put the variables under environment: (values from .env as ${VAR})")
         for key in svc:
             if key.startswith("x-"):
                 continue
@@ -400,7 +399,7 @@ class _Render:
         out: dict[str, Any] = {"mode": "replicated", "replicas": int(replicas), "endpoint_mode": "dnsrr"}
         limits = {}
         if "cpus" in svc:
-            limits["cpus"] = _cpus(svc["cpus"])
+            limits["cpus"] = str(svc["cpus"])
         if "mem_limit" in svc:
             limits["memory"] = str(svc["mem_limit"])
         resources: dict[str, Any] = {}

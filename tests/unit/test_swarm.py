@@ -257,6 +257,10 @@ def test_unknown_keys_and_plus_interpolation_are_reported():
     d["services"]["kb"]["pids_limit"] = 100
     found = {f.key: f.services for f in swarm.findings(settings(), data=d)}
     assert found["unknown"] == ("kb",)
+    d["services"]["kb"]["env_file"] = ["../kb.env"]
+    with pytest.raises(OnevpsError, match="kb: env_file is not carried"):
+        swarm.render(settings(), data=d)
+    del d["services"]["kb"]["env_file"]
     d["services"]["kb"]["environment"] = {"X": "${ACME_CA_BUNDLE:+/etc/x}"}  # its own map, not the shared x-app one
     with pytest.raises(OnevpsError, match=r"kb: environment uses \$\{VAR:\+"):
         swarm.render(settings(), data=d)
