@@ -11,7 +11,7 @@ from fabric import task
 
 from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes, remote
 from onevps import disk as recipes_disk
-from onevps.errors import OnevpsError
+from onevps.errors import OnevpsError, confirm, number_flag
 
 
 def _ctx(c, dry_run=False, secrets=False):
@@ -69,14 +69,15 @@ def status(c):
 @task(help={"app": "The app (or shared service) whose logs to show (required).",
             "follow": "Keep printing new lines (Ctrl-C to stop).",
             "tail": "How many recent lines to show (default 100)."})
-def logs(c, app=None, follow=False, tail=100):
+def logs(c, app=None, follow=False, tail="100"):
     """Show an app's container logs on the server."""
+    lines = number_flag("tail", tail)
     if not app:
         raise OnevpsError("no app given", "use `fab logs --app=NAME`")
     _check_target(app)
     ctx = _ctx(c)
     name = app if app in recipes.SHARED_SERVICES else ctx.reg.get(app).name
-    ctx.run.run(recipes.commands.logs(ctx.rs, [name], follow=follow, tail=int(tail)), "show logs",
+    ctx.run.run(recipes.commands.logs(ctx.rs, [name], follow=follow, tail=int(lines)), "show logs",
                 hide=False, mutates=False)
 
 
@@ -113,14 +114,10 @@ def restore(c, archive, env=False, yes=False, dry_run=False):
         return
     path = Path(archive)
     recipes_backup.check_archive(path)
-    if not yes and not dry_run:
-        import sys
-
-        if not sys.stdin or not sys.stdin.isatty():
-            raise OnevpsError("refusing to replace the server's data without confirmation", "add --yes to confirm")
-        if input(f"Replace the server's data with {path.name}? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing restored")
-            return
+    if not yes and not dry_run and not confirm(f"Replace the server's data with {path.name}?",
+                                               "replace the server's data"):
+        print("nothing restored")
+        return
     ctx = _ctx(c, dry_run)
     with_lock = recipes.locked
     with_lock(ctx, f"restore {path.name}", lambda: recipes_backup.restore(ctx, path, with_env=env))
@@ -148,7 +145,7 @@ def prune(c, dry_run=False):
 
 @task(help={"json": "Print the report as JSON (for scripts).",
             "budget": "Budget for each app's own layers, in MB (default 5)."})
-def disk(c, json=False, budget=5.0):
+def disk(c, json=False, budget="5"):
     """On the server: image disk use (unique/shared per image, on disk vs unlayered, savings), app layers vs budget."""
     budget_bytes = recipes_disk.budget_bytes(budget)  # a bad budget is refused before connecting
     recipes.disk(_ctx(c), budget_bytes, json)

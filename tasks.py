@@ -12,7 +12,7 @@ from invoke import task
 from onevps import checks, commands, config, nginx, stack
 from onevps import disk as disk_mod
 from onevps import prune as prune_mod
-from onevps.errors import OnevpsError
+from onevps.errors import OnevpsError, number_flag
 from onevps.runner import require_docker
 
 
@@ -87,12 +87,13 @@ def status(c):
 @task(help={"app": "Only this app or shared service (default: all).",
             "follow": "Keep printing new lines (Ctrl-C to stop).",
             "tail": "How many recent lines to show per container (default 100)."})
-def logs(c, app=None, follow=False, tail=100):
+def logs(c, app=None, follow=False, tail="100"):
     """Show container logs."""
+    lines = number_flag("tail", tail)
     settings, reg, runner = _setup(c)
     services = stack.service_names(reg, app)
     require_docker(runner)
-    runner.run(commands.logs(settings, services, follow=follow, tail=int(tail)),
+    runner.run(commands.logs(settings, services, follow=follow, tail=int(lines)),
                "show logs", hide=False, mutates=False)
 
 
@@ -156,13 +157,14 @@ def remove_app(c, name, yes=False, dry_run=False):
 
 @task(help={"json": "Print the report as JSON (for scripts).",
             "budget": "Budget for each app's own layers, in MB (default 5)."})
-def disk(c, json=False, budget=5.0):
+def disk(c, json=False, budget="5"):
     """Image disk use: unique/shared bytes per image, on disk vs unlayered, app layers vs budget."""
     import json as json_mod
 
+    budget_bytes = disk_mod.budget_bytes(budget)
     settings, reg, runner = _setup(c)
     require_docker(runner)
-    data = disk_mod.report(runner, settings, reg, disk_mod.budget_bytes(budget))
+    data = disk_mod.report(runner, settings, reg, budget_bytes)
     print(json_mod.dumps(data, indent=2) if json else disk_mod.render(data))
     disk_mod.check_budget(data)
 
@@ -170,15 +172,14 @@ def disk(c, json=False, budget=5.0):
 @task(help={"keep": "How many images of each app to keep for rollback (default 3).",
             "cache-limit": "Trim the build cache down to this many MB (default 2000).",
             "dry-run": "List what would be removed and the room it would free; remove nothing."})
-def prune(c, keep=3, cache_limit=2000, dry_run=False):
+def prune(c, keep="3", cache_limit="2000", dry_run=False):
     """Remove old app images (keeping the newest N), unused tier images, dangling images, excess build cache."""
+    keep_n, cache_mb = number_flag("keep", keep, minimum=1), number_flag("cache-limit", cache_limit)
     settings = config.load()
     reg = stack.load_registry(settings)
     runner = stack.make_runner(c, settings, dry_run=dry_run)
     require_docker(runner)
-    if int(keep) < 1:
-        raise OnevpsError("--keep must be at least 1", "keep the running image at least")
-    prune_mod.prune(runner, settings, reg, int(keep), int(cache_limit))
+    prune_mod.prune(runner, settings, reg, int(keep_n), int(cache_mb))
 
 
 # ------------------------------------------------------------------ swarm --

@@ -14,7 +14,7 @@ from invoke.context import Context
 
 from . import commands, config, nginx, registry as registry_mod, tiers
 from .config import Settings
-from .errors import CommandFailed, OnevpsError
+from .errors import CommandFailed, OnevpsError, confirm
 from .registry import PRIVATE, SHARED, SHARED_SERVICES, Registry
 from .runner import Runner, require_docker
 
@@ -315,14 +315,9 @@ def remove_app(ctx: Context, settings: Settings, name: str, yes: bool, dry_run: 
     changes = plan.describe(settings.root)
     if dry_run:
         return ["[dry-run] would " + line for line in changes]
-    if not yes:
-        import sys
-
-        if not sys.stdin or not sys.stdin.isatty():
-            raise OnevpsError(f"refusing to remove {name} without confirmation", "add --yes to confirm")
-        answer = input(f"Remove app {name}? This deletes apps/{name}/ and its compose entry. [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            return ["nothing removed"]
+    if not yes and not confirm(f"Remove app {name}? This deletes apps/{name}/ and its compose entry.",
+                               f"remove {name}"):
+        return ["nothing removed"]
     apps.apply(plan)
     return [f"removed app {name}: " + "; ".join(changes),
             f"its container (if any) goes with the next `inv up` (--remove-orphans) or `docker compose rm -sf {name}`"]

@@ -165,3 +165,15 @@ def test_server_chroma_token_missing_is_refused_before_connecting(args, tmp_path
     line = one_line(run("fab", args, {"VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": str(env_file)},
                         tmp_path), "error: CHROMA_TOKEN is not set in server.env")
     assert "token_urlsafe" in line
+
+
+@pytest.mark.parametrize("tool, args, starts", [
+    ("inv", ["logs", "--tail", "abc"], "error: --tail=abc is not a whole number"),
+    ("inv", ["prune", "--keep", "0"], "error: --keep=0 is not a whole number of at least 1"),
+    ("inv", ["prune", "--cache-limit", "lots"], "error: --cache-limit=lots is not a whole number"),
+    ("inv", ["disk", "--budget", "0"], "error: --budget=0 is not a positive number of MB"),
+    ("fab", ["logs", "--app=kb", "--tail=x"], "error: --tail=x is not a whole number"),
+    ("fab", ["disk", "--budget=nope"], "error: --budget=nope is not a positive number of MB"),
+], ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_a_bad_number_flag_is_one_line(tool, args, starts, tmp_path, unchanged):
+    one_line(run(tool, args, server_env(tmp_path), tmp_path), starts)
