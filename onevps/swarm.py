@@ -537,6 +537,10 @@ def _parse_volume(item: Any) -> tuple[str | None, str, bool]:
     return parts[0], parts[1], ro
 
 
+def _stack_networks(rendered: Rendered) -> list[str]:
+    return list((composefile.loads(rendered.stack).get("networks") or {}).keys())
+
+
 def render(settings: Settings, only: Iterable[str] | None = None, data: Any = None) -> Rendered:
     """The stack file (and Swarm's nginx routes) from the compose file; nothing is written."""
     data = composefile.load(settings.compose_file) if data is None else data
@@ -605,6 +609,12 @@ def service_inspect_argv(*names: str) -> list[str]:
     return commands.docker("service", "inspect", "--format",
                            "{{.Spec.Name}}\t{{.Spec.TaskTemplate.ContainerSpec.Image}}\t{{json .UpdateStatus}}"
                            "\t{{json .Spec.TaskTemplate}}", *names)
+
+
+def compose_networks_argv(project: str) -> list[str]:
+    """Networks a Compose project of the same name still holds."""
+    return commands.docker("network", "ls", "--filter", f"label=com.docker.compose.project={project}",
+                           "--format", "{{.Name}}")
 
 
 def service_logs_argv(service: str, tail: int = 20) -> list[str]:
@@ -805,6 +815,12 @@ def deploy(runner: Runner, settings: Settings, reg: Registry, *, app: str | None
         raise OnevpsError(f"stack {stack} is not deployed yet, so there is nothing to update {app} in",
                           "deploy the whole stack first: swarm-deploy without --app")
     rendered = render(settings, only)
+    held = runner.run(compose_networks_argv(stack), "list Compose networks", check=False, mutates=False)
+    clash = sorted(set(held.stdout.split()) & {f"{stack}_{n}" for n in _stack_networks(rendered)}) if held.ok else []
+    if clash:
+        raise OnevpsError(f"the Compose stack {stack} still holds {', '.join(clash)}, which the Swarm stack needs",
+                          "stop it first (`inv down`, on a server `docker compose -p "
+                          f"{stack} down`); its volumes stay and the Swarm stack reuses them (same names)")
     # The stack file holds no tags (they travel as variables), so it is
     # written, and sent with the sources, before anything is built.
     if runner.dry_run:

@@ -112,9 +112,9 @@ def repo(tmp_path_factory):
     return copy
 
 
-def inv(repo: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
+def inv(repo: Path, *args: str, timeout: float = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
     """`inv` in the copy (its tasks.py and onevps package), with the swarm test settings."""
-    env = {**os.environ, **SWARM_ENV, "TORCH_WHEEL_DIR": ""}
+    env = {**os.environ, **SWARM_ENV, "TORCH_WHEEL_DIR": "", **(env or {})}
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=repo, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -280,6 +280,22 @@ def test_a_version_failing_its_health_check_gets_no_traffic_and_rolls_back(stack
     assert load.failed == 0, (load.status, load.errors[:5])  # no request reached the unhealthy task
     assert set(load.versions) == {"v2"}
     assert service_image("portfolio") == image
+
+
+def test_a_compose_stack_of_the_same_name_must_go_first(swarm, repo):
+    """Moving from Compose: the Compose project's network has the stack's
+    network name, and Docker refuses the second one; say so in one line."""
+    project = "onevps-swarmclash"
+    docker("network", "create", "--label", f"com.docker.compose.project={project}", f"{project}_app-network")
+    try:
+        res = inv(repo, "swarm-deploy", "--services", ",".join(SERVICES), "--dry-run",
+                  env={"COMPOSE_PROJECT_NAME": project})
+    finally:
+        docker("network", "rm", f"{project}_app-network")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        f"error: the Compose stack {project} still holds {project}_app-network, which the Swarm stack needs")
+    assert not docker("service", "ls", "--quiet", "--filter", f"label=com.docker.stack.namespace={project}").strip()
 
 
 def test_swarm_status_shows_the_services(stack):

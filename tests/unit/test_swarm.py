@@ -296,6 +296,12 @@ def test_stack_deploy_commands():
         "'{{.Name}}\t{{.Replicas}}\t{{.Image}}'")
 
 
+def test_a_compose_stack_of_the_same_name_is_found_by_its_networks():
+    assert shlex.join(swarm.compose_networks_argv("onevps")) == (
+        "docker network ls --filter label=com.docker.compose.project=onevps --format '{{.Name}}'")
+    assert swarm._stack_networks(swarm.render(settings())) == ["app-network", "chroma-private"]
+
+
 def test_tags_and_image_names():
     assert swarm.tag_var("api-gw") == "TAG_API_GW"
     assert swarm.content_tag("sha256:0123456789abcdef0123") == "s-0123456789ab"
