@@ -108,7 +108,8 @@ KEY_RULES: dict[str, Rule] = {
     "pull_policy": Rule("rejects", "pull_policy: not in the 3.x schema", "dropped (--resolve-image decides)"),
     "interpolation": Rule("rejects", "${VAR:+alt} interpolation: invalid interpolation format",
                           "refused: write the value without :+ (or leave the service to compose)"),
-    "unknown": Rule("rejects", "a key outside the 3.x schema makes the deploy fail", "dropped"),
+    "unknown": Rule("rejects", "a key onevps does not carry over: outside the 3.x schema (the deploy fails) "
+                    "or ignored by Swarm", "dropped: check that the service does without it"),
 }
 
 _ADDRESS = re.compile(r"\$\{NETWORK_PREFIX(?::?-[0-9.]*)?\}\.(\d{1,3})")
@@ -207,13 +208,8 @@ class _Render:
         self.configs: dict[str, dict] = {}
         self.volumes_used: list[str] = []
         self.networks_used: list[str] = []
-        # host number on a network -> the service there (for address -> name rewriting)
+        # host number on app-network -> the service there (for address -> name rewriting)
         self.by_host = {host: svc for svc, host in self.reg.hosts.items()}
-        for svc_name, svc in self.data["services"].items():
-            for net in (svc.get("networks") or {}).values() if isinstance(svc.get("networks"), dict) else ():
-                m = _ADDRESS.fullmatch(str((net or {}).get("ipv4_address", "")))
-                if m:
-                    self.by_host.setdefault(int(m.group(1)), svc_name)
 
     def note(self, key: str, service: str) -> None:
         names = self.found.setdefault(key, [])
