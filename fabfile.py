@@ -149,3 +149,20 @@ def disk(c, json=False, budget="5"):
     """On the server: image disk use (unique/shared per image, on disk vs unlayered, savings), app layers vs budget."""
     budget_bytes = recipes_disk.budget_bytes(budget)  # a bad budget is refused before connecting
     recipes.disk(_ctx(c), budget_bytes, json)
+
+
+@task(help={"app": "Build and roll out just this app (the stack must be deployed already).",
+            "services": "Comma-separated services to put in the stack (default: every service without a profile).",
+            "dry-run": "Print every remote command that would change something; change nothing."})
+def swarm_deploy(c, app=None, services=None, dry_run=False):
+    """On the server's swarm: send the files, build, tag (push to REGISTRY), `docker stack deploy`, wait; Swarm rolls back a failure."""
+    _check_target(app)
+    only = [s.strip() for s in services.split(",") if s.strip()] if services else None
+    result = recipes.swarm_deploy(_ctx(c, dry_run, secrets=True), app, only)
+    print("\n".join(f"{svc}: {outcome}" for svc, outcome in result.outcome.items()))
+
+
+@task
+def swarm_status(c):
+    """Every service of the stack on the server's swarm: replicas, image, last update."""
+    print(recipes.swarm_status(_ctx(c)))

@@ -180,3 +180,60 @@ def prune(c, keep="3", cache_limit="2000", dry_run=False):
     runner = stack.make_runner(c, settings, dry_run=dry_run)
     require_docker(runner)
     prune_mod.prune(runner, settings, reg, int(keep_n), int(cache_mb))
+
+
+# ------------------------------------------------------------------ swarm --
+
+def _only(services):
+    return [s.strip() for s in services.split(",") if s.strip()] if services else None
+
+
+@task
+def swarm_check(c):
+    """List what Docker Swarm ignores or rejects in the compose file, and the fix onevps applies to each."""
+    from onevps import swarm
+
+    print(swarm.report(swarm.findings(config.load())))
+
+
+@task(help={"services": "Comma-separated services to put in the stack (default: every service without a profile).",
+            "stdout": "Print the stack file instead of writing compose/swarm/docker-stack.yml."})
+def swarm_render(c, services=None, stdout=False):
+    """Render the Swarm stack file (and its nginx routes) from compose/docker-compose.yml, written atomically."""
+    from onevps import swarm
+
+    settings = config.load()
+    rendered = swarm.render(settings, _only(services))
+    if stdout:
+        print(rendered.stack, end="")
+        return
+    changed = swarm.write(settings, rendered)
+    print("\n".join(f"wrote {p}" for p in changed) or "the stack file is already up to date")
+
+
+@task(help={"app": "Build and roll out just this app (the stack must be deployed already).",
+            "services": "Comma-separated services to put in the stack (default: every service without a profile).",
+            "dry-run": "Print the commands that would change something; change nothing."})
+def swarm_deploy(c, app=None, services=None, dry_run=False):
+    """On this machine's swarm: build, tag (and push to REGISTRY), render, `docker stack deploy`, wait; report a rollback."""
+    from onevps import swarm
+
+    settings, reg, runner = _setup(c)
+    if app:
+        reg.get(app)
+    config.require_secrets(settings)
+    runner.dry_run = dry_run
+    require_docker(runner)
+    result = swarm.deploy(runner, settings, reg, app=app, only=_only(services), env=stack.compose_env(settings),
+                          build=lambda names: stack.build_apps(runner, settings, reg, names))
+    print("\n".join(f"{svc}: {outcome}" for svc, outcome in result.outcome.items()))
+
+
+@task
+def swarm_status(c):
+    """Every service of the stack on this machine's swarm: replicas, image, last update."""
+    from onevps import swarm
+
+    settings, _, runner = _setup(c)
+    require_docker(runner)
+    print(stack.columns(swarm.status_rows(runner, settings)))

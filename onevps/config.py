@@ -142,6 +142,27 @@ def _cpus(raw: str) -> str:
     return raw.strip()
 
 
+def _optional_registry(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if value and not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._-][a-z0-9]+)*)*$", value):
+        raise ValueError("must be a registry host with optional port and path, such as registry.example.com:5000 "
+                         "or ghcr.io/me (empty: local images, one node only)")
+    return value
+
+
+def _optional_subnet(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        return ""
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError:
+        raise ValueError("must be an IPv4 network such as 10.231.0.0/23 (empty: Docker picks)") from None
+    if not net.is_private or net.prefixlen > 24:
+        raise ValueError("must be a private network of /24 or larger (each overlay network gets one /24 of it)")
+    return str(net)
+
+
 def _on_off(raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("on", "off"):
@@ -251,6 +272,10 @@ KEYS: tuple[Key, ...] = (
         "Local file uploaded as the server's .env (its settings: ports 80/443, BIND_ADDRESS 0.0.0.0, ...)."),
     Key("DEPLOY_TIMEOUT", "180", _positive_int,
         "Seconds `fab deploy` waits for the new version to become healthy before it gives up."),
+    Key("REGISTRY", "", _optional_registry,
+        "Swarm: registry the app images are pushed to and pulled from (empty: local images, one node only)."),
+    Key("SWARM_SUBNET", "", _optional_subnet,
+        "Swarm: private range the overlay networks take their /24s from, in file order (empty: Docker picks)."),
 )
 KEY_NAMES = frozenset(k.name for k in KEYS)
 SECRET_KEYS = ("REDIS_PASSWORD", "CHROMA_TOKEN")
@@ -314,6 +339,8 @@ class Settings:
     vps_ssh_key: Path | None = None
     vps_env_file: Path | None = None
     deploy_timeout: int = 180
+    registry: str = ""
+    swarm_subnet: str = ""
     env_file: Path | None = None
     raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -453,6 +480,8 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
         vps_ssh_key=_file(root, "VPS_SSH_KEY", str(parsed["VPS_SSH_KEY"])),
         vps_env_file=_resolve(root, str(parsed["VPS_ENV_FILE"])),
         deploy_timeout=int(parsed["DEPLOY_TIMEOUT"]),  # type: ignore[arg-type]
+        registry=str(parsed["REGISTRY"]),
+        swarm_subnet=str(parsed["SWARM_SUBNET"]),
         env_file=env_path if env_path.exists() else None,
         raw=raw,
     )

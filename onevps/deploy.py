@@ -516,3 +516,47 @@ def disk(c: Ctx, budget: int, as_json: bool) -> None:
         c.say(disk_mod.render(data))
         c.say(f"free on the server's Docker disk ({root}): {free:,} MB")
     disk_mod.check_budget(data)
+
+
+# ------------------------------------------------------------------- swarm --
+
+def swarm_deploy(c: Ctx, app: str | None = None, only: list[str] | None = None) -> "swarm.DeployResult":
+    """`fab swarm-deploy`: the stack on the server's swarm (see onevps.swarm).
+
+    Renders with the server's settings, sends compose/ (stack file included),
+    nginx/, dockerfiles/ and the apps, builds on the server through compose,
+    tags by content (pushes with REGISTRY), `docker stack deploy` reading the
+    server's .env, waits; Swarm rolls a failed update back by itself.
+    """
+    import dataclasses
+
+    from . import swarm
+
+    require_docker_on_server(c)
+    target = c.reg.get(app) if app else None
+
+    def upload() -> None:
+        sync(c, remote.SHARED_DIRS + ("apps",))
+
+    def build(names) -> None:
+        for name in names:
+            build_app(c, c.reg.get(name))
+
+    result = []
+
+    def body() -> None:
+        sync_env(c)
+        result.append(swarm.deploy(c.run, dataclasses.replace(c.rs, root=c.local.root), c.reg,
+                            app=target.name if target else None, only=only, build=build, upload=upload,
+                            stack_file=f"{c.rs.vps_path}/{swarm.STACK_FILE.as_posix()}",
+                            wrap=lambda argv: swarm.with_env_file(f"{c.rs.vps_path}/.env", argv)))
+
+    locked(c, f"swarm-deploy {app or 'stack'}", body)
+    return result[0]
+
+
+def swarm_status(c: Ctx) -> str:
+    from . import swarm
+
+    require_docker_on_server(c)
+    return columns(swarm.status_rows(c.run, c.rs))

@@ -22,10 +22,11 @@ WATCHED = ("compose", "nginx", "apps", "templates", "dockerfiles/base/Dockerfile
 INV_TASKS = [
     ["build-base"], ["build-ml"], ["build"], ["up"], ["down"], ["status"], ["logs"], ["restart", "--app", "kb"],
     ["routes"], ["check"], ["settings"], ["new-app", "blog"], ["remove-app", "kb", "--yes"],
+    ["swarm-check"], ["swarm-render"], ["swarm-deploy"], ["swarm-status"],
 ]
 FAB_TASKS = [
     ["setup"], ["deploy", "--app=kb"], ["deploy", "--all"], ["rollback", "--app=kb"], ["history"], ["status"],
-    ["logs", "--app=kb"], ["unlock"], ["backup"], ["disk"], ["prune"],
+    ["logs", "--app=kb"], ["unlock"], ["backup"], ["disk"], ["prune"], ["swarm-deploy"], ["swarm-status"],
 ]
 
 
@@ -94,7 +95,8 @@ def test_malformed_env_is_one_line_naming_the_key(tool, args, tmp_path, unchange
     ("inv", ["build", "--app", "nope"]), ("inv", ["restart", "--app", "nope"]), ("inv", ["logs", "--app", "nope"]),
     ("inv", ["up", "--app", "nope"]), ("inv", ["remove-app", "nope", "--yes"]),
     ("fab", ["deploy", "--app=nope"]), ("fab", ["rollback", "--app=nope"]), ("fab", ["logs", "--app=nope"]),
-    ("fab", ["history", "--app=nope"]),
+    ("fab", ["history", "--app=nope"]), ("inv", ["swarm-deploy", "--app", "nope"]),
+    ("fab", ["swarm-deploy", "--app=nope"]),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_unknown_app_lists_the_known_ones(tool, args, tmp_path, unchanged):
     env = {**LOCAL_SECRETS, **server_env(tmp_path)}
@@ -119,7 +121,7 @@ def test_bad_flags(tool, args, tmp_path, unchanged):
 
 
 @pytest.mark.parametrize("args", [["build-base"], ["build-ml"], ["build"], ["down"], ["status"], ["logs"],
-                                  ["restart", "--app", "kb"]], ids=" ".join)
+                                  ["restart", "--app", "kb"], ["swarm-status"]], ids=" ".join)
 def test_missing_docker(args, tmp_path, unchanged):
     one_line(run("inv", args, {}, tmp_path), "error: the docker command is not installed")
 
@@ -146,7 +148,8 @@ def test_missing_server_env_file(tmp_path, unchanged):
              "error: VPS_ENV_FILE")
 
 
-@pytest.mark.parametrize("args", [["setup"], ["deploy", "--app=kb"], ["rollback", "--app=kb"]], ids=" ".join)
+@pytest.mark.parametrize("args", [["setup"], ["deploy", "--app=kb"], ["rollback", "--app=kb"],
+                                  ["swarm-deploy"]], ids=" ".join)
 def test_server_secret_placeholder_is_refused_before_connecting(args, tmp_path, unchanged):
     env_file = tmp_path / "server.env"
     env_file.write_text("REDIS_PASSWORD=change-me\nCHROMA_TOKEN=a-good-server-token-0123456789\n")

@@ -1,0 +1,379 @@
+"""The pure parts of Swarm support: findings, the rendered stack file (golden),
+the nginx routes for Swarm, and the commands. No Docker here."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+
+from onevps import composefile, config, nginx, registry, swarm
+from onevps.errors import OnevpsError
+from onevps.runner import Result
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "docker-stack.yml"
+GOLDEN_ROUTES = ROOT / "tests" / "golden" / "swarm-nginx-apps.conf.template"
+REGENERATE = "regenerate with: ONEVPS_UPDATE_GOLDEN=1 pytest tests/unit/test_swarm.py (then read the diff)"
+
+
+def settings(**env) -> config.Settings:
+    return config.load(root=ROOT, environ=env, env_file=ROOT / ".env.absent")
+
+
+def data():
+    return composefile.load(ROOT / "compose" / "docker-compose.yml")
+
+
+def load_stack(text: str) -> dict:
+    return swarm.plain(composefile.loads(text))
+
+
+# ------------------------------------------------------------------ golden --
+
+def test_stack_file_matches_the_golden_file():
+    rendered = swarm.render(settings())
+    if os.environ.get("ONEVPS_UPDATE_GOLDEN"):
+        GOLDEN.write_text(rendered.stack)
+        GOLDEN_ROUTES.write_text(rendered.routes)
+    assert rendered.stack == GOLDEN.read_text(), REGENERATE
+    assert rendered.routes == GOLDEN_ROUTES.read_text(), REGENERATE
+
+
+def test_render_is_deterministic():
+    first = swarm.render(settings())
+    again = swarm.render(settings(), data=composefile.loads(composefile.dumps(data())))
+    assert first.stack == again.stack and first.routes == again.routes
+
+
+def test_no_secret_is_written_the_deploy_fills_it_in():
+    text = swarm.render(settings(REDIS_PASSWORD="a-secret-value-0123456789")).stack
+    assert "a-secret-value" not in text
+    assert "--requirepass" in text and "${REDIS_PASSWORD:?" in text
+
+
+# ------------------------------------------------------- what Swarm accepts --
+
+REJECTED_OR_IGNORED = {"build", "container_name", "depends_on", "mem_limit", "cpus", "restart", "security_opt",
+                       "profiles", "tmpfs", "memswap_limit", "mem_reservation", "pull_policy"}
+
+
+def test_the_stack_file_has_none_of_the_keys_swarm_rejects_or_ignores():
+    doc = load_stack(swarm.render(settings()).stack)
+    assert doc["version"] == "3.8"
+    for name, svc in doc["services"].items():
+        assert not REJECTED_OR_IGNORED & set(svc), name
+        assert isinstance(svc["networks"], list), f"{name}: no static address left"
+        assert svc["deploy"]["endpoint_mode"] == "dnsrr"
+
+
+def test_profiles_leave_tiers_and_certbot_out():
+    doc = load_stack(swarm.render(settings()).stack)
+    assert set(doc["services"]) == {"nginx", "chroma-auth", "chromadb", "redis", "ollama", "portfolio", "chatbot",
+                                    "kb", "api-gw", "embedder", "classify", "summary"}
+
+
+def test_app_limits_become_deploy_resources_and_updates_roll_start_first():
+    doc = load_stack(swarm.render(settings()).stack)
+    portfolio, embedder = doc["services"]["portfolio"], doc["services"]["embedder"]
+    assert portfolio["deploy"]["resources"] == {"limits": {"cpus": "${APP_CPUS:-1.0}",
+                                                           "memory": "${APP_MEM_LIMIT:-256m}"}}
+    assert embedder["deploy"]["resources"]["limits"]["memory"] == "${ML_APP_MEM_LIMIT:-1g}"
+    assert portfolio["deploy"]["replicas"] == 1
+    assert portfolio["deploy"]["update_config"] == {
+        "parallelism": 1, "delay": "2s", "order": "start-first", "failure_action": "rollback",
+        "monitor": "15s", "max_failure_ratio": 0}
+    assert portfolio["deploy"]["rollback_config"]["order"] == "start-first"
+    assert portfolio["deploy"]["restart_policy"]["condition"] == "any"
+    assert {"type": "tmpfs", "target": "/tmp"} in portfolio["volumes"]
+    assert portfolio["cap_drop"] == ["ALL"] and portfolio["read_only"] is True and portfolio["user"] == "app"
+
+
+def test_stateful_and_published_services_stop_first_and_stay_on_the_manager():
+    doc = load_stack(swarm.render(settings()).stack)
+    for name in ("redis", "chromadb", "ollama", "nginx"):
+        dep = doc["services"][name]["deploy"]
+        assert dep["update_config"]["order"] == "stop-first", name
+        assert dep["placement"] == {"constraints": ["node.role == manager"]}, name
+    assert doc["services"]["redis"]["command"][2] == "yes"  # quoted: YAML 1.1 would read a boolean
+
+
+def test_static_addresses_in_the_environment_become_service_names():
+    env = load_stack(swarm.render(settings()).stack)["services"]["kb"]["environment"]
+    assert env["CHROMA_URL"] == "http://chroma-auth:8000"  # .3 is the gateway now
+    assert env["OLLAMA_URL"] == "http://ollama:11434"
+    assert env["REDIS_URL"].endswith("@redis:6379/0")
+
+
+def test_nginx_publishes_in_host_mode_and_gets_its_files_as_configs():
+    doc = load_stack(swarm.render(settings()).stack)
+    web = doc["services"]["nginx"]
+    assert web["ports"] == [
+        {"target": 80, "published": "${HTTP_PORT:-8080}", "protocol": "tcp", "mode": "host"},
+        {"target": 443, "published": "${HTTPS_PORT:-8443}", "protocol": "tcp", "mode": "host"}]
+    targets = {c["target"]: c for c in web["configs"]}
+    assert "/etc/nginx/nginx.conf" in targets and "/etc/nginx/snippets/proxy.conf" in targets
+    assert targets["/docker-entrypoint.d/40-onevps-selfsigned-cert.sh"]["mode"] == 0o555
+    routes = targets["/etc/nginx/templates/apps.conf.template"]["source"]
+    assert doc["configs"][routes] == {"file": "nginx-apps.conf.template"}  # the Swarm routes, not the static ones
+    assert doc["configs"][targets["/etc/nginx/nginx.conf"]["source"]] == {"file": "../../nginx/nginx.conf"}
+    for key in doc["configs"]:
+        assert len("onevps-swarm_" + key) <= 64  # Docker's limit on config names
+    assert not [v for v in web["volumes"] if isinstance(v, str) and v.startswith(".")]
+
+
+def test_a_changed_nginx_file_is_a_new_config(tmp_path):
+    shutil_copy(tmp_path)
+    before = load_stack(swarm.render(settings_at(tmp_path)).stack)["configs"]
+    proxy = tmp_path / "nginx" / "snippets" / "proxy.conf"
+    proxy.write_text(proxy.read_text() + "# changed\n")
+    after = load_stack(swarm.render(settings_at(tmp_path)).stack)["configs"]
+    changed = set(after) - set(before)
+    assert len(changed) == 1 and next(iter(changed)).startswith("proxy-conf-")
+
+
+def shutil_copy(tmp_path: Path) -> None:
+    import shutil
+
+    for folder in ("compose", "nginx"):
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("swarm"))
+
+
+def settings_at(root: Path, **env) -> config.Settings:
+    return config.load(root=root, environ=env, env_file=root / ".env.absent")
+
+
+def test_images_take_the_registry_and_a_tag_variable():
+    doc = load_stack(swarm.render(settings(REGISTRY="registry.example.com:5000")).stack)
+    assert doc["services"]["api-gw"]["image"] == (
+        "registry.example.com:5000/${IMAGE_NAMESPACE:-onevps}/api-gw:${TAG_API_GW:-latest}")
+    assert doc["services"]["redis"]["image"] == "redis:7.4-bookworm"  # upstream images stay as they are
+    local = load_stack(swarm.render(settings()).stack)
+    assert local["services"]["portfolio"]["image"] == "${IMAGE_NAMESPACE:-onevps}/portfolio:${TAG_PORTFOLIO:-latest}"
+
+
+def test_a_selection_of_services_and_its_routes():
+    rendered = swarm.render(settings(), only=["nginx", "redis", "portfolio", "api-gw"])
+    doc = load_stack(rendered.stack)
+    assert list(doc["services"]) == ["nginx", "redis", "portfolio", "api-gw"]
+    assert rendered.apps == ("portfolio", "api-gw")
+    assert set(doc["volumes"]) == {"nginx-certs", "acme-webroot", "redis-data"}
+    assert "server_name portfolio.${DOMAIN};" in rendered.routes and "kb." not in rendered.routes
+    with pytest.raises(OnevpsError, match="unknown service"):
+        swarm.render(settings(), only=["nginx", "nope"])
+
+
+def test_replicas_come_from_the_app_label():
+    d = data()
+    d["services"]["kb"]["labels"]["onevps.replicas"] = "3"
+    doc = load_stack(swarm.render(settings(), data=d).stack)
+    assert doc["services"]["kb"]["deploy"]["replicas"] == 3
+    d["services"]["kb"]["labels"]["onevps.replicas"] = "many"
+    with pytest.raises(OnevpsError, match="onevps.replicas='many'"):
+        swarm.render(settings(), data=d)
+    d["services"]["kb"]["labels"]["onevps.replicas"] = "1"
+    d["services"]["redis"]["labels"] = {"onevps.replicas": "2"}
+    with pytest.raises(OnevpsError, match="keeps data in a volume"):
+        swarm.render(settings(), data=d)
+
+
+# ------------------------------- ChromaDB behind its gateway, or not --
+
+def test_any_network_becomes_an_overlay_and_internal_stays_internal():
+    """The compose file puts chromadb on the internal network chroma-private
+    behind chroma-auth (which took .3 on app-network)."""
+    doc = load_stack(swarm.render(settings()).stack)
+    assert doc["networks"] == {"app-network": {"driver": "overlay"},
+                               "chroma-private": {"driver": "overlay", "internal": True}}
+    assert doc["services"]["chromadb"]["networks"] == ["chroma-private"]
+    assert doc["services"]["chroma-auth"]["networks"] == ["app-network", "chroma-private"]
+    assert doc["services"]["kb"]["environment"]["CHROMA_URL"] == "http://chroma-auth:8000"
+    assert doc["services"]["kb"]["environment"]["CHROMA_TOKEN"].startswith("${CHROMA_TOKEN:?")
+    gate = doc["services"]["chroma-auth"]
+    assert [c["target"] for c in gate["configs"]] == ["/etc/nginx/templates/default.conf.template"]
+    assert gate["environment"]["NGINX_ENVSUBST_FILTER"] == "^CHROMA_TOKEN$$"  # stack deploy reads $$ as $
+    assert "depends_on" not in gate
+
+
+def without_chroma_gateway():
+    """The compose file as it was before the gateway: chromadb at .3 on app-network."""
+    d = data()
+    services = d["services"]
+    del services["chroma-auth"]
+    services["chromadb"]["networks"] = {"app-network": {"ipv4_address": "${NETWORK_PREFIX:-172.20.0}.3"}}
+    del d["networks"]["chroma-private"]
+    return d
+
+
+def test_the_renderer_is_generic_over_services_and_networks():
+    doc = load_stack(swarm.render(settings(), data=without_chroma_gateway()).stack)
+    assert doc["networks"] == {"app-network": {"driver": "overlay"}}
+    assert "chroma-auth" not in doc["services"]
+    assert doc["services"]["kb"]["environment"]["CHROMA_URL"] == "http://chromadb:8000"
+
+
+def test_swarm_subnet_gives_each_network_a_slice_in_file_order():
+    doc = load_stack(swarm.render(settings(SWARM_SUBNET="10.231.0.0/23")).stack)
+    assert doc["networks"]["app-network"]["ipam"] == {"config": [{"subnet": "10.231.0.0/24"}]}
+    assert doc["networks"]["chroma-private"]["ipam"] == {"config": [{"subnet": "10.231.1.0/24"}]}
+    with pytest.raises(OnevpsError, match="holds 1 /24 network"):
+        swarm.render(settings(SWARM_SUBNET="10.231.0.0/24"))
+    one = load_stack(swarm.render(settings(SWARM_SUBNET="10.231.0.0/24"), data=without_chroma_gateway()).stack)
+    assert one["networks"]["app-network"]["ipam"] == {"config": [{"subnet": "10.231.0.0/24"}]}
+
+
+def test_bad_swarm_settings_name_the_key():
+    with pytest.raises(OnevpsError, match="SWARM_SUBNET='8.8.8.0/24'"):
+        settings(SWARM_SUBNET="8.8.8.0/24")
+    with pytest.raises(OnevpsError, match="REGISTRY='https://x'"):
+        settings(REGISTRY="https://x")
+
+
+# ---------------------------------------------------------------- findings --
+
+def test_swarm_check_finds_what_swarm_ignores_or_rejects():
+    found = {f.key: f for f in swarm.findings(settings())}
+    assert set(found) == {"build", "ipv4_address", "ipam", "depends_on", "mem_limit", "cpus", "restart",
+                          "security_opt", "cap_add", "profiles", "tmpfs", "ports", "bind", "volume"}
+    assert found["depends_on"].services == ("chroma-auth",)
+    assert found["bind"].services == ("nginx", "chroma-auth")
+    assert found["ipam"].services == ("app-network", "chroma-private")
+    assert found["profiles"].services == ("base-tier", "ml-tier", "certbot")
+    assert found["mem_limit"].rule.swarm == "rejects" and "deploy.resources" in found["mem_limit"].rule.fix
+    assert found["ports"].services == ("nginx",)
+    assert "portfolio" in found["cpus"].services and "redis" not in found["cpus"].services
+    text = swarm.report(swarm.findings(settings()))
+    assert "mem_limit [rejects] in nginx, chroma-auth, chromadb" in text
+    assert text.endswith("14 findings (3 would make `docker stack deploy` fail); "
+                         "`inv swarm-render` applies every fix above")
+
+
+def test_unknown_keys_and_plus_interpolation_are_reported():
+    d = data()
+    d["services"]["kb"]["pids_limit"] = 100
+    found = {f.key: f.services for f in swarm.findings(settings(), data=d)}
+    assert found["unknown"] == ("kb",)
+    d["services"]["kb"]["env_file"] = ["../kb.env"]
+    with pytest.raises(OnevpsError, match="kb: env_file is not carried"):
+        swarm.render(settings(), data=d)
+    del d["services"]["kb"]["env_file"]
+    d["services"]["kb"]["environment"] = {"X": "${ACME_CA_BUNDLE:+/etc/x}"}  # its own map, not the shared x-app one
+    with pytest.raises(OnevpsError, match=r"kb: environment uses \$\{VAR:\+"):
+        swarm.render(settings(), data=d)
+
+
+# ---------------------------------------------------------- nginx routes --
+
+def test_swarm_routes_reach_apps_by_service_name():
+    reg = registry.load(ROOT / "compose" / "docker-compose.yml")
+    text = nginx.render_routes(reg, mode="swarm")
+    assert "resolver 127.0.0.11 valid=1s ipv6=off;" in text
+    for app in reg.apps:
+        assert f"set $app_upstream {app.name}:8000;" in text
+    assert "NETWORK_PREFIX" not in text.split("\n", 3)[3] and "backup" not in text
+    assert nginx.render_routes(reg) == nginx.render_routes(reg, mode="compose")  # compose mode unchanged
+
+
+# ---------------------------------------------------------------- commands --
+
+def test_stack_deploy_commands():
+    assert shlex.join(swarm.stack_deploy_argv("compose/swarm/docker-stack.yml", "onevps", registry=False)) == (
+        "docker stack deploy --compose-file compose/swarm/docker-stack.yml --resolve-image never onevps")
+    assert shlex.join(swarm.stack_deploy_argv("/opt/apps/compose/swarm/docker-stack.yml", "onevps", registry=True)) == (
+        "docker stack deploy --compose-file /opt/apps/compose/swarm/docker-stack.yml --resolve-image always "
+        "--with-registry-auth onevps")
+    assert shlex.join(swarm.with_env_file("/opt/apps/.env", ["docker", "stack", "deploy", "x"])) == (
+        "sh -c 'set -a && . \"$1\" && set +a && shift && exec \"$@\"' sh /opt/apps/.env docker stack deploy x")
+    assert swarm.tag_argv("onevps/kb:latest", "r.example/onevps/kb:s-0123") == [
+        "docker", "image", "tag", "onevps/kb:latest", "r.example/onevps/kb:s-0123"]
+    assert swarm.push_argv("r.example/onevps/kb:s-0123") == ["docker", "image", "push", "r.example/onevps/kb:s-0123"]
+    assert shlex.join(swarm.services_argv("onevps")) == (
+        "docker service ls --filter label=com.docker.stack.namespace=onevps --format "
+        "'{{.Name}}\t{{.Replicas}}\t{{.Image}}'")
+
+
+def test_a_compose_stack_of_the_same_name_is_found_by_its_networks():
+    assert shlex.join(swarm.compose_networks_argv("onevps")) == (
+        "docker network ls --filter label=com.docker.compose.project=onevps --format '{{.Name}}'")
+    assert swarm._stack_networks(swarm.render(settings())) == ["app-network", "chroma-private"]
+
+
+def test_tags_and_image_names():
+    assert swarm.tag_var("api-gw") == "TAG_API_GW"
+    assert swarm.content_tag("sha256:0123456789abcdef0123") == "s-0123456789ab"
+    assert swarm.image_repo(settings(), "kb") == "onevps/kb"
+    assert swarm.image_repo(settings(REGISTRY="ghcr.io/me"), "kb") == "ghcr.io/me/onevps/kb"
+
+
+# ----------------------------------- deploy logic, with a scripted runner --
+
+class Scripted:
+    """A Runner stand-in answering `docker service ...` from a script of states:
+    each frame maps service -> (replicas, UpdateStatus JSON, task template)."""
+
+    dry_run = False
+
+    def __init__(self, frames):
+        self.frames, self.said = list(frames), []
+
+    def say(self, msg):
+        self.said.append(msg)
+
+    def run(self, argv, step, **kw):
+        frame = self.frames[0]
+        if argv[:3] == ["docker", "service", "ls"]:
+            out = "".join(f"onevps_{n}\t{r}\timg\n" for n, (r, _, _) in frame.items())
+        elif argv[:3] == ["docker", "service", "inspect"]:
+            out = "".join(f"onevps_{n}\tonevps/{n}:s-1\t{u}\t{t}\n" for n, (_, u, t) in frame.items())
+            if len(self.frames) > 1:
+                self.frames.pop(0)
+        else:
+            raise AssertionError(argv)
+        return Result(list(argv), 0, out, "")
+
+
+BEFORE = {"kb": swarm.ServiceState("kb", "onevps/kb:s-1", {"State": "completed", "StartedAt": "t0"}, '{"v":1}')}
+
+
+def test_wait_follows_an_update_to_its_rollback():
+    runner = Scripted([
+        {"kb": ("1/1", '{"State":"completed","StartedAt":"t0"}', '{"v":2}')},  # new spec, update not begun
+        {"kb": ("2/1", '{"State":"updating","StartedAt":"t1"}', '{"v":2}')},
+        {"kb": ("1/1", '{"State":"rollback_started","StartedAt":"t1"}', '{"v":1}')},
+        {"kb": ("1/1", '{"State":"rollback_completed","StartedAt":"t1"}', '{"v":1}')},
+    ])
+    outcome = swarm.wait(runner, "onevps", BEFORE, ["kb"], timeout=60, sleep=lambda s: None)
+    assert outcome == {"kb": "rolled back"}
+    assert [line.strip() for line in runner.said] == [
+        "waiting: kb update pending", "waiting: kb updating", "waiting: kb rollback_started"]
+
+
+def test_wait_reports_a_completed_update_and_an_untouched_service():
+    runner = Scripted([
+        {"kb": ("1/1", '{"State":"updating","StartedAt":"t1"}', '{"v":2}'),
+         "redis": ("1/1", "null", '{"r":1}')},
+        {"kb": ("1/1", '{"State":"completed","StartedAt":"t1"}', '{"v":2}'),
+         "redis": ("1/1", "null", '{"r":1}')},
+    ])
+    before = {**BEFORE, "redis": swarm.ServiceState("redis", "redis:7", None, '{"r":1}')}
+    outcome = swarm.wait(runner, "onevps", before, ["kb", "redis"], timeout=60, sleep=lambda s: None)
+    assert outcome == {"kb": "completed", "redis": "unchanged"}
+
+
+def test_wait_gives_up_with_one_line():
+    runner = Scripted([{"kb": ("0/1", "null", "{}")}])
+    ticks = iter(range(0, 1000, 10))
+    with pytest.raises(OnevpsError, match="did not settle within 30s: kb 0/1"):
+        swarm.wait(runner, "onevps", {}, ["kb"], timeout=30, clock=lambda: next(ticks), sleep=lambda s: None)
+
+
+def test_dataclass_replace_keeps_server_values_with_local_files():
+    local = settings()
+    server = dataclasses.replace(settings(REGISTRY="r.example:5000", COMPOSE_PROJECT_NAME="prod"), root=ROOT)
+    text = swarm.render(server).stack
+    assert "r.example:5000/${IMAGE_NAMESPACE:-onevps}/kb:" in text
+    assert local.registry == ""
