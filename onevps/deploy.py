@@ -520,7 +520,7 @@ def disk(c: Ctx, budget: int, as_json: bool) -> None:
 
 # ------------------------------------------------------------------- swarm --
 
-def swarm_deploy(c: Ctx, app: str | None = None, only: list[str] | None = None) -> "swarm.DeployResult":
+def swarm_deploy(c: Ctx, app: str | None = None, only: list[str] | None = None) -> object:
     """`fab swarm-deploy`: the stack on the server's swarm (see onevps.swarm).
 
     Renders with the server's settings, sends compose/ (stack file included),
@@ -545,6 +545,8 @@ def swarm_deploy(c: Ctx, app: str | None = None, only: list[str] | None = None) 
     result = []
 
     def body() -> None:
+        apps = [target] if target else list(c.reg.apps)
+        require_room(c, missing_tiers(c, {a.tier for a in apps}), "building for the swarm")
         sync_env(c)
         result.append(swarm.deploy(c.run, dataclasses.replace(c.rs, root=c.local.root), c.reg,
                             app=target.name if target else None, only=only, build=build, upload=upload,

@@ -3,7 +3,6 @@ the nginx routes for Swarm, and the commands. No Docker here."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import shlex
