@@ -234,7 +234,8 @@ def deploy_figures(repo: Path, work: Path, args, result: dict) -> None:
             compose = work / "vps" / "compose" / "docker-compose.yml"
             if compose.exists():
                 subprocess.run(["docker", "compose", "-p", SERVER_ENV["COMPOSE_PROJECT_NAME"], "-f", str(compose),
-                                "--profile", "*", "down", "--volumes", "--remove-orphans"], capture_output=True)
+                                "--env-file", str(work / "vps" / ".env"), "--profile", "*", "down", "--volumes",
+                                "--remove-orphans"], capture_output=True)
 
 
 def chart(result: dict, path: Path) -> bool:
