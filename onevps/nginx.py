@@ -26,15 +26,9 @@ _HEADER = """\
 # ${DOMAIN} and ${NETWORK_PREFIX} are filled in by nginx's entrypoint.
 """
 
-_ROUTE = """
-# {name} ({tier} tier). The backup is the deploy slot: `fab deploy` starts
-# the new version there, then replaces the primary; nginx fails over to it.
-upstream app_{name} {{
-    server ${{NETWORK_PREFIX}}.{host}:{port} max_fails=1 fail_timeout={fail_timeout}s;
-    server ${{NETWORK_PREFIX}}.{slot}:{port} backup;
-    keepalive 16;
-}}
-server {{
+# One app's server block; `proxy` is how it reaches the app (the one line
+# that differs between Compose and Swarm).
+_SERVER = """server {{
     listen 80;
     listen 443 ssl;
     server_name {name}.${{DOMAIN}}{extra};
@@ -43,9 +37,20 @@ server {{
     include /etc/nginx/snippets/acme.conf;
     location / {{
         include /etc/nginx/snippets/https.conf;
-        proxy_pass http://app_{name};
+{proxy}
         include /etc/nginx/snippets/proxy.conf;
     }}
+}}
+"""
+
+# Compose: a static upstream per app (the comment inside says why the backup).
+_COMPOSE_UPSTREAM = """
+# {name} ({tier} tier). The backup is the deploy slot: `fab deploy` starts
+# the new version there, then replaces the primary; nginx fails over to it.
+upstream app_{name} {{
+    server ${{NETWORK_PREFIX}}.{host}:{port} max_fails=1 fail_timeout={fail_timeout}s;
+    server ${{NETWORK_PREFIX}}.{slot}:{port} backup;
+    keepalive 16;
 }}
 """
 
@@ -65,49 +70,32 @@ resolver 127.0.0.11 valid=1s ipv6=off;
 resolver_timeout 2s;
 """
 
-_SWARM_ROUTE = """
-# {name} ({tier} tier): the tasks of service {name}.
-server {{
-    listen 80;
-    listen 443 ssl;
-    server_name {name}.${{DOMAIN}}{extra};
-    include /etc/nginx/snippets/tls.conf;
-    include /etc/nginx/snippets/errors.conf;
-    include /etc/nginx/snippets/acme.conf;
-    location / {{
-        include /etc/nginx/snippets/https.conf;
-        set $app_upstream {name}:{port};
-        proxy_pass http://$app_upstream;
-        include /etc/nginx/snippets/proxy.conf;
-    }}
-}}
-"""
+
+def _route(app: App, mode: str) -> str:
+    extra = f" {app.domain}" if app.domain else ""
+    if mode == "swarm":
+        head = f"\n# {app.name} ({app.tier} tier): the tasks of service {app.name}.\n"
+        proxy = (f"        set $app_upstream {app.name}:{APP_PORT};\n"
+                 "        proxy_pass http://$app_upstream;")
+    else:
+        head = _COMPOSE_UPSTREAM.format(name=app.name, tier=app.tier, host=app.host, slot=app.slot_host,
+                                        port=APP_PORT, fail_timeout=FAIL_TIMEOUT)
+        proxy = f"        proxy_pass http://app_{app.name};"
+    return head + _SERVER.format(name=app.name, extra=extra, proxy=proxy)
 
 
 def render_swarm_routes(registry: Registry, apps: Iterable[str] | None = None) -> str:
     """Routes for Swarm: one server block per app, upstream = the service name."""
-    wanted = set(apps) if apps is not None else None
-    parts = [_SWARM_HEADER]
-    for app in registry.apps:
-        if wanted is not None and app.name not in wanted:
-            continue
-        extra = f" {app.domain}" if app.domain else ""
-        parts.append(_SWARM_ROUTE.format(name=app.name, tier=app.tier, port=APP_PORT, extra=extra))
-    return "".join(parts)
+    return render_routes(registry, "swarm", apps)
 
 
 def render_routes(registry: Registry, mode: str = "compose", apps: Iterable[str] | None = None) -> str:
-    """nginx routes: `compose` (static addresses + deploy slots) or `swarm` (service names)."""
-    if mode == "swarm":
-        return render_swarm_routes(registry, apps)
-    if mode != "compose":
+    """nginx routes: `compose` (static addresses + deploy slots) or `swarm` (service names); only `apps` if given."""
+    if mode not in ("compose", "swarm"):
         raise ValueError(f"unknown routes mode {mode!r}")
-    parts = [_HEADER]
-    for app in registry.apps:
-        extra = f" {app.domain}" if app.domain else ""
-        parts.append(_ROUTE.format(name=app.name, tier=app.tier, host=app.host, slot=app.slot_host,
-                                   port=APP_PORT, extra=extra, fail_timeout=FAIL_TIMEOUT))
-    return "".join(parts)
+    wanted = set(apps) if apps is not None else None
+    chosen = [a for a in registry.apps if wanted is None or a.name in wanted]
+    return (_SWARM_HEADER if mode == "swarm" else _HEADER) + "".join(_route(a, mode) for a in chosen)
 
 
 def _item(app: App) -> str:
