@@ -184,7 +184,7 @@ def missing_tiers(c: Ctx, wanted: set[str]) -> list[str]:
 def require_room(c: Ctx, tiers_to_build: list[str], what: str) -> None:
     from . import disk
 
-    disk.require_room(c.run, int(c.rs.raw.get("BUILD_FREE_MB", "1024")), tiers_to_build, what)
+    disk.require_room(c.run, int(c.rs.raw["BUILD_FREE_MB"]), tiers_to_build, what)
 
 
 def build_app(c: Ctx, app: App) -> str | None:
@@ -373,7 +373,7 @@ def deploy(c: Ctx, app: str | None = None, tier: str | None = None, every: bool 
         for a in apps:
             c.say(f"==> {a.name}")
             deploy_app(c, a)
-        if c.rs.raw.get("PRUNE_ON_DEPLOY", "on") == "on":
+        if c.rs.raw["PRUNE_ON_DEPLOY"] == "on":
             prune_server(c)
 
     locked(c, what, body)
@@ -382,8 +382,7 @@ def deploy(c: Ctx, app: str | None = None, tier: str | None = None, every: bool 
 def prune_server(c: Ctx) -> None:
     from . import prune
 
-    prune.prune(c.run, c.rs, c.reg, int(c.rs.raw.get("PRUNE_KEEP", "3")), int(c.rs.raw.get("PRUNE_CACHE_MB", "2000")),
-                tags=c.tags)
+    prune.prune(c.run, c.rs, c.reg, int(c.rs.raw["PRUNE_KEEP"]), int(c.rs.raw["PRUNE_CACHE_MB"]), tags=c.tags)
 
 
 SHARED_SYNC = remote.SHARED_DIRS

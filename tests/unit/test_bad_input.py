@@ -148,22 +148,23 @@ def test_missing_server_env_file(tmp_path, unchanged):
              "error: VPS_ENV_FILE")
 
 
-@pytest.mark.parametrize("args", [["setup"], ["deploy", "--app=kb"], ["rollback", "--app=kb"],
-                                  ["swarm-deploy"]], ids=" ".join)
-def test_server_secret_placeholder_is_refused_before_connecting(args, tmp_path, unchanged):
-    env_file = tmp_path / "server.env"
-    env_file.write_text("REDIS_PASSWORD=change-me\nCHROMA_TOKEN=a-good-server-token-0123456789\n")
-    line = one_line(run("fab", args, {"VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": str(env_file)},
-                        tmp_path), "error: REDIS_PASSWORD in server.env is still the .env.example placeholder")
-    assert "token_urlsafe" in line
+REDIS_PLACEHOLDER = ("REDIS_PASSWORD=change-me\nCHROMA_TOKEN=a-good-server-token-0123456789\n",
+                     "error: REDIS_PASSWORD in server.env is still the .env.example placeholder")
+CHROMA_MISSING = ("REDIS_PASSWORD=a-good-server-secret-0123456789\n", "error: CHROMA_TOKEN is not set in server.env")
 
 
-@pytest.mark.parametrize("args", [["setup"], ["deploy", "--app=kb"]], ids=" ".join)
-def test_server_chroma_token_missing_is_refused_before_connecting(args, tmp_path, unchanged):
+@pytest.mark.parametrize("args, case", [
+    (["setup"], REDIS_PLACEHOLDER), (["deploy", "--app=kb"], REDIS_PLACEHOLDER),
+    (["rollback", "--app=kb"], REDIS_PLACEHOLDER), (["swarm-deploy"], REDIS_PLACEHOLDER),
+    (["setup"], CHROMA_MISSING), (["deploy", "--app=kb"], CHROMA_MISSING),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else v[1].split()[1])
+def test_a_bad_server_secret_is_refused_before_connecting(args, case, tmp_path, unchanged):
+    """(server .env text, the one line expected) for each task that starts containers on the server."""
+    env_text, expected = case
     env_file = tmp_path / "server.env"
-    env_file.write_text("REDIS_PASSWORD=a-good-server-secret-0123456789\n")
+    env_file.write_text(env_text)
     line = one_line(run("fab", args, {"VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": str(env_file)},
-                        tmp_path), "error: CHROMA_TOKEN is not set in server.env")
+                        tmp_path), expected)
     assert "token_urlsafe" in line
 
 
