@@ -235,16 +235,25 @@ def test_a_rolling_update_under_load_fails_no_request(stack, repo):
     assert {svc: [t["Id"] for t in tasks_of(svc)] for svc in others} == others  # nothing else was touched
 
 
-def test_a_crashing_version_rolls_back_by_itself_and_the_old_one_keeps_serving(stack, repo):
+def deploy_broken_portfolio(repo, breaks, threads: int):
+    """Deploy portfolio with its code changed by `breaks`, under load; the good code goes back after."""
     path = repo / "apps" / "portfolio" / "main.py"
     good = path.read_text()
-    image = service_image("portfolio")
-    path.write_text(good + '\nraise SystemExit("boom: this version crashes on start")\n')
+    bad = breaks(good)
+    assert bad != good
+    path.write_text(bad)
     try:
-        with loadgen.Load(Site.http_port, "portfolio.localhost", threads=3) as load:
+        with loadgen.Load(Site.http_port, "portfolio.localhost", threads=threads) as load:
             res = deploy(repo, "--app", "portfolio")
     finally:
         path.write_text(good)
+    return res, load
+
+
+def test_a_crashing_version_rolls_back_by_itself_and_the_old_one_keeps_serving(stack, repo):
+    image = service_image("portfolio")
+    res, load = deploy_broken_portfolio(
+        repo, lambda code: code + '\nraise SystemExit("boom: this version crashes on start")\n', threads=3)
     print(f"\ncrashing version of portfolio: {load.total} requests, {load.failed} failed")
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
@@ -263,17 +272,10 @@ def test_a_version_failing_its_health_check_gets_no_traffic_and_rolls_back(stack
     """It starts and listens, but /health answers 500: Swarm never puts it in
     the service's DNS, and once the health check gives up (start_period 60s +
     3 retries) the update rolls back. The slowest test here (~90 s)."""
-    path = repo / "apps" / "portfolio" / "main.py"
-    good = path.read_text()
     image = service_image("portfolio")
-    bad = good.replace('return {"status": "ok", **app_meta()}', 'raise RuntimeError("unhealthy on purpose")')
-    assert bad != good
-    path.write_text(bad)
-    try:
-        with loadgen.Load(Site.http_port, "portfolio.localhost", threads=2) as load:
-            res = deploy(repo, "--app", "portfolio")
-    finally:
-        path.write_text(good)
+    res, load = deploy_broken_portfolio(
+        repo, lambda code: code.replace('return {"status": "ok", **app_meta()}',
+                                        'raise RuntimeError("unhealthy on purpose")'), threads=2)
     print(f"\nunhealthy version of portfolio: {load.total} requests, {load.failed} failed")
     assert res.returncode != 0
     assert "(portfolio: rolled back)" in res.stderr.strip().splitlines()[-1], res.stderr[-2000:]
