@@ -170,6 +170,15 @@ def _on_off(raw: str) -> str:
     return value
 
 
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def check(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError("must be one of " + ", ".join(choices))
+        return value
+    return check
+
+
 def _optional_email(raw: str) -> str:
     value = raw.strip()
     if value and not re.match(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", value):
@@ -229,6 +238,8 @@ KEYS: tuple[Key, ...] = (
         "Prefix of every image built here: <ns>/base, <ns>/ml, <ns>/<app>."),
     Key("TORCH_INDEX_URL", "https://download.pytorch.org/whl/cpu", _url,
         "Package index torch's CPU build is installed from (ML tier)."),
+    Key("TORCH_CUDA", "off", _on_off,
+        "off: the ML tier build fails when the installed torch is a CUDA build (several GB); on: CUDA is wanted."),
     Key("TORCH_WHEEL_DIR", "", _optional_dir,
         "Optional folder of local wheels (e.g. torch) used by the ML tier build; adds no layer."),
     Key("EXTRA_CA_DIR", "", _optional_dir,
@@ -270,6 +281,9 @@ KEYS: tuple[Key, ...] = (
     Key("VPS_SSH_KEY", "", _optional_dir, "Private key for SSH (empty: your SSH agent and ~/.ssh defaults)."),
     Key("VPS_ENV_FILE", ".env", _text,
         "Local file uploaded as the server's .env (its settings: ports 80/443, BIND_ADDRESS 0.0.0.0, ...)."),
+    Key("DOCKER_INSTALL", "docker-repo", _one_of("docker-repo", "distro", "none"),
+        "How `fab setup` installs Docker on a server without it: docker-repo (Docker's apt repository), "
+        "distro (the distribution's packages), none (never install, only check)."),
     Key("DEPLOY_TIMEOUT", "180", _positive_int,
         "Seconds `fab deploy` waits for the new version to become healthy before it gives up."),
     Key("REGISTRY", "", _optional_registry,
