@@ -166,3 +166,19 @@ def swarm_deploy(c, app=None, services=None, dry_run=False):
 def swarm_status(c):
     """Every service of the stack on the server's swarm: replicas, image, last update."""
     print(recipes.swarm_status(_ctx(c)))
+
+
+@task(help={"tiers": "Ship the base and ML tier images (built here first when missing).",
+            "upstream": "Ship the upstream images the compose file runs (nginx, redis, chroma, ollama...).",
+            "app": "Ship this app's image (built here first when missing).",
+            "dry-run": "List what would be shipped (name, size) and what is already there; send nothing."})
+def ship(c, tiers=False, upstream=False, app=None, dry_run=False):
+    """Send images from this machine to the server over SSH (one docker save | docker load); skips what it has."""
+    from onevps import ship as recipes_ship
+
+    if not (tiers or upstream or app):
+        raise OnevpsError("nothing to ship", "choose at least one of --tiers, --upstream, --app NAME")
+    _check_target(app)
+    if app in recipes.SHARED_SERVICES:
+        raise OnevpsError(f"{app} is a shared service, not an app", "use --upstream to ship the shared services' images")
+    recipes_ship.ship(_ctx(c, dry_run), tiers=tiers, upstream=upstream, app=app)
