@@ -5,12 +5,17 @@ Per image, Docker's own accounting (`docker system df -v`): its unique bytes
 disk (the tiers once, plus every app's own layers) against what the same
 images would take unlayered (the sum of their full sizes), and each app's
 own layers against a budget.
+
+Docker's output is read only in forms every supported CLI prints alike:
+`--format '{{json .}}'` templates (not `--format json`, which the 20.10 CLI
+prints as the word "json") and Go templates naming fields 20.10 has.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import asdict, dataclass
 
 from . import commands, tiers
@@ -19,12 +24,18 @@ from .errors import OnevpsError
 from .registry import Registry
 from .runner import Runner
 
+# The oldest Docker (CLI and engine) onevps supports: Debian 12's docker.io.
+# Ubuntu 24.04's docker.io and Docker's current release work too.
+MIN_DOCKER_VERSION = "20.10"
+
 _UNITS = {"": 1, "B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([kKMGT]?B?)\s*$")
 
 
 def parse_size(text: str) -> int:
     """Docker's human sizes ("185.5MB", "14.07kB", "0B") to bytes (SI units, as Docker prints them)."""
+    if (text or "").strip() in ("N/A", "-1"):  # Docker prints N/A for a size it did not compute
+        return 0
     match = _SIZE.match(text or "0B")
     if not match:
         raise ValueError(f"not a size: {text!r}")
@@ -56,16 +67,53 @@ class AppRow:
     largest: list[str]
 
 
+def docker_json(text: str, argv: list[str]) -> object:
+    """Docker's output as JSON; output that is not JSON is one error line naming the command."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        shown = repr(" ".join(text.split())[:60]) if text.strip() else "nothing"
+        raise OnevpsError(f"`{shlex.join(argv)}` printed no JSON (it printed {shown})",
+                          f"onevps needs Docker {MIN_DOCKER_VERSION} or newer; check `docker version`") from None
+
+
+def df_argv() -> list[str]:
+    """Docker's disk accounting per image, as one JSON object (same with the 20.10 and 28.x CLIs)."""
+    return commands.docker("system", "df", "--verbose", "--format", "{{json .}}")
+
+
+def df_images(df_json: str, argv: list[str] | None = None) -> list[dict]:
+    """The "Images" entries of `docker system df --verbose --format '{{json .}}'`; sizes stay strings."""
+    data = docker_json(df_json, argv or df_argv())
+    images = data.get("Images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise OnevpsError(f"`{shlex.join(argv or df_argv())}` printed JSON without an Images list",
+                          f"onevps needs Docker {MIN_DOCKER_VERSION} or newer; check `docker version`")
+    return images
+
+
+def _size_field(item: dict, key: str) -> int:
+    try:
+        return parse_size(str(item.get(key, "0B")))
+    except ValueError:
+        raise OnevpsError(f"docker system df: {key} {item.get(key)!r} of {item.get('ID', '?')[:19]} is not a size",
+                          f"onevps needs Docker {MIN_DOCKER_VERSION} or newer; check `docker version`") from None
+
+
 def image_rows(df_json: str, namespace: str) -> list[ImageRow]:
-    data = json.loads(df_json or "{}")
     rows = []
-    for item in data.get("Images") or []:
+    for item in df_images(df_json):
         repo, tag = item.get("Repository", ""), item.get("Tag", "")
         if not repo.startswith(namespace + "/"):
             continue
-        rows.append(ImageRow(f"{repo}:{tag}", parse_size(item.get("Size", "0B")),
-                             parse_size(item.get("UniqueSize", "0B")), parse_size(item.get("SharedSize", "0B"))))
+        rows.append(ImageRow(f"{repo}:{tag}", _size_field(item, "Size"), _size_field(item, "UniqueSize"),
+                             _size_field(item, "SharedSize")))
     return sorted(rows, key=lambda r: r.image)
+
+
+def unique_sizes(df_json: str) -> dict[str, int]:
+    """Image ID -> the bytes only that image holds (what removing it frees)."""
+    return {item.get("ID", ""): _size_field(item, "UniqueSize") for item in df_images(df_json)}
 
 
 def _image_size(runner: Runner, ref: str) -> int:
@@ -107,8 +155,7 @@ def report(runner: Runner, settings: Settings, reg: Registry, budget: int) -> di
         over = own > budget
         largest = largest_files(runner, ref, tiers.tier_image(settings, app.tier)) if over else []
         apps.append(AppRow(app.name, app.tier, size, own, over, largest))
-    df = runner.run(commands.docker("system", "df", "--verbose", "--format", "json"), "read docker's disk usage",
-                    mutates=False)
+    df = runner.run(df_argv(), "read docker's disk usage", mutates=False)
     uses_ml = any(a.tier == "ml" for a in apps)
     on_disk = (tier_size["ml"] if uses_ml else tier_size["base"]) + sum(a.own for a in apps)
     unlayered = sum(a.image for a in apps)

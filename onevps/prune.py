@@ -11,7 +11,6 @@ would free.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from . import commands, disk, tiers
@@ -99,8 +98,8 @@ def collect(runner: Runner, namespace: str) -> tuple[list[Image], set[str], dict
                       "list images", mutates=False).stdout.split()
     images: list[Image] = []
     if refs:
-        data = json.loads(runner.run(commands.docker("image", "inspect", *refs), "inspect images",
-                                     mutates=False).stdout)
+        inspect = commands.docker("image", "inspect", *refs)
+        data = disk.docker_json(runner.run(inspect, "inspect images", mutates=False).stdout, inspect)
         by_id: dict[str, dict] = {d["Id"]: d for d in data}
         for iid, d in by_id.items():
             tags = tuple(t for t in d.get("RepoTags") or [] if t.startswith(namespace + "/"))
@@ -111,12 +110,8 @@ def collect(runner: Runner, namespace: str) -> tuple[list[Image], set[str], dict
     if ids:
         in_use = set(runner.run(commands.docker("inspect", "--format", "{{.Image}}", *ids),
                                 "inspect containers", mutates=False).stdout.split())
-    df = runner.run(commands.docker("system", "df", "--verbose", "--format", "json"), "read disk usage",
-                    mutates=False).stdout
-    unique = {}
-    for item in json.loads(df or "{}").get("Images") or []:
-        unique[item.get("ID", "")] = disk.parse_size(item.get("UniqueSize", "0B"))
-    return images, in_use, unique
+    df = runner.run(disk.df_argv(), "read disk usage", mutates=False).stdout
+    return images, in_use, disk.unique_sizes(df)
 
 
 def prune(runner: Runner, settings: Settings, reg: Registry, keep: int, cache_limit_mb: int,

@@ -1,6 +1,7 @@
 """`inv disk`'s pure parts: Docker's human sizes, the image rows, the report text."""
 
 import json
+import re
 
 import pytest
 
@@ -103,3 +104,61 @@ def test_budget_bytes_and_check_budget():
             "apps": [{"app": "fat", "over_budget": True, "largest": ["/app/a.bin (9.0 MB)", "/app/b (1 MB)"]}]}
     with pytest.raises(disk.OnevpsError, match=r"over the 5 MB budget: fat \(largest files: fat: /app/a.bin"):
         disk.check_budget(over)
+
+
+# ------------------------------------- Docker's output, as each CLI prints it --
+
+FIXTURES = __import__("pathlib").Path(__file__).parent / "fixtures" / "docker"
+CLIS = ["20.10", "28.2"]  # Debian 12's docker.io, Docker's current CLI (fixtures/docker/README.md)
+
+
+def test_df_reads_a_json_template_every_cli_understands():
+    argv = disk.df_argv()
+    assert argv == ["docker", "system", "df", "--verbose", "--format", "{{json .}}"]
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_image_rows_from_real_df_output(cli):
+    rows = disk.image_rows((FIXTURES / f"df-{cli}.json").read_text(), "onevps")
+    assert [(r.image, r.size, r.unique, r.shared) for r in rows] == [
+        ("onevps/base:c-6f91ef1596ce", 186_000_000, 0, 185_500_000),
+        ("onevps/ml:c-b58f04ca7e0c", 1_580_000_000, 1_396_000_000, 185_500_000)]
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_unique_sizes_from_real_df_output(cli):
+    unique = disk.unique_sizes((FIXTURES / f"df-{cli}.json").read_text())
+    short = {iid[:19]: size for iid, size in unique.items()}
+    assert all(len(iid) == 71 for iid in unique)  # full sha256: IDs, as `docker image inspect` gives them
+    assert short == {"sha256:dc331b2df7c7": 1_396_000_000, "sha256:79d5f552e4fe": 0,
+                     "sha256:d6235696df1f": 20_640_000, "sha256:cd416b0c7779": 3_006}
+
+
+def test_the_20_10_cli_word_json_is_one_error_line_naming_the_command():
+    printed = (FIXTURES / "df-20.10-format-json.txt").read_text()
+    assert printed == "json"  # what `--format json` gives with the 20.10 CLI
+    argv = ["docker", "system", "df", "--verbose", "--format", "json"]
+    with pytest.raises(disk.OnevpsError) as err:
+        disk.df_images(printed, argv)
+    line = str(err.value)
+    assert "\n" not in line
+    assert "`docker system df --verbose --format json` printed no JSON (it printed 'json')" in line
+    assert f"Docker {disk.MIN_DOCKER_VERSION} or newer" in line and disk.MIN_DOCKER_VERSION == "20.10"
+
+
+@pytest.mark.parametrize("text, what", [("", "printed no JSON (it printed nothing)"),
+                                        ('{"Images": "x"}', "printed JSON without an Images list"),
+                                        ("[1, 2]", "printed JSON without an Images list")])
+def test_df_output_that_is_not_the_expected_json_is_one_line(text, what):
+    with pytest.raises(disk.OnevpsError, match=re.escape(what)) as err:
+        disk.image_rows(text, "onevps")
+    assert "\n" not in str(err.value)
+
+
+def test_sizes_docker_did_not_compute_count_as_zero_and_garbage_is_one_line():
+    assert disk.parse_size("N/A") == 0
+    df = '{"Images": [{"ID": "sha256:ab", "Repository": "onevps/kb", "Tag": "latest", "Size": "1MB", ' \
+         '"UniqueSize": "lots", "SharedSize": "N/A"}]}'
+    with pytest.raises(disk.OnevpsError, match=r"UniqueSize 'lots' of sha256:ab is not a size") as err:
+        disk.image_rows(df, "onevps")
+    assert "\n" not in str(err.value)

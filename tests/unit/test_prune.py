@@ -71,3 +71,64 @@ def test_recency_is_the_last_deploy_not_the_build_time():
     plan = plan_for(images, keep=2)
     assert plan.remove == ["onevps/kb:deploy-20261110000000", "onevps/kb:deploy-20261120000000"]
     assert "onevps/kb:deploy-20261126060300" in plan.kept
+
+
+# ------------------------------------- reading Docker, as each CLI prints it --
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from onevps import disk, prune  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures" / "docker"  # real output, see its README.md
+
+
+class DockerOutput:
+    """Answers onevps' read-only docker calls with captured output; refuses any other call."""
+
+    def __init__(self, df: str):
+        self.df, self.argvs = df, []
+
+    def run(self, argv, step, **kw):
+        self.argvs.append(list(argv))
+        if argv[:3] == ["docker", "image", "ls"]:
+            out = "onevps/base:c-6f91ef1596ce\nonevps/ml:c-b58f04ca7e0c\n"
+        elif argv[:3] == ["docker", "image", "inspect"]:
+            out = (FIXTURES / "image-inspect-20.10.json").read_text()
+        elif argv[:2] == ["docker", "ps"]:
+            out = ""
+        elif argv == disk.df_argv():
+            out = self.df
+        else:
+            raise AssertionError(f"unexpected command {argv}")
+        return type("R", (), {"ok": True, "stdout": out})()
+
+
+@pytest.mark.parametrize("cli", ["20.10", "28.2"])
+def test_collect_reads_real_output_of_both_clis(cli):
+    runner = DockerOutput((FIXTURES / f"df-{cli}.json").read_text())
+    images, in_use, unique = prune.collect(runner, "onevps")
+    assert {i.tags for i in images} == {("onevps/base:c-6f91ef1596ce", "onevps/base:latest"),
+                                        ("onevps/ml:c-b58f04ca7e0c", "onevps/ml:c-ccbc9819ed54", "onevps/ml:latest")}
+    ml = next(i for i in images if "onevps/ml:latest" in i.tags)
+    base = next(i for i in images if "onevps/base:latest" in i.tags)
+    assert ml.layers[:len(base.layers)] == base.layers and len(ml.layers) == len(base.layers) + 4  # the ML tier's 4 steps
+    assert in_use == set()
+    assert unique[ml.id] == 1_396_000_000 and unique[base.id] == 0
+    assert ["docker", "system", "df", "--verbose", "--format", "{{json .}}"] in runner.argvs
+
+
+def test_collect_with_df_output_that_is_not_json_is_one_error_line():
+    runner = DockerOutput((FIXTURES / "df-20.10-format-json.txt").read_text())
+    with pytest.raises(disk.OnevpsError) as err:
+        prune.collect(runner, "onevps")
+    assert "printed no JSON (it printed 'json')" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_image_inspect_output_that_is_not_json_is_one_error_line():
+    runner = DockerOutput("{}")
+    runner.run = lambda argv, step, **kw: type("R", (), {"ok": True, "stdout": (
+        "onevps/kb:latest\n" if argv[:3] == ["docker", "image", "ls"] else "Error: No such image")})()
+    with pytest.raises(disk.OnevpsError, match="`docker image inspect onevps/kb:latest` printed no JSON"):
+        prune.collect(runner, "onevps")
