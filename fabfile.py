@@ -11,6 +11,7 @@ from fabric import task
 
 from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes, remote
 from onevps import disk as recipes_disk
+from onevps import provision as recipes_provision
 from onevps.errors import OnevpsError, confirm, number_flag
 
 
@@ -27,10 +28,17 @@ def _check_target(app=None, tier=None):
         raise OnevpsError(f"unknown tier {tier!r}", "use --tier=base or --tier=ml")
 
 
-@task(help={"dry-run": "Print every remote command that would change something; change nothing."})
-def setup(c, dry_run=False):
-    """Make a fresh server ready: Docker + Compose v2, VPS_PATH, files, .env (mode 600), tier images."""
-    recipes.setup(_ctx(c, dry_run, secrets=True))
+@task(help={"ship": "Send the upstream images and the tiers from this machine over SSH instead of pulling and "
+                    "building them on the server.",
+            "swap": "Create and turn on a swap file /swapfile of this SIZE (e.g. 2G) if the server has none; "
+                    "kept in /etc/fstab.",
+            "dry-run": "Print every remote command that would change something (apt packages, files written); "
+                       "change nothing."})
+def setup(c, ship=False, swap=None, dry_run=False):
+    """Make a bare Debian/Ubuntu server ready: Docker + Compose v2 (DOCKER_INSTALL), log rotation, docker group, VPS_PATH, files, .env (mode 600), tiers."""
+    if swap is not None:
+        recipes_provision.parse_size(swap)  # a bad size is refused before connecting
+    recipes.setup(_ctx(c, dry_run, secrets=True), ship=ship, swap=swap)
 
 
 @task(help={"app": "Deploy just this app.",

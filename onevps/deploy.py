@@ -89,7 +89,12 @@ def inspect(c: Ctx, fmt: str, *refs: str, kind: str = "container") -> str | None
 
 
 def require_docker_on_server(c: Ctx) -> None:
-    if not c.run.run(commands.docker_info(), "docker info", check=False, mutates=False).ok:
+    info = c.run.run(commands.docker_info(), "docker info", check=False, mutates=False)
+    if not info.ok:
+        if "permission denied" in (info.stderr + info.stdout).lower():
+            user = getattr(c.conn, "user", None) or c.rs.vps_user
+            raise OnevpsError(f"VPS_USER {user} may not use Docker (permission denied on /var/run/docker.sock)",
+                              "run `fab setup` (adds it to the docker group)")
         raise OnevpsError(f"Docker does not answer on {c.rs.vps_host or 'the server'}", "run `fab setup` first")
     if not c.run.run(commands.compose_version(), "docker compose version", check=False, mutates=False).ok:
         raise OnevpsError("Docker Compose v2 is missing on the server", "run `fab setup` first")
@@ -408,35 +413,33 @@ def rollback(c: Ctx, app: str) -> None:
     locked(c, f"rollback {app}", body)
 
 
-def setup(c: Ctx) -> None:
-    """Make the server ready, idempotently."""
-    c.say(f"==> checking Docker on {c.rs.vps_host or 'the server'}")
-    if not c.run.run(commands.docker_info(), "docker info", check=False, mutates=False).ok:
-        c.say("==> installing Docker (Debian/Ubuntu: apt-get install docker.io)")
-        c.run.run(["sh", "-c", INSTALL_DOCKER], "install Docker on the server", hide=False,
-                  hint="install Docker Engine and the Compose v2 plugin by hand, then run `fab setup` again")
-    if not c.run.run(commands.compose_version(), "docker compose version", check=False, mutates=False).ok:
-        c.say("==> installing the Compose v2 plugin")
-        c.run.run(["sh", "-c", INSTALL_COMPOSE], "install Docker Compose v2 on the server", hide=False,
-                  hint="install the docker-compose-plugin package by hand, then run `fab setup` again")
-    require_room(c, missing_tiers(c, set(tiers.TIER_ORDER)), "setting up the server")
+def setup(c: Ctx, ship: bool = False, swap: str | None = None) -> None:
+    """Make the server ready, idempotently: Docker and Compose v2 (onevps.provision),
+    VPS_PATH, the files, .env, the tiers (shipped from here with ship), shared services."""
+    from . import provision
+
+    c.say(f"==> checking the server {c.rs.vps_host or ''}".rstrip())
+    report = provision.provision(provision.CtxHost(c), c.local.raw["DOCKER_INSTALL"], c.rs.vps_path, swap=swap)
+    if c.run.dry_run and not report.docker_usable:
+        c.say("[dry-run] Docker is not ready on the server yet: the files, tiers and shared services are "
+              "planned by a dry run once `fab setup` has prepared Docker")
+        return
+    if ship:
+        from . import ship as shipping
+
+        shipping.ship(c, tiers=True, upstream=True)
+    to_build = missing_tiers(c, set(tiers.TIER_ORDER))
+    require_room(c, to_build, "setting up the server")
     c.run.run(["mkdir", "-p", f"{c.rs.vps_path}/{remote.STATE_DIR}"], f"create {c.rs.vps_path}")
     sync(c, remote.SHARED_DIRS + ("apps",))
     sync_env(c)
+    if "ml" in to_build and (warning := provision.memory_warning(report.memory)):
+        c.say(warning)
     for tier in tiers.TIER_ORDER:
         ensure_tier(c, tier)
     c.say("==> starting the shared services (a changed entry is applied now)")
     ensure_shared(c, recreate_changed=True)
     c.say("==> the server is ready; next: fab deploy --all")
-
-
-INSTALL_DOCKER = ("set -e; command -v apt-get >/dev/null || { echo 'not Debian/Ubuntu: install Docker by hand' >&2; exit 2; }; "
-                  "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq docker.io; "
-                  "systemctl enable --now docker 2>/dev/null || (dockerd >/var/log/dockerd.log 2>&1 &); "
-                  "for i in $(seq 30); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done; exit 1")
-INSTALL_COMPOSE = ("set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; "
-                   "apt-get install -y -qq docker-compose-plugin || apt-get install -y -qq docker-compose-v2; "
-                   "docker compose version")
 
 
 # ------------------------------------------------------------ read-only views --
