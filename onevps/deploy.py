@@ -59,7 +59,7 @@ def open_ctx(local: Settings, connection: object | None, dry_run: bool, secrets:
     conn = remote.connect(server)
     for tier in tiers.TIER_ORDER:
         tiers.stage_inputs(local, tier)
-    tags = tiers.tag_env(local)
+    tags = tiers.tag_env(local, build=rs)  # the server builds with its own .env (TORCH_INDEX_URL, ...)
     runner = remote.RemoteRunner(conn, env=tags, dry_run=dry_run)
     return Ctx(local, rs, load_registry(local.compose_file), conn, runner, tags)
 
@@ -170,11 +170,27 @@ def sync_env(c: Ctx) -> bool:
 
 # ------------------------------------------------------------------ builds --
 
+def send_wheels(c: Ctx) -> remote.SyncPlan:
+    """The ML tier's staged wheels (dockerfiles/ml/wheels/, part of its tag) to the server, before it
+    builds that tier: only those missing there or different (sha256); wheels placed by hand stay."""
+    local = remote.local_files(c.local.root, (remote.WHEEL_DIR,), wheels=True)
+    remote_now = remote.remote_hashes(c.run, c.rs.vps_path, (remote.WHEEL_DIR,))
+    plan = remote.plan_sync(local, remote_now)
+    plan.delete = []
+    remote.apply_sync(c.conn, c.run, c.rs.vps_path, local, plan)
+    if plan.send:
+        c.say(f"==> sent {len(plan.send)} file(s) of {remote.WHEEL_DIR} for the ML tier build, {plan.bytes:,} bytes"
+              + (" (dry run: nothing sent)" if c.run.dry_run else ""))
+    return plan
+
+
 def ensure_tier(c: Ctx, tier: str, force: bool = False) -> None:
     if tier == "ml":
         ensure_tier(c, "base")
     if not force and inspect(c, "{{.Id}}", tier_ref(c, tier), kind="image"):
         return
+    if tier == "ml":
+        send_wheels(c)
     c.say(f"==> building the {tier} tier on the server: {tier_ref(c, tier)}")
     c.run.run(commands.build_tier(c.rs, tier), f"build the {tier} tier on the server", hide=False)
 

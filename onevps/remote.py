@@ -29,8 +29,12 @@ from .errors import CommandFailed, OnevpsError
 from .runner import Result, Runner
 
 # What `fab setup` and `fab deploy` keep in step on the server, relative to the
-# repository root. Local wheels are not sent (put them on the server yourself).
+# repository root. Wheels are left out of that sync: the ML tier's staged wheels
+# (WHEEL_DIR, ~200 MB for torch) are sent only when the server builds that tier
+# (`local_files(..., wheels=True)`), and wheels put on the server by hand are
+# never deleted.
 SHARED_DIRS = ("compose", "nginx", "dockerfiles")
+WHEEL_DIR = "dockerfiles/ml/wheels"
 EXCLUDE_SUFFIXES = (".whl", ".pyc")
 EXCLUDE_PARTS = ("__pycache__", ".pytest_cache", ".hypothesis")
 STATE_DIR = ".onevps"  # lock, journal, on the server under VPS_PATH
@@ -110,15 +114,18 @@ class RemoteRunner(Runner):
 
 # ------------------------------------------------------------------- sync --
 
-def local_files(root: Path, dirs: Iterable[str]) -> dict[str, Path]:
-    """Files to send, keyed by their POSIX path relative to the repository root."""
+def local_files(root: Path, dirs: Iterable[str], wheels: bool = False) -> dict[str, Path]:
+    """Files to send, keyed by their POSIX path relative to the repository root.
+
+    `wheels=True` keeps the .whl files (for WHEEL_DIR before an ML tier build)."""
     files: dict[str, Path] = {}
     for top in dirs:
         base = root / top
         if not base.exists():
             continue
         for path in sorted(base.rglob("*")):
-            if path.is_dir() or path.suffix in EXCLUDE_SUFFIXES or any(p in EXCLUDE_PARTS for p in path.parts):
+            excluded = path.suffix in EXCLUDE_SUFFIXES and not (wheels and path.suffix == ".whl")
+            if path.is_dir() or excluded or any(p in EXCLUDE_PARTS for p in path.parts):
                 continue
             files[path.relative_to(root).as_posix()] = path
     return files

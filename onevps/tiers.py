@@ -2,14 +2,27 @@
 
 A tier's content tag is `c-` + the first 12 hex digits of a SHA-256 over
 its build inputs (Dockerfile, requirements.txt, constraints.txt, extra CA certificates for
-the base tier; the ML tier also covers the base tag it is built on). A tier
-change is visible as a new tag; an app image's label `onevps.tier.image`
-names the tag it was built on.
+the base tier). The ML tier also covers the base tag it is built on and what
+decides which torch gets installed: TORCH_INDEX_URL, TORCH_CUDA and the
+wheels staged in dockerfiles/ml/wheels/ (name and size each). A tier change
+is visible as a new tag; an app image's label `onevps.tier.image` names the
+tag it was built on.
+
+Local files, the builder's settings: the build context always comes from
+this checkout (the server gets the same files), but a server build reads the
+server's .env, so `content_tag(local, tier, build=server_settings)` names what
+the server will install.
+
+Wheels count by name and size, not by a hash of their bytes: a wheel's name
+carries its project, version and local build (`torch-2.13.0+cpu-...`), the
+size tells a rebuilt wheel of the same name apart, and hashing ~200 MB on
+every `inv` call (tags are computed for each command) is not cheap.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -31,7 +44,25 @@ def _inputs(folder: Path, tier: str) -> list[Path]:
     return files
 
 
-def content_tag(settings: Settings, tier: str) -> str:
+def wheel_dir(settings: Settings) -> Path:
+    """Where the ML tier's local wheels are staged (bind-mounted by its Dockerfile)."""
+    return tier_dir(settings, "ml") / "wheels"
+
+
+def staged_wheels(settings: Settings) -> list[tuple[str, int]]:
+    """(name, size) of each wheel in dockerfiles/ml/wheels/, sorted."""
+    folder = wheel_dir(settings)
+    return sorted((p.name, p.stat().st_size) for p in folder.glob("*.whl") if p.is_file())
+
+
+def ml_settings(build: Settings) -> dict[str, str]:
+    """The builder's settings that decide what the ML tier installs (compose passes them as build args)."""
+    return {"TORCH_INDEX_URL": build.torch_index_url, "TORCH_CUDA": build.raw["TORCH_CUDA"]}
+
+
+def content_tag(settings: Settings, tier: str, build: Settings | None = None) -> str:
+    """The tier's tag from the files under settings.root, built with `build`'s
+    settings (default: the same settings; a server build passes the server's)."""
     folder = tier_dir(settings, tier)
     digest = hashlib.sha256()
     for path in _inputs(folder, tier):
@@ -41,7 +72,9 @@ def content_tag(settings: Settings, tier: str) -> str:
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     if tier == "ml":
-        digest.update(content_tag(settings, "base").encode())
+        digest.update(content_tag(settings, "base", build).encode())
+        chosen = {**ml_settings(build or settings), "wheels": staged_wheels(settings)}
+        digest.update(json.dumps(chosen, sort_keys=True).encode())
     return "c-" + digest.hexdigest()[:12]
 
 
@@ -54,9 +87,9 @@ def tier_image(settings: Settings, tier: str) -> str:
     return image(settings, tier, content_tag(settings, tier))
 
 
-def tag_env(settings: Settings) -> dict[str, str]:
-    """Variables the compose file uses to name tier tags."""
-    return {"BASE_TAG": content_tag(settings, "base"), "ML_TAG": content_tag(settings, "ml")}
+def tag_env(settings: Settings, build: Settings | None = None) -> dict[str, str]:
+    """Variables the compose file uses to name tier tags (`build`: see content_tag)."""
+    return {"BASE_TAG": content_tag(settings, "base", build), "ML_TAG": content_tag(settings, "ml", build)}
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:
@@ -86,7 +119,7 @@ def stage_inputs(settings: Settings, tier: str) -> list[str]:
             if _link_or_copy(crt, target / crt.name):
                 staged.append(f"extra-ca/{crt.name}")
     if tier == "ml" and settings.torch_wheel_dir:
-        target = tier_dir(settings, "ml") / "wheels"
+        target = wheel_dir(settings)
         for whl in sorted(settings.torch_wheel_dir.glob("*.whl")):
             if _link_or_copy(whl, target / whl.name):
                 staged.append(f"wheels/{whl.name}")

@@ -64,3 +64,45 @@ def test_image_names(s):
     assert tiers.image(s, "kb") == "onevps/kb:latest"
     assert tiers.tier_image(s, "base") == f"onevps/base:{tiers.content_tag(s, 'base')}"
     assert set(tiers.tag_env(s)) == {"BASE_TAG", "ML_TAG"}
+
+
+# ------------------------------- what decides the installed torch is in the ML tag --
+
+def _with(s, **env):
+    return load(root=s.root, environ=env)
+
+
+def test_ml_tag_covers_the_index_url_and_torch_cuda_but_base_does_not(s):
+    base, ml = tiers.content_tag(s, "base"), tiers.content_tag(s, "ml")
+    pypi = _with(s, TORCH_INDEX_URL="https://pypi.org/simple")
+    cuda = _with(s, TORCH_CUDA="on")
+    assert tiers.content_tag(pypi, "ml") != ml and tiers.content_tag(cuda, "ml") != ml
+    assert tiers.content_tag(pypi, "ml") != tiers.content_tag(cuda, "ml")
+    assert tiers.content_tag(pypi, "base") == tiers.content_tag(cuda, "base") == base
+    assert tiers.content_tag(_with(s, TORCH_CUDA="off"), "ml") == ml  # the default, spelled out
+
+
+def test_ml_tag_covers_the_staged_wheels_names_and_sizes(s):
+    ml = tiers.content_tag(s, "ml")
+    wheels = tiers.wheel_dir(s)
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"cpu wheel")
+    with_cpu = tiers.content_tag(s, "ml")
+    assert with_cpu != ml
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"cpu wheel, rebuilt")
+    assert tiers.content_tag(s, "ml") not in (ml, with_cpu)  # same name, other size
+    (wheels / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").rename(
+        wheels / "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl")
+    assert tiers.content_tag(s, "ml") not in (ml, with_cpu)  # same bytes, other name
+    (wheels / "notes.txt").write_text("not a wheel")
+    (wheels / "torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl").unlink()
+    assert tiers.content_tag(s, "ml") == ml  # only *.whl count
+    assert tiers.content_tag(s, "base") == tiers.content_tag(_with(s), "base")
+
+
+def test_a_server_build_is_tagged_with_the_servers_settings(s):
+    """Files from this checkout, TORCH_* from the settings the build runs with (the server's .env)."""
+    server = _with(s, TORCH_INDEX_URL="https://pypi.org/simple", TORCH_CUDA="on")
+    tags = tiers.tag_env(s, build=server)
+    assert tags["ML_TAG"] == tiers.content_tag(server, "ml") != tiers.content_tag(s, "ml")
+    assert tags["BASE_TAG"] == tiers.content_tag(s, "base")
+    assert tiers.tag_env(s) == tiers.tag_env(s, build=s)
