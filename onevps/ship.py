@@ -73,9 +73,10 @@ class ShipReport:
     tagged: list[str] = field(default_factory=list)  # of the skipped: names only tagged on the server
     bytes_sent: int = 0
     seconds: float = 0.0
+    images_sent: int = 0  # distinct images in the stream (one image may carry several server names)
 
     def line(self) -> str:
-        return (f"shipped {len(self.shipped)} image(s) ({disk.human(self.bytes_sent)}) in {self.seconds:.1f} s; "
+        return (f"shipped {self.images_sent} image(s) ({disk.human(self.bytes_sent)}) in {self.seconds:.1f} s; "
                 f"{len(self.skipped)} already there" + (f" ({len(self.tagged)} only tagged)" if self.tagged else ""))
 
 
@@ -242,6 +243,7 @@ def stream(source, channel: Channel, total: int, count: int, say: Callable[[str]
            clock: Callable[[], float] = time.monotonic, chunk: int = CHUNK) -> Streamed:
     """Copy `source` (a file-like, e.g. `docker save` stdout) into `channel` (remote
     `docker load`'s stdin), printing progress every PROGRESS_SECONDS or 10%.
+    (A 10% line needs half that time since the last line: no bursts of lines.)
     Raises TransferFailed when the server side ends or the connection drops mid-stream."""
     out, err = bytearray(), bytearray()
 
@@ -265,17 +267,21 @@ def stream(source, channel: Channel, total: int, count: int, say: Callable[[str]
             break
         if channel.exit_status_ready():  # docker load ended before the stream did
             drain()
-            raise TransferFailed(_last_line(err.decode(errors="replace")) or "docker load ended early", sent)
+            reason = _last_line(err.decode(errors="replace")) or _last_line(out.decode(errors="replace"))
+            raise TransferFailed(reason or f"docker load ended early (exit {channel.recv_exit_status()})", sent)
         try:
             channel.sendall(data)
         except (OSError, EOFError) as exc:
             drain()
-            raise TransferFailed(_last_line(err.decode(errors="replace")) or f"connection lost: {exc}", sent) from None
+            reason = _last_line(err.decode(errors="replace"))
+            if not reason and channel.exit_status_ready():
+                reason = f"docker load ended early (exit {channel.recv_exit_status()})"
+            raise TransferFailed(reason or f"connection lost: {exc}", sent) from None
         sent += len(data)
         drain()
         now = clock()
         step = min(9, sent * 10 // total) if total else 0
-        if now - last >= PROGRESS_SECONDS or step > tenth:
+        if now - last >= PROGRESS_SECONDS or (step > tenth and now - last >= PROGRESS_SECONDS / 2):
             say(progress_line(count, sent, total, now - start))
             last, tenth = now, step
     try:
@@ -392,6 +398,7 @@ def ship(c: deploy.Ctx, *, tiers: bool = False, upstream: bool = False, app: str
               f"{len(p.skip) + len(p.tag)} already there; nothing sent")
         report.skipped += [n for _, n in p.tag]
         report.tagged = [n for _, n in p.tag]
+        report.seconds = time.monotonic() - t0
         return report
 
     # 4. send what is missing: one docker save | docker load
@@ -400,7 +407,7 @@ def ship(c: deploy.Ctx, *, tiers: bool = False, upstream: bool = False, app: str
         c.say(f"==> shipping {len(refs)} image(s) (~{disk.human(p.bytes)}) to the server: "
               + ", ".join(w.local for w, _ in p.send))
         streamed = _transfer(c, refs, p.bytes, open_channel or _open_load, start_save or _start_save)
-        report.bytes_sent = streamed.sent
+        report.bytes_sent, report.images_sent = streamed.sent, len(refs)
         report.shipped = [n for w, _ in p.send for n in w.remote]
     # 5. names: tag-only images and the server names of what was sent
     for image_id, name in [*p.tag, *p.tag_after]:

@@ -293,9 +293,16 @@ def test_stream_counts_bytes_and_prints_progress_by_tenths():
     said, t = [], iter(range(1000))
     chan = FakeChannel()
     res = ship.stream(io.BytesIO(b"y" * 1000), chan, total=1000, count=2, say=said.append,
-                      clock=lambda: next(t) * 0.01, chunk=100)
+                      clock=lambda: next(t) * 1.0, chunk=100)
     assert res.sent == 1000 and res.exit_status == 0 and res.stdout == "Loaded image ID: x\n"
-    assert len(said) == 9 and said[0] == "    shipping 2 image(s): 100 B of ~1.0 kB, 10.0 kB/s"
+    assert len(said) == 9 and said[0] == "    shipping 2 image(s): 100 B of ~1.0 kB, 100 B/s"
+
+
+def test_stream_does_not_burst_lines_on_a_fast_link():
+    said, t = [], iter(range(1000))
+    ship.stream(io.BytesIO(b"y" * 1000), FakeChannel(), total=1000, count=1, say=said.append,
+                clock=lambda: next(t) * 0.25, chunk=100)
+    assert [line.split(": ")[1].split(" of")[0] for line in said] == ["400 B", "800 B"]  # every 1 s, not 10 lines
 
 
 def test_stream_prints_every_two_seconds_when_slow():
