@@ -30,8 +30,8 @@ def _check_target(app=None, tier=None):
 
 @task(help={"ship": "Send the upstream images and the tiers from this machine over SSH instead of pulling and "
                     "building them on the server.",
-            "swap": "Create and turn on a swap file /swapfile of this SIZE (e.g. 2G) if the server has none; "
-                    "kept in /etc/fstab.",
+            "swap": "Make sure a swap file /swapfile of this SIZE (e.g. 2G) exists and is on (idempotent; "
+                    "added to /etc/fstab once).",
             "dry-run": "Print every remote command that would change something (apt packages, files written); "
                        "change nothing."})
 def setup(c, ship=False, swap=None, dry_run=False):

@@ -252,7 +252,7 @@ def plan_packages(plan: Sequence[Step]) -> list[str]:
 
 
 def daemon_json_text() -> str:
-    return json.dumps(DAEMON_CONFIG, indent=2) + "\n"
+    return json.dumps(DAEMON_CONFIG) + "\n"  # one line: readable in a dry run
 
 
 def daemon_json_step() -> Step:
@@ -362,6 +362,7 @@ class Provisioner:
         self._sudo_ok = False
         self._docker_sudo = False  # the docker group could not take effect in this run
         self._systemd = False
+        self._copied = False
 
     # ---------------------------------------------------------- primitives --
     def say(self, msg: str) -> None:
@@ -458,7 +459,7 @@ class Provisioner:
                                  "DOCKER_INSTALL=docker-repo")
         if not engine:
             self.say(f"==> Docker: {engine2} installed")
-        if not compose:
+        if not compose and not self._copied:
             self.say(f"==> Compose v2: {compose2} installed")
         r.docker_version, r.compose_version = engine2, compose2
         return not engine, running_before
@@ -492,6 +493,7 @@ class Provisioner:
         self.priv(Step(f"install the Compose v2 plugin as {target} (mode 755)",
                        ("sh", "-c", INSTALL_PLUGIN, "sh", tmp, PLUGIN_DIR)))
         self.say(f"==> Compose v2: installed by copying this machine's plugin ({version})")
+        self._copied = True
 
     def log_rotation(self) -> bool:
         """daemon.json only when absent (never overwritten); True when written now."""
@@ -512,6 +514,7 @@ class Provisioner:
                 self.say("==> log rotation takes effect at Docker's next restart (Docker was already running; "
                          "onevps does not restart it under running apps)")
             elif wrote_daemon_json and active:  # started by the package install just now
+                self.say("==> Docker engine: restarting it so the log rotation applies (nothing runs on it yet)")
                 self.priv(Step("restart Docker (log rotation)", ("systemctl", "restart", "docker")))
                 active = True
             if enabled and active:
@@ -579,7 +582,8 @@ class Provisioner:
         self.priv(Step(f"create {path}", ("mkdir", "-p", path)))
         if not r.root:
             self.priv(Step(f"give {path} to {r.user}", ("chown", f"{r.user}:", path)))
-        self.say(f"==> VPS_PATH: {path} created" + ("" if r.root else f" (owned by {r.user})"))
+        self.say(f"==> VPS_PATH: {path} {'would be ' if self.host.dry_run else ''}created"
+                 + ("" if r.root else f" (owned by {r.user})"))
 
     def swap(self) -> None:
         if self.swap_mib is None:
