@@ -670,6 +670,8 @@ class SudoDockerRunner(remote.RemoteRunner):
     the environment, so the variables go after it). For a user whose new docker group
     membership cannot take effect in this run."""
 
+    docker_prefix = ("sudo", "-n")  # read by onevps.ship for its streamed `docker load`
+
     def run(self, argv, step, *, hide=True, check=True, hint=None, env=None, mutates=True):
         argv = [str(a) for a in argv]
         if not argv or argv[0] != "docker":
