@@ -6,7 +6,7 @@
 #
 #   bash .ci/standins/build.sh [--force] [--serial] [NAME...]
 #
-# NAME is one of: debian python nginx redis chroma ollama certbot pebble (default: all; the
+# NAME is one of: debian python nginx redis chroma ollama certbot pebble bare (default: all; the
 # images a NAME is built FROM are built too). An image whose label
 # onevps.standin.hash already equals the hash of its build inputs is skipped,
 # unless --force, which rebuilds without the layer cache (as on a new machine).
@@ -29,7 +29,7 @@ for arg in "$@"; do
         --force) FORCE=1 ;;
         --serial) PARALLEL=0 ;;
         -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        debian|python|nginx|redis|chroma|ollama|certbot|pebble) WANT+=("$arg") ;;
+        debian|python|nginx|redis|chroma|ollama|certbot|pebble|bare) WANT+=("$arg") ;;
         *) echo "[standins] unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -44,6 +44,7 @@ declare -A TAGS=(
     [ollama]="ollama/ollama:0.9.6"
     [certbot]="certbot/certbot:v2.11.0"
     [pebble]="onevps-standin/pebble:2.4.0"
+    [bare]="onevps-standin/bare-server:bookworm"
 )
 declare -A PARENT=(
     [debian]=""
@@ -54,6 +55,7 @@ declare -A PARENT=(
     [ollama]="python"
     [certbot]="debian"
     [pebble]="debian"
+    [bare]="debian"
 )
 
 log() { echo "[standins] $*"; }
@@ -85,7 +87,7 @@ inputs_hash() {
         fi
         case "$name" in
             debian) echo "suite=${DEBIAN_SUITE:-bookworm} mirror=${DEBIAN_MIRROR:-} sec=${DEBIAN_SECURITY_MIRROR:-}" ;;
-            chroma) extra_cas | while read -r f; do sha256sum < "$f"; done ;;
+            chroma|bare) extra_cas | while read -r f; do sha256sum < "$f"; done ;;
         esac
     } | sha256sum | cut -c1-32
 }
@@ -132,8 +134,9 @@ build_dockerfile() {
     ctx=$(mktemp -d "${TMPDIR:-/tmp}/onevps-standin-ctx.XXXXXX") || return 1
     cp -a "$HERE/$name/." "$ctx/" || rc=1
     find "$ctx" -depth -type d -name __pycache__ -exec rm -rf {} + || rc=1
-    if [ "$rc" = 0 ] && [ "$name" = chroma ]; then
-        # pip in this build must trust the proxy CA of the build machine
+    if [ "$rc" = 0 ] && { [ "$name" = chroma ] || [ "$name" = bare ]; }; then
+        # chroma: pip in this build must trust the proxy CA of the build machine;
+        # bare: the server's apt and curl trust it as a user's server trusts the internet
         mkdir -p "$ctx/certs" || rc=1
         while read -r f; do cp "$f" "$ctx/certs/" || rc=1; done < <(extra_cas)
     fi
@@ -189,7 +192,7 @@ select_with_parents() {
     local n=$1
     while [ -n "$n" ]; do SELECTED[$n]=1; n=${PARENT[$n]}; done
 }
-if [ ${#WANT[@]} -eq 0 ]; then WANT=(debian python nginx redis chroma ollama certbot pebble); fi
+if [ ${#WANT[@]} -eq 0 ]; then WANT=(debian python nginx redis chroma ollama certbot pebble bare); fi
 for n in "${WANT[@]}"; do select_with_parents "$n"; done
 sel() { [ -n "${SELECTED[$1]:-}" ]; }
 
@@ -203,14 +206,14 @@ if [ "$PARALLEL" = 1 ]; then
     # Mostly network-bound (apt, PyPI): overlap the independent branches.
     pids=()
     chain python chroma & pids+=($!)
-    chain nginx redis certbot pebble & pids+=($!)
+    chain nginx redis certbot pebble bare & pids+=($!)
     fail=0
     for p in "${pids[@]}"; do wait "$p" || fail=1; done
     # ollama needs python; it is quick, so it waits for the python branch above.
     [ "$fail" = 0 ] || die "some stand-in images failed to build"
     chain ollama
 else
-    chain python nginx redis chroma ollama certbot pebble
+    chain python nginx redis chroma ollama certbot pebble bare
 fi
 # Stand-ins replaced by a rebuild are left untagged: remove them by id once no
 # container or image uses them (docker refuses until then; the ids wait in
