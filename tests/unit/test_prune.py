@@ -1,5 +1,10 @@
 """The pruning rules, as a pure function: what goes, what stays."""
 
+from pathlib import Path
+
+import pytest
+
+from onevps import disk, prune
 from onevps.prune import Image, select
 
 NS = "onevps"
@@ -74,12 +79,6 @@ def test_recency_is_the_last_deploy_not_the_build_time():
 
 
 # ------------------------------------- reading Docker, as each CLI prints it --
-
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from onevps import disk, prune  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "docker"  # real output, see its README.md
 
