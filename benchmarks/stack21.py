@@ -299,8 +299,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="onevps-bench-") as tmp:
         work = Path(tmp)
         repo = work / "onevps"
+        # Staged wheels come along (hard-linked): the ML tier's content tag covers them.
         shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.whl", ".env", "results"))
+            ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".env", "results"),
+            copy_function=lambda src, dst: os.link(src, dst) if src.endswith(".whl") else shutil.copy2(src, dst))
         if (ROOT / ".env").exists():  # proxy CA, wheel folder: the developer's build inputs
             shutil.copy(ROOT / ".env", repo / ".env")
         say("growing a copy of this checkout to 21 apps")

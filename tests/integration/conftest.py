@@ -176,6 +176,28 @@ def http(settings, app: str | None, path: str, method: str = "GET", payload=None
         return Response(err.code, {k.lower(): v for k, v in err.headers.items()}, err.read())
 
 
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", ".env")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link big wheels (the torch wheel is ~190 MB); copy everything else."""
+    if src.endswith(".whl"):
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+
+
+def copy_repo(dest: Path) -> Path:
+    """A working copy of the repository for a test to change freely. The wheels
+    staged in dockerfiles/ml/wheels come along (hard-linked): the ML tier's
+    content tag covers them, so the copy names the tier images the session built."""
+    shutil.copytree(ROOT, dest, ignore=COPY_IGNORE, copy_function=_link_or_copy)
+    return dest
+
+
 def docker(*args: str) -> str:
     res = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"docker {' '.join(args)} failed: {res.stderr}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 
 from onevps import config, loadgen, tiers
 
-from .conftest import ROOT, docker, http
+from .conftest import copy_repo, docker, http
 from .sshd import SshdError, local_sshd
 
 pytestmark = pytest.mark.docker
@@ -65,17 +64,19 @@ def _remove_volumes() -> None:
 def repo(tmp_path_factory, built_images, settings, sshd):
     base = tmp_path_factory.mktemp("deploy")
     copy = base / "onevps"
-    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.whl", ".env"))
+    copy_repo(copy)
     (copy / ".env.vps").write_text(SERVER_ENV)
     _remove_volumes()
     # The "server" shares this machine's engine: give it the tier images the
     # session built (through Compose), as a server that ran `fab setup` before
-    # has them. Building torch there would need PyTorch's index, out of reach here.
-    tags = tiers.tag_env(config.load(root=copy, environ={}))
+    # has them, under the tags the server's own settings give them (the ML tag
+    # covers the server's TORCH_INDEX_URL). Building torch there would need
+    # PyTorch's index, out of reach here.
+    server_settings = config.load(root=copy, environ={}, env_file=copy / ".env.vps")
+    tags = tiers.tag_env(config.load(root=copy, environ={}), build=server_settings)
     for tier, tag in (("base", tags["BASE_TAG"]), ("ml", tags["ML_TAG"])):
-        docker("tag", f"{settings.image_namespace}/{tier}:{tag}", f"onevps-deploy/{tier}:{tag}")
-        docker("tag", f"{settings.image_namespace}/{tier}:{tag}", f"onevps-deploy/{tier}:latest")
+        docker("tag", tiers.tier_image(settings, tier), f"onevps-deploy/{tier}:{tag}")
+        docker("tag", tiers.tier_image(settings, tier), f"onevps-deploy/{tier}:latest")
     env = {
         "VPS_HOST": "127.0.0.1", "VPS_PORT": str(SSH_PORT), "VPS_USER": "root", "VPS_SSH_KEY": str(sshd),
         "VPS_PATH": str(base / "vps"), "VPS_ENV_FILE": ".env.vps", "TORCH_WHEEL_DIR": "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ import pytest
 from onevps import config, registry
 from onevps.registry import SHARED, SHARED_SERVICES
 
-from .conftest import ROOT, docker, http
+from .conftest import copy_repo, docker, http
 
 pytestmark = pytest.mark.docker
 
@@ -42,8 +41,7 @@ def inv_in(repo, *args, timeout=1800):
 @pytest.fixture(scope="module")
 def scale_repo(tmp_path_factory, built_images):
     repo = tmp_path_factory.mktemp("scale") / "onevps"
-    shutil.copytree(ROOT, repo, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.whl", ".env"))
+    copy_repo(repo)
     yield repo
     inv_in(repo, "down", "--volumes")
 
