@@ -100,8 +100,17 @@ def select(local: Settings, server: Settings, tags: dict[str, str], compose_data
     """What the server should end up with (pure). Server names use the server's namespace."""
     wanted: list[Wanted] = []
     if tiers_:
+        here = tiers.tag_env(local)
         for tier in tiers.TIER_ORDER:
-            tag = tags["BASE_TAG" if tier == "base" else "ML_TAG"]
+            key = "BASE_TAG" if tier == "base" else "ML_TAG"
+            tag = tags[key]
+            if here[key] != tag:
+                # The tag names what a build installs (TORCH_INDEX_URL, TORCH_CUDA): the tier
+                # built here is not the one the server's settings ask for.
+                raise OnevpsError(f"the {tier} tier built here ({here[key]}) is not the one the server's settings "
+                                  f"describe ({tag}): TORCH_INDEX_URL or TORCH_CUDA differ between "
+                                  f"{local.env_file.name if local.env_file else 'your settings'} and VPS_ENV_FILE",
+                                  "give both the same values, or build the tiers on the server (`fab setup` without --ship)")
             ns = server.image_namespace
             # Apps build FROM <ns>/<tier>:<tag>; the tier services name <ns>/<tier>:latest.
             wanted.append(Wanted(tiers.image(local, tier, tag), (f"{ns}/{tier}:{tag}", f"{ns}/{tier}:latest"),

@@ -336,3 +336,18 @@ def test_a_load_failing_at_the_end_names_the_servers_last_line(tmp_path):
     with pytest.raises(OnevpsError, match=r"^error: docker load on the server failed \(exit 1\): unexpected EOF "):
         ship.ship(c, upstream=True, local_runner=here, open_channel=lambda _: chan, start_save=FakeSave(b"a"))
     assert not any(x.startswith("docker tag") for x in run.calls)  # nothing named after a failed load
+
+
+def test_a_tier_built_with_other_torch_settings_than_the_servers_is_refused(tmp_path):
+    """The ML tag names what a build installs: shipping the tier built here under a tag the
+    server's settings give to another build would be a lie. One line, nothing sent."""
+    local, rs = settings(tmp_path)
+    server_tags = tiers.tag_env(local, build=config.load(root=ROOT, environ={"TORCH_INDEX_URL": "https://pypi.org/simple"},
+                                                          env_file=ROOT / ".env.example"))
+    assert server_tags["ML_TAG"] != tiers.tag_env(local)["ML_TAG"]
+    with pytest.raises(OnevpsError, match=r"the ml tier built here \(c-[0-9a-f]{12}\) is not the one the server's "
+                                          r"settings describe .*TORCH_INDEX_URL or TORCH_CUDA differ"):
+        ship.select(local, rs, server_tags, composefile.load(local.compose_file), tiers_=True)
+    # the same settings on both sides: selected under the server's names
+    wanted = ship.select(local, rs, tiers.tag_env(local), composefile.load(local.compose_file), tiers_=True)
+    assert [w.remote[0].split(":")[0] for w in wanted] == ["prod/base", "prod/ml"]
