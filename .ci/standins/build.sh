@@ -206,7 +206,8 @@ if [ "$PARALLEL" = 1 ]; then
     # Mostly network-bound (apt, PyPI): overlap the independent branches.
     pids=()
     chain python chroma & pids+=($!)
-    chain nginx redis certbot pebble bare & pids+=($!)
+    chain nginx redis certbot pebble & pids+=($!)
+    chain bare & pids+=($!)   # apt only (~25-40 s); needs nothing but debian
     fail=0
     for p in "${pids[@]}"; do wait "$p" || fail=1; done
     # ollama needs python; it is quick, so it waits for the python branch above.
