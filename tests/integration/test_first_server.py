@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from ruamel.yaml import YAML
 from onevps import config, tiers
 
 from . import bare
-from .conftest import ROOT
+from .conftest import ROOT, copy_repo
 
 pytestmark = pytest.mark.docker
 
@@ -175,9 +174,7 @@ def first(tmp_path_factory, built_images, settings):
     if problem:
         pytest.fail(f"the first-server test needs a bare server; it never skips: {problem}", pytrace=False)
     base = tmp_path_factory.mktemp("first-server")
-    shutil.copytree(ROOT, base / "onevps", ignore=shutil.ignore_patterns(
-        ".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "*.whl", ".env", "backups"))
-    (base / "onevps" / ".env.server").write_text("")  # filled below, once the secrets exist
+    copy_repo(base / "onevps")  # staged wheels come along: the ML tier's tag covers them
     key, pub = bare.make_key(base / "ssh")
     with bare.bare_server(SERVER_NAME, pub, key=key) as server:
         fs = FirstServer(base, server, key, pub)
@@ -248,7 +245,8 @@ def test_c_every_app_answers_through_the_servers_nginx(first):
         assert status == 200, (app, status, body[:300])
         assert f'"app":"{app}"' in body.decode().replace(" ", ""), (app, body[:300])
         lines.append(f"{app}.{DOMAIN} -> {status} {body[:120].decode(errors='replace')}")
-    first.note(f"$ curl -H 'Host: <app>.{DOMAIN}' http://{first.server.ip}/health   # each app\n" + "\n".join(lines) + "\n")
+    first.note(f"$ curl -H 'Host: <app>.{DOMAIN}' http://{first.server.ip}/health   # each app\n"
+               + "\n".join(lines) + "\n")
 
 
 def test_d_setup_again_changes_nothing(first):
