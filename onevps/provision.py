@@ -573,11 +573,15 @@ class Provisioner:
     def workdir(self) -> None:
         r, path = self.report, self.vps_path
         if self.probe(["test", "-d", path], f"is there a {path}").ok:
-            if r.root or self.probe(["test", "-w", path], f"may {r.user} write {path}").ok:
+            # A non-root user needs all of it (lock, journal, files sent by an earlier
+            # `fab setup` as root), not just the top folder.
+            foreign = "" if r.root else self.probe(
+                ["find", path, "!", "-user", r.user, "-print", "-quit"], f"is all of {path} {r.user}'s").stdout.strip()
+            if not foreign:
                 self.say(f"==> VPS_PATH: {path} exists")
                 return
-            self.priv(Step(f"give {path} to {r.user}", ("chown", f"{r.user}:", path)))
-            self.say(f"==> VPS_PATH: {path} now belongs to {r.user}")
+            self.priv(Step(f"give {path} and everything in it to {r.user}", ("chown", "-R", f"{r.user}:", path)))
+            self.say(f"==> VPS_PATH: {path} {'would be' if self.host.dry_run else 'now'} {r.user}'s, with everything in it")
             return
         self.priv(Step(f"create {path}", ("mkdir", "-p", path)))
         if not r.root:

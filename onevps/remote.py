@@ -224,13 +224,19 @@ def acquire_lock(runner: Runner, settings: Settings, what: str) -> None:
     """mkdir is atomic: exactly one deploy gets the lock; the other is told who holds it."""
     holder = json.dumps({"holder": whoami(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "what": what})
     path = lock_dir(settings)
-    script = 'mkdir -p "$(dirname "$1")" && mkdir "$1" 2>/dev/null && printf "%s\\n" "$2" > "$1/holder"'
+    script = 'mkdir -p "$(dirname "$1")" && mkdir "$1" && printf "%s\\n" "$2" > "$1/holder"'
     if runner.dry_run:
         runner.say(f"[dry-run] take the deploy lock {path}")
         return
     res = runner.run(["sh", "-c", script, "sh", path, holder], "take the deploy lock", check=False)
     if res.ok:
         return
+    if not runner.run(["test", "-d", path], "is the deploy lock held", check=False, mutates=False).ok:
+        # Not held: the lock could not be made (permissions, a full disk); say why.
+        reason = (res.stderr or res.stdout).strip().splitlines()
+        raise OnevpsError(f"cannot take the deploy lock {path}: {reason[-1] if reason else f'exit {res.exited}'}",
+                          f"VPS_USER must be able to write {settings.vps_path}: run `fab setup` as that user "
+                          "(it hands VPS_PATH over), and check the server's free space")
     info = runner.run(["cat", f"{path}/holder"], "read the deploy lock", check=False, mutates=False)
     try:
         data = json.loads(info.stdout)

@@ -275,4 +275,11 @@ def test_e_a_sudo_user_is_added_to_the_docker_group_and_can_run_fab(first):
     for app in apps() + ["nginx", "redis"]:
         assert f"{PROJECT}-{app}-1" in res.stdout, (app, res.stdout)
     first.note(f"# fab status as deploy listed {res.stdout.count(PROJECT + '-')} containers of {PROJECT}")
+    # The server was set up as root first: the deploy user now owns all of VPS_PATH (lock, journal,
+    # files) and deploys an app like root did.
+    assert first.on_server(f"find {VPS_PATH} ! -user deploy -print -quit").strip() == ""
+    res = first.fab("deploy", "--app=portfolio", user="deploy")
+    assert res.returncode == 0, failed(res)
+    status, body = first.get("portfolio", "/health")
+    assert status == 200 and b"portfolio" in body, (status, body[:300])
     print(f"\n---- transcript ({first.file}) ----\n" + first.file.read_text())

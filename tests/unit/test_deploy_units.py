@@ -41,7 +41,8 @@ def test_remote_runner_dry_run_prints_the_whole_remote_command(capsys):
 
 def test_lock_refusal_names_holder_and_since():
     holder = json.dumps({"holder": "alice@laptop", "since": "2026-11-26T10:00:00+0000", "what": "deploy kb"})
-    ctx = MockContext(run=[Result(exited=1), Result(holder)])
+    ctx = MockContext(run=[Result(exited=1, stderr="mkdir: cannot create directory: File exists"), Result(""),
+                           Result(holder)])
     s = config.load(root=ROOT, environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
     with pytest.raises(OnevpsError) as err:
         remote.acquire_lock(remote.RemoteRunner(ctx), s, "deploy portfolio")
@@ -50,6 +51,18 @@ def test_lock_refusal_names_holder_and_since():
                                  "or run `fab unlock` if it is stale)")
     first = ctx.run.call_args_list[0].args[0]
     assert shlex.split(first)[:2] == ["sh", "-c"] and "/srv/apps/.onevps/deploy.lock" in first
+
+
+def test_a_lock_that_cannot_be_made_says_why_not_another_deploy():
+    """VPS_PATH not writable by VPS_USER (e.g. set up as root before): not "another deploy is running"."""
+    denied = "mkdir: cannot create directory '/srv/apps/.onevps/deploy.lock': Permission denied"
+    ctx = MockContext(run=[Result(exited=1, stderr=denied), Result(exited=1)])
+    s = config.load(root=ROOT, environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
+    with pytest.raises(OnevpsError) as err:
+        remote.acquire_lock(remote.RemoteRunner(ctx), s, "deploy portfolio")
+    assert err.value.message == (f"error: cannot take the deploy lock /srv/apps/.onevps/deploy.lock: {denied} "
+                                 "(hint: VPS_USER must be able to write /srv/apps: run `fab setup` as that user "
+                                 "(it hands VPS_PATH over), and check the server's free space)")
 
 
 def test_sync_plan_sends_changed_and_deletes_removed_but_never_wheels(tmp_path):

@@ -319,6 +319,8 @@ class FakeServer:
             if path not in self.paths:
                 return no
             return ok if a[1] == "-d" or self.user == "root" or self.owner.get(path) == self.user else no
+        if a[:1] == ["find"] and a[2:4] == ["!", "-user"]:  # anything in VPS_PATH not the user's?
+            return (0, "" if self.owner.get(a[1]) == a[4] else a[1] + "\n", "")
         if a[:1] == ["mktemp"]:
             self.tmp = "/tmp/onevps-compose.Ab12Cd"
             return 0, self.tmp + "\n", ""
@@ -357,7 +359,7 @@ class FakeServer:
             if a[0] == "mkdir":
                 self.paths.add(a[-1])
             else:
-                self.owner[a[-1]] = a[1].rstrip(":")
+                self.owner[a[-1]] = a[-2].rstrip(":")
             return ok
         if a[:2] == ["sh", "-c"] or a[:1] in (["mkswap"], ["swapon"]):
             return ok  # swap: recorded, never real
@@ -443,6 +445,12 @@ def test_non_root_user_not_in_the_docker_group(tmp_path):
     run(server, "distro", tmp_path)
     assert server.mutating() == ["sudo -n usermod -aG docker ann", "sudo -n mkdir -p /opt/apps",
                                  "sudo -n chown ann: /opt/apps"]
+    # set up by root earlier: all of VPS_PATH is handed over, not just the top folder
+    server.owner["/opt/apps"] = "root"
+    server.sent = []
+    run(server, "distro", tmp_path)
+    assert server.mutating() == ["sudo -n chown -R ann: /opt/apps"]
+    assert "==> VPS_PATH: /opt/apps now ann's, with everything in it" in server.said
     assert "sudo -n true" in [cmd for cmd, _ in server.sent]
     assert server.reconnects == 1 and not server.docker_via_sudo
     assert ("==> ann added to the docker group; a new login is needed for it to take effect: onevps reconnects now"
