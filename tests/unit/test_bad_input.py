@@ -27,6 +27,7 @@ INV_TASKS = [
 FAB_TASKS = [
     ["setup"], ["deploy", "--app=kb"], ["deploy", "--all"], ["rollback", "--app=kb"], ["history"], ["status"],
     ["logs", "--app=kb"], ["unlock"], ["backup"], ["disk"], ["prune"], ["swarm-deploy"], ["swarm-status"],
+    ["setup", "--ship"], ["ship", "--upstream"], ["ship", "--tiers", "--dry-run"],
 ]
 
 
@@ -95,7 +96,7 @@ def test_malformed_env_is_one_line_naming_the_key(tool, args, tmp_path, unchange
     ("inv", ["build", "--app", "nope"]), ("inv", ["restart", "--app", "nope"]), ("inv", ["logs", "--app", "nope"]),
     ("inv", ["up", "--app", "nope"]), ("inv", ["remove-app", "nope", "--yes"]),
     ("fab", ["deploy", "--app=nope"]), ("fab", ["rollback", "--app=nope"]), ("fab", ["logs", "--app=nope"]),
-    ("fab", ["history", "--app=nope"]), ("inv", ["swarm-deploy", "--app", "nope"]),
+    ("fab", ["history", "--app=nope"]), ("inv", ["swarm-deploy", "--app", "nope"]), ("fab", ["ship", "--app=nope"]),
     ("fab", ["swarm-deploy", "--app=nope"]),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_unknown_app_lists_the_known_ones(tool, args, tmp_path, unchanged):
@@ -175,6 +176,8 @@ def test_a_bad_server_secret_is_refused_before_connecting(args, case, tmp_path, 
     ("inv", ["disk", "--budget", "0"], "error: --budget=0 is not a positive number of MB"),
     ("fab", ["logs", "--app=kb", "--tail=x"], "error: --tail=x is not a whole number"),
     ("fab", ["disk", "--budget=nope"], "error: --budget=nope is not a positive number of MB"),
+    ("fab", ["setup", "--swap=lots"], "error: --swap"),
+    ("fab", ["ship"], "error: nothing to ship"),
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_a_bad_number_flag_is_one_line(tool, args, starts, tmp_path, unchanged):
     one_line(run(tool, args, server_env(tmp_path), tmp_path), starts)
