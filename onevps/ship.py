@@ -3,8 +3,10 @@
 For servers that cannot pull from a registry and too small to build the ML
 tier. What goes: the tier images (content tag + latest, under the SERVER's
 IMAGE_NAMESPACE), the upstream images of the compose file's always-on
-services, or one app's image. The server is asked once which image IDs it
-has; an image it has is skipped (only tagged when its name is missing there).
+services, or one app's image. The server is asked once which images it has
+(identified by `image_key`, not by Docker's image ID, which depends on the
+image store); an image it has is skipped (only tagged when its name is
+missing there).
 Everything else goes in ONE `docker save` (shared layers sent once), streamed
 over the open SSH connection into `docker load` on the server: no tarball on
 disk on either side. Architecture and free disk are checked before a byte is
@@ -14,6 +16,7 @@ whole images behind.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shlex
 import subprocess
@@ -21,16 +24,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Sequence
 
+from paramiko.ssh_exception import SSHException
+
 from . import commands, composefile, deploy, disk, stack, tiers
 from .config import Settings
 from .errors import CommandFailed, OnevpsError
+from .provision import ARCHES
 from .runner import Runner
 
 CHUNK = 1 << 20  # bytes read from `docker save` and sent at a time
 PROGRESS_SECONDS = 2.0
-ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-        "armv7l": "arm", "armv6l": "arm", "i686": "386", "i386": "386", "ppc64le": "ppc64le",
-        "s390x": "s390x", "riscv64": "riscv64"}
+# What identifies an image on either side (see image_key), and what else is read here.
+KEY_FORMAT = "{{.Id}} {{.Created}} {{json .RootFS.Layers}}"
+LOCAL_FORMAT = "{{.Id}} {{.Architecture}} {{.Size}} {{.Created}} {{json .RootFS.Layers}}"
 # `docker load` writes the stream to a temp folder in Docker's data root and
 # then unpacks the layers: about twice the image size at its peak.
 LOAD_FACTOR = 2
@@ -48,16 +54,32 @@ class Wanted:
 
 @dataclass(frozen=True)
 class LocalImage:
-    id: str
+    id: str  # this machine's image ID (only for `docker save`; never compared with the server's)
     arch: str
     size: int
+    key: str  # image_key: what is compared with the server
+
+
+@dataclass
+class ServerImages:
+    """What the server has: its names and, per server image ID, the image's key."""
+
+    names: dict[str, str] = field(default_factory=dict)  # name -> server image ID
+    keys: dict[str, str] = field(default_factory=dict)  # server image ID -> image_key
+
+    def key_of(self, name: str) -> str | None:
+        return self.keys.get(self.names.get(name, ""))
+
+    def id_for(self, key: str) -> str | None:
+        """The server's own ID of the image with this key (None: the server does not have it)."""
+        return next((i for i, k in self.keys.items() if k == key), None)
 
 
 @dataclass
 class Plan:
     send: list[tuple[Wanted, LocalImage]] = field(default_factory=list)
-    tag: list[tuple[str, str]] = field(default_factory=list)  # (image ID, server name): tag only
-    tag_after: list[tuple[str, str]] = field(default_factory=list)  # (image ID, server name) once loaded
+    tag: list[tuple[str, str]] = field(default_factory=list)  # (SERVER image ID, server name): tag only
+    tag_after: list[tuple[str, str]] = field(default_factory=list)  # (image key, server name) once loaded
     skip: list[str] = field(default_factory=list)  # server names already right
     absent: list[Wanted] = field(default_factory=list)  # missing locally (dry run: would be built)
 
@@ -126,11 +148,16 @@ def select(local: Settings, server: Settings, tags: dict[str, str], compose_data
 # ----------------------------------------------------------------- commands --
 
 def local_inspect_argv(ref: str) -> list[str]:
-    return commands.image_inspect(ref, "{{.Id}} {{.Architecture}} {{.Size}}")
+    return commands.image_inspect(ref, LOCAL_FORMAT)
 
 
 def server_images_argv() -> list[str]:
     return commands.docker("images", "--no-trunc", "--format", "{{.ID}} {{.Repository}}:{{.Tag}}")
+
+
+def server_inspect_argv(refs: Sequence[str]) -> list[str]:
+    """One `docker image inspect` over many images (IDs or names): a line each, in order."""
+    return commands.docker("image", "inspect", "--format", KEY_FORMAT, *refs)
 
 
 def save_argv(refs: Sequence[str]) -> list[str]:
@@ -147,7 +174,7 @@ def tag_argv(image_id: str, name: str) -> list[str]:
 
 
 def verify_argv(names: Sequence[str]) -> list[str]:
-    return commands.docker("image", "inspect", "--format", "{{.Id}}", *names)
+    return server_inspect_argv(names)
 
 
 def remote_prefix(c: deploy.Ctx) -> list[str]:
@@ -158,61 +185,120 @@ def remote_prefix(c: deploy.Ctx) -> list[str]:
 
 # ------------------------------------------------------------------- parsing --
 
-def parse_server_images(text: str) -> tuple[set[str], dict[str, str]]:
+_NO_TIME = ("", "<no value>", "0001-01-01T00:00:00Z")  # how engines print an image with no created time
+
+
+def image_key(created: str, layers_json: str) -> str:
+    """What identifies an image on both sides: sha256 over its creation time and its layers'
+    diff IDs (`{{.Created}}` and `{{json .RootFS.Layers}}`).
+
+    Not `{{.Id}}`: that depends on the image store. The classic store (Debian's docker.io
+    20.10, older docker-ce) reports the config digest; the containerd image store (fresh
+    Docker Engine 29+ installs, Docker Desktop) reports the manifest or index digest
+    (docker/cli#5526). The same image would look different between such a machine and
+    server, be sent again every time, and fail the check after a good transfer.
+
+    Both values come from the image's config, which `docker save | docker load` carries
+    unchanged and both stores read the same way: the diff IDs are digests of the
+    uncompressed layers (not of the compressed blobs a manifest names), and the creation
+    time tells apart two builds with the same layers but another config (ENV, CMD or LABEL
+    changes add no layer; a rebuild gets a new time). Not `{{json .Config}}`: which of its
+    fields an engine prints changes with the API version (Docker 29 dropped deprecated
+    ones). Limit: images with the same layers and the same creation time (reproducible
+    builds pinning SOURCE_DATE_EPOCH) that differ only in config count as the same image.
+    An empty or zero creation time counts as none on either side."""
+    created = created.strip()
+    created = "" if created in _NO_TIME else created
+    digest = hashlib.sha256(f"{created}\n{layers_json.strip()}".encode()).hexdigest()
+    return f"key:{digest}"
+
+
+def parse_server_images(text: str) -> tuple[list[str], dict[str, str]]:
     """`docker images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'` -> (IDs, name -> ID)."""
-    ids: set[str] = set()
+    ids: dict[str, None] = {}
     names: dict[str, str] = {}
     for line in text.splitlines():
         image_id, _, name = line.strip().partition(" ")
         if not image_id:
             continue
-        ids.add(image_id)
+        ids[image_id] = None
         if name and "<none>" not in name:
             names[name] = image_id
-    return ids, names
+    return list(ids), names
 
 
-def parse_local(text: str) -> LocalImage:
-    image_id, arch, size = text.split()
-    return LocalImage(image_id, arch, int(size))
+def parse_keys(text: str) -> list[tuple[str, str]]:
+    """`docker image inspect --format KEY_FORMAT ...` -> [(image ID, image_key)], a line each, in order.
+    A line of another shape is left out (that image then counts as missing)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.strip().split(" ", 2)
+        if len(parts) == 3 and parts[0]:
+            out.append((parts[0], image_key(parts[1], parts[2])))
+    return out
+
+
+def parse_local(text: str, ref: str = "the image") -> LocalImage:
+    parts = text.strip().split(" ", 4)
+    try:
+        if len(parts) != 5 or "\n" in text.strip():
+            raise ValueError
+        image_id, arch, size, created, layers = parts
+        return LocalImage(image_id, arch, int(size), image_key(created, layers))
+    except ValueError:
+        shown = text.strip().splitlines()[0][:80] if text.strip() else ""
+        raise CommandFailed(f"`docker image inspect {ref}` here printed {shown!r}, not the ID, architecture, size, "
+                            "creation time and layers asked for",
+                            "check the local Docker (`docker version`; 20.10 or later), then run `fab ship` again") from None
+
+
+def loaded_ids(load_output: str) -> list[str]:
+    """The IDs `docker load` names for images it loaded without a name ("Loaded image ID: ...")."""
+    prefix = "Loaded image ID: "
+    return [line.strip()[len(prefix):].strip() for line in load_output.splitlines()
+            if line.strip().startswith(prefix)]
 
 
 def server_arch(uname_m: str) -> str:
     machine = uname_m.strip()
-    return ARCH.get(machine, machine)
+    return ARCHES.get(machine, machine)
 
 
-def plan(wanted: Iterable[Wanted], local: dict[str, LocalImage | None], ids: set[str],
-         names: dict[str, str]) -> Plan:
-    """Sort each wanted image into send / tag only / skip (pure). An image ID is sent once;
-    the server names the load does not give it are tagged afterwards."""
+def plan(wanted: Iterable[Wanted], local: dict[str, LocalImage | None], srv: ServerImages) -> Plan:
+    """Sort each wanted image into send / tag only / skip (pure), comparing image keys, never
+    the two sides' IDs. Tag-only names use the server's own ID of the image. An image (key) is
+    sent once; the server names the load does not give it are tagged afterwards."""
     out = Plan()
-    saved: dict[str, str] = {}  # image ID being sent -> the reference saved
+    saved: dict[str, str] = {}  # key of an image being sent -> the reference saved
     for w in wanted:
         img = local.get(w.local)
         if img is None:
-            if all(n in names for n in w.remote):
+            if all(n in srv.names for n in w.remote):
                 out.skip.extend(w.remote)  # not here, but the server has it by name: leave it
             else:
                 out.absent.append(w)
             continue
-        if img.id not in ids and img.id not in saved:
+        there = srv.id_for(img.key)
+        if there is None and img.key not in saved:
             out.send.append((w, img))
-            saved[img.id] = save_ref(w, img)
+            saved[img.key] = save_ref(w, img)
         for name in w.remote:
-            if names.get(name) == img.id:
+            if srv.key_of(name) == img.key:
                 out.skip.append(name)
-            elif img.id in saved:
-                if name != saved[img.id] and (img.id, name) not in out.tag_after:
-                    out.tag_after.append((img.id, name))
+            elif there is None:
+                if name != saved[img.key] and (img.key, name) not in out.tag_after:
+                    out.tag_after.append((img.key, name))
             else:
-                out.tag.append((img.id, name))
+                out.tag.append((there, name))
     return out
 
 
 def save_ref(w: Wanted, img: LocalImage) -> str:
     """The name to save: the local name when the server uses it too (then the load names it),
-    else the bare ID (the load leaves it unnamed and it is tagged under the server's names)."""
+    else this machine's bare ID (the load leaves it unnamed, printing the SERVER's ID for it,
+    and ship finds it by key and tags it under the server's names). Saving under the local
+    name instead would leave this machine's names (e.g. another IMAGE_NAMESPACE) on the
+    server, and could move a server name of that spelling."""
     return w.local if w.local in w.remote else img.id
 
 
@@ -318,7 +404,24 @@ def failure_hint(reason: str) -> str:
 
 def _local_image(runner: Runner, ref: str) -> LocalImage | None:
     res = runner.run(local_inspect_argv(ref), f"inspect {ref} here", check=False, mutates=False)
-    return parse_local(res.stdout) if res.ok and res.stdout.strip() else None
+    return parse_local(res.stdout, ref) if res.ok and res.stdout.strip() else None
+
+
+def _server_images(c: deploy.Ctx, extra: Sequence[str] = ()) -> ServerImages:
+    """The server's images and their keys: one `docker images`, then one `docker image inspect`
+    over every image ID listed (plus `extra`, e.g. the IDs a load printed); none when empty."""
+    res = c.run.run(server_images_argv(), "list the server's images", mutates=False,
+                    hint="is Docker running on the server? `fab setup` installs it")
+    ids, names = parse_server_images(res.stdout)
+    refs = list(dict.fromkeys([*ids, *extra]))
+    if not refs:
+        return ServerImages(names, {})
+    res = c.run.run(server_inspect_argv(refs), "inspect the server's images", check=False, mutates=False)
+    keys = dict(parse_keys(res.stdout))
+    if not res.ok and not keys:
+        raise CommandFailed(f"cannot inspect the server's images: {_last_line(res.stderr) or f'exit {res.exited}'}",
+                            "`docker images` on the server shows what is there; run `fab ship` again")
+    return ServerImages(names, keys)
 
 
 def _make_local(runner: Runner, c: deploy.Ctx, w: Wanted) -> None:
@@ -333,8 +436,14 @@ def _open_load(c: deploy.Ctx):
     transport = c.conn.client.get_transport() if c.conn.client else None
     if transport is None or not transport.is_active():
         raise OnevpsError("the SSH connection to the server is closed", "run `fab ship` again")
-    channel = transport.open_session()
-    channel.exec_command(shlex.join(load_argv(remote_prefix(c))))
+    command = shlex.join(load_argv(remote_prefix(c)))
+    try:
+        channel = transport.open_session()
+        channel.exec_command(command)
+    except (SSHException, OSError, EOFError) as exc:
+        raise CommandFailed(f"cannot start `{command}` on the server over SSH: {str(exc) or type(exc).__name__}",
+                            "the connection dropped or the server's sshd refused another session (MaxSessions "
+                            "in sshd_config); run `fab ship` again") from None
     return channel
 
 
@@ -350,17 +459,16 @@ def ship(c: deploy.Ctx, *, tiers: bool = False, upstream: bool = False, app: str
         c.reg.get(app)
     wanted = select(c.local, c.rs, c.tags, composefile.load(c.local.compose_file),
                     tiers_=tiers, upstream=upstream, app=app)
+    deploy.require_docker_on_server(c)  # e.g. a user outside the docker group: told so in one line
     here = local_runner or stack.make_runner(_invoke_context(), c.local, dry_run=dry)
 
-    # 1. the server: which images it has (one call), its architecture
-    res = c.run.run(server_images_argv(), "list the server's images", mutates=False,
-                    hint="is Docker running on the server? `fab setup` installs it")
-    ids, names = parse_server_images(res.stdout)
+    # 1. the server: which images it has (one listing, one inspect), its architecture
+    srv = _server_images(c)
     arch = server_arch(c.run.run(["uname", "-m"], "read the server's architecture", mutates=False).stdout)
 
     # 2. this machine: the images (upstream ones must be here; tiers and apps are built)
     local = {w.local: _local_image(here, w.local) for w in wanted}
-    p = plan(wanted, local, ids, names)
+    p = plan(wanted, local, srv)
     missing_upstream = [w for w in p.absent if w.kind == "upstream"]
     if missing_upstream:
         w = missing_upstream[0]
@@ -371,7 +479,7 @@ def ship(c: deploy.Ctx, *, tiers: bool = False, upstream: bool = False, app: str
         for w in p.absent:
             _make_local(here, c, w)
         local.update({w.local: _local_image(here, w.local) for w in p.absent})
-        p = plan(wanted, local, ids, names)
+        p = plan(wanted, local, srv)
         if p.absent:
             raise OnevpsError(f"image {p.absent[0].local} is still missing here after the build",
                               "read the build output above")
@@ -411,16 +519,26 @@ def ship(c: deploy.Ctx, *, tiers: bool = False, upstream: bool = False, app: str
         return report
 
     # 4. send what is missing: one docker save | docker load
+    load_output = ""
     if p.send:
         refs = [save_ref(w, img) for w, img in p.send]
         c.say(f"==> shipping {len(refs)} image(s) (~{disk.human(p.bytes)}) to the server: "
               + ", ".join(w.local for w, _ in p.send))
         streamed = _transfer(c, refs, p.bytes, open_channel or _open_load, start_save or _start_save)
-        report.bytes_sent, report.images_sent = streamed.sent, len(refs)
+        report.bytes_sent, report.images_sent, load_output = streamed.sent, len(refs), streamed.stdout
         report.shipped = [n for w, _ in p.send for n in w.remote]
-    # 5. names: tag-only images and the server names of what was sent
-    for image_id, name in [*p.tag, *p.tag_after]:
+    # 5. names: tag-only images (the server's ID), then the server names of what was sent,
+    # by the ID the server gave each loaded image (found by key: IDs differ between stores)
+    for image_id, name in p.tag:
         c.run.run(tag_argv(image_id, name), f"tag {name} on the server")
+    if p.tag_after:
+        after = _server_images(c, loaded_ids(load_output))
+        for key, name in p.tag_after:
+            image_id = after.id_for(key)
+            if image_id is None:
+                raise CommandFailed(f"after the load, the server has no image matching the one sent for {name}",
+                                    "run `fab ship` again; `docker images` on the server shows what is there")
+            c.run.run(tag_argv(image_id, name), f"tag {name} on the server")
     report.tagged = [n for _, n in p.tag]
     report.skipped += report.tagged
     _verify(c, wanted, local)
@@ -468,14 +586,14 @@ def _transfer(c: deploy.Ctx, refs: list[str], total: int, open_channel, start_sa
 
 
 def _verify(c: deploy.Ctx, wanted: list[Wanted], local: dict[str, LocalImage | None]) -> None:
-    """Every server name now points at the local image's ID."""
-    expect = {n: local[w.local].id for w in wanted if local.get(w.local) for n in w.remote}  # type: ignore[union-attr]
+    """Every server name now resolves to an image with the local image's key (one inspect)."""
+    expect = {n: local[w.local].key for w in wanted if local.get(w.local) for n in w.remote}  # type: ignore[union-attr]
     if not expect:
         return
     res = c.run.run(verify_argv(list(expect)), "check the shipped images on the server", check=False,
                     mutates=False)
-    got = res.stdout.split()
-    wrong = [n for n, i in zip(expect, got) if i != expect[n]] if res.ok and len(got) == len(expect) else list(expect)
+    got = [key for _, key in parse_keys(res.stdout)]
+    wrong = [n for n, k in zip(expect, got) if k != expect[n]] if res.ok and len(got) == len(expect) else list(expect)
     if wrong:
         raise OnevpsError(f"after shipping, the server's {wrong[0]} is not the image sent",
                           "run `fab ship` again; `docker images` on the server shows what is there")
