@@ -213,6 +213,19 @@ def _abs_path(raw: str) -> str:
     return raw.rstrip("/") or "/"
 
 
+_SYSTEM_DIRS = ("bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "proc", "run", "sbin", "sys", "usr")
+
+
+def _vps_path(raw: str) -> str:
+    """VPS_PATH: a folder of its own (fab setup hands it to a non-root VPS_USER)."""
+    value = _abs_path(raw)
+    parts = [p for p in value.split("/") if p]
+    if len(parts) < 2 or parts[0] in _SYSTEM_DIRS or value.startswith("/var/lib/docker"):
+        raise ValueError("must be a folder of its own on the server, two levels deep or more and outside the "
+                         "system's folders, such as /opt/apps or /srv/onevps")
+    return value
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -277,7 +290,7 @@ KEYS: tuple[Key, ...] = (
     Key("VPS_HOST", "", _optional_host, "The server `fab` works on (or give `fab -H host`)."),
     Key("VPS_USER", "root", _user, "SSH user on the server (must be able to use Docker)."),
     Key("VPS_PORT", "22", _port, "SSH port on the server."),
-    Key("VPS_PATH", "/opt/apps", _abs_path, "Folder on the server that holds the stack's files."),
+    Key("VPS_PATH", "/opt/apps", _vps_path, "Folder on the server that holds the stack's files."),
     Key("VPS_SSH_KEY", "", _optional_dir, "Private key for SSH (empty: your SSH agent and ~/.ssh defaults)."),
     Key("VPS_ENV_FILE", ".env", _text,
         "Local file uploaded as the server's .env (its settings: ports 80/443, BIND_ADDRESS 0.0.0.0, ...)."),

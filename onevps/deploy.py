@@ -22,7 +22,7 @@ import json
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +46,9 @@ class Ctx:
     conn: Connection
     run: remote.RemoteRunner
     tags: dict[str, str]  # BASE_TAG / ML_TAG from the local files
+    # Images a dry run of `fab ship` would have put on the server: later steps of the
+    # same dry run count them as present (so it plans no tier build the real run skips).
+    planned: set[str] = field(default_factory=set)
 
     def say(self, msg: str) -> None:
         self.run.say(msg)
@@ -184,10 +187,15 @@ def send_wheels(c: Ctx) -> remote.SyncPlan:
     return plan
 
 
+def tier_present(c: Ctx, tier: str) -> bool:
+    ref = tier_ref(c, tier)
+    return ref in c.planned or bool(inspect(c, "{{.Id}}", ref, kind="image"))
+
+
 def ensure_tier(c: Ctx, tier: str, force: bool = False) -> None:
     if tier == "ml":
         ensure_tier(c, "base")
-    if not force and inspect(c, "{{.Id}}", tier_ref(c, tier), kind="image"):
+    if not force and tier_present(c, tier):
         return
     if tier == "ml":
         send_wheels(c)
@@ -199,7 +207,7 @@ def missing_tiers(c: Ctx, wanted: set[str]) -> list[str]:
     """Tiers (in build order) the apps need that are not on the server yet."""
     if "ml" in wanted:
         wanted = wanted | {"base"}
-    return [t for t in tiers.TIER_ORDER if t in wanted and not inspect(c, "{{.Id}}", tier_ref(c, t), kind="image")]
+    return [t for t in tiers.TIER_ORDER if t in wanted and not tier_present(c, t)]
 
 
 def require_room(c: Ctx, tiers_to_build: list[str], what: str) -> None:
@@ -443,10 +451,14 @@ def setup(c: Ctx, ship: bool = False, swap: str | None = None) -> None:
     if ship:
         from . import ship as shipping
 
-        shipping.ship(c, tiers=True, upstream=True)
+        shipped = shipping.ship(c, tiers=True, upstream=True)
+        if c.run.dry_run:
+            c.planned |= set(shipped.shipped)
     to_build = missing_tiers(c, set(tiers.TIER_ORDER))
     require_room(c, to_build, "setting up the server")
-    c.run.run(["mkdir", "-p", f"{c.rs.vps_path}/{remote.STATE_DIR}"], f"create {c.rs.vps_path}")
+    state = f"{c.rs.vps_path}/{remote.STATE_DIR}"
+    if not c.run.run(["test", "-d", state], f"is there a {state}", check=False, mutates=False).ok:
+        c.run.run(["mkdir", "-p", state], f"create {state}")
     sync(c, remote.SHARED_DIRS + ("apps",))
     sync_env(c)
     if "ml" in to_build and (warning := provision.memory_warning(report.memory)):
@@ -525,7 +537,7 @@ def disk(c: Ctx, budget: int, as_json: bool) -> None:
     from . import disk as disk_mod
 
     require_docker_on_server(c)
-    data = disk_mod.report(c.run, c.rs, c.reg, budget)
+    data = disk_mod.report(c.run, c.rs, c.reg, budget, tags=c.tags)
     root, free = disk_mod.docker_free_mb(c.run)
     data["docker_root"], data["free_mb"] = root, free
     if as_json:

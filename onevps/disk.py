@@ -145,15 +145,20 @@ def largest_files(runner: Runner, ref: str, tier_ref: str, count: int = 5) -> li
     return [f"{path} ({human(size)})" for path, size in top]
 
 
-def report(runner: Runner, settings: Settings, reg: Registry, budget: int) -> dict:
-    tier_size = {t: _image_size(runner, tiers.tier_image(settings, t)) for t in tiers.TIER_ORDER}
+def report(runner: Runner, settings: Settings, reg: Registry, budget: int,
+           tags: dict[str, str] | None = None) -> dict:
+    """`tags` (BASE_TAG, ML_TAG): the tier tags to report on; default: the ones this
+    checkout's files give (a server passes the tags its deploys use, as prune does)."""
+    tags = tags or tiers.tag_env(settings)
+    tier_ref = {t: tiers.image(settings, t, tags["BASE_TAG" if t == "base" else "ML_TAG"]) for t in tiers.TIER_ORDER}
+    tier_size = {t: _image_size(runner, tier_ref[t]) for t in tiers.TIER_ORDER}
     apps: list[AppRow] = []
     for app in reg.apps:
         ref = tiers.image(settings, app.name)
         size = _image_size(runner, ref)
         own = size - tier_size[app.tier]
         over = own > budget
-        largest = largest_files(runner, ref, tiers.tier_image(settings, app.tier)) if over else []
+        largest = largest_files(runner, ref, tier_ref[app.tier]) if over else []
         apps.append(AppRow(app.name, app.tier, size, own, over, largest))
     df = runner.run(df_argv(), "read docker's disk usage", mutates=False)
     uses_ml = any(a.tier == "ml" for a in apps)

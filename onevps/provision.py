@@ -47,7 +47,8 @@ LOCAL_PLUGIN_DIRS = ("~/.docker/cli-plugins", "/usr/local/lib/docker/cli-plugins
 SWAPFILE = "/swapfile"
 COMPOSE_DOCS = "https://docs.docker.com/compose/install/linux/"
 ENGINE_DOCS = "https://docs.docker.com/engine/install/"
-APT = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get")
+# A fresh cloud image often runs unattended-upgrades at first boot: wait for its dpkg lock.
+APT = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-o", "DPkg::Lock::Timeout=300")
 ARCHES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 MEMORY_WARN_MIB = 2048
 OLD_DEBIAN = ("buster", "bullseye", "bookworm", "stretch", "jessie")
@@ -246,8 +247,8 @@ def plan_packages(plan: Sequence[Step]) -> list[str]:
     """Every apt package a plan installs, in order."""
     out: list[str] = []
     for step in plan:
-        if tuple(step.argv[:4]) == (*APT, "install"):
-            out += [a for a in step.argv[4:] if not a.startswith("-")]
+        if tuple(step.argv[:len(APT) + 1]) == (*APT, "install"):
+            out += [a for a in step.argv[len(APT) + 1:] if not a.startswith("-")]
     return out
 
 
@@ -344,6 +345,13 @@ class Report:
     docker_usable: bool = True  # False in a dry run that would first install Docker or change groups
 
 
+# What onevps keeps in VPS_PATH (the only things `fab setup` hands to a non-root VPS_USER).
+MANAGED = (".onevps", "compose", "nginx", "dockerfiles", "apps", ".env", "backups")
+# Prints each managed entry ($3...) of VPS_PATH ($2) that holds anything not owned by $1.
+FOREIGN_ENTRIES = ('u=$1; cd "$2" || exit 0; shift 2; for p in "$@"; do '
+                   '[ -e "$p" ] && [ -n "$(find "$p" ! -user "$u" -print -quit 2>/dev/null)" ] && printf "%s\\n" "$p"; '
+                   'done; exit 0')
+
 HINT_RERUN = "fix the cause shown above, then run `fab setup` again (it picks up where it stopped)"
 
 
@@ -439,7 +447,7 @@ class Provisioner:
                 copy_planned = True
                 self.copy_plugin()
             else:
-                self.priv(step, hide=tuple(step.argv[:3]) != APT)  # apt's own progress is shown
+                self.priv(step, hide=tuple(step.argv[:len(APT)]) != APT)  # apt's own progress is shown
         if self.host.dry_run:
             self.say("[dry-run] nothing was installed")
             r.docker_usable = False
@@ -479,19 +487,27 @@ class Provisioner:
         if self.host.dry_run:
             self.say(f"[dry-run] copy {plugin} ({plugin.stat().st_size:,} bytes) to {target} (mode 755)")
             return
+        if not r.root and not self._sudo_ok:
+            self.require_sudo()  # before 76 MB go over the wire
         tmp = self.host.run(["mktemp", "/tmp/onevps-compose.XXXXXX"], "make a temp file for the Compose plugin",
                             hint=HINT_RERUN).stdout.strip()
-        self.say(f"  -> upload {plugin} ({plugin.stat().st_size:,} bytes) to {tmp}")
-        self.host.put(str(plugin), tmp)
-        self.host.run(["chmod", "700", tmp], "make the uploaded Compose plugin executable", hint=HINT_RERUN)
-        res = self.host.run([tmp, "version"], "run the uploaded Compose plugin", check=False)
-        version = compose_version_of(res.stdout) if res.ok else None
-        if not version:
-            self.host.run(["rm", "-f", tmp], "remove the uploaded Compose plugin", check=False)
-            raise ProvisionError(f"this machine's Compose plugin ({plugin}) does not run on the server "
-                                 f"(`{tmp} version`: {(res.stderr or res.stdout).strip()[:120] or 'no output'})", fix)
-        self.priv(Step(f"install the Compose v2 plugin as {target} (mode 755)",
-                       ("sh", "-c", INSTALL_PLUGIN, "sh", tmp, PLUGIN_DIR)))
+        installed = False
+        try:
+            self.say(f"  -> upload {plugin} ({plugin.stat().st_size:,} bytes) to {tmp}")
+            self.host.put(str(plugin), tmp)
+            self.host.run(["chmod", "700", tmp], "make the uploaded Compose plugin executable", hint=HINT_RERUN)
+            res = self.host.run([tmp, "version"], "run the uploaded Compose plugin", check=False)
+            version = compose_version_of(res.stdout) if res.ok else None
+            if not version:
+                raise ProvisionError(f"this machine's Compose plugin ({plugin}) does not run on the server "
+                                     f"(`{tmp} version`: {(res.stderr or res.stdout).strip()[:120] or 'no output'})",
+                                     fix)
+            self.priv(Step(f"install the Compose v2 plugin as {target} (mode 755)",
+                           ("sh", "-c", INSTALL_PLUGIN, "sh", tmp, PLUGIN_DIR)))
+            installed = True  # INSTALL_PLUGIN removed the temp file
+        finally:
+            if not installed:
+                self.host.run(["rm", "-f", tmp], "remove the uploaded Compose plugin", check=False)
         self.say(f"==> Compose v2: installed by copying this machine's plugin ({version})")
         self._copied = True
 
@@ -500,6 +516,10 @@ class Provisioner:
         if self.probe(["test", "-e", DAEMON_JSON], f"is there a {DAEMON_JSON}").ok:
             self.say(f"==> log rotation: {DAEMON_JSON} exists, left as it is")
             return False
+        if self.mode == "none":
+            self.say(f"==> log rotation: the server has no {DAEMON_JSON}; DOCKER_INSTALL=none changes nothing "
+                     "(containers of the stack rotate their own logs: see the compose file's logging)")
+            return False
         self.say(f"==> log rotation: writing {DAEMON_JSON} (json-file, max-size 10m, max-file 3)")
         self.priv(daemon_json_step())
         return True
@@ -507,6 +527,8 @@ class Provisioner:
     def engine(self, installed_now: bool, running_before: bool, wrote_daemon_json: bool) -> None:
         """Enabled at boot and running (systemd); polled until `docker info` answers."""
         systemd = self._systemd
+        if systemd and self.mode == "none":
+            return  # only checked: wait_for_engine says it in one line when Docker does not answer
         if systemd:
             enabled = self.probe(["systemctl", "is-enabled", "--quiet", "docker"], "is Docker enabled at boot").ok
             active = self.probe(["systemctl", "is-active", "--quiet", "docker"], "is Docker running").ok
@@ -534,6 +556,10 @@ class Provisioner:
         if "docker" in groups:
             self.say(f"==> docker group: {r.user} is in it")
             return
+        if self.mode == "none":
+            raise ProvisionError(f"VPS_USER {r.user} is not in the server's docker group (DOCKER_INSTALL=none changes "
+                                 "nothing)", f"add it (`sudo usermod -aG docker {r.user}`), or set "
+                                 "DOCKER_INSTALL=distro or docker-repo and run `fab setup` again")
         self.priv(Step(f"add {r.user} to the docker group", ("usermod", "-aG", "docker", r.user)),
                   hint=f"add it by hand (`sudo usermod -aG docker {r.user}`), then run `fab setup` again")
         if self.host.dry_run:
@@ -573,19 +599,35 @@ class Provisioner:
     def workdir(self) -> None:
         r, path = self.report, self.vps_path
         if self.probe(["test", "-d", path], f"is there a {path}").ok:
-            # A non-root user needs all of it (lock, journal, files sent by an earlier
-            # `fab setup` as root), not just the top folder.
-            foreign = "" if r.root else self.probe(
-                ["find", path, "!", "-user", r.user, "-print", "-quit"], f"is all of {path} {r.user}'s").stdout.strip()
-            if not foreign:
+            if r.root:
                 self.say(f"==> VPS_PATH: {path} exists")
                 return
-            self.priv(Step(f"give {path} and everything in it to {r.user}", ("chown", "-R", f"{r.user}:", path)))
-            self.say(f"==> VPS_PATH: {path} {'would be' if self.host.dry_run else 'now'} {r.user}'s, with everything in it")
+            # A non-root user needs VPS_PATH and what onevps keeps in it (lock, journal, the
+            # files an earlier `fab setup` as root sent), never anything else in it.
+            top = [] if self.probe(["test", "-O", path], f"is {path} {r.user}'s").ok else [path]
+            foreign = self.probe(["sh", "-c", FOREIGN_ENTRIES, "sh", r.user, path, *MANAGED],
+                                 f"is what onevps keeps in {path} {r.user}'s").stdout.split()
+            if not top and not foreign:
+                self.say(f"==> VPS_PATH: {path} exists")
+                return
+            if top:
+                self.priv(Step(f"give {path} to {r.user}", ("chown", f"{r.user}:", path)))
+            if foreign:
+                self.priv(Step(f"give {', '.join(foreign)} in {path} to {r.user}",
+                               ("chown", "-R", f"{r.user}:", *[f"{path}/{name}" for name in foreign])))
+            self.say(f"==> VPS_PATH: {path} {'would be' if self.host.dry_run else 'is now'} {r.user}'s"
+                     + (f" ({', '.join(foreign)} too)" if foreign else ""))
             return
-        self.priv(Step(f"create {path}", ("mkdir", "-p", path)))
-        if not r.root:
-            self.priv(Step(f"give {path} to {r.user}", ("chown", f"{r.user}:", path)))
+        made = False
+        if not r.root and self.probe(["sh", "-c", 'test -w "$(dirname "$1")"', "sh", path],
+                                     f"may {r.user} create {path}").ok:
+            made = self.host.run(["mkdir", "-p", path], f"create {path}", check=False).ok
+            if made:
+                self.report.changed.append(f"create {path}")
+        if not made:
+            self.priv(Step(f"create {path}", ("mkdir", "-p", path)))
+            if not r.root:
+                self.priv(Step(f"give {path} to {r.user}", ("chown", f"{r.user}:", path)))
         self.say(f"==> VPS_PATH: {path} {'would be ' if self.host.dry_run else ''}created"
                  + ("" if r.root else f" (owned by {r.user})"))
 

@@ -137,7 +137,7 @@ def sha256(path: Path) -> str:
 
 def remote_hashes(runner: Runner, root: str, dirs: Iterable[str]) -> dict[str, str]:
     """sha256 of every file under the given folders on the server."""
-    script = 'cd "$1" && shift && for d in "$@"; do [ -d "$d" ] && find "$d" -type f -print0; done | xargs -0 -r sha256sum'
+    script = '{ cd "$1" 2>/dev/null || exit 0; } && shift && for d in "$@"; do [ -d "$d" ] && find "$d" -type f -print0; done | xargs -0 -r sha256sum'
     res = runner.run(["sh", "-c", script, "sh", root, *dirs], "read the server's file hashes", mutates=False)
     hashes = {}
     for line in res.stdout.splitlines():

@@ -151,8 +151,13 @@ def bare_server(name: str, authorized_pubkey: str, *, key: Path | None = None,
 
 
 def make_key(folder: Path) -> tuple[Path, str]:
-    """A new ed25519 key pair in FOLDER; returns (private key path, public key text)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """A new ed25519 key pair in FOLDER (made 0700, ours, or refused); returns (private key path,
+    public key text). An existing pair there is reused only when FOLDER is ours and private."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = folder.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise BareServerError(f"{folder} is not a private folder of this user (owner {st.st_uid}, "
+                              f"mode {oct(st.st_mode & 0o777)}): not using a key from there")
     private = folder / "id_ed25519"
     if not private.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "onevps-bare-test", "-f", str(private)],
@@ -162,13 +167,13 @@ def make_key(folder: Path) -> tuple[Path, str]:
 
 def add_sudo_user(server: BareServer, authorized_pubkey: str, user: str = "deploy") -> None:
     """A non-root login with passwordless sudo and the same authorized key."""
-    script = (f"set -e; id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash {user}; "
-              f"install -d -m 700 -o {user} -g {user} /home/{user}/.ssh; "
-              f"cat > /home/{user}/.ssh/authorized_keys; "
-              f"chown {user}:{user} /home/{user}/.ssh/authorized_keys; chmod 600 /home/{user}/.ssh/authorized_keys; "
-              f"echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/{user}; chmod 440 /etc/sudoers.d/{user}; "
-              f"visudo -cf /etc/sudoers.d/{user} >/dev/null")
-    _docker("exec", "-i", server.name, "sh", "-c", script, input=authorized_pubkey.strip() + "\n")
+    script = ('set -e; u=$1; id -u "$u" >/dev/null 2>&1 || useradd -m -s /bin/bash "$u"; '
+              'install -d -m 700 -o "$u" -g "$u" "/home/$u/.ssh"; '
+              'cat > "/home/$u/.ssh/authorized_keys"; '
+              'chown "$u:$u" "/home/$u/.ssh/authorized_keys"; chmod 600 "/home/$u/.ssh/authorized_keys"; '
+              'printf "%s ALL=(ALL) NOPASSWD:ALL\\n" "$u" > "/etc/sudoers.d/$u"; chmod 440 "/etc/sudoers.d/$u"; '
+              'visudo -cf "/etc/sudoers.d/$u" >/dev/null')
+    _docker("exec", "-i", server.name, "sh", "-c", script, "sh", user, input=authorized_pubkey.strip() + "\n")
 
 
 def ssh_argv(server: BareServer, user: str, *command: str, key: Path | None = None) -> list[str]:

@@ -53,6 +53,12 @@ def test_port_80_url_has_no_port(tmp_path):
     ("TORCH_INDEX_URL=not-a-url", "TORCH_INDEX_URL"),
     ("UP_TIMEOUT=-5", "UP_TIMEOUT"),
     ("EXTRA_CA_DIR=/no/such/folder", "EXTRA_CA_DIR"),
+    ("VPS_PATH=/", "VPS_PATH"),
+    ("VPS_PATH=/opt", "VPS_PATH"),
+    ("VPS_PATH=/etc/onevps", "VPS_PATH"),
+    ("VPS_PATH=/var/lib/docker/apps", "VPS_PATH"),
+    ("DOCKER_INSTALL=snap", "DOCKER_INSTALL"),
+    ("TORCH_CUDA=maybe", "TORCH_CUDA"),
 ])
 def test_malformed_value_names_key_and_line(tmp_path, line, key):
     write_env(tmp_path, "# settings\n" + line + "\n")

@@ -70,6 +70,7 @@ def test_a_cuda_torch_fails_the_build_in_one_line(check):
 def test_the_cpu_build_passes_and_torch_cuda_on_lets_cuda_pass(check):
     assert check("2.13.0+cpu", None, "off").returncode == 0
     assert check("2.13.0+cu128", "12.8", "on").returncode == 0
+    assert check("2.13.0+cu128", "12.8", "ON").returncode == 0  # the .env value as written
 
 
 # ------------------------------------------------- wheels for a server build --

@@ -28,7 +28,7 @@ MINT = ('PRETTY_NAME="Linux Mint 21.3"\nVERSION_ID="21.3"\nVERSION_CODENAME=virg
 ROCKY = 'PRETTY_NAME="Rocky Linux 9.3 (Blue Onyx)"\nNAME="Rocky Linux"\nVERSION_ID="9.3"\nID="rocky"\nID_LIKE="rhel centos fedora"\n'
 MEMINFO_SMALL = "MemTotal:        1015800 kB\nMemFree:          500000 kB\nSwapTotal:             0 kB\n"
 MEMINFO_BIG = "MemTotal:        8000000 kB\nSwapTotal:       1048572 kB\n"
-APT = "env DEBIAN_FRONTEND=noninteractive apt-get"
+APT = "env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
 
 
 def d(text):
@@ -219,7 +219,7 @@ class FakeServer:
     def __init__(self, os_release=DEBIAN12, machine="x86_64", user="root", sudo=True, docker=None, compose=None,
                  running=False, enabled=False, systemd=True, daemon_json=False, apt=True, paths=(),
                  groups=(), meminfo=MEMINFO_BIG, swaps="Filename Type Size Used Priority\n", fstab="",
-                 swapfile=False, dry_run=False, reconnect_ok=True, apt_compose=None):
+                 swapfile=False, dry_run=False, reconnect_ok=True, apt_compose=None, parent_writable=False):
         self.os_release, self.machine, self.user, self.sudo = os_release, machine, user, sudo
         self.docker, self.compose, self.running, self.enabled = docker, compose, running, enabled
         self.systemd, self.daemon_json, self.apt, self.paths = systemd, daemon_json, apt, set(paths)
@@ -232,6 +232,8 @@ class FakeServer:
         self.reconnects = 0
         self.docker_via_sudo = False
         self.owner: dict[str, str] = {}
+        self.foreign: set[str] = set()  # entries of VPS_PATH holding files of another user
+        self.parent_writable = parent_writable  # may the user create VPS_PATH without sudo
         self.tmp = None
 
     # Host protocol
@@ -268,7 +270,8 @@ class FakeServer:
                 return 1, "", "sudo: a password is required"
             a, root = a[2:], True
         if a[:2] == ["env", "DEBIAN_FRONTEND=noninteractive"]:
-            a = a[2:]
+            assert a[2:5] == ["apt-get", "-o", "DPkg::Lock::Timeout=300"], a  # waits for a busy dpkg lock
+            a = [a[2], *a[5:]]
         ok = (0, "", "")
         no = (1, "", "")
         key = a[:2]
@@ -319,8 +322,19 @@ class FakeServer:
             if path not in self.paths:
                 return no
             return ok if a[1] == "-d" or self.user == "root" or self.owner.get(path) == self.user else no
-        if a[:1] == ["find"] and a[2:4] == ["!", "-user"]:  # anything in VPS_PATH not the user's?
-            return (0, "" if self.owner.get(a[1]) == a[4] else a[1] + "\n", "")
+        if a[:2] == ["test", "-O"]:
+            return ok if a[2] in self.paths and (self.user == "root" or self.owner.get(a[2]) == self.user) else no
+        if a[:3] == ["sh", "-c", p.FOREIGN_ENTRIES]:
+            assert a[3:5] == ["sh", self.user] and a[6:] == list(p.MANAGED), a
+            return 0, "".join(f"{e}\n" for e in sorted(self.foreign)), ""
+        if a[:2] == ["sh", "-c"] and a[2] == 'test -w "$(dirname "$1")"':
+            return ok if root or self.parent_writable else no
+        if a[:2] == ["mkdir", "-p"] and not root:
+            if not self.parent_writable:
+                return 1, "", f"mkdir: cannot create directory '{a[2]}': Permission denied"
+            self.paths.add(a[2])
+            self.owner[a[2]] = self.user
+            return ok
         if a[:1] == ["mktemp"]:
             self.tmp = "/tmp/onevps-compose.Ab12Cd"
             return 0, self.tmp + "\n", ""
@@ -355,11 +369,16 @@ class FakeServer:
         if a[:2] == ["usermod", "-aG"]:
             self.etc_groups.add(a[2])
             return ok
-        if a[:1] in (["mkdir"], ["chown"]):
-            if a[0] == "mkdir":
-                self.paths.add(a[-1])
-            else:
-                self.owner[a[-1]] = a[-2].rstrip(":")
+        if a[:1] == ["mkdir"]:
+            self.paths.add(a[-1])
+            self.owner[a[-1]] = "root" if root else self.user
+            return ok
+        if a[:1] == ["chown"]:
+            recursive = a[1] == "-R"
+            who, targets = (a[2], a[3:]) if recursive else (a[1], a[2:])
+            for target in targets:
+                self.owner[target] = who.rstrip(":")
+                self.foreign.discard(target.rsplit("/", 1)[-1])
             return ok
         if a[:2] == ["sh", "-c"] or a[:1] in (["mkswap"], ["swapon"]):
             return ok  # swap: recorded, never real
@@ -427,7 +446,7 @@ def test_ready_server_sends_nothing_mutating_and_keeps_daemon_json():
 
 def test_daemon_json_on_a_running_docker_waits_for_the_next_restart():
     server = FakeServer(docker="24.0.7", compose="v2.21.0", running=True, enabled=True, paths={"/opt/apps"})
-    run(server, "none")
+    run(server, "docker-repo")
     assert server.mutating() == [shlex.join(p.daemon_json_step().argv)]  # no restart under running apps
     assert any("takes effect at Docker's next restart" in line for line in server.said)
 
@@ -445,12 +464,14 @@ def test_non_root_user_not_in_the_docker_group(tmp_path):
     run(server, "distro", tmp_path)
     assert server.mutating() == ["sudo -n usermod -aG docker ann", "sudo -n mkdir -p /opt/apps",
                                  "sudo -n chown ann: /opt/apps"]
-    # set up by root earlier: all of VPS_PATH is handed over, not just the top folder
+    # set up by root earlier: what onevps keeps in VPS_PATH is handed over, nothing else in it
     server.owner["/opt/apps"] = "root"
+    server.foreign = {".onevps", "compose"}
     server.sent = []
     run(server, "distro", tmp_path)
-    assert server.mutating() == ["sudo -n chown -R ann: /opt/apps"]
-    assert "==> VPS_PATH: /opt/apps now ann's, with everything in it" in server.said
+    assert server.mutating() == ["sudo -n chown ann: /opt/apps",
+                                 "sudo -n chown -R ann: /opt/apps/.onevps /opt/apps/compose"]
+    assert "==> VPS_PATH: /opt/apps is now ann's (.onevps, compose too)" in server.said
     assert "sudo -n true" in [cmd for cmd, _ in server.sent]
     assert server.reconnects == 1 and not server.docker_via_sudo
     assert ("==> ann added to the docker group; a new login is needed for it to take effect: onevps reconnects now"
@@ -465,9 +486,9 @@ def test_non_root_falls_back_to_sudo_docker_when_reconnecting_fails():
     server = FakeServer(user="ann", docker="20.10.24+dfsg1", compose="v2.40.3", running=True, enabled=True,
                         daemon_json=True, paths={"/opt/apps"}, reconnect_ok=False)
     server.owner["/opt/apps"] = "ann"
-    run(server, "none")
+    run(server, "distro")
     assert server.docker_via_sudo
-    assert [c for c, _ in server.sent][-3] == "sudo -n docker info --format '{{.ServerVersion}}'"
+    assert "sudo -n docker info --format '{{.ServerVersion}}'" in [c for c, _ in server.sent]
 
 
 def test_non_root_bare_server_runs_every_install_step_through_sudo(tmp_path):
@@ -573,3 +594,66 @@ def test_fab_setup_refuses_a_bad_swap_size_before_connecting(tmp_path):
                               "VPS_HOST": "127.0.0.1", "VPS_PORT": "1"})
     assert res.returncode == 1
     assert res.stderr.strip() == "error: --swap=lots is not a swap size of at least 64M (hint: e.g. --swap 2G or --swap 1024M)"
+
+
+def test_docker_install_none_only_checks():
+    """none: no daemon.json, no systemctl, no usermod; what is missing is one line."""
+    server = FakeServer(docker="24.0.7", compose="v2.21.0", running=True, enabled=False, paths={"/opt/apps"})
+    run(server, "none")
+    assert server.mutating() == [] and not server.daemon_json
+    assert any(line.startswith("==> log rotation: the server has no /etc/docker/daemon.json; DOCKER_INSTALL=none "
+                               "changes nothing") for line in server.said)
+    user = FakeServer(user="ann", sudo=False, docker="24.0.7", compose="v2.21.0", running=True, enabled=True,
+                      daemon_json=True, paths={"/opt/apps"})
+    with pytest.raises(OnevpsError, match=r"VPS_USER ann is not in the server's docker group \(DOCKER_INSTALL=none "
+                                          r"changes nothing\) \(hint: add it \(`sudo usermod -aG docker ann`\)"):
+        run(user, "none")
+    assert user.mutating() == []
+
+
+def test_a_user_without_sudo_but_set_up_by_an_admin_needs_no_sudo():
+    """Docker installed, the user in the docker group, VPS_PATH creatable by the user: no sudo at all."""
+    server = FakeServer(user="ann", sudo=False, docker="24.0.7", compose="v2.21.0", running=True, enabled=True,
+                        daemon_json=True, groups={"docker"}, parent_writable=True)
+    run(server, "none")
+    assert server.mutating() == ["mkdir -p /opt/apps"]
+    assert server.owner["/opt/apps"] == "ann" and "==> VPS_PATH: /opt/apps created (owned by ann)" in server.said
+
+
+def test_sudo_docker_runner_wraps_docker_only_and_keeps_the_env_after_sudo():
+    """sudo drops the environment: the tier tags go in an `env` after it; other commands are untouched."""
+    from invoke import MockContext, Result as InvokeResult
+
+    ctx = MockContext(run={"sudo -n env BASE_TAG=c-1 ML_TAG=c-2 docker compose version": InvokeResult("v2"),
+                           "env BASE_TAG=c-1 ML_TAG=c-2 uname -m": InvokeResult("x86_64")})
+    runner = p.SudoDockerRunner(ctx, env={"ML_TAG": "c-2", "BASE_TAG": "c-1"})
+    assert runner.run(["docker", "compose", "version"], "compose").stdout == "v2"
+    assert runner.run(["uname", "-m"], "arch").stdout == "x86_64"
+    assert tuple(runner.docker_prefix) == ("sudo", "-n")
+
+
+def test_reconnect_swaps_the_connection_everywhere(monkeypatch):
+    """A new login (the new docker group) replaces the connection of the context, its runner
+    and the provisioning runner; the old one is closed only after the new one is open."""
+    from types import SimpleNamespace
+
+    from onevps import remote
+
+    class Conn:
+        def __init__(self, name):
+            self.name, self.host, self.user, self.port, self.closed = name, "vps", "ann", 22, False
+
+        def close(self):
+            self.closed = True
+
+    old, new = Conn("old"), Conn("new")
+    opened = []
+    monkeypatch.setattr(remote, "connect", lambda server: opened.append(server) or new)
+    run = remote.RemoteRunner(old)
+    c = SimpleNamespace(conn=old, run=run, local=SimpleNamespace(vps_ssh_key=None), say=lambda m: None)
+    host = p.CtxHost(c)
+    host.reconnect()
+    assert opened == [remote.Server("vps", "ann", 22, None)]
+    assert c.conn is new and c.run.ctx is new and host.runner.ctx is new and old.closed
+    host.sudo_docker()
+    assert isinstance(c.run, p.SudoDockerRunner) and c.run.ctx is new
