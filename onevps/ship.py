@@ -515,6 +515,8 @@ def ship(c: deploy.Ctx, *, tiers: bool = False, upstream: bool = False, app: str
               f"{len(p.skip) + len(p.tag)} already there; nothing sent")
         report.skipped += [n for _, n in p.tag]
         report.tagged = [n for _, n in p.tag]
+        # what a real run would put there (a dry `fab setup --ship` then plans no tier build)
+        report.shipped = [n for w, _ in p.send for n in w.remote] + [n for w in p.absent for n in w.remote]
         report.seconds = time.monotonic() - t0
         return report
 

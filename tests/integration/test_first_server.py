@@ -200,6 +200,12 @@ def first(tmp_path_factory, built_images, settings):
 def test_a_setup_ship_installs_docker_from_debian_and_ships_the_images(first):
     pre = first.ssh("command -v docker || command -v dockerd")
     assert pre.returncode != 0, f"the bare server already has Docker: {pre.stdout}"
+    # Look first: the dry run lists the install and changes nothing.
+    res = first.fab("setup", "--ship", "--dry-run")
+    assert res.returncode == 0, failed(res)
+    assert "apt packages docker.io" in res.stdout and "[dry-run]" in res.stdout, res.stdout
+    assert first.ssh("command -v docker || command -v dockerd").returncode != 0, "the dry run installed Docker"
+    assert first.ssh(f"test -e {VPS_PATH} || test -e {PLUGIN}").returncode != 0, "the dry run changed files"
     res = first.fab("setup", "--ship")
     assert res.returncode == 0, failed(res)
     out = res.stdout
