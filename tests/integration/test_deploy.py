@@ -91,6 +91,11 @@ def repo(tmp_path_factory, built_images, settings, sshd):
     for name in docker("ps", "--all", "--format", "{{.Names}}").split():
         if name.startswith(PROJECT + "-") and name.endswith("-next"):
             docker("rm", "--force", name)
+    # The "server's" image names go too (the session's tier images keep their own names;
+    # `docker system df` names an image by one of its tags, so stray ones mislead `inv disk`).
+    refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={PROJECT}/*").split()
+    if refs:
+        subprocess.run(["docker", "image", "rm", *refs], capture_output=True)
 
 
 def fab(repo, *args, env=None, timeout=900) -> subprocess.CompletedProcess:

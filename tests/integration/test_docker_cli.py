@@ -4,6 +4,9 @@ Each task runs twice against the running test stack: with PATH as it is
 (Docker's current CLI, /usr/local/bin/docker) and with /usr/bin first (Debian
 12's docker.io 20.10, the oldest CLI onevps supports). They must exit 0, print
 real values (the apps, their sizes as Docker reports them) and agree.
+`inv swarm-status` is checked the same way in test_swarm_cli.py, which runs last:
+a swarm turned on and off again under the running test stack is left out of
+the middle of the run.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -24,7 +26,6 @@ from .conftest import ROOT, docker
 pytestmark = pytest.mark.docker
 
 CLIS = {"current": os.environ["PATH"], "debian-20.10": "/usr/bin:" + os.environ["PATH"]}
-PROBE = "probe"  # the one service this module puts on a swarm
 
 
 def inv(path: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -110,38 +111,3 @@ def test_inv_status(cli, stack_up, settings, reg):
     for app in reg.apps:
         assert lines[app.name].rstrip().endswith("running (healthy)"), lines[app.name]
         assert settings.app_url(app.name) in lines[app.name]
-
-
-# ------------------------------------------------------------------ swarm --
-
-@pytest.fixture(scope="module")
-def swarm_probe(stack_up, settings):
-    """One service labelled as a service of the test stack, on a single-node swarm (left again only if this
-    module started the swarm and nothing else runs on it)."""
-    state = docker("info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}").split()
-    started = state[0] == "inactive"
-    if started:
-        docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-    elif state != ["active", "true"]:
-        pytest.fail(f"this engine is in a swarm but not as a manager ({' '.join(state)})", pytrace=False)
-    name = f"{settings.project_name}_{PROBE}"
-    image = tiers.tier_image(settings, "base")
-    subprocess.run(["docker", "service", "rm", name], capture_output=True)
-    docker("service", "create", "--detach", "--no-resolve-image", "--name", name,
-           "--label", f"com.docker.stack.namespace={settings.project_name}", image, "sleep", "3600")
-    deadline = time.monotonic() + 120
-    while docker("service", "ls", "--filter", f"name={name}", "--format", "{{.Replicas}}").strip() != "1/1":
-        assert time.monotonic() < deadline, docker("service", "ps", "--no-trunc", name)
-        time.sleep(1)
-    yield image
-    subprocess.run(["docker", "service", "rm", name], capture_output=True)
-    if started and not docker("service", "ls", "--quiet").strip():
-        subprocess.run(["docker", "swarm", "leave", "--force"], capture_output=True)
-
-
-@pytest.mark.parametrize("cli", CLIS)
-def test_inv_swarm_status(cli, swarm_probe):
-    out = ok(inv(CLIS[cli], "swarm-status"))
-    lines = out.splitlines()
-    assert lines[0].split() == ["SERVICE", "REPLICAS", "IMAGE", "LAST", "UPDATE"]
-    assert lines[1].split() == [PROBE, "1/1", swarm_probe, "-"]

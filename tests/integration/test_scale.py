@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -54,8 +55,10 @@ def memory_mib(settings_project: str) -> dict[str, float]:
         if not item["Name"].startswith(settings_project + "-"):
             continue
         used = item["MemUsage"].split("/")[0].strip()
-        number, unit = float(used[:-3]), used[-3:]
-        usage[item["Name"]] = number * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}.get(unit, 1)
+        match = re.fullmatch(r"([0-9.]+)\s*(B|KiB|MiB|GiB)", used)
+        assert match, f"docker stats: no memory figure for {item['Name']}: {line}"
+        number, unit = float(match.group(1)), match.group(2)
+        usage[item["Name"]] = number * {"B": 1 / 1048576, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
     return usage
 
 
