@@ -11,6 +11,7 @@ so the copy is consistent and the pause lasts only as long as the copy.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import tarfile
 import time
@@ -62,15 +63,18 @@ def backup(c: Ctx, local_dir: Path) -> Path | None:
         if paused:
             c.run.run(commands.compose(c.rs, "unpause", *paused), "unpause the databases")
     manifest = json.dumps({"project": c.rs.project_name, "volumes": present, "time": stamp})
-    c.run.run(["sh", "-c", 'cp "$1/.env" "$2/env" && printf "%s\\n" "$3" > "$2/manifest.json" && '
+    c.run.run(["sh", "-c", 'umask 077 && cp "$1/.env" "$2/env" && printf "%s\\n" "$3" > "$2/manifest.json" && '
                'tar -cf "$4" -C "$2" . && chmod 600 "$4" && rm -rf "$2"',
                "sh", c.rs.vps_path, work, manifest, archive], "write the backup archive")
     if c.run.dry_run:
         return None
     local_dir.mkdir(parents=True, exist_ok=True)
     target = local_dir / posixpath.basename(archive)
-    c.conn.get(archive, str(target))
-    target.chmod(0o600)
+    # The archive holds the server's .env: private from its first byte, never a moment readable.
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file of the same name keeps its mode through O_CREAT
+    with os.fdopen(fd, "wb") as fh:
+        c.conn.get(archive, fh)
     c.say(f"==> backup on the server: {archive}")
     return target
 

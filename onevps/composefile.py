@@ -57,13 +57,16 @@ def dumps(data: Any) -> str:
     return text.rstrip("\n") + "\n"  # exactly one trailing newline
 
 
-def atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str, mode: int | None = None) -> None:
     """Write text so that readers see the old file or the new one, never half.
 
-    Temp file in the same folder, flush, fsync, keep the mode, os.replace.
+    Temp file in the same folder (mkstemp: mode 600 from its first byte), flush,
+    fsync, then the file's mode (`mode`, else the old file's, else 644), os.replace.
+    A file holding secrets passes mode=0o600 and is never readable by others.
     """
     path = Path(path)
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    if mode is None:
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:

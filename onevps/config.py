@@ -306,6 +306,12 @@ KEYS: tuple[Key, ...] = (
 )
 KEY_NAMES = frozenset(k.name for k in KEYS)
 SECRET_KEYS = ("REDIS_PASSWORD", "CHROMA_TOKEN")
+SECRET_SUFFIXES = ("_PASSWORD", "_TOKEN", "_SECRET", "_KEY")
+
+
+def is_secret(name: str) -> bool:
+    """Keys whose values are never shown: the secrets, and anything named like one."""
+    return name in SECRET_KEYS or name.upper().endswith(SECRET_SUFFIXES)
 
 
 def require_secrets(settings: "Settings", where: str = ".env") -> None:
@@ -337,8 +343,7 @@ def create_env_file(root: Path) -> Path | None:
         if key in SECRET_KEYS:
             line = f"{key}={secrets.token_urlsafe(32)}"
         lines.append(line)
-    atomic_write(target, "\n".join(lines) + "\n")
-    os.chmod(target, 0o600)
+    atomic_write(target, "\n".join(lines) + "\n", mode=0o600)  # private from its first byte
     return target
 
 
@@ -465,7 +470,8 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
         try:
             parsed[key.name] = key.check(value)
         except ValueError as exc:
-            raise ConfigError(f"{key.name}={value!r} ({where}) {exc}", f"fix {key.name}; see .env.example") from None
+            shown = key.name if is_secret(key.name) else f"{key.name}={value!r}"  # a secret's value is never shown
+            raise ConfigError(f"{shown} ({where}) {exc}", f"fix {key.name}; see .env.example") from None
         raw[key.name] = str(parsed[key.name])
 
     app_net = ipaddress.IPv4Network(f"{parsed['NETWORK_PREFIX']}.0/24")

@@ -73,3 +73,22 @@ def test_atomic_write_failure_leaves_old_file(tmp_path, monkeypatch):
         composefile.atomic_write(path, "new\n")
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["f.yml"]
+
+
+def test_atomic_write_with_a_mode_is_private_from_its_first_byte(tmp_path, monkeypatch):
+    """A file holding secrets (mode=0o600) is never readable by others, not even for a moment:
+    the temp file is 600 when the text is written, and the final file is 600 when it appears."""
+    path = tmp_path / ".env"
+    seen = []
+    real_replace = os.replace
+
+    def watch(src, dst):
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))  # the mode the file has when it appears
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", watch)
+    composefile.atomic_write(path, "REDIS_PASSWORD=x\n", mode=0o600)
+    assert seen == [0o600] and stat.S_IMODE(path.stat().st_mode) == 0o600
+    os.chmod(path, 0o644)  # an existing file that others could read becomes private too
+    composefile.atomic_write(path, "REDIS_PASSWORD=y\n", mode=0o600)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -181,3 +181,25 @@ def test_first_run_creates_env_with_random_secret(tmp_path):
 def test_bad_limits_name_the_key(tmp_path, key, value):
     with pytest.raises(ConfigError, match=key):
         load(root=tmp_path, environ={key: value})
+
+
+@pytest.mark.parametrize("key", ["REDIS_PASSWORD", "CHROMA_TOKEN"])
+def test_a_rejected_secret_names_the_key_and_why_never_the_value(tmp_path, key):
+    value = "short!secret"
+    write_env(tmp_path, f"{key}={value}\n")
+    with pytest.raises(ConfigError) as err:
+        load(root=tmp_path, environ={})
+    message = err.value.message
+    assert message.startswith(f"error: {key} (.env line 1) must be at least 16 characters")
+    assert value not in message and "short" not in message
+
+
+def test_secret_like_names():
+    assert all(config.is_secret(k) for k in ("REDIS_PASSWORD", "CHROMA_TOKEN", "API_SECRET", "X_KEY", "db_password"))
+    assert not any(config.is_secret(k) for k in ("DOMAIN", "VPS_HOST", "KEYRING_DIR"))
+
+
+def test_the_env_file_made_on_the_first_run_is_private(tmp_path):
+    (tmp_path / ".env.example").write_text("DOMAIN=localhost\nREDIS_PASSWORD=change-me\n")
+    made = config.create_env_file(tmp_path)
+    assert made == tmp_path / ".env" and (made.stat().st_mode & 0o777) == 0o600
