@@ -88,9 +88,20 @@ def check_archive(path: Path) -> dict:
             names = set(tar.getnames())
             member = tar.extractfile("./manifest.json")
             manifest = json.loads(member.read()) if member else {}
-    except (tarfile.TarError, KeyError, ValueError):
+    except (tarfile.TarError, KeyError, ValueError, OSError):
         raise OnevpsError(f"{path} is not an onevps backup archive", "give a file made by `fab backup`") from None
-    missing = [v for v in manifest.get("volumes", []) if f"./volumes/{v}.tar.gz" not in names]
+    # The manifest is data from a file: trust none of it. Volume names go into commands on the
+    # server, so only the volumes onevps backs up are accepted (an unknown one is refused, not run).
+    volumes = manifest.get("volumes") if isinstance(manifest, dict) else None
+    if not isinstance(volumes, list) or not all(isinstance(v, str) for v in volumes):
+        raise OnevpsError(f"{path} is not an onevps backup archive (its manifest lists no volumes)",
+                          "give a file made by `fab backup`")
+    unknown = [v for v in volumes if v not in VOLUMES]
+    if unknown or len(set(volumes)) != len(volumes):
+        shown = ", ".join(repr(v[:40]) for v in unknown) or "a volume twice"
+        raise OnevpsError(f"{path} names volumes onevps does not back up ({shown}); nothing was restored",
+                          f"give a file made by `fab backup` (its volumes are among {', '.join(VOLUMES)})")
+    missing = [v for v in volumes if f"./volumes/{v}.tar.gz" not in names]
     if missing or "./env" not in names:
         raise OnevpsError(f"{path} is incomplete (missing {', '.join(missing) or 'env'})", "use another backup")
     return manifest

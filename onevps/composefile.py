@@ -47,6 +47,12 @@ def load(path: Path) -> Any:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ComposeFileError(f"{path} does not exist", "restore it with `git checkout -- compose/`") from None
+    except IsADirectoryError:
+        raise ComposeFileError(f"{path} is a folder, not a file", "restore it with `git checkout -- compose/`") from None
+    except UnicodeDecodeError as exc:
+        raise ComposeFileError(f"{path} is not UTF-8 text (byte {exc.start})", "save it as UTF-8") from None
+    except OSError as exc:
+        raise ComposeFileError(f"cannot read {path}: {exc.strerror or exc}", "check the file's permissions") from None
     return loads(text, name=str(path))
 
 

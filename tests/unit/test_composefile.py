@@ -92,3 +92,14 @@ def test_atomic_write_with_a_mode_is_private_from_its_first_byte(tmp_path, monke
     os.chmod(path, 0o644)  # an existing file that others could read becomes private too
     composefile.atomic_write(path, "REDIS_PASSWORD=y\n", mode=0o600)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_compose_file_that_is_a_folder_or_not_utf8_is_one_line(tmp_path):
+    folder = tmp_path / "docker-compose.yml"
+    folder.mkdir()
+    with pytest.raises(ComposeFileError, match=r"is a folder, not a file"):
+        composefile.load(folder)
+    latin = tmp_path / "latin.yml"
+    latin.write_bytes(b"services:\n  caf\xe9: {}\n")
+    with pytest.raises(ComposeFileError, match=r"is not UTF-8 text \(byte 15\)"):
+        composefile.load(latin)
