@@ -129,7 +129,8 @@ def restore(c: Ctx, archive: Path, with_env: bool = False) -> None:
                               f"tar -xzf /backup/volumes/{volume}.tar.gz -C /data", True),
                       f"restore volume {volume}")
         if with_env:
-            c.run.run(["sh", "-c", 'cp "$1/env" "$2/.env" && chmod 600 "$2/.env"', "sh", work, c.rs.vps_path],
+            c.run.run(["sh", "-c", 'umask 077 && rm -f "$2/.env.onevps-tmp" && cp "$1/env" "$2/.env.onevps-tmp" && '
+                       'mv -f "$2/.env.onevps-tmp" "$2/.env"', "sh", work, c.rs.vps_path],
                       "restore the server's .env")
     finally:
         c.run.run(commands.compose(c.rs, "up", "--detach", "--no-build", "--wait", "--wait-timeout",

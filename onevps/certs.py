@@ -24,14 +24,16 @@ CERTS = "/etc/nginx/certs"
 LOGS = "/etc/letsencrypt/logs"  # in the letsencrypt volume: kept after the run
 
 # Run in the certbot container: put the issued certificate where nginx reads
-# it, keeping the previous pair as *.prev for a restore.
+# it, keeping the previous pair as *.prev for a restore. umask 077: the key is
+# 600 from its first byte (cp creates the new file with the umask applied).
 INSTALL_SCRIPT = f"""
 set -eu
+umask 077
 src=/etc/letsencrypt/live/{CERT_NAME}
 for f in fullchain.pem privkey.pem; do
     [ -f {CERTS}/$f ] && cp -p {CERTS}/$f {CERTS}/$f.prev
+    rm -f {CERTS}/$f.new
     cp -L "$src/$f" {CERTS}/$f.new
-    chmod 600 {CERTS}/$f.new
     mv -f {CERTS}/$f.new {CERTS}/$f
 done
 """

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from dotenv.parser import parse_stream
 
-from .errors import ConfigError
+from .errors import ConfigError, register_secrets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -416,6 +416,9 @@ def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:
         line = binding.original.line
         if binding.error:
             shown = binding.original.string.strip()[:60]
+            name = shown.split("=", 1)[0].removeprefix("export ").strip()
+            if is_secret(name):  # the value of a secret is never shown, even a broken one
+                shown = f"{name}=<value hidden>"
             raise ConfigError(
                 f"{path.name} line {line} cannot be parsed: {shown!r}",
                 "write KEY=value, quote values with spaces, see .env.example",
@@ -455,6 +458,10 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
             if key not in KEY_NAMES:
                 warn(f"warning: {env_path.name} line {line}: unknown key {key} (ignored; see .env.example)")
 
+    # Secret values are masked in every message from here on (errors.redact), also
+    # those of keys onevps does not know (an app's *_TOKEN in the same file).
+    register_secrets(v for k, (v, _) in from_file.items() if is_secret(k))
+    register_secrets(environ[k] for k in KEY_NAMES if is_secret(k) and k in environ)
     raw: dict[str, str] = {}
     parsed: dict[str, object] = {}
     for key in KEYS:

@@ -19,6 +19,7 @@ Every other container keeps its ID and start time; the deploy prints proof.
 from __future__ import annotations
 
 import json
+import posixpath
 import shlex
 import subprocess
 import time
@@ -30,7 +31,7 @@ from fabric import Connection
 
 from . import commands, config, nginx, remote, tiers
 from .config import Settings
-from .errors import OnevpsError
+from .errors import CommandFailed, OnevpsError
 from .registry import SHARED_SERVICES, App, Registry
 from .registry import load as load_registry
 from .stack import columns
@@ -235,15 +236,34 @@ def _service_config(c: Ctx, name: str) -> tuple[dict, str]:
     return data["services"][name], net
 
 
-def slot_run_argv(c: Ctx, app: App, image: str, service: dict, network: str) -> list[str]:
-    """`docker run` for the deploy slot: the service's environment and health check,
-    on app-network at host + 128, with no compose labels (compose leaves it alone)."""
+def slot_env_path(c: Ctx, name: str) -> str:
+    """The deploy slot's environment on the server (mode 600, removed once the slot started)."""
+    return posixpath.join(c.rs.vps_path, remote.STATE_DIR, f"{name}.slot.env")
+
+
+def slot_env_text(app: App, service: dict) -> str:
+    """The service's environment as a `docker run --env-file` file: one KEY=value a line,
+    taken literally. Values travel in this file, never on a command line (they hold secrets)."""
+    lines = []
+    for key, value in sorted((service.get("environment") or {}).items()):
+        if value is None:
+            lines.append(key)  # unset in compose: docker takes it from its own environment, as compose does
+            continue
+        if "\n" in str(value) or "\r" in str(value):
+            raise OnevpsError(f"the environment variable {key} of {app.name} holds a line break; "
+                              "the deploy slot cannot take it", f"keep {key} on one line in the compose file or .env")
+        lines.append(f"{key}={value}")
+    return "".join(line + "\n" for line in lines)
+
+
+def slot_run_argv(c: Ctx, app: App, image: str, service: dict, network: str, env_file: str) -> list[str]:
+    """`docker run` for the deploy slot: the service's environment (from env_file) and
+    health check, on app-network at host + 128, with no compose labels (compose leaves it alone)."""
     argv = ["run", "--detach", "--name", slot_name(c, app.name),
             "--network", network, "--ip", c.rs.address(app.slot_host),
             "--label", "onevps.slot=next", "--label", f"onevps.app={app.name}",
-            "--log-driver", "json-file", "--log-opt", "max-size=10m", "--log-opt", "max-file=3"]
-    for key, value in sorted((service.get("environment") or {}).items()):
-        argv += ["--env", f"{key}={value}" if value is not None else key]
+            "--log-driver", "json-file", "--log-opt", "max-size=10m", "--log-opt", "max-file=3",
+            "--env-file", env_file]
     check = service.get("healthcheck") or {}
     test = check.get("test") or []
     if test and test[0] in ("CMD", "CMD-SHELL"):
@@ -270,19 +290,18 @@ def wait_healthy(c: Ctx, name: str, timeout: int) -> str:
     return f"{state} after {timeout}s"
 
 
-def switch(c: Ctx, app: App, image: str) -> None:
-    """Replace the app's container with `image` without a failed request."""
-    primary, slot = container_name(c, app.name), slot_name(c, app.name)
-    c.run.run(commands.docker("rm", "--force", slot), "remove a leftover deploy slot", check=False)
-    if not inspect(c, "{{.Id}}", primary):
-        c.say(f"==> {app.name} has no container yet: starting it")
-        c.run.run(commands.compose(c.rs, "up", "--detach", "--no-deps", "--no-build", "--wait",
-                                   "--wait-timeout", str(c.rs.deploy_timeout), app.name),
-                  f"start {app.name}", hide=False)
-        return
+def start_slot(c: Ctx, app: App, image: str) -> None:
+    """Step 1: the new image in the deploy slot, healthy; or removed again and an error."""
+    slot = slot_name(c, app.name)
     service, network = _service_config(c, app.name)
+    env_file = slot_env_path(c, app.name)
     c.say(f"==> starting the new {app.name} in its deploy slot {c.rs.address(app.slot_host)}")
-    c.run.run(slot_run_argv(c, app, image, service, network), f"start the new {app.name} in the deploy slot")
+    remote.put_text(c.conn, c.run, env_file, slot_env_text(app, service), mode="600")
+    try:
+        c.run.run(slot_run_argv(c, app, image, service, network, env_file),
+                  f"start the new {app.name} in the deploy slot")
+    finally:  # docker read the file when it created the container
+        c.run.run(["rm", "-f", env_file], "remove the deploy slot's env file", check=False)
     state = wait_healthy(c, slot, c.rs.deploy_timeout)
     if state != "healthy":
         logs = c.run.run(commands.docker("logs", "--tail", "30", slot), "logs of the new version",
@@ -292,16 +311,66 @@ def switch(c: Ctx, app: App, image: str) -> None:
               f"{(logs.stdout + logs.stderr).strip() or '(no output)'}")
         raise OnevpsError(f"the new {app.name} did not become healthy ({state}); it was removed and "
                           f"the old version keeps serving", "read its log lines above, fix the app and deploy again")
+
+
+def stop_primary(c: Ctx, app: App) -> None:
+    """Step 2: the old container stops gracefully; nginx retries on the slot meanwhile."""
     c.say(f"==> new {app.name} is healthy; replacing the old container (nginx serves from the slot meanwhile)")
     c.run.run(commands.compose(c.rs, "stop", "--timeout", "30", app.name), f"stop the old {app.name}")
+
+
+def start_primary(c: Ctx, app: App) -> None:
+    """Step 3: the compose service (its `latest` image) at the app's address, healthy."""
+    slot = slot_name(c, app.name)
     c.run.run(commands.compose(c.rs, "up", "--detach", "--no-deps", "--no-build", "--wait",
                                "--wait-timeout", str(c.rs.deploy_timeout), app.name),
               f"start the new {app.name} at its address", hide=True,
               hint=f"the new version keeps serving from the deploy slot {slot}; check `fab logs --app={app.name}`")
+
+
+def retire_slot(c: Ctx, app: App) -> None:
+    """Step 4: nginx trusts the primary again after fail_timeout; then the slot stops and goes."""
+    slot = slot_name(c, app.name)
     if not c.run.dry_run:
-        time.sleep(nginx.FAIL_TIMEOUT + 1)  # nginx trusts the primary again after fail_timeout
+        time.sleep(nginx.FAIL_TIMEOUT + 1)
     c.run.run(commands.docker("stop", "--time", "30", slot), "stop the deploy slot")
     c.run.run(commands.docker("rm", slot), "remove the deploy slot")
+
+
+def clear_leftover_slot(c: Ctx, app: App) -> None:
+    """A deploy slot left by an earlier switch. Stopped: removed. Running while the app's own
+    container is not healthy (step 3 failed): it is what serves the app, so the app's
+    container starts at its address first and only then the slot goes; should that start
+    fail, the slot keeps serving and nothing is removed."""
+    slot = slot_name(c, app.name)
+    running = inspect(c, "{{.State.Running}}", slot)
+    if running is None:
+        return
+    if running != "true":
+        c.run.run(commands.docker("rm", "--force", slot), "remove a stopped leftover deploy slot")
+        return
+    fmt = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+    if inspect(c, fmt, container_name(c, app.name)) != "running healthy":
+        c.say(f"==> the deploy slot {slot} serves {app.name} (an earlier switch stopped before its step 3): "
+              f"starting {app.name} at its address first")
+        start_primary(c, app)
+    c.say(f"==> retiring the leftover deploy slot {slot}")
+    retire_slot(c, app)
+
+
+def switch(c: Ctx, app: App, image: str) -> None:
+    """Replace the app's container with `image` without a failed request (steps 1-4 above)."""
+    clear_leftover_slot(c, app)
+    if not inspect(c, "{{.Id}}", container_name(c, app.name)):
+        c.say(f"==> {app.name} has no container yet: starting it")
+        c.run.run(commands.compose(c.rs, "up", "--detach", "--no-deps", "--no-build", "--wait",
+                                   "--wait-timeout", str(c.rs.deploy_timeout), app.name),
+                  f"start {app.name}", hide=False)
+        return
+    start_slot(c, app, image)
+    stop_primary(c, app)
+    start_primary(c, app)
+    retire_slot(c, app)
 
 
 # ----------------------------------------------------------------- recipes --
@@ -355,7 +424,8 @@ def deploy_app(c: Ctx, app: App, action: str = "deploy", image: str | None = Non
             c.say(line)
         return entry
     except OnevpsError as exc:
-        entry["error"] = exc.what
+        # The journal gets what failed, never a command line (it could hold a secret).
+        entry["error"] = exc.step if isinstance(exc, CommandFailed) else exc.what
         if previous and entry.get("image") and entry["image"] != previous and not c.run.dry_run:
             # `latest` goes back to what runs, so no later `compose up` starts the failed build.
             c.run.run(commands.docker("tag", previous, app_ref(c, app.name)), "point latest back at the running image",

@@ -6,13 +6,38 @@ invoke print the message to stderr and exit non-zero without a traceback.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from invoke.exceptions import Exit
+
+# Secret values this process has read (onevps.config.load registers the values of
+# REDIS_PASSWORD, CHROMA_TOKEN and every *_PASSWORD/_TOKEN/_SECRET/_KEY). Every
+# error message and every line onevps prints passes through redact(), so a value
+# that slips into a command line or a command's output is shown as MASK.
+MASK = "***"
+MIN_SECRET_LENGTH = 6  # shorter values are too common to mask in free text
+_SECRETS: set[str] = set()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Remember secret values so that redact() masks them from now on."""
+    _SECRETS.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret value (also inside longer values such
+    as REDIS_URL) replaced by ***."""
+    for value in sorted(_SECRETS, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
 
 
 class OnevpsError(Exit):
-    """What failed, and what to do about it, in one line."""
+    """What failed, and what to do about it, in one line. Secret values are masked."""
 
     def __init__(self, what: str, hint: str | None = None, code: int = 1):
+        what, hint = redact(what), (redact(hint) if hint else hint)
         self.what = what
         self.hint = hint
         line = f"error: {what}"
@@ -35,9 +60,12 @@ class ComposeFileError(OnevpsError):
 class CommandFailed(OnevpsError):
     """An external command (docker, compose, ssh) failed."""
 
-    def __init__(self, what: str, hint: str | None = None, code: int = 1, output: str = ""):
+    def __init__(self, what: str, hint: str | None = None, code: int = 1, output: str = "",
+                 step: str | None = None):
         super().__init__(what, hint, code)
-        self.output = output
+        self.output = redact(output)
+        # What failed without the command line: what a journal may store.
+        self.step = redact(step) if step else self.what.splitlines()[0]
 
 
 def number_flag(flag: str, value: object, minimum: float = 0, whole: bool = True) -> int | float:

@@ -103,6 +103,10 @@ class RemoteRunner(Runner):
             hint: str | None = None, env: Mapping[str, str] | None = None,
             mutates: bool = True) -> Result:
         merged = {**self.env, **(env or {})}
+        if leaked := sorted(k for k in merged if config.is_secret(k)):
+            # The prefix is part of the command line (ps, logs): secrets travel in files.
+            raise OnevpsError(f"refusing to put {', '.join(leaked)} on the server's command line",
+                              "this is a bug in onevps; please report it")
         prefix = ["env", *[f"{k}={v}" for k, v in sorted(merged.items())]] if merged else []
         saved, self.env = self.env, {}
         try:
@@ -197,7 +201,9 @@ def put_text(conn: Connection, runner: Runner, target: str, text: str, mode: str
         runner.say(f"[dry-run] write {target} (mode {mode}, {len(text.encode())} bytes)")
         return
     tmp = f"{target}.onevps-tmp"
-    runner.run(["sh", "-c", 'umask 077 && : > "$1"', "sh", tmp], f"prepare {target}")
+    # A new, empty file of mode 600 first (a leftover temp file keeps no other mode): the
+    # text, which may hold secrets, is never readable by others, not even for a moment.
+    runner.run(["sh", "-c", 'rm -f "$1" && umask 077 && : > "$1"', "sh", tmp], f"prepare {target}")
     try:
         conn.put(io.BytesIO(text.encode()), tmp)
     except (OSError, SSHException) as exc:

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 from invoke.context import Context
 
 from . import commands
-from .errors import CommandFailed, OnevpsError
+from .errors import CommandFailed, OnevpsError, redact
 
 _TAIL_LINES = 20
 
@@ -35,6 +35,28 @@ def _tail(text: str, lines: int = _TAIL_LINES) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+class RedactingStream:
+    """A text stream that masks secret values (errors.redact) line by line before
+    passing them on: what a streamed command prints (hide=False) goes through it."""
+
+    def __init__(self, target: object):
+        self.target = target
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            done, _, self._pending = self._pending.rpartition("\n")
+            self.target.write(redact(done + "\n"))  # type: ignore[attr-defined]
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.target.write(redact(self._pending))  # type: ignore[attr-defined]
+            self._pending = ""
+        self.target.flush()  # type: ignore[attr-defined]
+
+
 @dataclass
 class Runner:
     ctx: Context
@@ -44,7 +66,8 @@ class Runner:
     out: object = None  # default: sys.stdout at the time of printing
 
     def say(self, message: str) -> None:
-        print(message, file=self.out or sys.stdout, flush=True)  # type: ignore[arg-type]
+        """Print one message; secret values are masked (errors.redact)."""
+        print(redact(message), file=self.out or sys.stdout, flush=True)  # type: ignore[arg-type]
 
     def run(self, argv: Sequence[str], step: str, *, hide: bool = True, check: bool = True,
             hint: str | None = None, env: Mapping[str, str] | None = None,
@@ -62,10 +85,15 @@ class Runner:
         if self.echo:
             self.say(f"$ {command}")
         merged = {**self.env, **(env or {})}
+        streams = {} if hide else {"out_stream": RedactingStream(sys.stdout), "err_stream": RedactingStream(sys.stderr)}
         try:
-            res = self.ctx.run(command, env=merged, hide=hide, warn=True, in_stream=False, pty=False)
+            res = self.ctx.run(command, env=merged, hide=hide, warn=True, in_stream=False, pty=False, **streams)
         except OSError as exc:  # the program itself cannot start
-            raise CommandFailed(f"{step}: cannot run {argv[0]}: {exc.strerror}", hint) from None
+            raise CommandFailed(f"{step}: cannot run {argv[0]}: {exc.strerror}", hint,
+                                step=f"{step}: cannot run {argv[0]}") from None
+        finally:
+            for stream in streams.values():
+                stream.flush()
         result = Result(argv, res.exited, res.stdout or "", res.stderr or "")
         if check and not result.ok:
             detail = _tail(result.stderr or result.stdout) if hide else ""
@@ -73,7 +101,9 @@ class Runner:
             what = f"{step} failed (exit {result.exited}): {shown}"
             if detail:
                 what += "\n" + "\n".join("    " + line for line in detail.splitlines())
-            raise CommandFailed(what, hint, output=result.stdout + result.stderr)
+            # CommandFailed masks secret values in all of it (errors.redact).
+            raise CommandFailed(what, hint, output=result.stdout + result.stderr,
+                                step=f"{step} failed (exit {result.exited})")
         return result
 
 

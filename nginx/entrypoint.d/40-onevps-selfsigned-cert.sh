@@ -10,10 +10,11 @@ if [ -s "$dir/fullchain.pem" ] && [ -s "$dir/privkey.pem" ]; then
 fi
 mkdir -p "$dir"
 echo "$0: making a self-signed certificate for $domain and *.$domain"
+umask 077  # the key is 600 from its first byte
+rm -f "$dir/privkey.pem.tmp" "$dir/fullchain.pem.tmp"
 openssl req -x509 -nodes -newkey rsa:2048 -days 825 \
     -subj "/CN=$domain" \
     -addext "subjectAltName=DNS:$domain,DNS:*.$domain" \
     -keyout "$dir/privkey.pem.tmp" -out "$dir/fullchain.pem.tmp" 2>/dev/null
-chmod 600 "$dir/privkey.pem.tmp"
 mv "$dir/privkey.pem.tmp" "$dir/privkey.pem"
 mv "$dir/fullchain.pem.tmp" "$dir/fullchain.pem"

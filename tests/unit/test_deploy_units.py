@@ -114,15 +114,18 @@ def test_slot_container_argv():
     service = {"environment": {"REDIS_URL": "redis://10.9.0.4:6379/0", "EMPTY": None},
                "healthcheck": {"test": ["CMD", "python", "-c", "print('ok')"], "timeout": "5s", "retries": 3,
                                "start_period": "60s"}}
-    argv = deploy.slot_run_argv(FakeCtx(), App("kb", "base", 12), "sha256:abc", service, "prod_app-network")
+    argv = deploy.slot_run_argv(FakeCtx(), App("kb", "base", 12), "sha256:abc", service, "prod_app-network",
+                                "/srv/apps/.onevps/kb.slot.env")
     health = argv.index("--health-cmd")
     assert shlex.split(argv[health + 1]) == ["python", "-c", "print('ok')"]  # run by the shell like CMD
     assert shlex.join(argv[:health] + argv[health + 2:]) == (
         "docker run --detach --name prod-kb-next --network prod_app-network --ip 10.9.0.140 "
         "--label onevps.slot=next --label onevps.app=kb --log-driver json-file --log-opt max-size=10m "
-        "--log-opt max-file=3 --env EMPTY --env REDIS_URL=redis://10.9.0.4:6379/0 "
+        "--log-opt max-file=3 --env-file /srv/apps/.onevps/kb.slot.env "
         "--health-interval 1s --health-timeout 5s --health-retries 3 --health-start-period 60s sha256:abc")
     assert "com.docker.compose.project" not in " ".join(argv)  # compose leaves the slot alone
+    assert "REDIS_URL" not in " ".join(argv)  # the environment travels in the file, never on the command line
+    assert deploy.slot_env_text(App("kb", "base", 12), service) == "EMPTY\nREDIS_URL=redis://10.9.0.4:6379/0\n"
 
 
 def test_proof_lists_unchanged_and_refuses_changes():
