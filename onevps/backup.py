@@ -104,7 +104,42 @@ def check_archive(path: Path) -> dict:
     missing = [v for v in volumes if f"./volumes/{v}.tar.gz" not in names]
     if missing or "./env" not in names:
         raise OnevpsError(f"{path} is incomplete (missing {', '.join(missing) or 'env'})", "use another backup")
+    check_members(path, volumes)
     return manifest
+
+
+# What `fab backup` writes, and nothing else: the server unpacks these.
+FOLDERS = (".", "./volumes")
+FILES = ("./env", "./manifest.json") + tuple(f"./volumes/{v}.tar.gz" for v in VOLUMES)
+
+
+def check_members(path: Path, volumes: list[str]) -> None:
+    """Every member stays inside the archive: the outer archive holds only what `fab backup`
+    writes (folders and plain files, no links); each volume's archive holds no absolute path,
+    no `..` leaving the volume, no link pointing out of it and no device file
+    (Python's tarfile.data_filter decides, the rules of PEP 706)."""
+    def refuse(member: str, why: str) -> OnevpsError:
+        return OnevpsError(f"{path} holds {member[:80]!r} ({why}); nothing was restored",
+                           "give a file made by `fab backup`")
+
+    try:
+        with tarfile.open(path) as tar:
+            for m in tar.getmembers():
+                if not ((m.name in FOLDERS and m.isdir()) or (m.name in FILES and m.isfile())):
+                    raise refuse(m.name, "not written by `fab backup`")
+            for volume in volumes:
+                inner = tar.extractfile(f"./volumes/{volume}.tar.gz")
+                with tarfile.open(fileobj=inner, mode="r:gz") as data:
+                    for m in data:
+                        if m.name.startswith("/"):  # data_filter would strip it; tar would too: refuse
+                            raise refuse(f"volumes/{volume}.tar.gz:{m.name}", "an absolute path")
+                        try:
+                            tarfile.data_filter(m, "/data")
+                        except tarfile.FilterError as exc:
+                            raise refuse(f"volumes/{volume}.tar.gz:{m.name}", str(exc).split(" (", 1)[0]) from None
+    except (tarfile.TarError, OSError, EOFError):
+        raise OnevpsError(f"{path} is not an onevps backup archive (a volume's archive does not read)",
+                          "give a file made by `fab backup`") from None
 
 
 def restore(c: Ctx, archive: Path, with_env: bool = False) -> None:

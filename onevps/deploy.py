@@ -411,7 +411,10 @@ def deploy_app(c: Ctx, app: App, action: str = "deploy", image: str | None = Non
                   f"({(previous or 'none')[:19]} -> new image); no other container would change")
             entry["result"] = "dry-run"
             return entry
-        if image and image == previous:
+        # A slot an earlier switch left serving goes first (after the app is healthy at its
+        # address); then the app's container may already run this very image.
+        clear_leftover_slot(c, app)
+        if image and image == inspect(c, "{{.Image}}", container_name(c, app.name)):
             c.say(f"==> {app.name} already runs this image ({image[:19]}); nothing to switch")
             entry["result"] = "ok (unchanged)"
         else:
@@ -492,7 +495,11 @@ def rollback(c: Ctx, app: str) -> None:
     require_docker_on_server(c)
 
     def body() -> None:
-        current = inspect(c, "{{.Image}}", container_name(c, app))
+        # What serves now: a deploy slot left running by a switch that stopped before its
+        # step 3 serves instead of the app's own container.
+        slot = slot_name(c, app)
+        serving = slot if inspect(c, "{{.State.Running}}", slot) == "true" else container_name(c, app)
+        current = inspect(c, "{{.Image}}", serving)
         history = [e for e in remote.read_journal(c.run, c.rs)
                    if e.get("app") == app and str(e.get("result", "")).startswith("ok") and e.get("image")]
         candidates = [e["image"] for e in reversed(history) if e["image"] != current]

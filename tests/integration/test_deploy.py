@@ -355,6 +355,79 @@ def test_backup_and_restore_round_trip(repo):
                                   "(hint: give a file made by `fab backup`)")
 
 
+@pytest.fixture
+def broken_step_3(repo, monkeypatch):
+    """Break step 3 of the switch on purpose: while the old container is stopped, another
+    container takes the app's address, so `compose up` of the app fails (address in use)
+    and the new version is left serving from the deploy slot. Returns a function that
+    runs a real deploy or rollback in this process with that failure."""
+    from onevps import deploy as recipes
+    from onevps.errors import OnevpsError
+
+    real = recipes.start_primary
+    squatter = f"{PROJECT}-squatter"
+
+    def take_the_address(c, app):
+        docker("run", "--detach", "--name", squatter, "--network", f"{PROJECT}_app-network",
+               "--ip", c.rs.address(app.host), "python:3.11-slim", "sleep", "600")
+        real(c, app)
+
+    def run(recipe: str, **kw) -> str:
+        local = config.load(root=repo["root"], environ={**os.environ, **repo["env"]})
+        ctx = recipes.open_ctx(local, None, dry_run=False, secrets=True)
+        monkeypatch.setattr(recipes, "start_primary", take_the_address)
+        try:
+            with pytest.raises(OnevpsError) as err:
+                getattr(recipes, recipe)(ctx, **kw)
+        finally:
+            monkeypatch.setattr(recipes, "start_primary", real)
+            subprocess.run(["docker", "rm", "--force", squatter], capture_output=True)
+            ctx.conn.close()
+        return err.value.message
+
+    yield run
+    subprocess.run(["docker", "rm", "--force", squatter], capture_output=True)
+
+
+def _running(name: str) -> bool:
+    return subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", name],
+                          capture_output=True, text=True).stdout.strip() == "true"
+
+
+def test_a_switch_broken_at_step_3_is_mended_by_the_next_deploy_and_rollback(repo, broken_step_3):
+    """The slot left serving is the only container of the app: the next deploy (then a
+    rollback, after another break) starts the app at its address before the slot goes."""
+    app, slot = f"{PROJECT}-portfolio-1", f"{PROJECT}-portfolio-next"
+    set_version(repo, "portfolio", "s3-a")
+    with Load("portfolio") as load:
+        message = broken_step_3("deploy", app="portfolio")
+    assert "keeps serving from the deploy slot" in message, message
+    assert _running(slot) and not _running(app)  # the state step 3 leaves behind
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert http(Server, "portfolio", "/health").json()["version"] == "s3-a"  # from the slot
+
+    with Load("portfolio") as load:
+        res = fab(repo, "deploy", "--app=portfolio")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    assert "serves portfolio (an earlier switch stopped before its step 3)" in res.stdout
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert _running(app) and not subprocess.run(["docker", "inspect", slot], capture_output=True).returncode == 0
+    assert http(Server, "portfolio", "/health").json()["version"] == "s3-a"
+
+    set_version(repo, "portfolio", "s3-b")
+    with Load("portfolio") as load:
+        message = broken_step_3("deploy", app="portfolio")
+        assert _running(slot) and not _running(app)
+        assert http(Server, "portfolio", "/health").json()["version"] == "s3-b"
+        res = fab(repo, "rollback", "--app=portfolio")
+    assert "keeps serving from the deploy slot" in message, message
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert _running(app) and not subprocess.run(["docker", "inspect", slot], capture_output=True).returncode == 0
+    assert load.versions[-1] == "s3-a"
+    set_version(repo, "portfolio", "dev")
+
+
 def _served_certificate(name: str) -> str:
     """Issuer and names of the certificate nginx presents on 127.0.0.1 for `name`."""
     pem = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{Server.https_port}", "-servername", name],

@@ -11,19 +11,95 @@ from onevps import backup
 from onevps.errors import OnevpsError
 
 
-def archive(tmp_path, volumes, files=None, manifest=None):
+def volume_tar(members=None) -> bytes:
+    """A volume's archive as `tar -czf - -C /data .` makes it; members: TarInfo -> data."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        top = tarfile.TarInfo(".")
+        top.type = tarfile.DIRTYPE
+        tar.addfile(top)
+        for info, data in (members or [(tarfile.TarInfo("./appendonly.aof"), b"SET k v")]):
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def archive(tmp_path, volumes, files=None, manifest=None, extra=None):
+    """An archive as `fab backup` writes it (extra: more outer members, TarInfo -> data)."""
     path = tmp_path / "onevps-backup.tar"
     with tarfile.open(path, "w") as tar:
+        for name in (".", "./volumes"):
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
         entries = {"./env": b"REDIS_PASSWORD=x\n",
                    "./manifest.json": json.dumps(manifest if manifest is not None else
                                                  {"project": "p", "volumes": volumes, "time": "t"}).encode()}
         for name in files if files is not None else volumes:
-            entries[f"./volumes/{name}.tar.gz"] = b"data"
-        for name, data in entries.items():
-            info = tarfile.TarInfo(name)
+            entries[f"./volumes/{name}.tar.gz"] = volume_tar()
+        items = [(tarfile.TarInfo(name), data) for name, data in entries.items()] + list(extra or [])
+        for info, data in items:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize("member", [
+    tarfile.TarInfo("../../etc/cron.d/x"),     # a path leaving the folder it is unpacked in
+    tarfile.TarInfo("/etc/cron.d/x"),           # an absolute path
+    tarfile.TarInfo("./volumes/extra.sh"),      # a file fab backup never writes
+    link("./volumes/redis-data.tar.gz.lnk", "/etc/shadow"),
+])
+def test_an_archive_with_a_member_fab_backup_never_writes_is_refused(tmp_path, member):
+    path = archive(tmp_path, ["redis-data"], extra=[(member, b"* * * * * root touch /tmp/pwned\n")])
+    with pytest.raises(OnevpsError) as err:
+        backup.check_archive(path)
+    assert "not written by `fab backup`" in err.value.message and "nothing was restored" in err.value.message
+    assert "\n" not in err.value.message
+
+
+@pytest.mark.parametrize("member, why", [
+    ((tarfile.TarInfo("./../../etc/cron.d/x"), b"x"), "outside the destination"),
+    ((tarfile.TarInfo("/etc/cron.d/x"), b"x"), "absolute path"),
+    ((link("./escape", "/etc/shadow"), b""), "absolute"),
+    ((link("./escape", "../../etc/shadow"), b""), "outside the destination"),
+    ((link("./hard", "../outside", tarfile.LNKTYPE), b""), "outside the destination"),
+])
+def test_a_volume_archive_whose_members_leave_the_volume_is_refused(tmp_path, member, why):
+    path = tmp_path / "crafted.tar"
+    good = archive(tmp_path, ["redis-data"])
+    with tarfile.open(good) as src, tarfile.open(path, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else b""
+            if m.name == "./volumes/redis-data.tar.gz":
+                data = volume_tar([(tarfile.TarInfo("./dump.rdb"), b"ok"), member])
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    with pytest.raises(OnevpsError) as err:
+        backup.check_archive(path)
+    assert "volumes/redis-data.tar.gz:" in err.value.message and why in err.value.message.lower()
+    assert "nothing was restored" in err.value.message and "\n" not in err.value.message
+
+
+def test_a_volume_archive_with_links_inside_the_volume_is_accepted(tmp_path):
+    """Let's Encrypt keeps live/ as relative links into archive/: those are fine."""
+    path = tmp_path / "certs.tar"
+    good = archive(tmp_path, ["nginx-certs"])
+    with tarfile.open(good) as src, tarfile.open(path, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else b""
+            if m.name == "./volumes/nginx-certs.tar.gz":
+                data = volume_tar([(tarfile.TarInfo("./archive/privkey1.pem"), b"key"),
+                                   (link("./live/privkey.pem", "../archive/privkey1.pem"), b"")])
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    assert backup.check_archive(path)["volumes"] == ["nginx-certs"]
 
 
 def test_a_real_archive_is_accepted(tmp_path):
