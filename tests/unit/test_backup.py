@@ -125,3 +125,26 @@ def test_a_crafted_manifest_is_refused_in_one_line(tmp_path, volumes):
 def test_a_manifest_without_a_list_of_names_is_not_a_backup(tmp_path, manifest):
     with pytest.raises(OnevpsError, match="is not an onevps backup archive"):
         backup.check_archive(archive(tmp_path, [], manifest=manifest))
+
+
+def test_fab_restore_of_a_crafted_archive_is_one_line_before_any_connection(tmp_path):
+    """Refused before fab even connects (the server given is unreachable): nothing runs."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    crafted = archive(tmp_path, ["redis-data; touch /tmp/pwned"])
+    member = tmp_path / "member"
+    member.mkdir()
+    cron = archive(member, ["redis-data"], extra=[(tarfile.TarInfo("../../etc/cron.d/x"), b"* * * * * root id\n")])
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": ".env.example"}
+    for path, expected in ((crafted, "names volumes onevps does not back up"),
+                           (cron, "holds '../../etc/cron.d/x' (not written by `fab backup`)")):
+        res = subprocess.run([str(Path(sys.executable).with_name("fab")), "restore", str(path), "--yes"], cwd=root,
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 1
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "nothing was restored" in lines[0], res.stderr
+        assert "cannot reach" not in res.stderr and res.stdout == ""
