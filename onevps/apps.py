@@ -145,7 +145,8 @@ def remove_service(data: Any, name: str) -> None:
 class Plan:
     """Every file change of one operation, prepared and validated in memory."""
 
-    writes: dict[Path, str] = field(default_factory=dict)  # absolute path -> new text
+    writes: dict[Path, str] = field(default_factory=dict)  # absolute path -> new text ("\n" line endings)
+    hand_kept: set[Path] = field(default_factory=set)  # of writes: edited by people (the compose file)
     new_dirs: list[Path] = field(default_factory=list)  # created wholesale (from a staging copy)
     remove_dirs: list[Path] = field(default_factory=list)
     staging: Path | None = None
@@ -189,6 +190,7 @@ def _planned_writes(settings: Settings, compose_text: str, expect: Callable[[Reg
     new_reg = _validate(settings.root, compose_text, expect)
     plan = Plan()
     plan.writes[settings.compose_file] = compose_text
+    plan.hand_kept.add(settings.compose_file)
     for rel, text in nginx.rendered_files(new_reg).items():
         plan.writes[settings.root / rel] = text
     return plan
@@ -280,9 +282,16 @@ def discard(plan: Plan) -> None:
 
 
 def apply(plan: Plan) -> None:
-    """Write every file of the plan; on any failure put everything back."""
+    """Write every file of the plan; on any failure put everything back.
+
+    A file that exists keeps its line endings (CRLF stays CRLF); the compose file,
+    kept by hand, also its BOM and a missing newline at the end (composefile.Style),
+    so `git diff` shows only the lines that changed. Generated files (nginx) get
+    no BOM and a final newline, as `inv check` expects. A failure writes back the
+    exact text that was there.
+    """
     originals: dict[Path, str | None] = {
-        p: (p.read_text(encoding="utf-8") if p.exists() else None) for p in plan.writes
+        p: (composefile.read_exact(p) if p.exists() else None) for p in plan.writes
     }
     trash: list[tuple[Path, Path]] = []
     created: list[Path] = []
@@ -300,7 +309,13 @@ def apply(plan: Plan) -> None:
             target.rename(hidden)
             trash.append((target, hidden))
         for path, text in plan.writes.items():
-            if originals[path] != text:
+            old = originals[path]
+            if old is not None:
+                style = composefile.Style.of(old)
+                if path not in plan.hand_kept:
+                    style = composefile.Style(newline=style.newline)
+                text = style.apply(text)
+            if old != text:
                 composefile.atomic_write(path, text)
                 written.append(path)
     except BaseException:

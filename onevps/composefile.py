@@ -2,14 +2,18 @@
 
 Compose files are maintained by hand: a load + dump must give back the same
 bytes (comments, key order, quoting, anchors, blank lines, indentation). The
-golden tests hold every compose file in the repository to that.
+golden tests hold every compose file in the repository to that. The edits
+work on LF text; whoever writes a file back keeps its style (Style: CRLF
+line endings, a BOM, no newline at the end), so `git diff` shows only the edit.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from .errors import ComposeFileError
+
+BOM = "\ufeff"
 
 
 def yaml() -> YAML:
@@ -42,9 +48,17 @@ def loads(text: str, name: str = "<compose>") -> Any:
     return data
 
 
+def read_exact(path: Path) -> str:
+    """The file's text exactly as stored: line endings, BOM and last line untouched."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        return fh.read()
+
+
 def load(path: Path) -> Any:
+    """Parse a compose file, whatever its line endings (or a BOM); any failure
+    to read it (missing, a folder, not UTF-8, any OSError) is one line naming it."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_exact(path)
     except FileNotFoundError:
         raise ComposeFileError(f"{path} does not exist", "restore it with `git checkout -- compose/`") from None
     except IsADirectoryError:
@@ -53,7 +67,33 @@ def load(path: Path) -> Any:
         raise ComposeFileError(f"{path} is not UTF-8 text (byte {exc.start})", "save it as UTF-8") from None
     except OSError as exc:
         raise ComposeFileError(f"cannot read {path}: {exc.strerror or exc}", "check the file's permissions") from None
-    return loads(text, name=str(path))
+    return loads(text.replace("\r\n", "\n").replace("\r", "\n"), name=str(path))
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a hand-kept text file is written: its line ending (that of its first
+    line), a UTF-8 BOM or not, a newline after the last line or not. A rewrite
+    keeps them, so `git diff` shows only what changed."""
+
+    newline: str = "\n"
+    bom: bool = False
+    final_newline: bool = True
+
+    @classmethod
+    def of(cls, text: str) -> Style:
+        ending = re.search(r"\r\n|\r|\n", text)
+        body = text.removeprefix(BOM)
+        return cls(newline=ending.group() if ending else "\n", bom=text.startswith(BOM),
+                   final_newline=not body or body.endswith(("\n", "\r")))
+
+    def apply(self, text: str) -> str:
+        """LF text (as dumps and the renderers make it) in this style."""
+        if not self.final_newline:
+            text = text.rstrip("\n")
+        if self.newline != "\n":
+            text = text.replace("\n", self.newline)
+        return BOM + text if self.bom and not text.startswith(BOM) else text
 
 
 def dumps(data: Any) -> str:

@@ -338,7 +338,7 @@ def create_env_file(root: Path) -> Path | None:
     if target.exists() or not example.exists():
         return None
     lines = []
-    for line in example.read_text(encoding="utf-8").splitlines():
+    for line in _read_text(example, "restore it with `git checkout -- .env.example`").splitlines():
         key = line.split("=", 1)[0]
         if key in SECRET_KEYS:
             line = f"{key}={secrets.token_urlsafe(32)}"
@@ -403,14 +403,22 @@ class Settings:
         return env
 
 
+def _read_text(path: Path, folder_hint: str) -> str:
+    """A settings file's text; any failure to read it (a folder, no permission,
+    not UTF-8) is one line naming the file. A UTF-8 BOM is skipped, as docker compose does."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a file", folder_hint) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start})", "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", "check the file's permissions") from None
+
+
 def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:
     """Parse a .env file; a line that does not parse is an error naming it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text", "save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", "check the file's permissions") from None
+    text = _read_text(path, "make it a file of KEY=value lines, see .env.example")
     values: dict[str, tuple[str, int]] = {}
     for binding in parse_stream(io.StringIO(text)):
         line = binding.original.line

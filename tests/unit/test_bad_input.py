@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,178 @@ def test_a_bad_server_secret_is_refused_before_connecting(args, case, tmp_path, 
 ], ids=lambda v: v if isinstance(v, str) else " ".join(v))
 def test_a_bad_number_flag_is_one_line(tool, args, starts, tmp_path, unchanged):
     one_line(run(tool, args, server_env(tmp_path), tmp_path), starts)
+
+
+# ------------------------------------ files that cannot be read (issue 12) --
+#
+# The compose file and .env as a folder, not UTF-8, behind a file where a folder
+# should be, a symlink loop, or without read permission: every task that reads
+# them answers with one line naming the file. The compose file sits at a fixed
+# place in the repository, so those tests run on a copy (compose/, nginx/, apps/,
+# templates/, tasks.py, onevps/, .env.example) in a folder every user may enter.
+#
+# The tests run as root, and root reads a file of mode 000. The "no permission"
+# cases therefore run the task as user nobody (setpriv), and skip when that is
+# not possible; the unit tests provoke the PermissionError branch directly.
+
+NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
+COPIED = ("compose", "nginx", "apps", "templates", "onevps")
+UNREADABLE_TASKS = [["check"], ["new-app", "blog"], ["remove-app", "kb", "--yes"], ["swarm-render"]]
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() and not p.is_symlink() else None)
+            for p in sorted(root.rglob("*")) if "__pycache__" not in p.parts}
+
+
+def _as_nobody_prefix(tmp_path: Path, cwd: Path) -> list[str]:
+    """The argv prefix that runs a command as nobody, or [] when already not root; skips when impossible."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv is missing: a mode-000 file is readable by root")
+    probe = subprocess.run([setpriv, *NOBODY, sys.executable, "-c", "import invoke, onevps"], cwd=cwd,
+                           env={**os.environ, "HOME": str(cwd)}, capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot run python as user nobody here: {probe.stderr.strip()[-200:]}")
+    return [setpriv, *NOBODY]
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    """A copy of the repository in a folder anyone may enter (for the runs as nobody)."""
+    copy = Path(tempfile.mkdtemp(prefix="onevps-copy-")).resolve()
+    try:
+        for sub in COPIED:
+            shutil.copytree(ROOT / sub, copy / sub, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+        for name in ("tasks.py", ".env.example"):
+            shutil.copy2(ROOT / name, copy / name)
+        (copy / "empty.env").touch()
+        for p in [copy, *copy.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        probe = subprocess.run([sys.executable, "-c", "import onevps.config as c; print(c.REPO_ROOT)"],
+                               cwd=copy, env={**os.environ, "PYTHONPATH": str(copy)},
+                               capture_output=True, text=True, timeout=60)
+        if Path(probe.stdout.strip()) != copy:  # never let these tests touch the real repository
+            pytest.skip(f"the copy's onevps package is not the one imported ({probe.stdout.strip()})")
+        yield copy
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def run_in(copy: Path, args: list[str], tmp_path: Path, env: dict[str, str] | None = None,
+           prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`inv ARGS` in the copy: no docker on PATH; settings from the copy's empty.env unless env says otherwise."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VPS_", "ONEVPS_", "REDIS_", "HTTP", "DOMAIN"))}
+    full = {**base, "PATH": str(copy / "no-bin"), "PYTHONPATH": str(copy), "HOME": str(copy),
+            "ONEVPS_ENV_FILE": str(copy / "empty.env"), **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}
+    return subprocess.run([*(prefix or []), sys.executable, "-m", "invoke", *args], cwd=copy, env=full,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def _break_compose(copy: Path, how: str) -> str:
+    """Make the copy's compose file unreadable in one way; return the line's expected start (after the path)."""
+    path = copy / "compose" / "docker-compose.yml"
+    if how == "folder":
+        path.unlink()
+        path.mkdir()
+        return " is a folder, not a file (hint: restore it with `git checkout -- compose/`)"
+    if how == "not-utf8":
+        path.write_bytes(path.read_bytes().replace(b"# ", b"# caf\xe9 ", 1))
+        return " is not UTF-8 text (byte "
+    if how == "parent-is-a-file":
+        shutil.rmtree(copy / "compose")
+        (copy / "compose").write_text("not a folder\n")
+        return ": Not a directory (hint: check the file's permissions)"
+    if how == "symlink-loop":
+        path.unlink()
+        path.symlink_to(path.name)
+        return ": Too many levels of symbolic links (hint: check the file's permissions)"
+    assert how == "no-permission"
+    os.chmod(path, 0o000)
+    return ": Permission denied (hint: check the file's permissions)"
+
+
+@pytest.mark.parametrize("how", ["folder", "not-utf8", "parent-is-a-file", "symlink-loop", "no-permission"])
+def test_an_unreadable_compose_file_is_one_line_naming_it(repo_copy, tmp_path, how):
+    prefix = _as_nobody_prefix(tmp_path, repo_copy) if how == "no-permission" else []
+    expected = _break_compose(repo_copy, how)
+    path = repo_copy / "compose" / "docker-compose.yml"
+    starts = f"error: {path} is" if how in ("folder", "not-utf8") else f"error: cannot read {path}"
+    before = _tree(repo_copy)
+    for args in UNREADABLE_TASKS:
+        line = one_line(run_in(repo_copy, args, tmp_path, prefix=prefix), starts)
+        assert expected in line, (args, line)
+    assert _tree(repo_copy) == before
+
+
+def test_a_compose_file_with_a_bom_and_crlf_is_read(repo_copy, tmp_path):
+    path = repo_copy / "compose" / "docker-compose.yml"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    res = run_in(repo_copy, ["check"], tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith("ok: 7 apps"), res
+
+
+ENV_TASKS = [("inv", ["check"]), ("inv", ["new-app", "blog"]), ("inv", ["up"]), ("fab", ["status"])]
+
+
+@pytest.mark.parametrize("how", ["folder", "not-utf8"])
+def test_an_unreadable_env_file_is_one_line_naming_it(tmp_path, unchanged, how):
+    env_file = tmp_path / "my.env"
+    if how == "folder":
+        env_file.mkdir()
+        expected = f"error: {env_file} is a folder, not a file (hint: make it a file of KEY=value lines"
+    else:
+        env_file.write_bytes(b"# r\xe9glages\nHTTP_PORT=8080\n")
+        expected = f"error: {env_file} is not UTF-8 text (byte 3) (hint: save it as UTF-8)"
+    for tool, args in ENV_TASKS:
+        one_line(run(tool, args, {"ONEVPS_ENV_FILE": str(env_file)}, tmp_path), expected)
+
+
+def test_an_unreadable_server_env_file_is_one_line_naming_it(tmp_path, unchanged):
+    env_file = tmp_path / "server.env"
+    env_file.write_bytes(SERVER_SECRETS.encode() + b"DOMAIN=caf\xe9.example\n")
+    for args in (["setup"], ["deploy", "--app=kb"]):
+        one_line(run("fab", args, {"VPS_HOST": "127.0.0.1", "VPS_PORT": "1", "VPS_ENV_FILE": str(env_file)},
+                     tmp_path), f"error: {env_file} is not UTF-8 text")
+
+
+def test_an_env_file_without_read_permission_is_one_line(repo_copy, tmp_path):
+    prefix = _as_nobody_prefix(tmp_path, repo_copy)
+    env_file = repo_copy / "private.env"
+    env_file.write_text("HTTP_PORT=8080\n")
+    os.chmod(env_file, 0o000)
+    for args in (["check"], ["new-app", "blog"]):
+        line = one_line(run_in(repo_copy, args, tmp_path, {"ONEVPS_ENV_FILE": str(env_file)}, prefix),
+                        f"error: cannot read {env_file}: Permission denied")
+        assert line.endswith("(hint: check the file's permissions)")
+
+
+def test_an_env_file_with_a_bom_reads_its_first_key(tmp_path, unchanged):
+    """A BOM (Windows editors) is skipped, as docker compose does: the first key is HTTP_PORT, not '\\ufeffHTTP_PORT'."""
+    env_file = tmp_path / "bom.env"
+    env_file.write_bytes(b"\xef\xbb\xbfHTTP_PORT=eighty\r\n")
+    line = one_line(run("inv", ["check"], {"ONEVPS_ENV_FILE": str(env_file)}, tmp_path), "error: HTTP_PORT='eighty'")
+    assert "bom.env line 1" in line
+
+
+def test_inv_up_first_run_env_example_folder_is_one_line(repo_copy, tmp_path):
+    shutil.rmtree(repo_copy / ".env.example", ignore_errors=True)
+    (repo_copy / ".env.example").unlink(missing_ok=True)
+    (repo_copy / ".env.example").mkdir()
+    res = run_in(repo_copy, ["up"], tmp_path, {"ONEVPS_ENV_FILE": None})
+    one_line(res, f"error: {repo_copy / '.env.example'} is a folder, not a file")
+    assert not (repo_copy / ".env").exists()
+
+
+def test_inv_up_first_run_writes_a_private_env(repo_copy, tmp_path):
+    """The first `inv up` writes .env with mode 600 (then stops: no docker here)."""
+    res = run_in(repo_copy, ["up"], tmp_path, {"ONEVPS_ENV_FILE": None})
+    assert "first run: wrote .env" in res.stdout, res
+    one_line(res, "error: ")  # the copy has no docker and no dockerfiles/
+    env_file = repo_copy / ".env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert "change-me" not in env_file.read_text()
+    assert not [p.name for p in repo_copy.iterdir() if p.name.startswith(".env.") and p.name != ".env.example"]

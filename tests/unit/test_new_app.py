@@ -649,3 +649,152 @@ def test_inv_new_app_check_remove_app_in_a_copy(tmp_path):
     assert res.stdout.startswith("removed app blog: ")
     after = {k: v for k, v in snapshot(copy).items() if "__pycache__" not in k}
     assert after == {k: v for k, v in before.items() if "__pycache__" not in k}
+
+
+# ------------------------------ line endings: CRLF, a BOM, no final newline --
+
+# (newline, BOM, newline after the last line): how an editor on Windows may save the file.
+STYLES = {
+    "crlf": ("\r\n", False, True),
+    "crlf-bom-no-final-newline": ("\r\n", True, False),
+    "lf-no-final-newline": ("\n", False, False),
+    "lf-bom": ("\n", True, True),
+}
+
+
+def restyle(path: Path, style: tuple[str, bool, bool]) -> bytes:
+    """Rewrite an LF file in the given style; return its bytes."""
+    newline, bom, final_newline = style
+    text = path.read_text(encoding="utf-8")
+    text = text if final_newline else text.rstrip("\n")
+    data = (("\ufeff" if bom else "") + text.replace("\n", newline)).encode("utf-8")
+    path.write_bytes(data)
+    return data
+
+
+def lines_of(data: bytes) -> list[str]:
+    return data.decode("utf-8").splitlines(True)
+
+
+def diff_lines(before: bytes, after: bytes) -> list[str]:
+    """The added (+) and removed (-) lines, each with its own line ending."""
+    return [line for line in difflib.unified_diff(lines_of(before), lines_of(after), n=0)
+            if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+
+
+def assert_in_style(data: bytes, style: tuple[str, bool, bool]) -> None:
+    newline, bom, final_newline = style
+    text = data.decode("utf-8")
+    assert text.startswith("\ufeff") == bom
+    lines = text.splitlines(True)
+    body = lines if final_newline else lines[:-1]
+    assert all(line.endswith(newline) and not line[:-len(newline)].endswith("\r") for line in body), \
+        [line for line in body if not line.endswith(newline)][:3]
+    assert (lines[-1].endswith(("\n", "\r"))) == final_newline
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_new_app_and_remove_app_keep_the_compose_files_line_endings(tmp_path, style):
+    """A CRLF compose file (or one with a BOM, or no newline at the end) keeps its style through
+    new-app and remove-app: the diff is exactly the entry LF files get, in the file's style, and
+    remove-app gives back the original bytes. The nginx routes file keeps its line endings."""
+    lf = make_copy(tmp_path / "lf")
+    lf_before = lf.compose_file.read_bytes()
+    new_app(lf, "blog")
+    entry_lf = diff_lines(lf_before, lf.compose_file.read_bytes())
+
+    styled = make_copy(tmp_path / "styled")
+    spec = STYLES[style]
+    before = restyle(styled.compose_file, spec)
+    routes = styled.root / nginx.ROUTES_FILE
+    restyle(routes, (spec[0], False, True))  # generated: only its line endings are kept
+    start = snapshot(styled.root)
+    assert registry.load(styled.compose_file).names() == ORIGINAL_APPS  # it reads as the LF file does
+    assert checks.problems(styled) == []
+
+    new_app(styled, "blog")
+    after = styled.compose_file.read_bytes()
+    assert_in_style(after, spec)
+    assert_in_style(routes.read_bytes(), (spec[0], False, True))
+    added = diff_lines(before, after)
+    assert all(line.startswith("+") for line in added), added  # no existing line changed
+    assert [line.replace(spec[0], "\n") for line in added] == entry_lf
+    assert checks.problems(styled) == []
+
+    remove_app(styled, "blog")
+    assert snapshot(styled.root) == start  # byte-identical, every file
+
+    remove_app(styled, "kb")
+    after = styled.compose_file.read_bytes()
+    assert_in_style(after, spec)
+    removed = diff_lines(before, after)
+    assert removed and all(line.startswith("-") for line in removed), removed
+    assert checks.problems(styled) == []
+
+
+@pytest.mark.parametrize("fail_on", [1, 2, 3])
+def test_a_failed_new_app_puts_a_crlf_compose_file_back_byte_identical(tmp_path, monkeypatch, fail_on):
+    settings = make_copy(tmp_path)
+    restyle(settings.compose_file, STYLES["crlf-bom-no-final-newline"])
+    restyle(settings.root / nginx.ROUTES_FILE, STYLES["crlf"])
+    before = snapshot(settings.root)
+    plan = apps.plan_new_app(settings, "blog")
+    _fail_on_call(monkeypatch, fail_on)
+    with pytest.raises(OSError):
+        apps.apply(plan)
+    apps.discard(plan)
+    assert snapshot(settings.root) == before
+    assert stray(settings.root) == []
+
+
+def test_inv_new_app_on_a_crlf_compose_file_git_diff_shows_only_the_entry(tmp_path):
+    """What a Windows user sees: the compose file committed with CRLF endings,
+    `inv new-app blog` -> `git diff` shows the entry's lines added, nothing else;
+    `inv remove-app blog --yes` -> git sees no change at all."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    copy = tmp_path / "repo"
+    settings = make_copy(copy)
+    shutil.copy2(ROOT / "tasks.py", copy / "tasks.py")
+    shutil.copytree(ROOT / "onevps", copy / "onevps", ignore=IGNORE)
+    env = _inv_env(tmp_path, PYTHONPATH=str(copy), GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
+    probe = subprocess.run([sys.executable, "-c", "import onevps.config as c; print(c.REPO_ROOT)"],
+                           cwd=copy, env=env, capture_output=True, text=True, timeout=60)
+    if Path(probe.stdout.strip()) != copy.resolve():  # never let this test touch the real repository
+        pytest.skip(f"the copy's onevps package is not the one imported ({probe.stdout.strip()})")
+    before = restyle(settings.compose_file, STYLES["crlf"])
+
+    def git_run(*args: str) -> str:
+        res = subprocess.run([git, "-c", "core.autocrlf=false", "-c", "user.name=t", "-c", "user.email=t@t",
+                              *args], cwd=copy, env=env, capture_output=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.decode("utf-8")
+
+    git_run("init", "-q")
+    git_run("add", "-A", "--", "compose", "nginx", "apps", "templates")
+    git_run("commit", "-q", "-m", "crlf")
+
+    res = run_inv(["new-app", "blog"], copy, env)
+    assert res.returncode == 0, res
+    entry_lines = textwrap.indent(apps.entry_text("blog", "base", 14), "  ").count("\n") + 2  # + `<<: *app`, blank
+    assert git_run("diff", "--numstat", "--", "compose").split() == [str(entry_lines), "0", COMPOSE_REL]
+    added = [line for line in git_run("diff", "-U0", "--", COMPOSE_REL).split("\n") if line.startswith("+ ")
+             or line == "+\r"]
+    assert added and all(line.endswith("\r") for line in added)  # every new line is CRLF
+    assert settings.compose_file.read_bytes().count(b"\n") == settings.compose_file.read_bytes().count(b"\r\n")
+
+    res = run_inv(["remove-app", "blog", "--yes"], copy, env)
+    assert res.returncode == 0, res
+    assert git_run("status", "--porcelain", "--untracked-files=all", "--", "compose", "nginx", "apps") == ""
+    assert settings.compose_file.read_bytes() == before
+
+
+def test_a_generated_nginx_file_with_a_bom_is_written_clean(repo):
+    """Generated files keep only their line endings: a BOM or a missing final newline in the
+    routes file (which `inv check` reports as out of date) is gone after new-app, as before."""
+    routes = repo.root / nginx.ROUTES_FILE
+    restyle(routes, ("\r\n", True, False))
+    new_app(repo, "blog")
+    assert_in_style(routes.read_bytes(), ("\r\n", False, True))
+    assert checks.problems(repo) == []
