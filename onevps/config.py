@@ -403,6 +403,15 @@ class Settings:
         return env
 
 
+def _present(path: Path) -> bool:
+    """Whether the file is there; a folder on its way that may not be entered counts as
+    there, so that reading it fails with one line naming the file (not a traceback)."""
+    try:
+        return path.exists()
+    except OSError:
+        return True
+
+
 def _read_text(path: Path, folder_hint: str) -> str:
     """A settings file's text; any failure to read it (a folder, no permission,
     not UTF-8) is one line naming the file. A UTF-8 BOM is skipped, as docker compose does."""
@@ -460,7 +469,8 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
     env_file = env_file or environ.get("ONEVPS_ENV_FILE") or None
     env_path = Path(env_file) if env_file else root / ".env"
     from_file: dict[str, tuple[str, int]] = {}
-    if env_path.exists():
+    env_present = _present(env_path)
+    if env_present:
         from_file = _read_env_file(env_path)
         for key, (_, line) in from_file.items():
             if key not in KEY_NAMES:
@@ -530,6 +540,6 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
         deploy_timeout=int(parsed["DEPLOY_TIMEOUT"]),  # type: ignore[arg-type]
         registry=str(parsed["REGISTRY"]),
         swarm_subnet=str(parsed["SWARM_SUBNET"]),
-        env_file=env_path if env_path.exists() else None,
+        env_file=env_path if env_present else None,
         raw=raw,
     )

@@ -203,3 +203,23 @@ def test_the_env_file_made_on_the_first_run_is_private(tmp_path):
     (tmp_path / ".env.example").write_text("DOMAIN=localhost\nREDIS_PASSWORD=change-me\n")
     made = config.create_env_file(tmp_path)
     assert made == tmp_path / ".env" and (made.stat().st_mode & 0o777) == 0o600
+
+
+def test_an_env_file_behind_a_folder_that_may_not_be_entered_is_one_line(tmp_path, monkeypatch):
+    """Path.exists() raises PermissionError there (as a user who may not enter the folder)."""
+    from pathlib import Path as P
+
+    from onevps.errors import ConfigError
+
+    env = tmp_path / "locked" / ".env"
+    real_exists = P.exists
+
+    def exists(self):
+        if self == env:
+            raise PermissionError(13, "Permission denied")
+        return real_exists(self)
+
+    monkeypatch.setattr(P, "exists", exists)
+    with pytest.raises(ConfigError) as err:
+        config.load(root=tmp_path, environ={}, env_file=env)
+    assert err.value.message.startswith(f"error: cannot read {env}") and "\n" not in err.value.message
