@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from .config import Settings
+from ..config import Settings
 
 
 def docker(*args: str | None) -> list[str]:
