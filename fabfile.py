@@ -12,18 +12,21 @@ from fabric import task
 from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes, remote
 from onevps import disk as recipes_disk
 from onevps import provision as recipes_provision
+from onevps import server
 from onevps.errors import OnevpsError, confirm, number_flag
+from onevps.registry import SHARED_SERVICES
+from onevps.registry import load as load_registry
 
 
 def _ctx(c, dry_run=False, secrets=False):
-    return recipes.open_ctx(config.load(), c, dry_run, secrets=secrets)
+    return server.open_ctx(config.load(), c, dry_run, secrets=secrets)
 
 
 def _check_target(app=None, tier=None):
     """Refuse an unknown app or tier before connecting to anything."""
     settings = config.load()
-    if app and app not in recipes.SHARED_SERVICES:
-        recipes.load_registry(settings.compose_file).get(app)
+    if app and app not in SHARED_SERVICES:
+        load_registry(settings.compose_file).get(app)
     if tier is not None and tier not in ("base", "ml"):
         raise OnevpsError(f"unknown tier {tier!r}", "use --tier=base or --tier=ml")
 
@@ -84,7 +87,7 @@ def logs(c, app=None, follow=False, tail="100"):
         raise OnevpsError("no app given", "use `fab logs --app=NAME`")
     _check_target(app)
     ctx = _ctx(c)
-    name = app if app in recipes.SHARED_SERVICES else ctx.reg.get(app).name
+    name = app if app in SHARED_SERVICES else ctx.reg.get(app).name
     ctx.run.run(recipes.commands.logs(ctx.rs, [name], follow=follow, tail=int(lines)), "show logs",
                 hide=False, mutates=False)
 
@@ -187,6 +190,6 @@ def ship(c, tiers=False, upstream=False, app=None, dry_run=False):
     if not (tiers or upstream or app):
         raise OnevpsError("nothing to ship", "choose at least one of --tiers, --upstream, --app NAME")
     _check_target(app)
-    if app in recipes.SHARED_SERVICES:
+    if app in SHARED_SERVICES:
         raise OnevpsError(f"{app} is a shared service, not an app", "use --upstream to ship the shared services' images")
     recipes_ship.ship(_ctx(c, dry_run), tiers=tiers, upstream=upstream, app=app)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import commands
-from .deploy import Ctx, inspect, tier_ref
+from .server import Ctx, inspect, tier_ref
 from .errors import CommandFailed, OnevpsError
 
 VOLUMES = ("redis-data", "chroma-data", "ollama-data", "nginx-certs")

@@ -15,7 +15,7 @@ import shlex
 
 from . import commands, nginx, remote
 from .config import Settings
-from .deploy import Ctx, container_name, inspect
+from .server import Ctx, container_name, inspect
 from .errors import OnevpsError
 from .registry import Registry
 

@@ -23,117 +23,15 @@ import posixpath
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from fabric import Connection
-
-from . import commands, config, nginx, remote, tiers
-from .config import Settings
+from . import commands, nginx, remote, tiers
 from .errors import CommandFailed, OnevpsError
-from .registry import SHARED_SERVICES, App, Registry
-from .registry import load as load_registry
+from .registry import SHARED_SERVICES, App
+from .server import (Ctx, app_ref, container_name, inspect, proof, require_docker_on_server, slot_name,
+                     snapshot, tier_ref)
 from .stack import columns
-
-
-@dataclass
-class Ctx:
-    """Everything one server task needs."""
-
-    local: Settings  # this machine: source files, tags
-    rs: Settings  # the server's settings (rooted at VPS_PATH)
-    reg: Registry
-    conn: Connection
-    run: remote.RemoteRunner
-    tags: dict[str, str]  # BASE_TAG / ML_TAG from the local files
-    # Images a dry run of `fab ship` would have put on the server: later steps of the
-    # same dry run count them as present (so it plans no tier build the real run skips).
-    planned: set[str] = field(default_factory=set)
-
-    def say(self, msg: str) -> None:
-        self.run.say(msg)
-
-
-def open_ctx(local: Settings, connection: object | None, dry_run: bool, secrets: bool = False) -> Ctx:
-    rs = remote.remote_settings(local)
-    if secrets:  # tasks that (re)start containers on the server
-        config.require_secrets(rs, where=str(local.vps_env_file.name if local.vps_env_file else ".env"))
-    server = remote.server_from(local, connection)
-    conn = remote.connect(server)
-    for tier in tiers.TIER_ORDER:
-        tiers.stage_inputs(local, tier)
-    tags = tiers.tag_env(local, build=rs)  # the server builds with its own .env (TORCH_INDEX_URL, ...)
-    runner = remote.RemoteRunner(conn, env=tags, dry_run=dry_run)
-    return Ctx(local, rs, load_registry(local.compose_file), conn, runner, tags)
-
-
-# ------------------------------------------------------------------ helpers --
-
-def tier_ref(c: Ctx, tier: str) -> str:
-    return f"{c.rs.image_namespace}/{tier}:{c.tags['BASE_TAG' if tier == 'base' else 'ML_TAG']}"
-
-
-def app_ref(c: Ctx, name: str) -> str:
-    return f"{c.rs.image_namespace}/{name}:latest"
-
-
-def container_name(c: Ctx, name: str) -> str:
-    return f"{c.rs.project_name}-{name}-1"
-
-
-def slot_name(c: Ctx, name: str) -> str:
-    return f"{c.rs.project_name}-{name}-next"
-
-
-def inspect(c: Ctx, fmt: str, *refs: str, kind: str = "container") -> str | None:
-    res = c.run.run(commands.docker(kind, "inspect", "--format", fmt, *refs), f"inspect {' '.join(refs)}",
-                    check=False, mutates=False)
-    return res.stdout.strip() if res.ok else None
-
-
-def require_docker_on_server(c: Ctx) -> None:
-    info = c.run.run(commands.docker_info(), "docker info", check=False, mutates=False)
-    if not info.ok:
-        if "permission denied" in (info.stderr + info.stdout).lower():
-            user = getattr(c.conn, "user", None) or c.rs.vps_user
-            raise OnevpsError(f"VPS_USER {user} may not use Docker (permission denied on /var/run/docker.sock)",
-                              "run `fab setup` (adds it to the docker group)")
-        raise OnevpsError(f"Docker does not answer on {c.rs.vps_host or 'the server'}", "run `fab setup` first")
-    if not c.run.run(commands.compose_version(), "docker compose version", check=False, mutates=False).ok:
-        raise OnevpsError("Docker Compose v2 is missing on the server", "run `fab setup` first")
-
-
-def snapshot(c: Ctx) -> dict[str, tuple[str, str]]:
-    """Every container of the project: name -> (ID, start time)."""
-    ids = c.run.run(commands.docker("ps", "--all", "--quiet", "--filter",
-                                    f"label=com.docker.compose.project={c.rs.project_name}"),
-                    "list containers", mutates=False).stdout.split()
-    if not ids:
-        return {}
-    out = c.run.run(commands.docker("inspect", "--format", "{{.Name}} {{.Id}} {{.State.StartedAt}}", *ids),
-                    "inspect containers", mutates=False).stdout
-    snap = {}
-    for line in out.splitlines():
-        name, cid, started = line.split()
-        snap[name.lstrip("/")] = (cid, started)
-    return snap
-
-
-def proof(before: dict, after: dict, replaced: set[str]) -> list[str]:
-    """Lines proving every other container kept its ID and start time."""
-    lines, moved = [], []
-    for name in sorted(before):
-        if name in replaced:
-            continue
-        same = after.get(name) == before[name]
-        lines.append(f"  {'unchanged' if same else 'CHANGED  '}  {name}  id {before[name][0][:12]}  started {before[name][1]}")
-        if not same:
-            moved.append(name)
-    if moved:
-        raise OnevpsError(f"containers changed that should not have: {', '.join(moved)}",
-                          "check `fab status`; another process may be managing them")
-    return [f"{len(lines)} other containers kept their ID and start time:"] + lines
 
 
 def git_commit(root: Path) -> str:

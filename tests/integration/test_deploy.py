@@ -362,6 +362,7 @@ def broken_step_3(repo, monkeypatch):
     and the new version is left serving from the deploy slot. Returns a function that
     runs a real deploy or rollback in this process with that failure."""
     from onevps import deploy as recipes
+    from onevps import server
     from onevps.errors import OnevpsError
 
     real = recipes.start_primary
@@ -374,7 +375,7 @@ def broken_step_3(repo, monkeypatch):
 
     def run(recipe: str, **kw) -> str:
         local = config.load(root=repo["root"], environ={**os.environ, **repo["env"]})
-        ctx = recipes.open_ctx(local, None, dry_run=False, secrets=True)
+        ctx = server.open_ctx(local, None, dry_run=False, secrets=True)
         monkeypatch.setattr(recipes, "start_primary", take_the_address)
         try:
             with pytest.raises(OnevpsError) as err:
