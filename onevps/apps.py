@@ -171,7 +171,7 @@ def _render_template(root: Path, name: str, tier: str, target: Path) -> None:
         dst.write_text(text.replace("__APP_NAME__", name).replace("__APP_TIER__", tier), encoding="utf-8")
 
 
-def _validate(root: Path, compose_text: str, expect: Callable[[Registry], None]) -> Registry:
+def _validate(compose_text: str, expect: Callable[[Registry], None]) -> Registry:
     data = composefile.loads(compose_text, name="the new compose file")
     if composefile.dumps(data) != compose_text:
         raise OnevpsError("internal error: the new compose file does not round-trip",
@@ -187,7 +187,7 @@ def _validate(root: Path, compose_text: str, expect: Callable[[Registry], None])
 
 def _planned_writes(settings: Settings, compose_text: str, expect: Callable[[Registry], None]) -> Plan:
     """Validate the new compose text; plan it and the nginx files it renders."""
-    new_reg = _validate(settings.root, compose_text, expect)
+    new_reg = _validate(compose_text, expect)
     plan = Plan()
     plan.writes[settings.compose_file] = compose_text
     plan.hand_kept.add(settings.compose_file)

@@ -91,10 +91,6 @@ class App:
         """Host number of the app's deploy slot (nginx's backup server)."""
         return self.host + SLOT_OFFSET
 
-    @property
-    def folder(self) -> str:
-        return f"apps/{self.name}"
-
 
 @dataclass(frozen=True)
 class Registry:
