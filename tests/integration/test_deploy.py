@@ -362,10 +362,10 @@ def broken_step_3(repo, monkeypatch):
     and the new version is left serving from the deploy slot. Returns a function that
     runs a real deploy or rollback in this process with that failure."""
     from onevps import deploy as recipes
-    from onevps import server
+    from onevps import server, switch
     from onevps.errors import OnevpsError
 
-    real = recipes.start_primary
+    real = switch.start_primary
     squatter = f"{PROJECT}-squatter"
 
     def take_the_address(c, app):
@@ -376,12 +376,12 @@ def broken_step_3(repo, monkeypatch):
     def run(recipe: str, **kw) -> str:
         local = config.load(root=repo["root"], environ={**os.environ, **repo["env"]})
         ctx = server.open_ctx(local, None, dry_run=False, secrets=True)
-        monkeypatch.setattr(recipes, "start_primary", take_the_address)
+        monkeypatch.setattr(switch, "start_primary", take_the_address)
         try:
             with pytest.raises(OnevpsError) as err:
                 getattr(recipes, recipe)(ctx, **kw)
         finally:
-            monkeypatch.setattr(recipes, "start_primary", real)
+            monkeypatch.setattr(switch, "start_primary", real)
             subprocess.run(["docker", "rm", "--force", squatter], capture_output=True)
             ctx.conn.close()
         return err.value.message

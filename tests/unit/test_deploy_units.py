@@ -11,7 +11,7 @@ import pytest
 from invoke import Collection, MockContext, Result
 
 import fabfile
-from onevps import config, deploy, remote
+from onevps import config, deploy, remote, server, switch
 from onevps.errors import OnevpsError
 from onevps.registry import App
 
@@ -114,7 +114,7 @@ def test_slot_container_argv():
     service = {"environment": {"REDIS_URL": "redis://10.9.0.4:6379/0", "EMPTY": None},
                "healthcheck": {"test": ["CMD", "python", "-c", "print('ok')"], "timeout": "5s", "retries": 3,
                                "start_period": "60s"}}
-    argv = deploy.slot_run_argv(FakeCtx(), App("kb", "base", 12), "sha256:abc", service, "prod_app-network",
+    argv = switch.slot_run_argv(FakeCtx(), App("kb", "base", 12), "sha256:abc", service, "prod_app-network",
                                 "/srv/apps/.onevps/kb.slot.env")
     health = argv.index("--health-cmd")
     assert shlex.split(argv[health + 1]) == ["python", "-c", "print('ok')"]  # run by the shell like CMD
@@ -125,17 +125,17 @@ def test_slot_container_argv():
         "--health-interval 1s --health-timeout 5s --health-retries 3 --health-start-period 60s sha256:abc")
     assert "com.docker.compose.project" not in " ".join(argv)  # compose leaves the slot alone
     assert "REDIS_URL" not in " ".join(argv)  # the environment travels in the file, never on the command line
-    assert deploy.slot_env_text(App("kb", "base", 12), service) == "EMPTY\nREDIS_URL=redis://10.9.0.4:6379/0\n"
+    assert switch.slot_env_text(App("kb", "base", 12), service) == "EMPTY\nREDIS_URL=redis://10.9.0.4:6379/0\n"
 
 
 def test_proof_lists_unchanged_and_refuses_changes():
     before = {"p-nginx-1": ("a", "t1"), "p-kb-1": ("b", "t2"), "p-web-1": ("c", "t3")}
     after = {"p-nginx-1": ("a", "t1"), "p-kb-1": ("B", "t9"), "p-web-1": ("c", "t3")}
-    lines = deploy.proof(before, after, {"p-kb-1"})
+    lines = server.proof(before, after, {"p-kb-1"})
     assert lines[0] == "2 other containers kept their ID and start time:"
     assert all("unchanged" in line for line in lines[1:])
     with pytest.raises(OnevpsError, match="containers changed that should not have: p-web-1"):
-        deploy.proof(before, {**after, "p-web-1": ("c", "t4")}, {"p-kb-1"})
+        server.proof(before, {**after, "p-web-1": ("c", "t4")}, {"p-kb-1"})
 
 
 def test_deploy_needs_exactly_one_target():

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from onevps import config, deploy, errors, remote
+from onevps import config, deploy, errors, remote, switch
 from onevps.errors import CommandFailed, OnevpsError
 from onevps.registry import App
 from onevps.runner import RedactingStream, Result, Runner
+from onevps.server import Ctx
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "unit-redis-password-7f3a9c"
@@ -111,7 +112,7 @@ def test_the_server_command_line_never_carries_a_secret():
 
 def test_the_slot_env_file_refuses_a_line_break_naming_the_key_only():
     with pytest.raises(OnevpsError) as err:
-        deploy.slot_env_text(App("kb", "base", 12), {"environment": {"MULTI_SECRET": f"{PASSWORD}\nmore"}})
+        switch.slot_env_text(App("kb", "base", 12), {"environment": {"MULTI_SECRET": f"{PASSWORD}\nmore"}})
     assert "MULTI_SECRET of kb holds a line break" in err.value.message and PASSWORD not in err.value.message
 
 
@@ -161,11 +162,11 @@ class Conn:
         self.server.files[path] = fh.read()
 
 
-def make_ctx(server: Server, tmp_path: Path) -> deploy.Ctx:
+def make_ctx(server: Server, tmp_path: Path) -> Ctx:
     rs = config.load(root=ROOT, environ={"COMPOSE_PROJECT_NAME": "p", "NETWORK_PREFIX": "10.9.0",
                                          "VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
     run = remote.RemoteRunner(Scripted(server.answer), out=io.StringIO())  # type: ignore[arg-type]
-    return deploy.Ctx(local=rs, rs=rs, reg=None, conn=Conn(server), run=run, tags={})  # type: ignore[arg-type]
+    return Ctx(local=rs, rs=rs, reg=None, conn=Conn(server), run=run, tags={})  # type: ignore[arg-type]
 
 
 def steps(server: Server) -> list[str]:
@@ -192,12 +193,12 @@ def steps(server: Server) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch):
-    monkeypatch.setattr(deploy.time, "sleep", lambda s: None)
+    monkeypatch.setattr(switch.time, "sleep", lambda s: None)
 
 
 def test_the_switch_runs_its_four_steps_in_order_and_no_secret_is_on_a_command_line(tmp_path):
     server = Server()
-    deploy.switch(make_ctx(server, tmp_path), App("kb", "base", 12), "sha256:new")
+    switch.switch(make_ctx(server, tmp_path), App("kb", "base", 12), "sha256:new")
     assert steps(server) == ["create env file 600", "run slot", "remove env file", "stop primary",
                              "start primary", "stop slot", "rm slot"]
     assert not [a for a in server.argvs if PASSWORD in " ".join(a) or TOKEN in " ".join(a)]
@@ -210,7 +211,7 @@ def test_the_switch_runs_its_four_steps_in_order_and_no_secret_is_on_a_command_l
 def test_the_env_file_goes_even_when_the_slot_cannot_start(tmp_path):
     server = Server(fail=("docker run",))
     with pytest.raises(CommandFailed) as err:
-        deploy.switch(make_ctx(server, tmp_path), App("kb", "base", 12), "sha256:new")
+        switch.switch(make_ctx(server, tmp_path), App("kb", "base", 12), "sha256:new")
     assert steps(server) == ["create env file 600", "run slot", "remove env file"]
     assert PASSWORD not in err.value.message and TOKEN not in err.value.message
 
@@ -218,26 +219,26 @@ def test_the_env_file_goes_even_when_the_slot_cannot_start(tmp_path):
 def test_a_running_leftover_slot_goes_only_after_the_app_is_healthy_at_its_address(tmp_path):
     """Step 3 of an earlier switch failed: the slot is all that serves the app."""
     server = Server(slot="running healthy", primary="exited")
-    deploy.clear_leftover_slot(make_ctx(server, tmp_path), App("kb", "base", 12))
+    switch.clear_leftover_slot(make_ctx(server, tmp_path), App("kb", "base", 12))
     assert steps(server) == ["start primary", "stop slot", "rm slot"]
 
 
 def test_a_leftover_slot_is_kept_serving_when_the_app_cannot_start(tmp_path):
     server = Server(slot="running healthy", primary="exited", fail=("compose",))
     with pytest.raises(CommandFailed, match="keeps serving from the deploy slot p-kb-next"):
-        deploy.switch(make_ctx(server, tmp_path), App("kb", "base", 12), "sha256:new")
+        switch.switch(make_ctx(server, tmp_path), App("kb", "base", 12), "sha256:new")
     assert steps(server) == ["start primary"]  # nothing stopped, nothing removed
 
 
 def test_a_stopped_leftover_slot_is_simply_removed(tmp_path):
     server = Server(slot="exited")
-    deploy.clear_leftover_slot(make_ctx(server, tmp_path), App("kb", "base", 12))
+    switch.clear_leftover_slot(make_ctx(server, tmp_path), App("kb", "base", 12))
     assert steps(server) == ["rm --force slot"]
 
 
 def test_a_leftover_slot_beside_a_healthy_app_is_retired_gracefully(tmp_path):
     server = Server(slot="running healthy", primary="running healthy")
-    deploy.clear_leftover_slot(make_ctx(server, tmp_path), App("kb", "base", 12))
+    switch.clear_leftover_slot(make_ctx(server, tmp_path), App("kb", "base", 12))
     assert steps(server) == ["stop slot", "rm slot"]
 
 
