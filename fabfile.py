@@ -16,6 +16,7 @@ from onevps import server
 from onevps.errors import OnevpsError, confirm, number_flag
 from onevps.registry import SHARED_SERVICES
 from onevps.registry import load as load_registry
+from onevps.swarm import server as swarm_server
 
 
 def _ctx(c, dry_run=False, secrets=False):
@@ -169,14 +170,14 @@ def swarm_deploy(c, app=None, services=None, dry_run=False):
     """On the server's swarm: send the files, build, tag (push to REGISTRY), `docker stack deploy`, wait; Swarm rolls back a failure."""
     _check_target(app)
     only = [s.strip() for s in services.split(",") if s.strip()] if services else None
-    result = recipes.swarm_deploy(_ctx(c, dry_run, secrets=True), app, only)
+    result = swarm_server.deploy_on_server(_ctx(c, dry_run, secrets=True), app, only)
     print("\n".join(f"{svc}: {outcome}" for svc, outcome in result.outcome.items()))
 
 
 @task
 def swarm_status(c):
     """Every service of the stack on the server's swarm: replicas, image, last update."""
-    print(recipes.swarm_status(_ctx(c)))
+    print(swarm_server.status_on_server(_ctx(c)))
 
 
 @task(help={"tiers": "Ship the base and ML tier images (built here first when missing).",

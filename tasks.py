@@ -8,8 +8,9 @@ non-zero (onevps.errors.OnevpsError is an invoke Exit).
 import os
 
 from invoke import task
+from invoke.exceptions import Exit
 
-from onevps import checks, commands, config, nginx, stack
+from onevps import checks, commands, config, nginx, stack, swarm
 from onevps import disk as disk_mod
 from onevps import prune as prune_mod
 from onevps.errors import OnevpsError, number_flag
@@ -191,17 +192,16 @@ def _only(services):
 @task
 def swarm_check(c):
     """List what Docker Swarm ignores or rejects in the compose file, and the fix onevps applies to each."""
-    from onevps import swarm
-
-    print(swarm.report(swarm.findings(config.load())))
+    checked = swarm.check(config.load())
+    print(swarm.report(checked.findings, checked.refused))
+    if checked.refused:
+        raise Exit(code=1)
 
 
 @task(help={"services": "Comma-separated services to put in the stack (default: every service without a profile).",
             "stdout": "Print the stack file instead of writing compose/swarm/docker-stack.yml."})
 def swarm_render(c, services=None, stdout=False):
     """Render the Swarm stack file (and its nginx routes) from compose/docker-compose.yml, written atomically."""
-    from onevps import swarm
-
     settings = config.load()
     rendered = swarm.render(settings, _only(services))
     if stdout:
@@ -216,24 +216,20 @@ def swarm_render(c, services=None, stdout=False):
             "dry-run": "Print the commands that would change something; change nothing."})
 def swarm_deploy(c, app=None, services=None, dry_run=False):
     """On this machine's swarm: build, tag (and push to REGISTRY), render, `docker stack deploy`, wait; report a rollback."""
-    from onevps import swarm
-
     settings, reg, runner = _setup(c)
     if app:
         reg.get(app)
     config.require_secrets(settings)
     runner.dry_run = dry_run
     require_docker(runner)
-    result = swarm.deploy(runner, settings, reg, app=app, only=_only(services), env=stack.compose_env(settings),
-                          build=lambda names: stack.build_apps(runner, settings, reg, names))
+    target = swarm.LocalTarget(runner, settings, reg)
+    result = swarm.deploy(runner, settings, reg, target, app=app, only=_only(services))
     print("\n".join(f"{svc}: {outcome}" for svc, outcome in result.outcome.items()))
 
 
 @task
 def swarm_status(c):
     """Every service of the stack on this machine's swarm: replicas, image, last update."""
-    from onevps import swarm
-
     settings, _, runner = _setup(c)
     require_docker(runner)
     print(stack.columns(swarm.status_rows(runner, settings)))

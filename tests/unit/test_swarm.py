@@ -4,13 +4,17 @@ the nginx routes for Swarm, and the commands. No Docker here."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import shlex
 from pathlib import Path
 
 import pytest
+from invoke import Context
+from invoke.exceptions import Exit
 
 from onevps import composefile, config, nginx, registry, swarm
+from onevps.commands import swarm as swarm_commands
 from onevps.errors import OnevpsError
 from onevps.runner import Result
 
@@ -280,25 +284,25 @@ def test_swarm_routes_reach_apps_by_service_name():
 # ---------------------------------------------------------------- commands --
 
 def test_stack_deploy_commands():
-    assert shlex.join(swarm.stack_deploy_argv("compose/swarm/docker-stack.yml", "onevps", registry=False)) == (
+    assert shlex.join(swarm_commands.stack_deploy_argv("compose/swarm/docker-stack.yml", "onevps", registry=False)) == (
         "docker stack deploy --compose-file compose/swarm/docker-stack.yml --resolve-image never onevps")
-    assert shlex.join(swarm.stack_deploy_argv("/opt/apps/compose/swarm/docker-stack.yml", "onevps", registry=True)) == (
+    assert shlex.join(swarm_commands.stack_deploy_argv("/opt/apps/compose/swarm/docker-stack.yml", "onevps", registry=True)) == (
         "docker stack deploy --compose-file /opt/apps/compose/swarm/docker-stack.yml --resolve-image always "
         "--with-registry-auth onevps")
-    assert shlex.join(swarm.with_env_file("/opt/apps/.env", ["docker", "stack", "deploy", "x"])) == (
+    assert shlex.join(swarm_commands.with_env_file("/opt/apps/.env", ["docker", "stack", "deploy", "x"])) == (
         "sh -c 'set -a && . \"$1\" && set +a && shift && exec \"$@\"' sh /opt/apps/.env docker stack deploy x")
-    assert swarm.tag_argv("onevps/kb:latest", "r.example/onevps/kb:s-0123") == [
+    assert swarm_commands.tag_argv("onevps/kb:latest", "r.example/onevps/kb:s-0123") == [
         "docker", "image", "tag", "onevps/kb:latest", "r.example/onevps/kb:s-0123"]
-    assert swarm.push_argv("r.example/onevps/kb:s-0123") == ["docker", "image", "push", "r.example/onevps/kb:s-0123"]
-    assert shlex.join(swarm.services_argv("onevps")) == (
+    assert swarm_commands.push_argv("r.example/onevps/kb:s-0123") == ["docker", "image", "push", "r.example/onevps/kb:s-0123"]
+    assert shlex.join(swarm_commands.services_argv("onevps")) == (
         "docker service ls --filter label=com.docker.stack.namespace=onevps --format "
         "'{{.Name}}\t{{.Replicas}}\t{{.Image}}'")
 
 
 def test_a_compose_stack_of_the_same_name_is_found_by_its_networks():
-    assert shlex.join(swarm.compose_networks_argv("onevps")) == (
+    assert shlex.join(swarm_commands.compose_networks_argv("onevps")) == (
         "docker network ls --filter label=com.docker.compose.project=onevps --format '{{.Name}}'")
-    assert swarm._stack_networks(swarm.render(settings())) == ["app-network", "chroma-private"]
+    assert swarm.stack_networks(swarm.render(settings())) == ["app-network", "chroma-private"]
 
 
 def test_tags_and_image_names():
@@ -376,3 +380,113 @@ def test_dataclass_replace_keeps_server_values_with_local_files():
     text = swarm.render(server).stack
     assert "r.example:5000/${IMAGE_NAMESPACE:-onevps}/kb:" in text
     assert local.registry == ""
+
+
+# ------------------------------------------------ swarm-check lists them all --
+
+def _tasks_module():
+    spec = importlib.util.spec_from_file_location("onevps_tasks_for_swarm_check", ROOT / "tasks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_swarm_check_lists_every_refused_construct_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    shutil_copy(tmp_path)
+    d = data()
+    d["services"]["kb"]["env_file"] = ["../kb.env"]
+    d["services"]["api-gw"]["volumes"] = ["./gw-data:/data"]  # writable: cannot move between nodes
+    (tmp_path / "compose" / "docker-compose.yml").write_text(composefile.dumps(d))
+    at = settings_at(tmp_path)
+    checked = swarm.check(at)
+    assert [err.what for err in checked.refused] == [
+        "service kb: env_file is not carried into the stack file",
+        "service api-gw: the writable bind mount ./gw-data:/data cannot move between nodes"]
+    with pytest.raises(OnevpsError, match="kb: env_file is not carried"):  # render() stops at the first
+        swarm.render(at)
+
+    monkeypatch.setattr(config, "load", lambda: at)
+    with pytest.raises(Exit) as exited:
+        _tasks_module().swarm_check(Context())
+    assert exited.value.code != 0
+    out = capsys.readouterr().out.splitlines()
+    assert "error: service kb: env_file is not carried into the stack file (hint: put the variables under " \
+           "environment: (values from .env as ${VAR}))" in out
+    assert "error: service api-gw: the writable bind mount ./gw-data:/data cannot move between nodes " \
+           "(hint: use a named volume, or leave the service to compose)" in out
+    assert "bind [differs] in nginx, chroma-auth, api-gw" in out  # the findings are all listed too
+    assert out[-1].startswith("14 findings (3 would make `docker stack deploy` fail); ")
+
+
+def test_swarm_check_exits_zero_when_nothing_is_refused(monkeypatch, capsys):
+    here = settings()
+    monkeypatch.setattr(config, "load", lambda: here)
+    _tasks_module().swarm_check(Context())
+    assert capsys.readouterr().out.rstrip("\n").endswith("`inv swarm-render` applies every fix above")
+
+
+def test_every_key_has_one_action_and_every_finding_a_rule():
+    for name, key in swarm.KEYS.items():
+        assert key.action in ("kept", "converted", "dropped", "refused"), name
+        assert key.finding is None or key.finding in swarm.RULES, name
+    doc = load_stack(swarm.render(settings()).stack)
+    source = plain_data()["services"]["redis"]
+    for name, key in swarm.KEYS.items():
+        if key.action == "kept" and name in source:
+            assert doc["services"]["redis"][name] == source[name], name
+        if key.action in ("dropped", "refused"):
+            assert all(name not in svc for svc in doc["services"].values()), name
+
+
+def plain_data() -> dict:
+    return swarm.plain(data())
+
+
+# ------------------------------------------------ deploy on a target object --
+
+class FakeTarget:
+    """A Target that records what deploy() asks of it."""
+
+    stack_file = "/srv/compose/swarm/docker-stack.yml"
+
+    def __init__(self, log):
+        self.log = log
+
+    def upload(self):
+        self.log.append("upload")
+
+    def build(self, apps):
+        self.log.append(f"build {' '.join(apps)}")
+
+    def command(self, argv):
+        return ["wrapped", *argv], {"FROM_TARGET": "1"}
+
+
+class Recording:
+    """A dry-run Runner stand-in: records each command, answers the read-only ones."""
+
+    dry_run = True
+
+    def __init__(self, log):
+        self.log, self.env = log, {}
+
+    def say(self, msg):
+        pass
+
+    def run(self, argv, step, **kw):
+        self.log.append(" ".join(argv[:3]))
+        if kw.get("env"):
+            self.env = kw["env"]
+        out = {"docker info --format": "active true 28.2.0", "docker image inspect": "sha256:0123456789abcdef"}
+        return Result(list(argv), 0, out.get(" ".join(argv[:3]), ""), "")
+
+
+def test_deploy_asks_the_target_to_send_build_and_wrap_in_that_order():
+    log = []
+    runner = Recording(log)
+    s = settings()
+    result = swarm.deploy(runner, s, registry.load(s.compose_file), FakeTarget(log), only=["nginx", "redis", "kb"])
+    assert log == ["docker info --format", "docker service ls", "docker network ls", "upload", "build kb",
+                   "docker image inspect", "docker image tag", "wrapped docker stack"]
+    assert runner.env == {"FROM_TARGET": "1", "TAG_KB": "s-0123456789ab"}
+    assert result.outcome == {"nginx": "dry-run", "redis": "dry-run", "kb": "dry-run"}

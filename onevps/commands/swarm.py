@@ -1,0 +1,57 @@
+"""Docker Swarm commands (stack, service, swarm state) as argv lists. Nothing runs here."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from . import docker
+
+
+def stack_deploy_argv(stack_file: str, stack: str, registry: bool) -> list[str]:
+    """`docker stack deploy`; with a registry every node pulls the exact digest."""
+    return docker("stack", "deploy", "--compose-file", stack_file,
+                  "--resolve-image", "always" if registry else "never",
+                  "--with-registry-auth" if registry else None, stack)
+
+
+def with_env_file(env_file: str, argv: Sequence[str]) -> list[str]:
+    """argv run by a shell that first exports every variable of env_file (the server's .env)."""
+    return ["sh", "-c", 'set -a && . "$1" && set +a && shift && exec "$@"', "sh", env_file, *argv]
+
+
+def swarm_state_argv() -> list[str]:
+    return docker("info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.ServerVersion}}")
+
+
+def services_argv(stack: str) -> list[str]:
+    return docker("service", "ls", "--filter", f"label=com.docker.stack.namespace={stack}",
+                  "--format", "{{.Name}}\t{{.Replicas}}\t{{.Image}}")
+
+
+def service_inspect_argv(*names: str) -> list[str]:
+    return docker("service", "inspect", "--format",
+                  "{{.Spec.Name}}\t{{.Spec.TaskTemplate.ContainerSpec.Image}}\t{{json .UpdateStatus}}"
+                  "\t{{json .Spec.TaskTemplate}}", *names)
+
+
+def compose_networks_argv(project: str) -> list[str]:
+    """Networks a Compose project of the same name still holds."""
+    return docker("network", "ls", "--filter", f"label=com.docker.compose.project={project}",
+                  "--format", "{{.Name}}")
+
+
+def service_logs_argv(service: str, tail: int = 20) -> list[str]:
+    return docker("service", "logs", "--no-task-ids", "--tail", str(tail), service)
+
+
+def service_ps_argv(service: str) -> list[str]:
+    return docker("service", "ps", "--no-trunc", "--format",
+                  "{{.Name}}\t{{.Image}}\t{{.DesiredState}}\t{{.CurrentState}}\t{{.Error}}", service)
+
+
+def tag_argv(source: str, target: str) -> list[str]:
+    return docker("image", "tag", source, target)
+
+
+def push_argv(ref: str) -> list[str]:
+    return docker("image", "push", ref)
