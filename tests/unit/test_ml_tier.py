@@ -14,6 +14,7 @@ import pytest
 
 from onevps import config, deploy, remote, tiers
 from onevps.registry import load as load_registry
+from onevps.server import Ctx
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCH = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
@@ -121,8 +122,8 @@ def ctx(tmp_path):
 
     def make(hashes):
         server = FakeServer(hashes)
-        return deploy.Ctx(local, rs, load_registry(local.compose_file), server, server,
-                          tiers.tag_env(local, build=rs)), server
+        return Ctx(local, rs, load_registry(local.compose_file), server, server,
+                   tiers.tag_env(local, build=rs)), server
 
     return make
 

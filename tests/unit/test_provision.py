@@ -6,6 +6,7 @@ real server; swapon/mkswap are only ever asserted as command strings."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -570,7 +571,7 @@ def test_no_local_plugin_is_refused_with_the_fix():
 def test_require_docker_on_server_names_the_docker_group():
     from types import SimpleNamespace
 
-    from onevps import deploy
+    from onevps import server
 
     class R:
         def run(self, argv, step, **kw):
@@ -578,7 +579,7 @@ def test_require_docker_on_server_names_the_docker_group():
 
     c = SimpleNamespace(run=R(), conn=SimpleNamespace(user="ann"), rs=SimpleNamespace(vps_user="ann", vps_host="h"))
     with pytest.raises(OnevpsError) as err:
-        deploy.require_docker_on_server(c)
+        server.require_docker_on_server(c)
     assert err.value.message == ("error: VPS_USER ann may not use Docker (permission denied on /var/run/docker.sock) "
                                  "(hint: run `fab setup` (adds it to the docker group))")
 
@@ -657,3 +658,35 @@ def test_reconnect_swaps_the_connection_everywhere(monkeypatch):
     assert c.conn is new and c.run.ctx is new and host.runner.ctx is new and old.closed
     host.sudo_docker()
     assert isinstance(c.run, p.SudoDockerRunner) and c.run.ctx is new
+
+
+# ------------------------------------------------------ whole runs, golden --
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "recipes"
+UPDATE_GOLDEN = bool(os.environ.get("ONEVPS_UPDATE_GOLDEN"))
+GOLDEN_RUNS = {
+    "provision-debian12.txt": ("a bare Debian 12 server as root, DOCKER_INSTALL=distro",
+                               dict(), dict(mode="distro")),
+    "provision-debian12-user-swap.txt": ("a bare Debian 12 server as VPS_USER ann (sudo -n), DOCKER_INSTALL=distro, "
+                                         "--swap 2G", dict(user="ann", meminfo=MEMINFO_SMALL),
+                                         dict(mode="distro", swap="2G")),
+}
+
+
+@pytest.mark.parametrize("golden", GOLDEN_RUNS)
+def test_a_whole_provision_run_is_its_golden_list_of_commands(tmp_path, golden):
+    """Every command of a whole run, in order: "?" reads the server, "!" changes it. Regenerate with
+    `ONEVPS_UPDATE_GOLDEN=1 pytest tests/unit/test_provision.py` and review the diff."""
+    what, server_kw, run_kw = GOLDEN_RUNS[golden]
+    server = FakeServer(**server_kw)
+    run(server, tmp_path=tmp_path, **run_kw)
+    lines = [f"# `fab setup` on {what}: every command in order (tests/unit/test_provision.py).",
+             '# "?" reads the server, "!" changes it (a newline inside an argument is shown as \\n).']
+    lines += [f"{'!' if mutates else '?'} {cmd}".replace("\n", "\\n") for cmd, mutates in server.sent]
+    text = "\n".join(lines) + "\n"
+    path = GOLDEN / golden
+    if UPDATE_GOLDEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing; create it with ONEVPS_UPDATE_GOLDEN=1"
+    assert text == path.read_text()

@@ -4,6 +4,7 @@ and the stream into `docker load` (a fake channel and a fake `docker save`)."""
 
 import io
 import json
+import os
 import shlex
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,6 +14,9 @@ from paramiko.ssh_exception import ChannelException, SSHException
 
 import fabfile
 from onevps import composefile, config, provision, remote, ship, tiers
+from onevps.commands import transfer as transfer_commands
+from onevps.ship import recipe as ship_recipe
+from onevps.ship import transfer as ship_transfer
 from onevps.errors import CommandFailed, OnevpsError
 from onevps.registry import load as load_registry
 from onevps.runner import Result
@@ -66,12 +70,28 @@ class Recorder:
         self.said.append(msg)
 
 
+class LocalDocker(Recorder):
+    """This machine's Docker: `docker image inspect --format LOCAL_FORMAT REFS...` prints a line per
+    image found, in order, and names each missing one on stderr (exit 1), as Docker 28 does."""
+
+    def __init__(self, images):
+        super().__init__({})
+        self.lines = {ref: f"{i} {a} {s} {' '.join(CONTENT[k])}\n" for ref, (i, a, s, k) in images.items()}
+
+    def run(self, argv, step, check=True, mutates=True, **kw):
+        argv = [str(a) for a in argv]
+        if argv[:5] != transfer_commands.local_inspect_argv():
+            return super().run(argv, step, check, mutates, **kw)
+        self.calls.append(shlex.join(argv))
+        refs = argv[5:]
+        err = "".join(f"Error response from daemon: no such image: {r}: No such image: {r}\n"
+                      for r in refs if r not in self.lines)
+        return Result(argv, 1 if err else 0, "".join(self.lines[r] for r in refs if r in self.lines), err)
+
+
 def local_runner(images):
     """images: ref -> (id, arch, size, content); anything else is missing here."""
-    table = {shlex.join(ship.local_inspect_argv(ref)): f"{i} {a} {s} {' '.join(CONTENT[k])}\n"
-             for ref, (i, a, s, k) in images.items()}
-    table["docker image inspect"] = ("", 1)
-    return Recorder(table)
+    return LocalDocker(images)
 
 
 def upstream_here(size=10, arch="amd64", **sizes):
@@ -307,6 +327,39 @@ def test_unexpected_local_inspect_output_is_one_line(text):
     assert "\n" not in err.value.message and "(hint: check the local Docker" in err.value.message
 
 
+def test_local_images_are_read_in_one_inspect(tmp_path):
+    """All the wanted local images in ONE `docker image inspect`; the same results as one call each."""
+    here = upstream_here()
+    run = FakeServer([(SID[n], ref, k) for n, ref, k in [
+        ("1", "nginx:1.27-bookworm", "a"), ("2", "chromadb/chroma:1.0.20", "b"),
+        ("3", "redis:7.4-bookworm", "c"), ("4", "ollama/ollama:0.9.6", "d")]])
+    ship.ship(ctx(tmp_path, run), upstream=True, local_runner=here)
+    assert here.calls == [shlex.join(transfer_commands.local_inspect_argv(
+        "nginx:1.27-bookworm", "chromadb/chroma:1.0.20", "redis:7.4-bookworm", "ollama/ollama:0.9.6"))]
+
+
+@pytest.mark.parametrize("stderr", [
+    "Error response from daemon: no such image: b: No such image: b:latest\n",  # Docker 28 (normalized name)
+    "Error: No such image: b\n",  # Docker 20.10-27
+])
+def test_parse_locals_matches_lines_to_refs_and_names_the_missing(stderr):
+    line = f"{ID['a']} amd64 10 {' '.join(CONTENT['a'])}\n"
+    got = ship.parse_locals(["a:1", "b", "b:2"], line + line.replace("amd64 10", "arm64 5"), stderr)
+    assert got == {"a:1": local_img("a"), "b": None, "b:2": local_img("a", arch="arm64", size=5)}
+    # lines that cannot be matched to the refs (another error, a missing image not named): ask per ref
+    assert ship.parse_locals(["a:1", "b"], "", "Cannot connect to the Docker daemon\n") is None
+    assert ship.parse_locals(["a:1", "b"], line, "") is None
+
+
+def test_local_images_fall_back_to_one_inspect_each(tmp_path):
+    """A Docker whose answer to one inspect cannot be matched to the refs is asked per ref, as before."""
+    here = Recorder({shlex.join(transfer_commands.local_inspect_argv("redis:7")): f"{ID['a']} amd64 10 "
+                     f"{' '.join(CONTENT['a'])}\n", "docker image inspect": ("", 1, "Error: something else")})
+    assert ship_recipe._local_images(here, ["redis:7", "nginx:1"]) == {"redis:7": local_img("a"), "nginx:1": None}
+    assert here.calls == [shlex.join(transfer_commands.local_inspect_argv(*refs))
+                          for refs in (["redis:7", "nginx:1"], ["redis:7"], ["nginx:1"])]
+
+
 def test_loaded_ids_reads_the_ids_of_unnamed_loads():
     out = f"Loaded image: redis:7\nLoaded image ID: {SID['1']}\nLoaded image ID: {SID['2']}\n"
     assert ship.loaded_ids(out) == [SID["1"], SID["2"]]
@@ -315,17 +368,17 @@ def test_loaded_ids_reads_the_ids_of_unnamed_loads():
 # ------------------------------------------------------------------- commands --
 
 def test_exact_commands():
-    assert shlex.join(ship.save_argv(["redis:7.4-bookworm", ID["a"]])) == f"docker save redis:7.4-bookworm {ID['a']}"
-    assert shlex.join(ship.load_argv()) == "docker load"
-    assert shlex.join(ship.load_argv(["sudo", "-n"])) == "sudo -n docker load"
-    assert shlex.join(ship.tag_argv(ID["a"], "prod/base:latest")) == f"docker tag {ID['a']} prod/base:latest"
-    assert shlex.join(ship.server_images_argv()) == "docker images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'"
-    assert shlex.join(ship.local_inspect_argv("redis:7")) == (
+    assert shlex.join(transfer_commands.save_argv(["redis:7.4-bookworm", ID["a"]])) == f"docker save redis:7.4-bookworm {ID['a']}"
+    assert shlex.join(transfer_commands.load_argv()) == "docker load"
+    assert shlex.join(transfer_commands.load_argv(["sudo", "-n"])) == "sudo -n docker load"
+    assert shlex.join(transfer_commands.tag_argv(ID["a"], "prod/base:latest")) == f"docker tag {ID['a']} prod/base:latest"
+    assert shlex.join(transfer_commands.server_images_argv()) == "docker images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'"
+    assert shlex.join(transfer_commands.local_inspect_argv("redis:7")) == (
         "docker image inspect --format '{{.Id}} {{.Architecture}} {{.Size}} {{.Created}} {{json .RootFS.Layers}}' "
         "redis:7")
-    assert shlex.join(ship.server_inspect_argv([SID["1"], SID["2"]])) == (
+    assert shlex.join(transfer_commands.server_inspect_argv([SID["1"], SID["2"]])) == (
         f"docker image inspect --format '{{{{.Id}}}} {{{{.Created}}}} {{{{json .RootFS.Layers}}}}' {SID['1']} {SID['2']}")
-    assert ship.verify_argv(["a:1"]) == ship.server_inspect_argv(["a:1"])
+    assert transfer_commands.verify_argv(["a:1"]) == transfer_commands.server_inspect_argv(["a:1"])
 
 
 @pytest.mark.parametrize("uname, arch", [("x86_64\n", "amd64"), ("aarch64", "arm64"), ("riscv64", "riscv64")])
@@ -364,11 +417,11 @@ def load_ctx(transport, prefix=None):
 
 def test_the_load_channel_carries_the_runners_docker_prefix():
     chan = RecordingChannel()
-    assert ship._open_load(load_ctx(FakeTransport(chan), prefix=("sudo", "-n"))) is chan  # as SudoDockerRunner
+    assert ship_transfer.open_load(load_ctx(FakeTransport(chan), prefix=("sudo", "-n"))) is chan  # as SudoDockerRunner
     assert chan.commands == ["sudo -n docker load"]
     assert provision.SudoDockerRunner.docker_prefix == ("sudo", "-n")
     plain = RecordingChannel()
-    ship._open_load(load_ctx(FakeTransport(plain)))
+    ship_transfer.open_load(load_ctx(FakeTransport(plain)))
     assert plain.commands == ["docker load"]
 
 
@@ -381,7 +434,7 @@ def test_the_load_channel_carries_the_runners_docker_prefix():
 def test_an_ssh_channel_that_cannot_be_opened_is_one_line(where, exc):
     transport = FakeTransport(fail=exc) if where == "open" else FakeTransport(RecordingChannel(fail=exc))
     with pytest.raises(CommandFailed) as err:
-        ship._open_load(load_ctx(transport))
+        ship_transfer.open_load(load_ctx(transport))
     assert err.value.message.startswith("error: cannot start `docker load` on the server over SSH: ")
     assert "\n" not in err.value.message and "run `fab ship` again" in err.value.message
 
@@ -397,8 +450,8 @@ def test_ship_upstream_end_to_end_with_fakes(tmp_path):
     chan = run.loader((SID["1"], "nginx:1.27-bookworm", "a"), (SID["3"], "redis:7.4-bookworm", "c"))
     rep = ship.ship(c, upstream=True, local_runner=here, open_channel=lambda _: chan, start_save=save)
     assert run.calls[:2] == ["docker info --format '{{.ServerVersion}}'", "docker compose version --short"]
-    assert run.server_calls("docker images") == [shlex.join(ship.server_images_argv())]  # once: nothing tagged after
-    assert run.server_calls("docker image inspect")[0] == shlex.join(ship.server_inspect_argv([SID["2"], SID["4"]]))
+    assert run.server_calls("docker images") == [shlex.join(transfer_commands.server_images_argv())]  # once: nothing tagged after
+    assert run.server_calls("docker image inspect")[0] == shlex.join(transfer_commands.server_inspect_argv([SID["2"], SID["4"]]))
     assert save.argv == ["docker", "save", "nginx:1.27-bookworm", "redis:7.4-bookworm"]
     assert bytes(chan.got) == b"x" * 3_000_000 and chan.closed_write
     assert run.server_calls("docker tag") == [f"docker tag {SID['4']} ollama/ollama:0.9.6"]  # there, unnamed: tag
@@ -406,7 +459,7 @@ def test_ship_upstream_end_to_end_with_fakes(tmp_path):
     assert rep.skipped == ["chromadb/chroma:1.0.20", "ollama/ollama:0.9.6"] and rep.tagged == ["ollama/ollama:0.9.6"]
     assert run.said[-1].startswith("==> shipped 2 image(s) (3.0 MB) in ") and run.said[-1].endswith(
         "; 2 already there (1 only tagged)")
-    assert run.server_calls("docker image inspect")[-1] == shlex.join(ship.verify_argv(
+    assert run.server_calls("docker image inspect")[-1] == shlex.join(transfer_commands.verify_argv(
         ["nginx:1.27-bookworm", "chromadb/chroma:1.0.20", "redis:7.4-bookworm", "ollama/ollama:0.9.6"]))
 
 
@@ -434,7 +487,7 @@ def test_ship_tiers_under_another_namespace_tags_the_servers_names(tmp_path, lis
     ship.ship(c, tiers=True, local_runner=here, start_save=save,
               open_channel=lambda _: run.loader((SID["5"], None, "a"), (SID["6"], None, "b")))
     assert save.argv == ["docker", "save", ID["a"], ID["b"]]
-    assert run.server_calls("docker image inspect")[0] == shlex.join(ship.server_inspect_argv([SID["5"], SID["6"]]))
+    assert run.server_calls("docker image inspect")[0] == shlex.join(transfer_commands.server_inspect_argv([SID["5"], SID["6"]]))
     assert run.server_calls("docker tag") == [
         f"docker tag {SID['5']} prod/base:{base}", f"docker tag {SID['5']} prod/base:latest",
         f"docker tag {SID['6']} prod/ml:{ml}", f"docker tag {SID['6']} prod/ml:latest"]
@@ -447,7 +500,7 @@ def test_a_server_without_images_is_not_inspected(tmp_path):
               open_channel=lambda _: run.loader(*[(SID[n], ref, k) for n, ref, k in [
                   ("1", "nginx:1.27-bookworm", "a"), ("2", "chromadb/chroma:1.0.20", "b"),
                   ("3", "redis:7.4-bookworm", "c"), ("4", "ollama/ollama:0.9.6", "d")]]))
-    assert run.server_calls("docker image inspect") == [shlex.join(ship.verify_argv(
+    assert run.server_calls("docker image inspect") == [shlex.join(transfer_commands.verify_argv(
         ["nginx:1.27-bookworm", "chromadb/chroma:1.0.20", "redis:7.4-bookworm", "ollama/ollama:0.9.6"]))]
 
 
@@ -605,3 +658,50 @@ def test_a_tier_built_with_other_torch_settings_than_the_servers_is_refused(tmp_
     # the same settings on both sides: selected under the server's names
     wanted = ship.select(local, rs, tiers.tag_env(local), composefile.load(local.compose_file), tiers_=True)
     assert [w.remote[0].split(":")[0] for w in wanted] == ["prod/base", "prod/ml"]
+
+
+# ------------------------------------------------------------ golden order --
+
+GOLDEN = ROOT / "tests" / "golden" / "recipes" / "ship-upstream.txt"
+
+
+def tap(recorder, side, log):
+    """Log every command the recorder runs, named by the side it runs on."""
+    inner = recorder.run
+
+    def run(argv, step, *args, **kw):
+        log.append(f"{side}: {shlex.join(str(a) for a in argv)}")
+        return inner(argv, step, *args, **kw)
+
+    recorder.run = run
+
+
+def test_a_whole_ship_is_its_golden_list_of_commands(tmp_path):
+    """`fab ship --upstream` to a server that has two of the four images (under its own IDs, one
+    unnamed): every command in order, on this machine and on the server. Regenerate with
+    `ONEVPS_UPDATE_GOLDEN=1 pytest tests/unit/test_ship.py` and review the diff."""
+    log = []
+    here = upstream_here()
+    run = FakeServer([(SID["2"], "chromadb/chroma:1.0.20", "b"), (SID["4"], "other/ollama:x", "d")])
+    tap(here, "here", log)
+    tap(run, "server", log)
+    chan = run.loader((SID["1"], "nginx:1.27-bookworm", "a"), (SID["3"], "redis:7.4-bookworm", "c"))
+    save = FakeSave(b"x" * 100)
+
+    def open_channel(c):
+        log.append(f"server: {shlex.join(transfer_commands.load_argv())}  # its stdin: the stream of docker save")
+        return chan
+
+    def start_save(argv):
+        log.append(f"here: {shlex.join(argv)}  # streamed into docker load")
+        return save(argv)
+
+    ship.ship(ctx(tmp_path, run), upstream=True, local_runner=here, open_channel=open_channel, start_save=start_save)
+    text = "".join(line + "\n" for line in [
+        "# `fab ship --upstream`: every command in order, here and on the server (tests/unit/test_ship.py).",
+        "# The server has chromadb/chroma and, under another name (other/ollama:x), ollama/ollama: both under its own IDs.", *log])
+    if os.environ.get("ONEVPS_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(text)
+    assert GOLDEN.exists(), f"{GOLDEN} is missing; create it with ONEVPS_UPDATE_GOLDEN=1"
+    assert text == GOLDEN.read_text()
