@@ -25,28 +25,63 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Settings
 from .errors import OnevpsError
 
-TIER_ORDER = ("base", "ml")
+
+@dataclass(frozen=True)
+class Tier:
+    """An image tier: `<namespace>/<name>`, what apps labelled `onevps.tier=<name>` build FROM."""
+
+    name: str
+    tag_key: str  # the compose variable that names its content tag
+    service: str  # the compose service that builds it (profile tiers; never runs)
+    parent: str | None  # the tier its Dockerfile builds FROM
+
+    def folder(self, root: Path) -> Path:
+        """Its build context under the project root: dockerfiles/<name>/."""
+        return root / "dockerfiles" / self.name
+
+    def dockerfile(self, root: Path) -> Path:
+        return self.folder(root) / "Dockerfile"
 
 
-def tier_dir(settings: Settings, tier: str) -> Path:
-    return settings.root / "dockerfiles" / tier
+BASE = Tier("base", tag_key="BASE_TAG", service="base-tier", parent=None)
+ML = Tier("ml", tag_key="ML_TAG", service="ml-tier", parent="base")
+TIERS = (BASE, ML)  # in build order: a parent comes first
+TIER_ORDER = tuple(t.name for t in TIERS)
 
 
-def _inputs(folder: Path, tier: str) -> list[Path]:
+def tier(name: str) -> Tier:
+    """The tier called `name`; KeyError for any other name (callers check user input first)."""
+    for t in TIERS:
+        if t.name == name:
+            return t
+    raise KeyError(f"no tier {name!r}; the tiers are {', '.join(TIER_ORDER)}")
+
+
+def tag_key(name: str) -> str:
+    """The compose variable naming the tier's content tag: BASE_TAG or ML_TAG."""
+    return tier(name).tag_key
+
+
+def tier_dir(settings: Settings, tier_name: str) -> Path:
+    return tier(tier_name).folder(settings.root)
+
+
+def _inputs(folder: Path, t: Tier) -> list[Path]:
     files = [folder / "Dockerfile", folder / "requirements.txt", folder / "constraints.txt"]
-    if tier == "base":
+    if t is BASE:
         files += sorted((folder / "extra-ca").glob("*.crt"))
     return files
 
 
 def wheel_dir(settings: Settings) -> Path:
     """Where the ML tier's local wheels are staged (bind-mounted by its Dockerfile)."""
-    return tier_dir(settings, "ml") / "wheels"
+    return ML.folder(settings.root) / "wheels"
 
 
 def staged_wheels(settings: Settings) -> list[tuple[str, int]]:
@@ -57,22 +92,24 @@ def staged_wheels(settings: Settings) -> list[tuple[str, int]]:
 
 def ml_settings(build: Settings) -> dict[str, str]:
     """The builder's settings that decide what the ML tier installs (compose passes them as build args)."""
-    return {"TORCH_INDEX_URL": build.torch_index_url, "TORCH_CUDA": build.raw["TORCH_CUDA"]}
+    return {"TORCH_INDEX_URL": build.torch_index_url, "TORCH_CUDA": "on" if build.torch_cuda else "off"}
 
 
-def content_tag(settings: Settings, tier: str, build: Settings | None = None) -> str:
+def content_tag(settings: Settings, tier_name: str, build: Settings | None = None) -> str:
     """The tier's tag from the files under settings.root, built with `build`'s
     settings (default: the same settings; a server build passes the server's)."""
-    folder = tier_dir(settings, tier)
+    t = tier(tier_name)
+    folder = t.folder(settings.root)
     digest = hashlib.sha256()
-    for path in _inputs(folder, tier):
+    for path in _inputs(folder, t):
         if not path.is_file():
-            raise OnevpsError(f"tier {tier}: {path.relative_to(settings.root)} is missing",
+            raise OnevpsError(f"tier {t.name}: {path.relative_to(settings.root)} is missing",
                               "restore it with `git checkout -- dockerfiles/`")
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
-    if tier == "ml":
-        digest.update(content_tag(settings, "base", build).encode())
+    if t.parent:
+        digest.update(content_tag(settings, t.parent, build).encode())
+    if t is ML:
         chosen = {**ml_settings(build or settings), "wheels": staged_wheels(settings)}
         digest.update(json.dumps(chosen, sort_keys=True).encode())
     return "c-" + digest.hexdigest()[:12]
@@ -82,14 +119,14 @@ def image(settings: Settings, name: str, tag: str = "latest") -> str:
     return f"{settings.image_namespace}/{name}:{tag}"
 
 
-def tier_image(settings: Settings, tier: str) -> str:
+def tier_image(settings: Settings, tier_name: str) -> str:
     """The content-tagged reference of a tier image (what apps build FROM)."""
-    return image(settings, tier, content_tag(settings, tier))
+    return image(settings, tier_name, content_tag(settings, tier_name))
 
 
 def tag_env(settings: Settings, build: Settings | None = None) -> dict[str, str]:
     """Variables the compose file uses to name tier tags (`build`: see content_tag)."""
-    return {"BASE_TAG": content_tag(settings, "base", build), "ML_TAG": content_tag(settings, "ml", build)}
+    return {t.tag_key: content_tag(settings, t.name, build) for t in TIERS}
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:
@@ -105,7 +142,7 @@ def _link_or_copy(src: Path, dst: Path) -> bool:
     return True
 
 
-def stage_inputs(settings: Settings, tier: str) -> list[str]:
+def stage_inputs(settings: Settings, tier_name: str) -> list[str]:
     """Copy optional outside inputs into the tier's build context.
 
     EXTRA_CA_DIR/*.crt -> dockerfiles/base/extra-ca/, TORCH_WHEEL_DIR/*.whl ->
@@ -113,12 +150,12 @@ def stage_inputs(settings: Settings, tier: str) -> list[str]:
     cannot take extra named build contexts, so the inputs are staged.
     """
     staged: list[str] = []
-    if tier == "base" and settings.extra_ca_dir:
-        target = tier_dir(settings, "base") / "extra-ca"
+    if tier_name == BASE.name and settings.extra_ca_dir:
+        target = BASE.folder(settings.root) / "extra-ca"
         for crt in sorted(settings.extra_ca_dir.glob("*.crt")):
             if _link_or_copy(crt, target / crt.name):
                 staged.append(f"extra-ca/{crt.name}")
-    if tier == "ml" and settings.torch_wheel_dir:
+    if tier_name == ML.name and settings.torch_wheel_dir:
         target = wheel_dir(settings)
         for whl in sorted(settings.torch_wheel_dir.glob("*.whl")):
             if _link_or_copy(whl, target / whl.name):

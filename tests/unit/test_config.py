@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,83 @@ def test_an_env_file_behind_a_folder_that_may_not_be_entered_is_one_line(tmp_pat
     with pytest.raises(ConfigError) as err:
         config.load(root=tmp_path, environ={}, env_file=env)
     assert err.value.message.startswith(f"error: cannot read {env}") and "\n" not in err.value.message
+
+
+# ------------------------------------------------- every key, one typed field --
+
+# Each key's field type, spelled out: a new key must say what it becomes.
+KEY_TYPES = {
+    "COMPOSE_PROJECT_NAME": str, "DOMAIN": str, "BIND_ADDRESS": str, "HTTP_PORT": int, "HTTPS_PORT": int,
+    "NETWORK_PREFIX": str, "CHROMA_SUBNET": str, "IMAGE_NAMESPACE": str, "TORCH_INDEX_URL": str,
+    "TORCH_CUDA": bool, "TORCH_WHEEL_DIR": (Path, type(None)), "EXTRA_CA_DIR": (Path, type(None)),
+    "OLLAMA_MODEL": str, "UP_TIMEOUT": int, "REDIS_PASSWORD": str, "CHROMA_TOKEN": str,
+    "APP_MEM_LIMIT": int, "APP_CPUS": float, "ML_APP_MEM_LIMIT": int, "NGINX_MEM_LIMIT": int,
+    "REDIS_MEM_LIMIT": int, "CHROMA_MEM_LIMIT": int, "CHROMA_AUTH_MEM_LIMIT": int, "OLLAMA_MEM_LIMIT": int,
+    "HTTPS_REDIRECT": bool, "ACME_EMAIL": str, "ACME_SERVER": str, "ACME_CA_BUNDLE": str, "CERT_CRON_FILE": str,
+    "PRUNE_ON_DEPLOY": bool, "BUILD_FREE_MB": int, "PRUNE_KEEP": int, "PRUNE_CACHE_MB": int,
+    "VPS_HOST": str, "VPS_USER": str, "VPS_PORT": int, "VPS_PATH": str, "VPS_SSH_KEY": (Path, type(None)),
+    "VPS_ENV_FILE": Path, "DOCKER_INSTALL": str, "DEPLOY_TIMEOUT": int, "REGISTRY": str, "SWARM_SUBNET": str,
+}
+
+
+def test_every_key_is_one_typed_field_of_settings(tmp_path):
+    assert set(KEY_TYPES) == {k.name for k in KEYS}
+    fields = {f.name for f in dataclasses.fields(config.Settings)}
+    assert fields == {k.field_name for k in KEYS} | {"root", "env_file", "raw"}  # nothing else travels in Settings
+    s = load(root=tmp_path, environ={})
+    for key in KEYS:
+        value = getattr(s, key.field_name)
+        assert isinstance(value, KEY_TYPES[key.name]), key.name
+        if KEY_TYPES[key.name] is int:
+            assert not isinstance(value, bool), key.name
+
+
+def test_typed_defaults(tmp_path):
+    s = load(root=tmp_path, environ={})
+    assert (s.prune_on_deploy, s.torch_cuda, s.https_redirect) == (True, False, False)
+    assert (s.build_free_mb, s.prune_keep, s.prune_cache_mb) == (1024, 3, 2000)
+    assert (s.deploy_timeout, s.up_timeout) == (180, 900)
+    assert s.app_mem_limit == 256 * 1024 ** 2 and s.ollama_mem_limit == 8 * 1024 ** 3 and s.app_cpus == 1.0
+    assert s.docker_install == "docker-repo" and s.cert_cron_file == "/etc/cron.d/onevps-certs"
+    assert s.acme_email == "" and s.acme_ca_bundle == "" and s.acme_server.startswith("https://acme-v02.")
+    assert s.chroma_subnet == "172.20.1.0/28" and s.vps_env_file == tmp_path / ".env"
+    assert s.redis_password == "" and s.chroma_token == ""
+
+
+def test_typed_values_from_env_file_and_environment(tmp_path):
+    write_env(tmp_path, "PRUNE_ON_DEPLOY=OFF\nTORCH_CUDA=on\nBUILD_FREE_MB=2048\nAPP_MEM_LIMIT=512k\n"
+                        "NGINX_MEM_LIMIT=1048576\nAPP_CPUS=0.5\nDOCKER_INSTALL=Distro\n")
+    s = load(root=tmp_path, environ={"HTTPS_REDIRECT": "on", "PRUNE_KEEP": "5", "ACME_EMAIL": "ops@example.com",
+                                     "ACME_CA_BUNDLE": "/etc/ca/", "CERT_CRON_FILE": "/etc/cron.d/x"})
+    assert (s.prune_on_deploy, s.torch_cuda, s.https_redirect) == (False, True, True)
+    assert (s.build_free_mb, s.prune_keep) == (2048, 5)
+    assert (s.app_mem_limit, s.nginx_mem_limit, s.app_cpus) == (512 * 1024, 1048576, 0.5)
+    assert s.docker_install == "distro" and s.acme_email == "ops@example.com"
+    assert (s.acme_ca_bundle, s.cert_cron_file) == ("/etc/ca", "/etc/cron.d/x")
+    # raw keeps the normal form as text, for compose and `inv settings`
+    assert (s.raw["PRUNE_ON_DEPLOY"], s.raw["APP_MEM_LIMIT"], s.raw["DOCKER_INSTALL"]) == ("off", "512k", "distro")
+    assert s.compose_env()["TORCH_CUDA"] == "on" and s.compose_env()["BUILD_FREE_MB"] == "2048"
+
+
+def test_secrets_are_fields_never_shown_in_repr(tmp_path):
+    s = load(root=tmp_path, environ={"REDIS_PASSWORD": "r" * 32, "CHROMA_TOKEN": "t" * 32})
+    assert (s.redis_password, s.chroma_token) == ("r" * 32, "t" * 32)
+    assert "r" * 32 not in repr(s) and "t" * 32 not in repr(s)
+
+
+def test_local_paths_are_paths_against_the_root(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "id_ed25519").write_text("key")
+    s = load(root=tmp_path, environ={"TORCH_WHEEL_DIR": "wheels", "VPS_SSH_KEY": "id_ed25519",
+                                     "VPS_ENV_FILE": "server.env"})
+    assert s.torch_wheel_dir == tmp_path / "wheels" and s.extra_ca_dir is None
+    assert s.vps_ssh_key == tmp_path / "id_ed25519" and s.vps_env_file == tmp_path / "server.env"
+    with pytest.raises(ConfigError, match=r"VPS_SSH_KEY='nokey' is not a file"):
+        load(root=tmp_path, environ={"VPS_SSH_KEY": "nokey"})
+
+
+def test_the_module_api_stays_importable():
+    for name in ("KEYS", "KEY_NAMES", "Key", "PLACEHOLDER", "REPO_ROOT", "SECRET_HINT", "SECRET_KEYS",
+                 "ConfigError", "Settings", "create_env_file", "is_secret", "load", "require_secrets", "_domain"):
+        assert hasattr(config, name), name
+    assert config._domain("Example.COM.") == "example.com"

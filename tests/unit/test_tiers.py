@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from onevps import tiers
+from onevps import registry, tiers
 from onevps.config import load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,3 +106,44 @@ def test_a_server_build_is_tagged_with_the_servers_settings(s):
     assert tags["ML_TAG"] == tiers.content_tag(server, "ml") != tiers.content_tag(s, "ml")
     assert tags["BASE_TAG"] == tiers.content_tag(s, "base")
     assert tiers.tag_env(s) == tiers.tag_env(s, build=s)
+
+
+# ------------------------------------------------------------ the Tier type --
+
+def test_a_tier_knows_its_name_tag_key_service_folder_and_parent():
+    base, ml = tiers.TIERS
+    assert (base.name, base.tag_key, base.service, base.parent) == ("base", "BASE_TAG", "base-tier", None)
+    assert (ml.name, ml.tag_key, ml.service, ml.parent) == ("ml", "ML_TAG", "ml-tier", "base")
+    assert base.folder(ROOT) == ROOT / "dockerfiles" / "base" and ml.dockerfile(ROOT).is_file()
+    assert base.dockerfile(ROOT).is_file()
+    with pytest.raises(Exception):
+        base.name = "other"  # type: ignore[misc]
+
+
+def test_tiers_are_in_build_order_and_looked_up_by_name():
+    assert tiers.TIER_ORDER == ("base", "ml") == tuple(t.name for t in tiers.TIERS)
+    for i, t in enumerate(tiers.TIERS):
+        assert tiers.tier(t.name) is t
+        assert t.parent is None or t.parent in tiers.TIER_ORDER[:i]  # a parent is built first
+    assert (tiers.tag_key("base"), tiers.tag_key("ml")) == ("BASE_TAG", "ML_TAG")
+    with pytest.raises(KeyError, match="no tier 'gpu'"):
+        tiers.tier("gpu")
+
+
+def test_the_tiers_agree_with_the_registry_and_the_compose_file():
+    compose = (ROOT / "compose" / "docker-compose.yml").read_text()
+    assert {t.name: t.service for t in tiers.TIERS} == registry.TIER_SERVICES
+    assert set(registry.TIERS) == set(tiers.TIER_ORDER)
+    for t in tiers.TIERS:
+        assert f"  {t.service}:" in compose and "${" + t.tag_key in compose
+
+
+def test_tag_env_and_tier_dir_follow_the_tier_type(s):
+    assert list(tiers.tag_env(s)) == [t.tag_key for t in tiers.TIERS]
+    assert tiers.tier_dir(s, "ml") == tiers.ML.folder(s.root) == s.root / "dockerfiles" / "ml"
+    assert tiers.wheel_dir(s) == s.root / "dockerfiles" / "ml" / "wheels"
+
+
+def test_ml_settings_spell_torch_cuda_as_the_env_file_does(s):
+    assert tiers.ml_settings(s) == {"TORCH_INDEX_URL": s.torch_index_url, "TORCH_CUDA": "off"}
+    assert tiers.ml_settings(_with(s, TORCH_CUDA="ON"))["TORCH_CUDA"] == "on"
