@@ -2,17 +2,18 @@
 
 The server comes from .env (VPS_HOST, VPS_USER, VPS_PORT, VPS_PATH,
 VPS_SSH_KEY) or from `fab -H user@host`. Thin on purpose: the recipes live in
-onevps.deploy; user errors print one line and exit non-zero.
+onevps.deploy (read-only views in onevps.views); user errors print one line
+and exit non-zero.
 """
 
 from pathlib import Path
 
 from fabric import task
 
-from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes, remote
+from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes
 from onevps import disk as recipes_disk
 from onevps import provision as recipes_provision
-from onevps import server
+from onevps import commands, server, state, views
 from onevps.errors import OnevpsError, confirm, number_flag
 from onevps.registry import SHARED_SERVICES
 from onevps.registry import load as load_registry
@@ -69,13 +70,13 @@ def rollback(c, app=None, dry_run=False):
 def history(c, app=None):
     """Show the deploy journal: time, user, git commit, app, image, result."""
     _check_target(app)
-    print(recipes.history(_ctx(c), app))
+    print(views.history(_ctx(c), app))
 
 
 @task
 def status(c):
     """Every container on the server: state, health, image age, memory."""
-    print(recipes.status(_ctx(c)))
+    print(views.status(_ctx(c)))
 
 
 @task(help={"app": "The app (or shared service) whose logs to show (required).",
@@ -89,7 +90,7 @@ def logs(c, app=None, follow=False, tail="100"):
     _check_target(app)
     ctx = _ctx(c)
     name = app if app in SHARED_SERVICES else ctx.reg.get(app).name
-    ctx.run.run(recipes.commands.logs(ctx.rs, [name], follow=follow, tail=int(lines)), "show logs",
+    ctx.run.run(commands.logs(ctx.rs, [name], follow=follow, tail=int(lines)), "show logs",
                 hide=False, mutates=False)
 
 
@@ -97,11 +98,11 @@ def logs(c, app=None, follow=False, tail="100"):
 def unlock(c):
     """Break a stale deploy lock on purpose (names who held it)."""
     ctx = _ctx(c)
-    holder = remote.read_lock(ctx.run, ctx.rs)
+    holder = state.read_lock(ctx.run, ctx.rs)
     if holder is None:
         print("no deploy lock is held")
         return
-    remote.release_lock(ctx.run, ctx.rs)
+    state.release_lock(ctx.run, ctx.rs)
     print(f"removed the deploy lock held by {holder}")
 
 
@@ -131,8 +132,8 @@ def restore(c, archive, env=False, yes=False, dry_run=False):
         print("nothing restored")
         return
     ctx = _ctx(c, dry_run)
-    with_lock = recipes.locked
-    with_lock(ctx, f"restore {path.name}", lambda: recipes_backup.restore(ctx, path, with_env=env))
+    with state.deploy_lock(ctx.run, ctx.rs, f"restore {path.name}"):
+        recipes_backup.restore(ctx, path, with_env=env)
 
 
 @task(help={"no-schedule": "Do not install the daily renewal job.",
@@ -141,18 +142,17 @@ def certs(c, no_schedule=False, dry_run=False):
     """Obtain or renew Let's Encrypt certificates for every app's domain (HTTP-01 via nginx), then reload nginx."""
     ctx = _ctx(c, dry_run, secrets=True)
 
-    def body():
+    with state.deploy_lock(ctx.run, ctx.rs, "certs"):
         recipes.sync_env(ctx)
         recipes_certs.certs(ctx, schedule=not no_schedule)
-
-    recipes.locked(ctx, "certs", body)
 
 
 @task(help={"dry-run": "List what would be removed and the room it would free; remove nothing."})
 def prune(c, dry_run=False):
     """On the server: remove old app images (keeping PRUNE_KEEP each), unused tiers, dangling images, excess cache."""
     ctx = _ctx(c, dry_run)
-    recipes.locked(ctx, "prune", lambda: recipes.prune_server(ctx))
+    with state.deploy_lock(ctx.run, ctx.rs, "prune"):
+        recipes.prune_server(ctx)
 
 
 @task(help={"json": "Print the report as JSON (for scripts).",
@@ -160,7 +160,7 @@ def prune(c, dry_run=False):
 def disk(c, json=False, budget="5"):
     """On the server: image disk use (unique/shared per image, on disk vs unlayered, savings), app layers vs budget."""
     budget_bytes = recipes_disk.budget_bytes(budget)  # a bad budget is refused before connecting
-    recipes.disk(_ctx(c), budget_bytes, json)
+    views.disk(_ctx(c), budget_bytes, json)
 
 
 @task(help={"app": "Build and roll out just this app (the stack must be deployed already).",

@@ -21,7 +21,7 @@ from ruamel.yaml.error import CommentMark
 from ruamel.yaml.mergevalue import MergeValue
 from ruamel.yaml.tokens import CommentToken
 
-from . import composefile, nginx, registry as registry_mod
+from . import commands, composefile, nginx, registry as registry_mod
 from .config import Settings
 from .errors import OnevpsError
 from .registry import TIERS, Registry
@@ -347,8 +347,7 @@ def compose_validates(settings: Settings, plan: Plan, run: Callable[[list[str]],
     candidate = settings.compose_file.with_name(".docker-compose.candidate.yml")
     try:
         composefile.atomic_write(candidate, text)
-        code, output = run(["docker", "compose", "--project-name", settings.project_name,
-                            "--file", str(candidate), "config", "--quiet"])
+        code, output = run(commands.config_check(settings, candidate))
     finally:
         candidate.unlink(missing_ok=True)
     if code != 0:

@@ -17,56 +17,50 @@ import tarfile
 import time
 from pathlib import Path
 
-from . import commands
-from .server import Ctx, inspect, tier_ref
+from .commands import compose_cmd, docker_cmd, shell
 from .errors import CommandFailed, OnevpsError
+from .server import Ctx, container_name, inspect, tier_ref
 
 VOLUMES = ("redis-data", "chroma-data", "ollama-data", "nginx-certs")
 PAUSED = ("redis", "chromadb")  # databases: paused while copied
 STATEFUL = ("redis", "chromadb", "ollama", "nginx")
 
 
-def volume_name(c: Ctx, volume: str) -> str:
-    return f"{c.rs.project_name}_{volume}"
+def volume_name(srv: Ctx, volume: str) -> str:
+    return f"{srv.rs.project_name}_{volume}"
 
 
-def _helper(c: Ctx, volume: str, backup_dir: str, script: str, writable: bool) -> list[str]:
+def _helper(srv: Ctx, volume: str, backup_dir: str, script: str, writable: bool) -> list[str]:
     """A throw-away container with the volume at /data and the backup folder at /backup.
 
     It uses the base tier image, which every server that ran `fab setup` has.
     """
-    mode = "" if writable else ":ro"
-    return commands.docker("run", "--rm", "--network", "none",
-                           "--volume", f"{volume_name(c, volume)}:/data{mode}",
-                           "--volume", f"{backup_dir}:/backup",
-                           tier_ref(c, "base"), "sh", "-c", script)
+    return docker_cmd.volume_helper(volume_name(srv, volume), backup_dir, tier_ref(srv, "base"), script, writable)
 
 
-def backup(c: Ctx, local_dir: Path) -> Path | None:
+def backup(srv: Ctx, local_dir: Path) -> Path | None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    root = posixpath.join(c.rs.vps_path, "backups")
+    root = posixpath.join(srv.rs.vps_path, "backups")
     work = posixpath.join(root, stamp)
-    archive = posixpath.join(root, f"{c.rs.project_name}-{stamp}.tar")
-    present = [v for v in VOLUMES if inspect(c, "{{.Name}}", volume_name(c, v), kind="volume")]
+    archive = posixpath.join(root, f"{srv.rs.project_name}-{stamp}.tar")
+    present = [v for v in VOLUMES if inspect(srv, "{{.Name}}", volume_name(srv, v), kind="volume")]
     if not present:
-        raise OnevpsError(f"no data volumes of project {c.rs.project_name} on the server", "deploy first")
-    c.run.run(["sh", "-c", 'umask 077 && mkdir -p "$1/volumes"', "sh", work], "create the backup folder")
-    paused = [s for s in PAUSED if inspect(c, "{{.State.Running}}", f"{c.rs.project_name}-{s}-1") == "true"]
+        raise OnevpsError(f"no data volumes of project {srv.rs.project_name} on the server", "deploy first")
+    srv.run.run(shell.private_dir(work, "volumes"), "create the backup folder")
+    paused = [s for s in PAUSED if inspect(srv, "{{.State.Running}}", container_name(srv, s)) == "true"]
     try:
         if paused:
-            c.run.run(commands.compose(c.rs, "pause", *paused), "pause the databases for a consistent copy")
+            srv.run.run(compose_cmd.pause(srv.rs, paused), "pause the databases for a consistent copy")
         for volume in present:
-            c.say(f"==> copying volume {volume_name(c, volume)}")
-            c.run.run(_helper(c, volume, work, f"tar -czf /backup/volumes/{volume}.tar.gz -C /data .", False),
-                      f"copy volume {volume}")
+            srv.say(f"==> copying volume {volume_name(srv, volume)}")
+            srv.run.run(_helper(srv, volume, work, f"tar -czf /backup/volumes/{volume}.tar.gz -C /data .", False),
+                        f"copy volume {volume}")
     finally:
         if paused:
-            c.run.run(commands.compose(c.rs, "unpause", *paused), "unpause the databases")
-    manifest = json.dumps({"project": c.rs.project_name, "volumes": present, "time": stamp})
-    c.run.run(["sh", "-c", 'umask 077 && cp "$1/.env" "$2/env" && printf "%s\\n" "$3" > "$2/manifest.json" && '
-               'tar -cf "$4" -C "$2" . && chmod 600 "$4" && rm -rf "$2"',
-               "sh", c.rs.vps_path, work, manifest, archive], "write the backup archive")
-    if c.run.dry_run:
+            srv.run.run(compose_cmd.unpause(srv.rs, paused), "unpause the databases")
+    manifest = json.dumps({"project": srv.rs.project_name, "volumes": present, "time": stamp})
+    srv.run.run(shell.write_backup(srv.rs.vps_path, work, manifest, archive), "write the backup archive")
+    if srv.run.dry_run:
         return None
     local_dir.mkdir(parents=True, exist_ok=True)
     target = local_dir / posixpath.basename(archive)
@@ -74,8 +68,8 @@ def backup(c: Ctx, local_dir: Path) -> Path | None:
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # an older file of the same name keeps its mode through O_CREAT
     with os.fdopen(fd, "wb") as fh:
-        c.conn.get(archive, fh)
-    c.say(f"==> backup on the server: {archive}")
+        srv.conn.get(archive, fh)
+    srv.say(f"==> backup on the server: {archive}")
     return target
 
 
@@ -142,33 +136,31 @@ def check_members(path: Path, volumes: list[str]) -> None:
                           "give a file made by `fab backup`") from None
 
 
-def restore(c: Ctx, archive: Path, with_env: bool = False) -> None:
+def restore(srv: Ctx, archive: Path, with_env: bool = False) -> None:
     manifest = check_archive(archive)
-    root = posixpath.join(c.rs.vps_path, "backups")
+    root = posixpath.join(srv.rs.vps_path, "backups")
     work = posixpath.join(root, f"restore-{time.strftime('%Y%m%d-%H%M%S')}")
     remote_archive = posixpath.join(root, archive.name)
-    c.run.run(["sh", "-c", 'umask 077 && mkdir -p "$1"', "sh", work], "create the restore folder")
-    if not c.run.dry_run:
+    srv.run.run(shell.private_dir(work), "create the restore folder")
+    if not srv.run.dry_run:
         try:
-            c.conn.put(str(archive), remote_archive)
+            srv.conn.put(str(archive), remote_archive)
         except OSError as exc:
             raise CommandFailed(f"upload of {archive.name} failed: {exc}", "check free space on the server") from None
-    c.run.run(["tar", "-xf", remote_archive, "-C", work], "unpack the archive on the server")
-    c.say(f"==> stopping {', '.join(STATEFUL)} while their data is replaced")
-    c.run.run(commands.compose(c.rs, "stop", *STATEFUL), "stop the stateful services")
+    srv.run.run(shell.untar(remote_archive, work), "unpack the archive on the server")
+    srv.say(f"==> stopping {', '.join(STATEFUL)} while their data is replaced")
+    srv.run.run(compose_cmd.stop(srv.rs, STATEFUL), "stop the stateful services")
     try:
         for volume in manifest["volumes"]:
-            c.say(f"==> restoring volume {volume_name(c, volume)}")
-            c.run.run(commands.docker("volume", "create", volume_name(c, volume)), f"create volume {volume}")
-            c.run.run(_helper(c, volume, work, "find /data -mindepth 1 -delete && "
-                              f"tar -xzf /backup/volumes/{volume}.tar.gz -C /data", True),
-                      f"restore volume {volume}")
+            srv.say(f"==> restoring volume {volume_name(srv, volume)}")
+            srv.run.run(docker_cmd.volume_create(volume_name(srv, volume)), f"create volume {volume}")
+            srv.run.run(_helper(srv, volume, work, "find /data -mindepth 1 -delete && "
+                                f"tar -xzf /backup/volumes/{volume}.tar.gz -C /data", True),
+                        f"restore volume {volume}")
         if with_env:
-            c.run.run(["sh", "-c", 'umask 077 && rm -f "$2/.env.onevps-tmp" && cp "$1/env" "$2/.env.onevps-tmp" && '
-                       'mv -f "$2/.env.onevps-tmp" "$2/.env"', "sh", work, c.rs.vps_path],
-                      "restore the server's .env")
+            srv.run.run(shell.restore_env(work, srv.rs.vps_path), "restore the server's .env")
     finally:
-        c.run.run(commands.compose(c.rs, "up", "--detach", "--no-build", "--wait", "--wait-timeout",
-                                   str(c.rs.up_timeout), *STATEFUL), "start the stateful services again")
-        c.run.run(["rm", "-rf", work], "remove the restore folder", check=False)
-    c.say(f"==> restored {len(manifest['volumes'])} volume(s) from {archive.name} (made {manifest.get('time')})")
+        srv.run.run(compose_cmd.up(srv.rs, STATEFUL, timeout=srv.rs.up_timeout, remove_orphans=False),
+                    "start the stateful services again")
+        srv.run.run(shell.rm_rf(work), "remove the restore folder", check=False)
+    srv.say(f"==> restored {len(manifest['volumes'])} volume(s) from {archive.name} (made {manifest.get('time')})")

@@ -18,7 +18,8 @@ import re
 import shlex
 from dataclasses import asdict, dataclass
 
-from . import commands, tiers
+from . import tiers
+from .commands import docker_cmd, shell
 from .config import Settings
 from .errors import OnevpsError
 from .registry import Registry
@@ -79,7 +80,7 @@ def docker_json(text: str, argv: list[str]) -> object:
 
 def df_argv() -> list[str]:
     """Docker's disk accounting per image, as one JSON object (same with the 20.10 and 28.x CLIs)."""
-    return commands.docker("system", "df", "--verbose", "--format", "{{json .}}")
+    return docker_cmd.system_df()
 
 
 def df_images(df_json: str, argv: list[str] | None = None) -> list[dict]:
@@ -117,15 +118,14 @@ def unique_sizes(df_json: str) -> dict[str, int]:
 
 
 def _image_size(runner: Runner, ref: str) -> int:
-    res = runner.run(commands.image_inspect(ref, "{{.Size}}"), f"inspect {ref}", check=False, mutates=False)
+    res = runner.run(docker_cmd.image_inspect(ref, "{{.Size}}"), f"inspect {ref}", check=False, mutates=False)
     if not res.ok:
         raise OnevpsError(f"image {ref} is missing", "build it first: `inv build`")
     return int(res.stdout.strip())
 
 
 def _files(runner: Runner, ref: str, roots: str) -> dict[str, int]:
-    res = runner.run(commands.docker("run", "--rm", "--network", "none", "--entrypoint", "find", ref,
-                                     *roots.split(), "-xdev", "-type", "f", "-printf", "%s %p\\n"),
+    res = runner.run(docker_cmd.list_files(ref, roots.split()),
                      f"list the files of {ref}", check=False, mutates=False)
     files = {}
     for line in res.stdout.splitlines():
@@ -222,9 +222,9 @@ TIER_BUILD_MB = {"base": 500, "ml": 3500}
 
 def docker_free_mb(runner: Runner) -> tuple[str, int]:
     """The Docker data folder and the megabytes free on its file system."""
-    root = runner.run(commands.docker("info", "--format", "{{.DockerRootDir}}"), "find Docker's data folder",
+    root = runner.run(docker_cmd.root_dir(), "find Docker's data folder",
                       mutates=False).stdout.strip() or "/var/lib/docker"
-    res = runner.run(["df", "-P", "-m", root], f"read the free space of {root}", mutates=False)
+    res = runner.run(shell.free_mb(root), f"read the free space of {root}", mutates=False)
     return root, parse_df_available(res.stdout)
 
 

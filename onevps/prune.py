@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import commands, disk, tiers
+from . import disk, tiers
+from .commands import docker_cmd
 from .config import Settings
 from .registry import Registry
 from .runner import Runner
@@ -93,22 +94,20 @@ def select(images: list[Image], in_use: set[str], apps: list[str], namespace: st
 
 def collect(runner: Runner, namespace: str) -> tuple[list[Image], set[str], dict[str, int]]:
     """The namespace's images, the image IDs containers use, and unique bytes per image ID."""
-    refs = runner.run(commands.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
-                                      "--filter", f"reference={namespace}/*"),
-                      "list images", mutates=False).stdout.split()
+    refs = runner.run(docker_cmd.namespace_images(namespace), "list images", mutates=False).stdout.split()
     images: list[Image] = []
     if refs:
-        inspect = commands.docker("image", "inspect", *refs)
+        inspect = docker_cmd.images_json(refs)
         data = disk.docker_json(runner.run(inspect, "inspect images", mutates=False).stdout, inspect)
         by_id: dict[str, dict] = {d["Id"]: d for d in data}
         for iid, d in by_id.items():
             tags = tuple(t for t in d.get("RepoTags") or [] if t.startswith(namespace + "/"))
             images.append(Image(iid, tags, d.get("Created", ""), tuple(d["RootFS"].get("Layers") or [])))
-    ids = runner.run(commands.docker("ps", "--all", "--quiet", "--no-trunc"), "list containers",
+    ids = runner.run(docker_cmd.all_containers(), "list containers",
                      mutates=False).stdout.split()
     in_use: set[str] = set()
     if ids:
-        in_use = set(runner.run(commands.docker("inspect", "--format", "{{.Image}}", *ids),
+        in_use = set(runner.run(docker_cmd.inspect("{{.Image}}", *ids),
                                 "inspect containers", mutates=False).stdout.split())
     df = runner.run(disk.df_argv(), "read disk usage", mutates=False).stdout
     return images, in_use, disk.unique_sizes(df)
@@ -126,10 +125,9 @@ def prune(runner: Runner, settings: Settings, reg: Registry, keep: int, cache_li
     for ref in plan.remove:
         runner.say(("[dry-run] would remove " if runner.dry_run else "removing ") + ref)
     if plan.remove:
-        runner.run(commands.docker("image", "rm", *plan.remove), "remove old images")
-    runner.run(commands.docker("image", "prune", "--force"), "remove dangling images")
-    runner.run(commands.docker("builder", "prune", "--force", "--keep-storage", f"{cache_limit_mb}mb"),
-               "trim the build cache")
+        runner.run(docker_cmd.image_rm(plan.remove), "remove old images")
+    runner.run(docker_cmd.image_prune(), "remove dangling images")
+    runner.run(docker_cmd.builder_prune(cache_limit_mb), "trim the build cache")
     verb = "would free" if runner.dry_run else "freed"
     runner.say(f"==> {len(plan.remove)} image reference(s) {'to remove' if runner.dry_run else 'removed'}, "
                f"{verb} about {disk.human(plan.freed)}; kept {len(plan.kept)}; "

@@ -8,14 +8,10 @@ K=V ...` prefix, because sshd drops SSH env requests unless told otherwise.
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import hashlib
 import io
-import json
 import posixpath
-import shlex
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -24,6 +20,7 @@ from fabric import Connection
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
 
 from . import config
+from .commands import shell
 from .config import Settings
 from .errors import CommandFailed, OnevpsError
 from .runner import Result, Runner
@@ -107,10 +104,9 @@ class RemoteRunner(Runner):
             # The prefix is part of the command line (ps, logs): secrets travel in files.
             raise OnevpsError(f"refusing to put {', '.join(leaked)} on the server's command line",
                               "this is a bug in onevps; please report it")
-        prefix = ["env", *[f"{k}={v}" for k, v in sorted(merged.items())]] if merged else []
         saved, self.env = self.env, {}
         try:
-            return super().run([*prefix, *argv], step, hide=hide, check=check, hint=hint, env={},
+            return super().run(shell.with_env(merged, argv), step, hide=hide, check=check, hint=hint, env={},
                                mutates=mutates)
         finally:
             self.env = saved
@@ -141,8 +137,7 @@ def sha256(path: Path) -> str:
 
 def remote_hashes(runner: Runner, root: str, dirs: Iterable[str]) -> dict[str, str]:
     """sha256 of every file under the given folders on the server."""
-    script = '{ cd "$1" 2>/dev/null || exit 0; } && shift && for d in "$@"; do [ -d "$d" ] && find "$d" -type f -print0; done | xargs -0 -r sha256sum'
-    res = runner.run(["sh", "-c", script, "sh", root, *dirs], "read the server's file hashes", mutates=False)
+    res = runner.run(shell.file_hashes(root, list(dirs)), "read the server's file hashes", mutates=False)
     hashes = {}
     for line in res.stdout.splitlines():
         digest, _, rel = line.partition("  ")
@@ -180,7 +175,7 @@ def apply_sync(conn: Connection, runner: Runner, root: str, local: dict[str, Pat
         return
     folders = sorted({posixpath.dirname(posixpath.join(root, rel)) for rel in plan.send})
     if folders:
-        runner.run(["mkdir", "-p", *folders], "create folders on the server")
+        runner.run(shell.mkdir_p(*folders), "create folders on the server")
     for rel in plan.send:
         target = posixpath.join(root, rel)
         tmp = f"{target}.onevps-tmp"
@@ -190,9 +185,9 @@ def apply_sync(conn: Connection, runner: Runner, root: str, local: dict[str, Pat
             raise CommandFailed(f"upload of {rel} failed: {exc}",
                                 "check free space and permissions on the server, and that sshd offers SFTP") from None
         mode = "755" if local[rel].stat().st_mode & 0o111 else "644"
-        runner.run(["sh", "-c", 'chmod "$1" "$2" && mv -f "$2" "$3"', "sh", mode, tmp, target], f"place {rel}")
+        runner.run(shell.place(mode, tmp, target), f"place {rel}")
     if plan.delete:
-        runner.run(["rm", "-f", *[posixpath.join(root, rel) for rel in plan.delete]], "delete removed files")
+        runner.run(shell.rm_f(*[posixpath.join(root, rel) for rel in plan.delete]), "delete removed files")
 
 
 def put_text(conn: Connection, runner: Runner, target: str, text: str, mode: str = "600") -> None:
@@ -203,86 +198,10 @@ def put_text(conn: Connection, runner: Runner, target: str, text: str, mode: str
     tmp = f"{target}.onevps-tmp"
     # A new, empty file of mode 600 first (a leftover temp file keeps no other mode): the
     # text, which may hold secrets, is never readable by others, not even for a moment.
-    runner.run(["sh", "-c", 'rm -f "$1" && umask 077 && : > "$1"', "sh", tmp], f"prepare {target}")
+    runner.run(shell.empty_private_file(tmp), f"prepare {target}")
     try:
         conn.put(io.BytesIO(text.encode()), tmp)
     except (OSError, SSHException) as exc:
         raise CommandFailed(f"upload of {target} failed: {exc}",
                             "check free space and permissions on the server, and that sshd offers SFTP") from None
-    runner.run(["sh", "-c", 'chmod "$1" "$2" && mv -f "$2" "$3"', "sh", mode, tmp, target], f"place {target}")
-
-
-# ------------------------------------------------------------ lock, journal --
-
-def lock_dir(settings: Settings) -> str:
-    return posixpath.join(settings.vps_path, STATE_DIR, "deploy.lock")
-
-
-def journal_file(settings: Settings) -> str:
-    return posixpath.join(settings.vps_path, STATE_DIR, "journal.jsonl")
-
-
-def whoami() -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-def acquire_lock(runner: Runner, settings: Settings, what: str) -> None:
-    """mkdir is atomic: exactly one deploy gets the lock; the other is told who holds it."""
-    holder = json.dumps({"holder": whoami(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "what": what})
-    path = lock_dir(settings)
-    script = 'mkdir -p "$(dirname "$1")" && mkdir "$1" && printf "%s\\n" "$2" > "$1/holder"'
-    if runner.dry_run:
-        runner.say(f"[dry-run] take the deploy lock {path}")
-        return
-    res = runner.run(["sh", "-c", script, "sh", path, holder], "take the deploy lock", check=False)
-    if res.ok:
-        return
-    if not runner.run(["test", "-d", path], "is the deploy lock held", check=False, mutates=False).ok:
-        # Not held: the lock could not be made (permissions, a full disk); say why.
-        reason = (res.stderr or res.stdout).strip().splitlines()
-        raise OnevpsError(f"cannot take the deploy lock {path}: {reason[-1] if reason else f'exit {res.exited}'}",
-                          f"VPS_USER must be able to write {settings.vps_path}: run `fab setup` as that user "
-                          "(it hands VPS_PATH over), and check the server's free space")
-    info = runner.run(["cat", f"{path}/holder"], "read the deploy lock", check=False, mutates=False)
-    try:
-        data = json.loads(info.stdout)
-        who = f"{data['holder']} since {data['since']} ({data.get('what', '')})"
-    except (ValueError, KeyError):
-        who = "an unknown holder"
-    raise OnevpsError(f"another deploy is running: the deploy lock is held by {who}",
-                      "wait for it to finish, or run `fab unlock` if it is stale")
-
-
-def release_lock(runner: Runner, settings: Settings) -> None:
-    if runner.dry_run:
-        return
-    runner.run(["rm", "-rf", lock_dir(settings)], "release the deploy lock", check=False)
-
-
-def read_lock(runner: Runner, settings: Settings) -> str | None:
-    res = runner.run(["cat", f"{lock_dir(settings)}/holder"], "read the deploy lock", check=False, mutates=False)
-    return res.stdout.strip() if res.ok else None
-
-
-def append_journal(runner: Runner, settings: Settings, entry: dict) -> None:
-    if runner.dry_run:
-        return
-    line = json.dumps(entry, sort_keys=True)
-    path = journal_file(settings)
-    runner.run(["sh", "-c", 'mkdir -p "$(dirname "$1")" && printf "%s\\n" "$2" >> "$1"', "sh", path, line],
-               "write the deploy journal")
-
-
-def read_journal(runner: Runner, settings: Settings) -> list[dict]:
-    res = runner.run(["cat", journal_file(settings)], "read the deploy journal", check=False, mutates=False)
-    entries = []
-    for line in res.stdout.splitlines() if res.ok else []:
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            continue
-    return entries
-
-
-def quote(argv: Sequence[str]) -> str:
-    return shlex.join(argv)
+    runner.run(shell.place(mode, tmp, target), f"place {target}")

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from fabric import Connection
 
-from . import commands, config, remote, tiers
+from . import config, remote, tiers
+from .commands import compose_cmd, docker_cmd
 from .config import Settings
 from .errors import OnevpsError
 from .registry import Registry
@@ -67,31 +68,30 @@ def slot_name(srv: Ctx, name: str) -> str:
 # ------------------------------------------------------------- questions --
 
 def inspect(srv: Ctx, fmt: str, *refs: str, kind: str = "container") -> str | None:
-    res = srv.run.run(commands.docker(kind, "inspect", "--format", fmt, *refs), f"inspect {' '.join(refs)}",
+    res = srv.run.run(docker_cmd.inspect(fmt, *refs, kind=kind), f"inspect {' '.join(refs)}",
                       check=False, mutates=False)
     return res.stdout.strip() if res.ok else None
 
 
 def require_docker_on_server(srv: Ctx) -> None:
-    info = srv.run.run(commands.docker_info(), "docker info", check=False, mutates=False)
+    info = srv.run.run(docker_cmd.docker_info(), "docker info", check=False, mutates=False)
     if not info.ok:
         if "permission denied" in (info.stderr + info.stdout).lower():
             user = getattr(srv.conn, "user", None) or srv.rs.vps_user
             raise OnevpsError(f"VPS_USER {user} may not use Docker (permission denied on /var/run/docker.sock)",
                               "run `fab setup` (adds it to the docker group)")
         raise OnevpsError(f"Docker does not answer on {srv.rs.vps_host or 'the server'}", "run `fab setup` first")
-    if not srv.run.run(commands.compose_version(), "docker compose version", check=False, mutates=False).ok:
+    if not srv.run.run(compose_cmd.compose_version(), "docker compose version", check=False, mutates=False).ok:
         raise OnevpsError("Docker Compose v2 is missing on the server", "run `fab setup` first")
 
 
 def snapshot(srv: Ctx) -> dict[str, tuple[str, str]]:
     """Every container of the project: name -> (ID, start time)."""
-    ids = srv.run.run(commands.docker("ps", "--all", "--quiet", "--filter",
-                                      f"label=com.docker.compose.project={srv.rs.project_name}"),
-                      "list containers", mutates=False).stdout.split()
+    ids = srv.run.run(docker_cmd.project_containers(srv.rs.project_name), "list containers",
+                      mutates=False).stdout.split()
     if not ids:
         return {}
-    out = srv.run.run(commands.docker("inspect", "--format", "{{.Name}} {{.Id}} {{.State.StartedAt}}", *ids),
+    out = srv.run.run(docker_cmd.inspect("{{.Name}} {{.Id}} {{.State.StartedAt}}", *ids),
                       "inspect containers", mutates=False).stdout
     snap = {}
     for line in out.splitlines():

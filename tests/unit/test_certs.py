@@ -4,6 +4,7 @@ import shlex
 from pathlib import Path
 
 from onevps import certs, config, registry
+from onevps.commands import certbot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,7 @@ def test_domains_cover_the_bare_domain_every_app_and_extra_names():
 
 def test_certonly_uses_the_webroot_and_the_configured_server():
     s = server_settings(ACME_SERVER="https://acme-staging-v02.api.letsencrypt.org/directory")
-    argv = certs.certonly_argv(s, ["example.com", "kb.example.com"])
+    argv = certbot.certonly(s, ["example.com", "kb.example.com"])
     assert shlex.join(argv).endswith(
         "--profile certs run --rm --no-deps certbot certonly --logs-dir /etc/letsencrypt/logs "
         "--webroot -w /var/www/acme --cert-name onevps "
@@ -46,5 +47,5 @@ def test_cron_runs_the_renew_script_which_reloads_after_nginx_t():
 
 
 def test_install_keeps_the_previous_certificate_for_a_restore():
-    assert "cp -p /etc/nginx/certs/$f /etc/nginx/certs/$f.prev" in certs.INSTALL_SCRIPT
-    assert "mv -f /etc/nginx/certs/$f.prev /etc/nginx/certs/$f" in certs.RESTORE_SCRIPT
+    assert "cp -p /etc/nginx/certs/$f /etc/nginx/certs/$f.prev" in certbot.INSTALL_SCRIPT
+    assert "mv -f /etc/nginx/certs/$f.prev /etc/nginx/certs/$f" in certbot.RESTORE_SCRIPT

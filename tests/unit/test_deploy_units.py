@@ -11,7 +11,7 @@ import pytest
 from invoke import Collection, MockContext, Result
 
 import fabfile
-from onevps import config, deploy, remote, server, switch
+from onevps import config, deploy, remote, server, state, switch
 from onevps.errors import OnevpsError
 from onevps.registry import App
 
@@ -45,7 +45,7 @@ def test_lock_refusal_names_holder_and_since():
                            Result(holder)])
     s = config.load(root=ROOT, environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
     with pytest.raises(OnevpsError) as err:
-        remote.acquire_lock(remote.RemoteRunner(ctx), s, "deploy portfolio")
+        state.acquire_lock(remote.RemoteRunner(ctx), s, "deploy portfolio")
     assert err.value.message == ("error: another deploy is running: the deploy lock is held by alice@laptop "
                                  "since 2026-11-26T10:00:00+0000 (deploy kb) (hint: wait for it to finish, "
                                  "or run `fab unlock` if it is stale)")
@@ -59,7 +59,7 @@ def test_a_lock_that_cannot_be_made_says_why_not_another_deploy():
     ctx = MockContext(run=[Result(exited=1, stderr=denied), Result(exited=1)])
     s = config.load(root=ROOT, environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
     with pytest.raises(OnevpsError) as err:
-        remote.acquire_lock(remote.RemoteRunner(ctx), s, "deploy portfolio")
+        state.acquire_lock(remote.RemoteRunner(ctx), s, "deploy portfolio")
     assert err.value.message == (f"error: cannot take the deploy lock /srv/apps/.onevps/deploy.lock: {denied} "
                                  "(hint: VPS_USER must be able to write /srv/apps: run `fab setup` as that user "
                                  "(it hands VPS_PATH over), and check the server's free space)")

@@ -1,0 +1,97 @@
+"""`docker compose` commands of the project as argv lists. Nothing runs here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..config import Settings
+from .docker import docker
+
+
+def compose(settings: Settings, *args: str | None) -> list[str]:
+    """`docker compose` with the project name, file and env file every call needs."""
+    env_file = ("--env-file", str(settings.env_file)) if settings.env_file else ()
+    return docker(
+        "compose",
+        "--project-name", settings.project_name,
+        "--file", str(settings.compose_file),
+        *env_file,
+        *args,
+    )
+
+
+def compose_version() -> list[str]:
+    return docker("compose", "version", "--short")
+
+
+def build_tier(settings: Settings, tier: str) -> list[str]:
+    return compose(settings, "--profile", "tiers", "build", f"{tier}-tier")
+
+
+def build_apps(settings: Settings, apps: Sequence[str], no_cache: bool = False) -> list[str]:
+    return compose(settings, "build", "--no-cache" if no_cache else None, *apps)
+
+
+def up(settings: Settings, services: Iterable[str] = (), wait: bool = True, timeout: int | None = None,
+       remove_orphans: bool = True, no_deps: bool = False, no_recreate: bool = False) -> list[str]:
+    """`compose up --detach --no-build` of the services (all without a profile when none),
+    waiting until they are healthy (timeout: UP_TIMEOUT by default)."""
+    flags: list[str | None] = ["up", "--detach", "--no-build", "--remove-orphans" if remove_orphans else None,
+                               "--no-deps" if no_deps else None, "--no-recreate" if no_recreate else None]
+    if wait:
+        flags += ["--wait", "--wait-timeout", str(timeout or settings.up_timeout)]
+    return compose(settings, *flags, *services)
+
+
+def down(settings: Settings, volumes: bool = False) -> list[str]:
+    """Every profile counts, so --volumes also removes the certbot volumes."""
+    return compose(settings, "--profile", "*", "down", "--remove-orphans", "--volumes" if volumes else None)
+
+
+def ps(settings: Settings) -> list[str]:
+    return compose(settings, "ps", "--all", "--format", "json")
+
+
+def logs(settings: Settings, services: Sequence[str] = (), follow: bool = False,
+         tail: int | None = 100, timestamps: bool = False) -> list[str]:
+    return compose(
+        settings, "logs",
+        "--follow" if follow else None,
+        "--timestamps" if timestamps else None,
+        *(("--tail", str(tail)) if tail is not None else ()),
+        *services,
+    )
+
+
+def restart(settings: Settings, services: Sequence[str]) -> list[str]:
+    return compose(settings, "restart", *services)
+
+
+def stop(settings: Settings, services: Sequence[str], timeout: int | None = None) -> list[str]:
+    return compose(settings, "stop", *(("--timeout", str(timeout)) if timeout is not None else ()), *services)
+
+
+def pause(settings: Settings, services: Sequence[str]) -> list[str]:
+    return compose(settings, "pause", *services)
+
+
+def unpause(settings: Settings, services: Sequence[str]) -> list[str]:
+    return compose(settings, "unpause", *services)
+
+
+def config_check(settings: Settings, compose_file: Path | None = None) -> list[str]:
+    """Compose's own validation, quiet, of the compose file (or a candidate for it); no
+    --env-file: variables come from the environment and the .env beside the file."""
+    return docker("compose", "--project-name", settings.project_name,
+                  "--file", str(compose_file or settings.compose_file), "config", "--quiet")
+
+
+def config_json(settings: Settings) -> list[str]:
+    """The resolved compose file (variables filled in), as JSON."""
+    return compose(settings, "config", "--format", "json")
+
+
+def exec_in(settings: Settings, service: str, argv: Sequence[str]) -> list[str]:
+    """`docker compose exec -T SERVICE ARGV...` (no TTY: works without a terminal)."""
+    return compose(settings, "exec", "-T", service, *argv)

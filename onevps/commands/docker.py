@@ -1,0 +1,133 @@
+"""`docker` commands (the engine: containers, images, volumes) as argv lists. Nothing runs here."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Sequence
+
+# A container's state and health in one line: "running healthy", "exited ", ...
+STATE_HEALTH = "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}"
+
+
+def docker(*args: str | None) -> list[str]:
+    """`docker ARGS...`, dropping None (optional flags)."""
+    return ["docker", *[a for a in args if a is not None]]
+
+
+def docker_info() -> list[str]:
+    return docker("info", "--format", "{{.ServerVersion}}")
+
+
+def root_dir() -> list[str]:
+    """Docker's data folder."""
+    return docker("info", "--format", "{{.DockerRootDir}}")
+
+
+def inspect(fmt: str, *refs: str, kind: str | None = None) -> list[str]:
+    """`docker [KIND] inspect --format FMT REFS` (kind: container, image, volume; any without)."""
+    return docker(kind, "inspect", "--format", fmt, *refs)
+
+
+def image_inspect(ref: str, fmt: str = "{{json .}}") -> list[str]:
+    return docker("image", "inspect", "--format", fmt, ref)
+
+
+def image_labels(ref: str) -> list[str]:
+    return image_inspect(ref, "{{json .Config.Labels}}")
+
+
+def images_json(refs: Sequence[str]) -> list[str]:
+    """Every field of the images, as one JSON list."""
+    return docker("image", "inspect", *refs)
+
+
+def project_containers(project: str) -> list[str]:
+    """The IDs of every container of the compose project, running or not."""
+    return docker("ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={project}")
+
+
+def all_containers() -> list[str]:
+    """The full IDs of every container on the engine, running or not."""
+    return docker("ps", "--all", "--quiet", "--no-trunc")
+
+
+def memory_use(ids: Sequence[str]) -> list[str]:
+    return docker("stats", "--no-stream", "--format", "{{.Name}}\t{{.MemUsage}}", *ids)
+
+
+def tag(image: str, ref: str) -> list[str]:
+    return docker("tag", image, ref)
+
+
+def logs(container: str, tail: int = 30) -> list[str]:
+    return docker("logs", "--tail", str(tail), container)
+
+
+def stop(container: str, timeout: int = 30) -> list[str]:
+    return docker("stop", "--time", str(timeout), container)
+
+
+def rm(container: str, force: bool = False) -> list[str]:
+    return docker("rm", "--force" if force else None, container)
+
+
+def volume_create(name: str) -> list[str]:
+    return docker("volume", "create", name)
+
+
+def namespace_images(namespace: str) -> list[str]:
+    """REPOSITORY:TAG of every image under the namespace."""
+    return docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={namespace}/*")
+
+
+def image_rm(refs: Sequence[str]) -> list[str]:
+    return docker("image", "rm", *refs)
+
+
+def image_prune() -> list[str]:
+    """Remove dangling images."""
+    return docker("image", "prune", "--force")
+
+
+def builder_prune(keep_mb: int) -> list[str]:
+    """Trim the build cache to keep_mb megabytes."""
+    return docker("builder", "prune", "--force", "--keep-storage", f"{keep_mb}mb")
+
+
+def system_df() -> list[str]:
+    """Docker's disk accounting per image, as one JSON object (same with the 20.10 and 28.x CLIs)."""
+    return docker("system", "df", "--verbose", "--format", "{{json .}}")
+
+
+def list_files(ref: str, roots: Sequence[str]) -> list[str]:
+    """`SIZE PATH` of every file under roots in the image (one file system each)."""
+    return docker("run", "--rm", "--network", "none", "--entrypoint", "find", ref,
+                  *roots, "-xdev", "-type", "f", "-printf", "%s %p\\n")
+
+
+def volume_helper(volume: str, folder: str, image: str, script: str, writable: bool) -> list[str]:
+    """A throw-away container (no network) running script with the volume at /data
+    (read-only unless writable) and folder at /backup."""
+    mode = "" if writable else ":ro"
+    return docker("run", "--rm", "--network", "none", "--volume", f"{volume}:/data{mode}",
+                  "--volume", f"{folder}:/backup", image, "sh", "-c", script)
+
+
+def health_flags(check: dict) -> list[str]:
+    """A compose healthcheck as `docker run` flags, polled every second (none without a test)."""
+    test = check.get("test") or []
+    if not test or test[0] not in ("CMD", "CMD-SHELL"):
+        return []
+    cmd = shlex.join(test[1:]) if test[0] == "CMD" else test[1]
+    return ["--health-cmd", cmd, "--health-interval", "1s", "--health-timeout", str(check.get("timeout", "5s")),
+            "--health-retries", str(check.get("retries", 3)),
+            "--health-start-period", str(check.get("start_period", "60s"))]
+
+
+def run_slot(name: str, app: str, network: str, ip: str, env_file: str, health: Sequence[str],
+             image: str) -> list[str]:
+    """A deploy slot: detached, on network at ip, labelled (no compose labels), logs rotated."""
+    return docker("run", "--detach", "--name", name, "--network", network, "--ip", ip,
+                  "--label", "onevps.slot=next", "--label", f"onevps.app={app}",
+                  "--log-driver", "json-file", "--log-opt", "max-size=10m", "--log-opt", "max-file=3",
+                  "--env-file", env_file, *health, image)
