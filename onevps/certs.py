@@ -49,8 +49,8 @@ def cron_text(settings: Settings) -> str:
 def certs(srv: Ctx, schedule: bool = True) -> None:
     rs = srv.rs
     if not rs.raw.get("ACME_EMAIL"):
-        raise OnevpsError("ACME_EMAIL is not set in the server's env file",
-                          f"add ACME_EMAIL=you@example.com to {srv.local.vps_env_file.name if srv.local.vps_env_file else '.env'}")
+        env_file = srv.local.vps_env_file.name if srv.local.vps_env_file else ".env"
+        raise OnevpsError("ACME_EMAIL is not set in the server's env file", f"add ACME_EMAIL=you@example.com to {env_file}")
     if inspect(srv, "{{.State.Running}}", container_name(srv, "nginx")) != "true" and not srv.run.dry_run:
         raise OnevpsError("nginx is not running on the server", "run `fab setup` and `fab deploy --all` first")
     obtain(srv, domains(rs, srv.reg))

@@ -123,8 +123,8 @@ def ensure_shared(srv: Ctx, recreate_changed: bool = False) -> None:
 def reload_nginx_if_changed(srv: Ctx, plan: remote.SyncPlan) -> None:
     if any(rel.startswith("nginx/") for rel in plan.send + plan.delete):
         if inspect(srv, "{{.State.Running}}", container_name(srv, "nginx")) == "true":
-            srv.run.run(compose_cmd.exec_in(srv.rs, "nginx", nginx.reload_argv()), "test and reload nginx on the server",
-                        hint="the old nginx configuration is still serving")
+            srv.run.run(compose_cmd.exec_in(srv.rs, "nginx", nginx.reload_argv()),
+                        "test and reload nginx on the server", hint="the old nginx configuration is still serving")
             srv.say("==> nginx: new configuration tested with `nginx -t` and reloaded")
 
 

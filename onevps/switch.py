@@ -63,6 +63,11 @@ def slot_run_argv(srv: Ctx, app: App, image: str, service: dict, network: str, e
                                docker_cmd.health_flags(service.get("healthcheck") or {}), image)
 
 
+def up_argv(srv: Ctx, app: App) -> list[str]:
+    """The app's compose service (its `latest` image) at its address, alone, waited for."""
+    return compose_cmd.up(srv.rs, [app.name], timeout=srv.rs.deploy_timeout, remove_orphans=False, no_deps=True)
+
+
 def wait_healthy(srv: Ctx, name: str, timeout: int) -> str:
     """Poll the container until healthy; returns the final state."""
     if srv.run.dry_run:
@@ -111,8 +116,7 @@ def stop_primary(srv: Ctx, app: App) -> None:
 def start_primary(srv: Ctx, app: App) -> None:
     """Step 3: the compose service (its `latest` image) at the app's address, healthy."""
     slot = slot_name(srv, app.name)
-    srv.run.run(compose_cmd.up(srv.rs, [app.name], timeout=srv.rs.deploy_timeout, remove_orphans=False, no_deps=True),
-                f"start the new {app.name} at its address", hide=True,
+    srv.run.run(up_argv(srv, app), f"start the new {app.name} at its address", hide=True,
                 hint=f"the new version keeps serving from the deploy slot {slot}; check `fab logs --app={app.name}`")
 
 
@@ -151,8 +155,7 @@ def switch(srv: Ctx, app: App, image: str) -> None:
     clear_leftover_slot(srv, app)
     if not inspect(srv, "{{.Id}}", container_name(srv, app.name)):
         srv.say(f"==> {app.name} has no container yet: starting it")
-        srv.run.run(compose_cmd.up(srv.rs, [app.name], timeout=srv.rs.deploy_timeout, remove_orphans=False, no_deps=True),
-                    f"start {app.name}", hide=False)
+        srv.run.run(up_argv(srv, app), f"start {app.name}", hide=False)
         return
     start_slot(srv, app, image)
     stop_primary(srv, app)

@@ -17,6 +17,8 @@ from onevps.registry import App
 from onevps.runner import RedactingStream, Result, Runner
 from onevps.server import Ctx
 
+from . import recording
+
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "unit-redis-password-7f3a9c"
 TOKEN = "unit-chroma-token-b81e2d44"
@@ -123,50 +125,40 @@ SERVICE = {"environment": {"REDIS_URL": f"redis://:{PASSWORD}@10.9.0.4:6379/0", 
            "healthcheck": {"test": ["CMD", "python", "-c", "print('ok')"]}}
 
 
-class Server:
-    """The server as the switch sees it: containers' states, and which commands fail."""
+class Server(recording.Server):
+    """The server as the switch sees it: containers' states, and which commands fail
+    (the recording server of tests/unit/recording.py with these rules)."""
 
     def __init__(self, slot: str | None = None, primary: str = "running healthy", fail: tuple[str, ...] = ()):
-        self.slot, self.primary, self.fail = slot, primary, fail
-        self.argvs: list[list[str]] = []
-        self.files: dict[str, bytes] = {}
+        super().__init__()
+        self.slot, self.primary = slot, primary
+        self.when(lambda argv: "inspect" in argv[1:3], answer=self.inspect)
+        self.when(lambda argv: "config" in argv and "json" in argv,
+                  json.dumps({"services": {"kb": SERVICE}, "networks": {"app-network": {"name": "p_net"}}}))
+        self.when(["docker", "run"], answer=self.start_slot)
+        for failing in fail:  # newest rules answer first: an injected failure wins
+            self.when(failing, code=1, err="injected failure")
 
-    def answer(self, command: str) -> tuple[int, str, str]:
-        argv = shlex.split(command)
-        self.argvs.append(argv)
-        joined = " ".join(argv)
-        if any(f in joined for f in self.fail):
-            return 1, "", "injected failure"
-        if "inspect" in argv[1:3]:
-            fmt, name = argv[argv.index("--format") + 1], argv[-1]
-            state = self.slot if name.endswith("-next") else self.primary
-            if state is None:
-                return 1, "", "No such object"
-            if fmt == "{{.State.Running}}":
-                return 0, str(state.startswith("running")).lower() + "\n", ""
-            if fmt == "{{.Id}}":
-                return 0, "cid\n", ""
-            return 0, state + "\n", ""
-        if "config" in argv and "json" in argv:
-            return 0, json.dumps({"services": {"kb": SERVICE}, "networks": {"app-network": {"name": "p_net"}}}), ""
-        if argv[:2] == ["docker", "run"]:
-            self.slot = "running healthy"
+    def inspect(self, argv: list[str]) -> tuple[int, str, str]:
+        fmt, name = argv[argv.index("--format") + 1], argv[-1]
+        state = self.slot if name.endswith("-next") else self.primary
+        if state is None:
+            return 1, "", "No such object"
+        if fmt == "{{.State.Running}}":
+            return 0, str(state.startswith("running")).lower() + "\n", ""
+        if fmt == "{{.Id}}":
+            return 0, "cid\n", ""
+        return 0, state + "\n", ""
+
+    def start_slot(self, argv: list[str]) -> tuple[int, str, str]:
+        self.slot = "running healthy"
         return 0, "", ""
-
-
-class Conn:
-    def __init__(self, server: Server):
-        self.server = server
-
-    def put(self, fh, path):
-        self.server.files[path] = fh.read()
 
 
 def make_ctx(server: Server, tmp_path: Path) -> Ctx:
     rs = config.load(root=ROOT, environ={"COMPOSE_PROJECT_NAME": "p", "NETWORK_PREFIX": "10.9.0",
                                          "VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
-    run = remote.RemoteRunner(Scripted(server.answer), out=io.StringIO())  # type: ignore[arg-type]
-    return Ctx(local=rs, rs=rs, reg=None, conn=Conn(server), run=run, tags={})  # type: ignore[arg-type]
+    return recording.ctx(server, rs)
 
 
 def steps(server: Server) -> list[str]:

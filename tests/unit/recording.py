@@ -1,0 +1,124 @@
+"""A recording server for unit tests: it stands in for the SSH connection (fabric's
+put/get) and for invoke's context (run), records every command in order and answers
+each from rules. No SSH, no Docker.
+
+    server = Server().when("inspect", "running healthy\\n").when(["docker", "run"], code=1)
+    srv = ctx(server, settings)            # an onevps.server.Ctx over it
+    deploy.rollback(srv, "kb")
+    assert_golden("rollback", server.lines())
+
+Rules are tried newest first; the first that matches answers. A rule matches a
+command by a substring of the joined command line, by an argv prefix (a list), or
+by a function of the argv; it answers (exit code, stdout, stderr) or a function
+of the argv returning that triple.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+from pathlib import Path
+from typing import Callable, Union
+
+from onevps import remote
+from onevps.config import Settings
+from onevps.runner import Result
+from onevps.server import Ctx
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden" / "recipes"
+REGENERATE = "regenerate with: ONEVPS_UPDATE_GOLDEN=1 pytest tests/unit/test_recipes.py (then read the diff)"
+
+Answer = tuple[int, str, str]
+Match = Union[str, list, Callable[[list[str]], bool]]
+
+
+class Server:
+    """Commands in order (argvs), uploads (files), answers from rules."""
+
+    def __init__(self) -> None:
+        self.rules: list[tuple[Match, Answer | Callable[[list[str]], Answer]]] = []
+        self.argvs: list[list[str]] = []
+        self.events: list[str] = []  # commands and uploads/downloads, in order
+        self.files: dict[str, bytes] = {}
+        self.prefix = ""  # RemoteRunner's `env K=V ... ` prefix (the tier tags), left out of lines()
+
+    def when(self, match: Match, out: str = "", code: int = 0, err: str = "",
+             answer: Callable[[list[str]], Answer] | None = None) -> "Server":
+        self.rules.append((match, answer or (code, out, err)))
+        return self
+
+    @staticmethod
+    def _matches(match: Match, argv: list[str]) -> bool:
+        if isinstance(match, str):
+            return match in shlex.join(argv)
+        if isinstance(match, list):
+            return argv[:len(match)] == match
+        return match(argv)
+
+    def answer(self, argv: list[str]) -> Answer:
+        argv = bare(argv)
+        for match, answer in reversed(self.rules):
+            if self._matches(match, argv):
+                return answer(argv) if callable(answer) else answer
+        return 0, "", ""
+
+    # invoke's Context.run, as onevps.runner.Runner calls it
+    def run(self, command: str, **kw) -> Result:
+        argv = shlex.split(command)
+        self.argvs.append(argv)
+        self.events.append(command.replace("\n", "\\n"))  # a script's lines stay on one line
+        exited, stdout, stderr = self.answer(argv)
+        out = kw.get("out_stream")
+        if out is not None and not kw.get("hide"):
+            out.write(stdout)
+        return Result(argv, exited, stdout, stderr)
+
+    # fabric's Connection.put / get
+    def put(self, local, target: str) -> None:
+        data = local.read() if hasattr(local, "read") else Path(local).read_bytes()
+        self.files[target] = data
+        self.events.append(f"# put {target}")
+
+    def get(self, source: str, local) -> None:
+        self.events.append(f"# get {source}")
+
+    def lines(self) -> list[str]:
+        """Every command (shlex-joined) and upload, in order; a header names the prefix every
+        command carries (left out of each line)."""
+        head = [f"# every command runs as: {self.prefix}COMMAND"] if self.prefix else []
+        return head + [e[len(self.prefix):] if self.prefix and e.startswith(self.prefix) else e for e in self.events]
+
+    def commands(self) -> list[str]:
+        return [shlex.join(a) for a in self.argvs]
+
+
+def bare(argv: list[str]) -> list[str]:
+    """argv without RemoteRunner's `env K=V ...` prefix."""
+    if argv[:1] != ["env"]:
+        return argv
+    rest = argv[1:]
+    while rest and "=" in rest[0] and not rest[0].startswith("-"):
+        rest = rest[1:]
+    return rest
+
+
+def ctx(server: Server, rs: Settings, local: Settings | None = None, reg=None, tags: dict | None = None,
+        dry_run: bool = False) -> Ctx:
+    """An onevps.server.Ctx whose connection and runner are the recording server."""
+    tags = tags or {}
+    server.prefix = shlex.join(["env", *[f"{k}={v}" for k, v in sorted(tags.items())]]) + " " if tags else ""
+    run = remote.RemoteRunner(server, env=tags, dry_run=dry_run, out=io.StringIO())  # type: ignore[arg-type]
+    return Ctx(local=local or rs, rs=rs, reg=reg, conn=server, run=run, tags=tags)  # type: ignore[arg-type]
+
+
+def assert_golden(name: str, lines: list[str]) -> None:
+    """lines equal tests/golden/recipes/<name>.txt (one command a line); ONEVPS_UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN / f"{name}.txt"
+    text = "".join(line + "\n" for line in lines)
+    if os.environ.get("ONEVPS_UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing; {REGENERATE}"
+    assert text == path.read_text(), f"{name}: the commands differ from {path.name}; {REGENERATE}"

@@ -1,0 +1,185 @@
+"""Whole recipes as ordered command lists, against a recording server (tests/unit/recording.py):
+the switch, rollback, setup after provisioning, prune, certs, restore. Each list is a golden
+file in tests/golden/recipes/ (one command or upload a line): a step swapped, added or lost
+fails. Regenerate with ONEVPS_UPDATE_GOLDEN=1 and read the diff."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from onevps import backup, certs, config, deploy, provision, remote, state, switch
+from onevps.commands import shell
+from onevps.registry import App
+from onevps.registry import load as load_registry
+
+from .recording import ROOT, Server, assert_golden, ctx
+from .test_backup import archive
+
+TAGS = {"BASE_TAG": "c-6f91ef1596ce", "ML_TAG": "c-b58f04ca7e0c"}
+FIXED = time.gmtime(1767225600)  # 2026-01-01 00:00:00 UTC
+FIXTURES = ROOT / "tests" / "unit" / "fixtures" / "docker"
+SERVICE = {"environment": {"APP_NAME": "kb"}, "healthcheck": {"test": ["CMD", "python", "-c", "print('ok')"]}}
+KB = App("kb", "base", 12)
+
+
+@pytest.fixture(autouse=True)
+def steady(monkeypatch):
+    """The same commands every run: a fixed clock, user and commit; no waiting."""
+    real_strftime = time.strftime
+    monkeypatch.setattr(time, "strftime", lambda fmt, t=None: real_strftime(fmt, FIXED))
+    monkeypatch.setattr(time, "monotonic", lambda: 1000.0)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    monkeypatch.setattr(state, "whoami", lambda: "ops@laptop")
+    monkeypatch.setattr(deploy, "git_commit", lambda root: "abc1234")
+
+
+def local_settings(**env) -> config.Settings:
+    base = {"COMPOSE_PROJECT_NAME": "p", "NETWORK_PREFIX": "10.9.0", "VPS_PATH": "/srv/apps",
+            "DOMAIN": "example.com", "ACME_EMAIL": "ops@example.com"}
+    return config.load(root=ROOT, environ={**base, **env}, env_file=ROOT / ".env.example")
+
+
+def server_settings(**env) -> config.Settings:
+    """As on the server: rooted at VPS_PATH (remote.remote_settings)."""
+    return dataclasses.replace(local_settings(**env), root=Path("/srv/apps"), env_file=Path("/srv/apps/.env"))
+
+
+def registry():
+    return load_registry(ROOT / "compose" / "docker-compose.yml")
+
+
+class Containers:
+    """The app's containers as the switch sees them: `docker run` starts the slot (healthy),
+    `docker rm` removes it, `compose up` makes the app healthy at its address."""
+
+    def __init__(self, server: Server, slot: str | None, primary: str, image: str):
+        self.slot, self.primary, self.image = slot, primary, image
+        server.when(lambda a: a[:3] == ["docker", "container", "inspect"], answer=self.inspect)
+        server.when(["docker", "run"], answer=lambda a: self.set(slot="running healthy"))
+        server.when(["docker", "rm"], answer=lambda a: self.set(slot=None))
+        server.when(lambda a: a[:2] == ["docker", "compose"] and " up " in f" {' '.join(a)} ",
+                    answer=lambda a: self.set(primary="running healthy"))
+        server.when("config --format json", json.dumps({"services": {"kb": SERVICE},
+                                                        "networks": {"app-network": {"name": "p_app-network"}}}))
+        server.when(["docker", "ps", "--all", "--quiet", "--filter"], "c1\nc2\n")
+        server.when(["docker", "inspect", "--format", "{{.Name}} {{.Id}} {{.State.StartedAt}}"],
+                    "/p-nginx-1 c1 2026-01-01T00:00:00Z\n/p-redis-1 c2 2026-01-01T00:00:00Z\n")
+
+    def set(self, **states) -> tuple[int, str, str]:
+        for key, value in states.items():
+            setattr(self, key, value)
+        return 0, "", ""
+
+    def inspect(self, argv: list[str]) -> tuple[int, str, str]:
+        name, fmt = argv[-1], argv[argv.index("--format") + 1]
+        now = self.slot if name.endswith("-next") else self.primary
+        if now is None:
+            return 1, "", "Error: No such object"
+        if fmt == "{{.State.Running}}":
+            return 0, str(now.startswith("running")).lower() + "\n", ""
+        if fmt == "{{.Image}}":
+            return 0, self.image + "\n", ""
+        if fmt == "{{.Id}}":
+            return 0, "cid\n", ""
+        return 0, now + "\n", ""
+
+
+def switching(server: Server, slot: str | None = None, primary: str = "running healthy",
+              image: str = "sha256:new") -> Server:
+    Containers(server, slot, primary, image)
+    return server
+
+
+def test_the_switch(tmp_path):
+    server = switching(Server())
+    switch.switch(ctx(server, server_settings(), tags=TAGS), KB, "sha256:new")
+    assert_golden("switch", server.lines())
+
+
+def test_a_deploy_mending_a_slot_left_serving_by_step_3():
+    server = switching(Server(), slot="running healthy", primary="exited")
+    srv = ctx(server, server_settings(), reg=registry(), tags=TAGS)
+    deploy.deploy_app(srv, KB, action="rollback", image="sha256:old")
+    assert_golden("deploy-app-mends-slot", server.lines())
+
+
+def test_rollback():
+    server = switching(Server(), image="sha256:new")
+    journal = [{"app": "kb", "result": "ok", "image": "sha256:old", "previous_image": None},
+               {"app": "kb", "result": "ok", "image": "sha256:new", "previous_image": "sha256:old"}]
+    server.when(["cat", "/srv/apps/.onevps/journal.jsonl"], "".join(json.dumps(e) + "\n" for e in journal))
+    server.when(["docker", "image", "inspect", "--format", "{{.Id}}"], "sha256:old\n")
+    deploy.rollback(ctx(server, server_settings(), reg=registry(), tags=TAGS), "kb")
+    assert_golden("rollback", server.lines())
+
+
+def test_setup_after_provisioning(tmp_path, monkeypatch):
+    report = type("Report", (), {"docker_usable": True, "memory": None})()
+    monkeypatch.setattr(provision, "provision", lambda host, install, path, swap=None: report)
+    monkeypatch.setattr(provision, "memory_warning", lambda memory: None)
+    env = tmp_path / "vps.env"
+    env.write_text("DOMAIN=example.com\n")
+    local = dataclasses.replace(local_settings(), vps_env_file=env)
+    server = Server()
+    server.when(["sh", "-c", shell.HASHES], answer=lambda argv: (0, same_files(argv[5:]), ""))
+    server.when(["docker", "info", "--format", "{{.DockerRootDir}}"], "/var/lib/docker\n")
+    server.when(["df", "-P", "-m"], "Filesystem 1048576-blocks Used Available Capacity Mounted on\n"
+                                    "/dev/sda1 100000 1000 90000 2% /\n")
+    server.when(["docker", "image", "inspect", "--format", "{{.Id}}"], code=1)  # no tier yet
+    server.when(["docker", "image", "inspect", "--format", "{{.Id}}", f"onevps/base:{TAGS['BASE_TAG']}"], "sha256:b\n")
+    server.when(["test", "-d"], code=1)
+    deploy.setup(ctx(server, server_settings(), local=local, reg=registry(), tags=TAGS))
+    assert_golden("setup-after-provision", server.lines())
+
+
+def same_files(dirs: list[str]) -> str:
+    """`sha256sum` lines of the local files under dirs: the server has them all already."""
+    files = remote.local_files(ROOT, dirs, wheels=dirs == [remote.WHEEL_DIR])
+    return "".join(f"{remote.sha256(path)}  {rel}\n" for rel, path in files.items())
+
+
+def test_prune():
+    """Five kb images (the newest is latest) on the base tier: the oldest beyond PRUNE_KEEP go."""
+    images = [{"Id": f"sha256:kb{n}",
+               "RepoTags": [f"onevps/kb:deploy-2026010{n}000000"] + (["onevps/kb:latest"] if n == 5 else []),
+               "Created": f"2026-01-0{n}T00:00:00Z", "RootFS": {"Layers": ["sha256:l-base", f"sha256:l-kb{n}"]}}
+              for n in range(1, 6)]
+    images.append({"Id": "sha256:base", "RepoTags": [f"onevps/base:{TAGS['BASE_TAG']}", "onevps/base:latest"],
+                   "Created": "2025-12-01T00:00:00Z", "RootFS": {"Layers": ["sha256:l-base"]}})
+    server = Server()
+    server.when(["docker", "image", "ls"], "".join(t + "\n" for i in images for t in i["RepoTags"]))
+    server.when(["docker", "image", "inspect"], json.dumps(images))
+    server.when(["docker", "system", "df"], (FIXTURES / "df-28.2.json").read_text())
+    deploy.prune_server(ctx(server, server_settings(), reg=registry(), tags=TAGS))
+    assert_golden("prune", server.lines())
+
+
+def test_certs():
+    server = Server()
+    server.when(["docker", "container", "inspect", "--format", "{{.State.Running}}", "p-nginx-1"], "true\n")
+    server.when("openssl x509", "notAfter=Apr  1 00:00:00 2026 GMT\n")
+    certs.certs(ctx(server, server_settings(), reg=registry(), tags=TAGS))
+    assert_golden("certs", server.lines())
+
+
+def test_restore(tmp_path):
+    path = archive(tmp_path, ["redis-data", "nginx-certs"])
+    server = Server()
+    backup.restore(ctx(server, server_settings(), reg=registry(), tags=TAGS), path, with_env=True)
+    assert_golden("restore", server.lines())
+
+
+def test_two_steps_swapped_fail_the_comparison():
+    server = switching(Server())
+    switch.switch(ctx(server, server_settings(), tags=TAGS), KB, "sha256:new")
+    lines = server.lines()
+    stop, start = lines.index(next(x for x in lines if " stop --timeout 30 kb" in x)), None
+    start = lines.index(next(x for x in lines if " up --detach" in x))
+    lines[stop], lines[start] = lines[start], lines[stop]
+    with pytest.raises(AssertionError, match="the commands differ from switch.txt"):
+        assert_golden("switch", lines)
