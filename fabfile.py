@@ -13,6 +13,7 @@ from fabric import task
 from onevps import backup as recipes_backup, certs as recipes_certs, config, deploy as recipes
 from onevps import disk as recipes_disk
 from onevps import provision as recipes_provision
+from onevps import ship as recipes_ship
 from onevps import commands, server, state, views
 from onevps.errors import OnevpsError, confirm, number_flag
 from onevps.registry import SHARED_SERVICES
@@ -186,8 +187,6 @@ def swarm_status(c):
             "dry-run": "List what would be shipped (name, size) and what is already there; send nothing."})
 def ship(c, tiers=False, upstream=False, app=None, dry_run=False):
     """Send images from this machine to the server over SSH (one docker save | docker load); skips what it has."""
-    from onevps import ship as recipes_ship
-
     if not (tiers or upstream or app):
         raise OnevpsError("nothing to ship", "choose at least one of --tiers, --upstream, --app NAME")
     _check_target(app)

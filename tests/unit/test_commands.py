@@ -71,3 +71,22 @@ def test_paths_with_spaces_are_one_argument(tmp_path):
 def test_image_inspect():
     assert commands.image_labels("onevps/kb:latest") == [
         "docker", "image", "inspect", "--format", "{{json .Config.Labels}}", "onevps/kb:latest"]
+
+
+def test_one_compose_up_for_every_caller(s):
+    assert shlex.join(commands.up(s, ["kb"], timeout=180, remove_orphans=False, no_deps=True)) == (
+        base(s) + " up --detach --no-build --no-deps --wait --wait-timeout 180 kb")
+    assert shlex.join(commands.up(s, ["nginx", "redis"], timeout=900, remove_orphans=False, no_recreate=True)) == (
+        base(s) + " up --detach --no-build --no-recreate --wait --wait-timeout 900 nginx redis")
+
+
+def test_the_projects_containers_and_the_modules_by_tool():
+    assert shlex.join(commands.docker_cmd.project_containers("prod")) == (
+        "docker ps --all --quiet --filter label=com.docker.compose.project=prod")
+    assert commands.docker is commands.docker_cmd.docker and commands.compose is commands.compose_cmd.compose
+    assert commands.shell.sh("echo \"$1\"", "a b") == ["sh", "-c", "echo \"$1\"", "sh", "a b"]
+
+
+def test_config_check_of_a_candidate_file(s, tmp_path):
+    assert shlex.join(commands.config_check(s, tmp_path / "c.yml")) == (
+        f"docker compose --project-name {s.project_name} --file {tmp_path / 'c.yml'} config --quiet")
