@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import docker
+from .docker import docker
 
 
 def stack_deploy_argv(stack_file: str, stack: str, registry: bool) -> list[str]:

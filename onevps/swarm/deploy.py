@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from .. import commands, stack as local_stack
+from .. import stack as local_stack
+from ..commands.docker import image_inspect
 from ..commands.swarm import (compose_networks_argv, push_argv, service_logs_argv, service_ps_argv,
                               stack_deploy_argv, swarm_state_argv, tag_argv)
 from ..config import Settings
@@ -94,7 +95,7 @@ def require_manager(runner: Runner) -> str:
 
 
 def image_id(runner: Runner, ref: str) -> str | None:
-    res = runner.run(commands.image_inspect(ref, "{{.Id}}"), f"inspect {ref}", check=False, mutates=False)
+    res = runner.run(image_inspect(ref, "{{.Id}}"), f"inspect {ref}", check=False, mutates=False)
     return res.stdout.strip() if res.ok and res.stdout.strip() else None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Sequence
 
-from .. import remote
+from .. import remote, state
 from ..commands.swarm import with_env_file
 from ..deploy import build_app, missing_tiers, require_room, sync, sync_env
 from ..server import Ctx, require_docker_on_server
@@ -44,16 +44,13 @@ def deploy_on_server(ctx: Ctx, app: str | None = None, only: list[str] | None = 
     """`fab swarm-deploy`: the stack (or one app of it) on the server's swarm, under the deploy lock."""
     require_docker_on_server(ctx)
     target = ctx.reg.get(app) if app else None
-    remote.acquire_lock(ctx.run, ctx.rs, f"swarm-deploy {app or 'stack'}")
-    try:
+    with state.deploy_lock(ctx.run, ctx.rs, f"swarm-deploy {app or 'stack'}"):
         apps = [target] if target else list(ctx.reg.apps)
         require_room(ctx, missing_tiers(ctx, {a.tier for a in apps}), "building for the swarm")
         sync_env(ctx)
         # The server's values, rooted at the local files (rendered here, then sent).
         settings = dataclasses.replace(ctx.rs, root=ctx.local.root)
         return deploy(ctx.run, settings, ctx.reg, ServerTarget(ctx), app=target.name if target else None, only=only)
-    finally:
-        remote.release_lock(ctx.run, ctx.rs)
 
 
 def status_on_server(ctx: Ctx) -> str:
