@@ -68,6 +68,15 @@ def tag_key(name: str) -> str:
     return tier(name).tag_key
 
 
+def rebuilt_with(name: str) -> tuple[str, ...]:
+    """The tier and every tier built on it, in build order: what rebuilding `name` rebuilds."""
+    names = [tier(name).name]
+    for t in TIERS:
+        if t.parent in names:
+            names.append(t.name)
+    return tuple(names)
+
+
 def tier_dir(settings: Settings, tier_name: str) -> Path:
     return tier(tier_name).folder(settings.root)
 

@@ -147,3 +147,8 @@ def test_tag_env_and_tier_dir_follow_the_tier_type(s):
 def test_ml_settings_spell_torch_cuda_as_the_env_file_does(s):
     assert tiers.ml_settings(s) == {"TORCH_INDEX_URL": s.torch_index_url, "TORCH_CUDA": "off"}
     assert tiers.ml_settings(_with(s, TORCH_CUDA="ON"))["TORCH_CUDA"] == "on"
+
+
+def test_rebuilding_a_tier_rebuilds_the_tiers_built_on_it():
+    assert tiers.rebuilt_with("base") == ("base", "ml")
+    assert tiers.rebuilt_with("ml") == ("ml",)
