@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import docker
+from .docker import docker
 
 # A fresh cloud image often runs unattended-upgrades at first boot: wait for its dpkg lock.
 APT = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-o", "DPkg::Lock::Timeout=300")
@@ -131,6 +131,11 @@ def download(url: str, target: str) -> tuple[str, ...]:
 def place_readable(tmp: str, target: str) -> tuple[str, ...]:
     """Make tmp readable by all, then move it to target."""
     return ("sh", "-c", 'chmod a+r "$1" && mv -f "$1" "$2"', "sh", tmp, target)
+
+
+def place_file(tmp: str, target: str, mode: str) -> list[str]:
+    """Give an uploaded temp file its mode, then move it to target (what remote.put_text does last)."""
+    return ["sh", "-c", 'chmod "$1" "$2" && mv -f "$2" "$3"', "sh", mode, tmp, target]
 
 
 def write_file_argv(path: str, text: str, mode: str = "644", keep_existing: bool = False) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from . import docker
+from .docker import docker
 
 # What identifies an image on either side (see ship.planning.image_key), and what else is read here.
 KEY_FORMAT = "{{.Id}} {{.Created}} {{json .RootFS.Layers}}"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .. import commands
 from ..commands import host as cmd
+from ..commands.docker import docker_info
 from ..errors import OnevpsError
 from .plans import (ARCHES, COMPOSE_DOCS, COPY_PLUGIN, DAEMON_JSON, ENGINE_DOCS, PLUGIN_DIR, ProvisionError, Step,
                     compose_version_of, daemon_json_step, find_local_plugin, install_plan, missing_line,
@@ -42,7 +42,7 @@ def install(s: Session) -> tuple[bool, bool]:
     engine, compose = docker_state(s)
     s.systemd = s.probe(cmd.has_systemd(), "is systemd running").ok
     running_before = bool(engine) and (
-        s.probe(commands.docker_info(), "docker info").ok
+        s.probe(docker_info(), "docker info").ok
         or (s.systemd and s.probe(cmd.systemctl("is-active", "--quiet", "docker"), "is Docker running").ok))
     if engine:
         s.say(f"==> Docker: {engine} already installed")
@@ -230,7 +230,7 @@ def wait_for_engine(s: Session) -> None:
     """`docker info` answers (polled), or one line saying why not."""
     if s.dry_run:
         return
-    info = commands.docker_info()
+    info = docker_info()
     for _ in range(s.poll_tries):
         res = s.probe(cmd.as_root(info, root=not s.docker_sudo), "docker info")
         if res.ok:

@@ -126,8 +126,7 @@ def _refuse(c: Ctx, p: Plan, arch: str) -> None:
         raise refusal
     if p.send:
         root, free = disk.docker_free_mb(c.run)
-        headroom = int(c.rs.raw.get("BUILD_FREE_MB", 0) or 0)
-        if refusal := load_room_refusal(p, free, root, headroom):
+        if refusal := load_room_refusal(p, free, root, c.rs.build_free_mb):
             raise refusal
 
 

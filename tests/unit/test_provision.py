@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from onevps import provision as p
+from onevps.commands import host as host_commands
 from onevps.errors import CommandFailed, OnevpsError
 from onevps.runner import Result
 
@@ -690,3 +691,9 @@ def test_a_whole_provision_run_is_its_golden_list_of_commands(tmp_path, golden):
         path.write_text(text)
     assert path.exists(), f"{path} is missing; create it with ONEVPS_UPDATE_GOLDEN=1"
     assert text == path.read_text()
+
+
+def test_place_file_is_the_last_step_of_remote_put_text():
+    """One builder for "chmod the temp file, then mv it over the target" (remote.put_text's last command)."""
+    assert shlex.join(host_commands.place_file("/srv/.env.onevps-tmp", "/srv/.env", "600")) == (
+        "sh -c 'chmod \"$1\" \"$2\" && mv -f \"$2\" \"$3\"' sh 600 /srv/.env.onevps-tmp /srv/.env")
