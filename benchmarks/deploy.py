@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from onevps import config, remote  # noqa: E402
-from onevps.loadgen import Load  # noqa: E402
+from tests.loadgen import Load  # noqa: E402
 
 
 def fab(*args: str) -> tuple[float, subprocess.CompletedProcess]:

@@ -21,8 +21,9 @@ from ruamel.yaml.error import CommentMark
 from ruamel.yaml.mergevalue import MergeValue
 from ruamel.yaml.tokens import CommentToken
 
-from . import commands, composefile, nginx, registry as registry_mod
+from . import commands, composefile, nginx, registry as registry_mod, tiers
 from .config import Settings
+from .settings_keys import _domain
 from .errors import OnevpsError
 from .registry import TIERS, Registry
 
@@ -86,7 +87,7 @@ def _blank_line() -> CommentToken:
 
 def entry_text(name: str, tier: str, host: int, domain: str | None = None) -> str:
     domain_label = f'\n    {DOMAIN_LABEL}: "{domain}"' if domain else ""  # quoted: stays a string
-    tag_var = "BASE_TAG" if tier == "base" else "ML_TAG"
+    tag_var = tiers.tag_key(tier)
     return _ENTRY.format(name=name, tier=tier, host=host, tag_var=tag_var, domain_label=domain_label)
 
 
@@ -216,7 +217,6 @@ def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str 
     if tier not in TIERS:
         raise OnevpsError(f"unknown tier {tier!r}", f"use one of: {', '.join(TIERS)}")
     if domain is not None:
-        from .config import _domain
         try:
             domain = _domain(domain)
         except ValueError as exc:

@@ -48,7 +48,7 @@ def cron_text(settings: Settings) -> str:
 
 def certs(srv: Ctx, schedule: bool = True) -> None:
     rs = srv.rs
-    if not rs.raw.get("ACME_EMAIL"):
+    if not rs.acme_email:
         env_file = srv.local.vps_env_file.name if srv.local.vps_env_file else ".env"
         raise OnevpsError("ACME_EMAIL is not set in the server's env file", f"add ACME_EMAIL=you@example.com to {env_file}")
     if inspect(srv, "{{.State.Running}}", container_name(srv, "nginx")) != "true" and not srv.run.dry_run:
@@ -63,8 +63,8 @@ def certs(srv: Ctx, schedule: bool = True) -> None:
     srv.say("==> nginx: the new certificate is tested with `nginx -t` and serving")
     if schedule:
         remote.put_text(srv.conn, srv.run, renew_script_path(rs), renew_script(rs), mode="755")
-        remote.put_text(srv.conn, srv.run, rs.raw["CERT_CRON_FILE"], cron_text(rs), mode="644")
-        srv.say(f"==> renewal scheduled daily at 03:17 in {rs.raw['CERT_CRON_FILE']}")
+        remote.put_text(srv.conn, srv.run, rs.cert_cron_file, cron_text(rs), mode="644")
+        srv.say(f"==> renewal scheduled daily at 03:17 in {rs.cert_cron_file}")
     end = srv.run.run(certbot.expiry(rs), "read the certificate's expiry", check=False, mutates=False)
     if end.ok:
         srv.say(f"==> certificate valid until {end.stdout.strip().split('=', 1)[-1]}")
@@ -72,7 +72,7 @@ def certs(srv: Ctx, schedule: bool = True) -> None:
 
 def obtain(srv: Ctx, names: list[str]) -> None:
     """certbot certonly for names; on failure the end of certbot's log is shown."""
-    srv.say(f"==> asking {srv.rs.raw['ACME_SERVER']} for a certificate for: {', '.join(names)}")
+    srv.say(f"==> asking {srv.rs.acme_server} for a certificate for: {', '.join(names)}")
     try:
         srv.run.run(certbot.certonly(srv.rs, names), "obtain the certificate (certbot)", hide=False,
                     hint="each name must resolve to this server and port 80 must reach nginx")

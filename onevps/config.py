@@ -22,10 +22,9 @@ from .composefile import atomic_write
 from .errors import ConfigError, register_secrets
 from .settings_keys import (KEY_NAMES, KEYS, PLACEHOLDER, SECRET_HINT, SECRET_KEYS, DockerInstall, Key,
                             is_secret)
-from .settings_keys import _domain  # apps.py imports it from here until it imports settings_keys
 
 __all__ = ["KEYS", "KEY_NAMES", "Key", "PLACEHOLDER", "REPO_ROOT", "SECRET_HINT", "SECRET_KEYS", "ConfigError",
-           "Settings", "create_env_file", "is_secret", "load", "require_secrets", "_domain"]
+           "Settings", "create_env_file", "is_secret", "load", "require_secrets"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
 
 from . import disk, nginx, provision, prune, remote, ship as shipping, state, switch, tiers
 from .commands import compose_cmd, docker_cmd, shell
@@ -18,7 +17,6 @@ from .errors import CommandFailed, OnevpsError
 from .registry import SHARED_SERVICES, App
 from .server import (Ctx, app_ref, container_name, inspect, proof, require_docker_on_server, slot_name,
                      snapshot, tier_ref)
-from .stack import columns
 
 SHARED_SYNC = remote.SHARED_DIRS
 
@@ -99,7 +97,7 @@ def missing_tiers(srv: Ctx, wanted: set[str]) -> list[str]:
 
 
 def require_room(srv: Ctx, tiers_to_build: list[str], what: str) -> None:
-    disk.require_room(srv.run, int(srv.rs.raw["BUILD_FREE_MB"]), tiers_to_build, what)
+    disk.require_room(srv.run, srv.rs.build_free_mb, tiers_to_build, what)
 
 
 def build_app(srv: Ctx, app: App) -> str | None:
@@ -190,7 +188,7 @@ def deploy(srv: Ctx, app: str | None = None, tier: str | None = None, every: boo
 def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None) -> None:
     """Under the lock: room, files, .env, forced tiers, shared services, each app, prune."""
     # Room first: a refused build leaves the server's files as they were.
-    forced = list(("base", "ml") if tier == "base" else ("ml",)) if tier else []
+    forced = list(tiers.rebuilt_with(tier)) if tier else []
     require_room(srv, forced or missing_tiers(srv, {a.tier for a in apps}),
                  f"building {len(apps)} app{'s' if len(apps) != 1 else ''}")
     plan = sync(srv, SHARED_SYNC + tuple(f"apps/{a.name}" for a in apps))
@@ -203,12 +201,12 @@ def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None) -> None:
     for a in apps:
         srv.say(f"==> {a.name}")
         deploy_app(srv, a)
-    if srv.rs.raw["PRUNE_ON_DEPLOY"] == "on":
+    if srv.rs.prune_on_deploy:
         prune_server(srv)
 
 
 def prune_server(srv: Ctx) -> None:
-    prune.prune(srv.run, srv.rs, srv.reg, int(srv.rs.raw["PRUNE_KEEP"]), int(srv.rs.raw["PRUNE_CACHE_MB"]),
+    prune.prune(srv.run, srv.rs, srv.reg, srv.rs.prune_keep, srv.rs.prune_cache_mb,
                 tags=srv.tags)
 
 
@@ -243,7 +241,7 @@ def setup(srv: Ctx, ship: bool = False, swap: str | None = None) -> None:
     """Make the server ready, idempotently: Docker and Compose v2 (onevps.provision),
     VPS_PATH, the files, .env, the tiers (shipped from here with ship), shared services."""
     srv.say(f"==> checking the server {srv.rs.vps_host or ''}".rstrip())
-    report = provision.provision(provision.CtxHost(srv), srv.local.raw["DOCKER_INSTALL"], srv.rs.vps_path, swap=swap)
+    report = provision.provision(provision.CtxHost(srv), srv.local.docker_install, srv.rs.vps_path, swap=swap)
     if srv.run.dry_run and not report.docker_usable:
         srv.say("[dry-run] Docker is not ready on the server yet: the files, tiers and shared services are "
                 "planned by a dry run once `fab setup` has prepared Docker")
@@ -266,55 +264,3 @@ def setup(srv: Ctx, ship: bool = False, swap: str | None = None) -> None:
     srv.say("==> starting the shared services (a changed entry is applied now)")
     ensure_shared(srv, recreate_changed=True)
     srv.say("==> the server is ready; next: fab deploy --all")
-
-
-def locked(c: Ctx, what: str, body: Callable[[], None]) -> None:
-    """body() under the deploy lock; used by swarm_deploy below only (it goes with it)."""
-    with state.deploy_lock(c.run, c.rs, what):
-        body()
-
-
-# ------------------------------------------------------------------- swarm --
-
-def swarm_deploy(c: Ctx, app: str | None = None, only: list[str] | None = None) -> object:
-    """`fab swarm-deploy`: the stack on the server's swarm (see onevps.swarm).
-
-    Renders with the server's settings, sends compose/ (stack file included),
-    nginx/, dockerfiles/ and the apps, builds on the server through compose,
-    tags by content (pushes with REGISTRY), `docker stack deploy` reading the
-    server's .env, waits; Swarm rolls a failed update back by itself.
-    """
-    import dataclasses
-
-    from . import swarm
-
-    require_docker_on_server(c)
-    target = c.reg.get(app) if app else None
-
-    def upload() -> None:
-        sync(c, remote.SHARED_DIRS + ("apps",))
-
-    def build(names) -> None:
-        for name in names:
-            build_app(c, c.reg.get(name))
-
-    result = []
-
-    def body() -> None:
-        apps = [target] if target else list(c.reg.apps)
-        require_room(c, missing_tiers(c, {a.tier for a in apps}), "building for the swarm")
-        sync_env(c)
-        result.append(swarm.deploy(c.run, dataclasses.replace(c.rs, root=c.local.root), c.reg,
-                            app=target.name if target else None, only=only, build=build, upload=upload,
-                            stack_file=f"{c.rs.vps_path}/{swarm.STACK_FILE.as_posix()}",
-                            wrap=lambda argv: swarm.with_env_file(f"{c.rs.vps_path}/.env", argv)))
-
-    locked(c, f"swarm-deploy {app or 'stack'}", body)
-    return result[0]
-
-
-def swarm_status(c: Ctx) -> str:
-    from . import swarm
-
-    require_docker_on_server(c)
-    return columns(swarm.status_rows(c.run, c.rs))

@@ -150,7 +150,7 @@ def report(runner: Runner, settings: Settings, reg: Registry, budget: int,
     """`tags` (BASE_TAG, ML_TAG): the tier tags to report on; default: the ones this
     checkout's files give (a server passes the tags its deploys use, as prune does)."""
     tags = tags or tiers.tag_env(settings)
-    tier_ref = {t: tiers.image(settings, t, tags["BASE_TAG" if t == "base" else "ML_TAG"]) for t in tiers.TIER_ORDER}
+    tier_ref = {t: tiers.image(settings, t, tags[tiers.tag_key(t)]) for t in tiers.TIER_ORDER}
     tier_size = {t: _image_size(runner, tier_ref[t]) for t in tiers.TIER_ORDER}
     apps: list[AppRow] = []
     for app in reg.apps:

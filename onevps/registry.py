@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import composefile
+from . import composefile, tiers
 from .errors import ComposeFileError, OnevpsError
 
 NETWORK = "app-network"
-TIERS = ("base", "ml")
+TIERS = tiers.TIER_ORDER
 TIER_LABEL = "onevps.tier"
 
 # Shared services and their fixed host numbers on app-network.
@@ -28,7 +28,7 @@ PRIVATE = ("chromadb",)
 # Every shared service, in the order they are listed.
 SHARED_SERVICES = (*SHARED, *PRIVATE)
 # Services that build image tiers; never run.
-TIER_SERVICES = {"base": "base-tier", "ml": "ml-tier"}
+TIER_SERVICES = {t.name: t.service for t in tiers.TIERS}
 
 # Address pools (last octet). Base apps start at .10, ML apps at .20; the
 # base pool continues at .30 so that 15+ base apps never collide with ML.

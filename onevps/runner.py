@@ -62,7 +62,6 @@ class Runner:
     ctx: Context
     env: Mapping[str, str] = field(default_factory=dict)
     dry_run: bool = False
-    echo: bool = False
     out: object = None  # default: sys.stdout at the time of printing
 
     def say(self, message: str) -> None:
@@ -82,8 +81,6 @@ class Runner:
         if self.dry_run and mutates:
             self.say(f"[dry-run] {command}")
             return Result(argv, 0, "", "")
-        if self.echo:
-            self.say(f"$ {command}")
         merged = {**self.env, **(env or {})}
         streams = {} if hide else {"out_stream": RedactingStream(sys.stdout), "err_stream": RedactingStream(sys.stderr)}
         try:

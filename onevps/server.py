@@ -50,7 +50,7 @@ def open_ctx(local: Settings, connection: object | None, dry_run: bool, secrets:
 # -------------------------------------------------------------------- names --
 
 def tier_ref(srv: Ctx, tier: str) -> str:
-    return f"{srv.rs.image_namespace}/{tier}:{srv.tags['BASE_TAG' if tier == 'base' else 'ML_TAG']}"
+    return f"{srv.rs.image_namespace}/{tier}:{srv.tags[tiers.tag_key(tier)]}"
 
 
 def app_ref(srv: Ctx, name: str) -> str:
@@ -73,13 +73,17 @@ def inspect(srv: Ctx, fmt: str, *refs: str, kind: str = "container") -> str | No
     return res.stdout.strip() if res.ok else None
 
 
+def docker_denied(user: str, hint: str) -> OnevpsError:
+    """The one line for a user that may not use Docker on the server."""
+    return OnevpsError(f"VPS_USER {user} may not use Docker (permission denied on /var/run/docker.sock)", hint)
+
+
 def require_docker_on_server(srv: Ctx) -> None:
     info = srv.run.run(docker_cmd.docker_info(), "docker info", check=False, mutates=False)
     if not info.ok:
         if "permission denied" in (info.stderr + info.stdout).lower():
             user = getattr(srv.conn, "user", None) or srv.rs.vps_user
-            raise OnevpsError(f"VPS_USER {user} may not use Docker (permission denied on /var/run/docker.sock)",
-                              "run `fab setup` (adds it to the docker group)")
+            raise docker_denied(user, "run `fab setup` (adds it to the docker group)")
         raise OnevpsError(f"Docker does not answer on {srv.rs.vps_host or 'the server'}", "run `fab setup` first")
     if not srv.run.run(compose_cmd.compose_version(), "docker compose version", check=False, mutates=False).ok:
         raise OnevpsError("Docker Compose v2 is missing on the server", "run `fab setup` first")

@@ -43,7 +43,7 @@ def certonly(settings: Settings, names: list[str]) -> list[str]:
     flags = [f for name in names for f in ("-d", name)]
     return certbot(settings, "certbot", "certonly", "--logs-dir", LOGS, "--webroot", "-w", WEBROOT,
                    "--cert-name", CERT_NAME, "--non-interactive", "--agree-tos",
-                   "--email", settings.raw["ACME_EMAIL"], "--server", settings.raw["ACME_SERVER"],
+                   "--email", settings.acme_email, "--server", settings.acme_server,
                    "--keep-until-expiring", "--expand", *flags)
 
 

@@ -133,11 +133,6 @@ def place_readable(tmp: str, target: str) -> tuple[str, ...]:
     return ("sh", "-c", 'chmod a+r "$1" && mv -f "$1" "$2"', "sh", tmp, target)
 
 
-def place_file(tmp: str, target: str, mode: str) -> list[str]:
-    """Give an uploaded temp file its mode, then move it to target (what remote.put_text does last)."""
-    return ["sh", "-c", 'chmod "$1" "$2" && mv -f "$2" "$3"', "sh", mode, tmp, target]
-
-
 def write_file_argv(path: str, text: str, mode: str = "644", keep_existing: bool = False) -> tuple[str, ...]:
     """Write a small root-owned file atomically (temp name in the same folder, then mv).
     keep_existing: leave a file already there untouched (checked again on the server)."""

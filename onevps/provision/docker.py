@@ -11,17 +11,13 @@ from pathlib import Path
 from ..commands import host as cmd
 from ..commands.docker import docker_info
 from ..errors import OnevpsError
+from ..server import docker_denied
 from .plans import (ARCHES, COMPOSE_DOCS, COPY_PLUGIN, DAEMON_JSON, ENGINE_DOCS, PLUGIN_DIR, ProvisionError, Step,
                     compose_version_of, daemon_json_step, find_local_plugin, install_plan, missing_line,
                     plan_packages)
 from .session import HINT_RERUN, Session
 
 COPY_FIX = f"install Docker Compose v2 on the server: {COMPOSE_DOCS} or set DOCKER_INSTALL=docker-repo"
-
-
-def docker_denied(user: str, hint: str) -> OnevpsError:
-    """The one line for a user that may not use Docker on the server."""
-    return ProvisionError(f"VPS_USER {user} may not use Docker (permission denied on /var/run/docker.sock)", hint)
 
 
 def docker_state(s: Session) -> tuple[str | None, str | None]:

@@ -103,7 +103,7 @@ def select(local: Settings, server: Settings, tags: dict[str, str], compose_data
     if tiers_:
         here = tiers.tag_env(local)
         for tier in tiers.TIER_ORDER:
-            key = "BASE_TAG" if tier == "base" else "ML_TAG"
+            key = tiers.tag_key(tier)
             tag = tags[key]
             if here[key] != tag:
                 # The tag names what a build installs (TORCH_INDEX_URL, TORCH_CUDA): the tier

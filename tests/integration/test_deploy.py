@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from onevps import config, loadgen, tiers
+from onevps import config, tiers
+from tests import loadgen
 
 from .conftest import copy_repo, docker, http
 from .sshd import SshdError, local_sshd
@@ -117,6 +118,12 @@ def containers() -> dict[str, tuple[str, str]]:
     return {n.lstrip("/"): (i, s) for n, i, s in (line.split() for line in out.splitlines())}
 
 
+def leftover_slots() -> list[str]:
+    """This project's deploy slot containers (other test projects may run beside it)."""
+    return [n for n in docker("ps", "--all", "--format", "{{.Names}}").split()
+            if n.startswith(PROJECT + "-") and n.endswith("-next")]
+
+
 def server_files(repo) -> dict[str, bytes]:
     root = repo["vps"]
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
@@ -176,7 +183,7 @@ def test_deploy_a_code_change_under_load_fails_no_request(repo):
     name = f"{PROJECT}-portfolio-1"
     assert after[name][0] != before[name][0]
     assert {k: v for k, v in after.items() if k != name} == {k: v for k, v in before.items() if k != name}
-    assert not [n for n in docker("ps", "--all", "--format", "{{.Names}}").split() if n.endswith("-next")]
+    assert not leftover_slots()
 
 
 def test_a_crashing_version_is_removed_and_the_old_one_keeps_serving(repo):
@@ -197,7 +204,7 @@ def test_a_crashing_version_is_removed_and_the_old_one_keeps_serving(repo):
     assert load.failed == 0, (load.status, load.errors[:5])
     assert set(load.versions) == {"v2"}
     assert containers() == before
-    assert not [n for n in docker("ps", "--all", "--format", "{{.Names}}").split() if n.endswith("-next")]
+    assert not leftover_slots()
 
 
 def test_two_deploys_at_once_one_is_refused(repo):

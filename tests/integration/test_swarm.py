@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from onevps import loadgen
+from tests import loadgen
 
 from .conftest import ROOT, docker, docker_problem, http
 from .sshd import SshdError, local_sshd

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from onevps import provision as p
-from onevps.commands import host as host_commands
+from onevps.commands import shell
 from onevps.errors import CommandFailed, OnevpsError
 from onevps.runner import Result
 
@@ -693,7 +693,7 @@ def test_a_whole_provision_run_is_its_golden_list_of_commands(tmp_path, golden):
     assert text == path.read_text()
 
 
-def test_place_file_is_the_last_step_of_remote_put_text():
+def test_place_is_the_last_step_of_remote_put_text():
     """One builder for "chmod the temp file, then mv it over the target" (remote.put_text's last command)."""
-    assert shlex.join(host_commands.place_file("/srv/.env.onevps-tmp", "/srv/.env", "600")) == (
+    assert shlex.join(shell.place("600", "/srv/.env.onevps-tmp", "/srv/.env")) == (
         "sh -c 'chmod \"$1\" \"$2\" && mv -f \"$2\" \"$3\"' sh 600 /srv/.env.onevps-tmp /srv/.env")
