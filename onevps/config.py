@@ -8,6 +8,7 @@ parsed once here into a typed field of Settings.
 from __future__ import annotations
 
 import io
+import re
 import ipaddress
 import os
 import secrets
@@ -179,8 +180,10 @@ def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:
         line = binding.original.line
         if binding.error:
             shown = binding.original.string.strip()[:60]
-            name = shown.split("=", 1)[0].removeprefix("export ").strip()
-            if is_secret(name):  # the value of a secret is never shown, even a broken one
+            # The key is what comes before "=", ":" or a space (`KEY: value`, `KEY value` are
+            # mistakes too): the value of a secret is never shown, not even a broken one.
+            name = re.split(r"[=:\s]", shown.removeprefix("export ").strip(), maxsplit=1)[0]
+            if is_secret(name):
                 shown = f"{name}=<value hidden>"
             raise ConfigError(
                 f"{path.name} line {line} cannot be parsed: {shown!r}",

@@ -108,6 +108,11 @@ class RemoteRunner(Runner):
         try:
             return super().run(shell.with_env(merged, argv), step, hide=hide, check=check, hint=hint, env={},
                                mutates=mutates)
+        except (EOFError, SSHException):  # the connection dropped as the command was being sent
+            raise CommandFailed(f"{step}: the SSH connection to the server was lost",
+                                "check that the server is up, then run the task again "
+                                "(`fab unlock` if it says the deploy lock is held)",
+                                step=f"{step}: the SSH connection was lost") from None
         finally:
             self.env = saved
 

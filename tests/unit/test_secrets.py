@@ -244,3 +244,23 @@ def test_the_journal_keeps_what_failed_never_the_command(tmp_path, monkeypatch):
     entry = json.loads(journal[0][-1])
     assert entry["error"] == "start the new kb in the deploy slot failed (exit 1)"
     assert entry["result"] == "failed" and "docker" not in json.dumps(entry)
+
+
+def test_an_ssh_connection_lost_as_a_command_is_sent_is_one_line():
+    class Dropped:
+        def run(self, command, **kw):
+            raise EOFError()
+
+    with pytest.raises(CommandFailed) as err:
+        remote.RemoteRunner(Dropped()).run(["docker", "ps"], "list containers")  # type: ignore[arg-type]
+    assert err.value.message.startswith("error: list containers: the SSH connection to the server was lost")
+    assert "\n" not in err.value.message and err.value.step == "list containers: the SSH connection was lost"
+
+
+def test_a_broken_env_line_without_equals_never_shows_a_secret(tmp_path):
+    for line in ("OTHER_TOKEN: sekrit-value-123", "REDIS_PASSWORD sekrit-value-456"):
+        env = tmp_path / ".env"
+        env.write_text(f"DOMAIN=example.com\n{line}\n")
+        with pytest.raises(OnevpsError) as err:
+            config.load(root=ROOT, environ={}, env_file=env)
+        assert "sekrit-value" not in err.value.message and "line 2" in err.value.message

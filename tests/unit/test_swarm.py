@@ -56,7 +56,8 @@ def test_render_is_deterministic():
 def test_no_secret_is_written_the_deploy_fills_it_in():
     text = swarm.render(settings(REDIS_PASSWORD="a-secret-value-0123456789")).stack
     assert "a-secret-value" not in text
-    assert "--requirepass" in text and "${REDIS_PASSWORD:?" in text
+    # Redis reads its password from the environment (filled in by the deploy), through its stdin.
+    assert "requirepass $$REDISCLI_AUTH" in text and "REDISCLI_AUTH: ${REDIS_PASSWORD:?" in text
 
 
 # ------------------------------------------------------- what Swarm accepts --
@@ -102,6 +103,9 @@ def test_stateful_and_published_services_stop_first_and_stay_on_the_manager():
         dep = doc["services"][name]["deploy"]
         assert dep["update_config"]["order"] == "stop-first", name
         assert dep["placement"] == {"constraints": ["node.role == manager"]}, name
+    d = data()
+    d["services"]["redis"]["command"] = ["redis-server", "--appendonly", "yes"]
+    doc = load_stack(swarm.render(settings(), data=d).stack)
     assert doc["services"]["redis"]["command"][2] == "yes"  # quoted: YAML 1.1 would read a boolean
 
 
