@@ -22,7 +22,7 @@ from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsEr
 from . import config
 from .commands import shell
 from .config import Settings
-from .errors import CommandFailed, OnevpsError
+from .errors import CommandFailed, OnevpsError, redact
 from .runner import Result, Runner
 
 # What `fab setup` and `fab deploy` keep in step on the server, relative to the
@@ -100,14 +100,16 @@ class RemoteRunner(Runner):
             hint: str | None = None, env: Mapping[str, str] | None = None,
             mutates: bool = True) -> Result:
         merged = {**self.env, **(env or {})}
-        if leaked := sorted(k for k in merged if config.is_secret(k)):
-            # The prefix is part of the command line (ps, logs): secrets travel in files.
-            raise OnevpsError(f"refusing to put {', '.join(leaked)} on the server's command line",
+        command = shell.with_env(merged, argv)
+        if any(redact(str(a)) != str(a) for a in command):
+            # The whole command line (the `env K=V` prefix too) shows in the server's ps:
+            # a secret value never goes there, it travels in files.
+            keys = sorted(k for k, v in merged.items() if redact(str(v)) != str(v))
+            raise OnevpsError(f"refusing to put {', '.join(keys) or 'a secret value'} on the server's command line",
                               "this is a bug in onevps; please report it")
         saved, self.env = self.env, {}
         try:
-            return super().run(shell.with_env(merged, argv), step, hide=hide, check=check, hint=hint, env={},
-                               mutates=mutates)
+            return super().run(command, step, hide=hide, check=check, hint=hint, env={}, mutates=mutates)
         except (EOFError, SSHException):  # the connection dropped as the command was being sent
             raise CommandFailed(f"{step}: the SSH connection to the server was lost",
                                 "check that the server is up, then run the task again "

@@ -264,3 +264,10 @@ def test_a_broken_env_line_without_equals_never_shows_a_secret(tmp_path):
         with pytest.raises(OnevpsError) as err:
             config.load(root=ROOT, environ={}, env_file=env)
         assert "sekrit-value" not in err.value.message and "line 2" in err.value.message
+
+
+def test_a_secret_value_anywhere_on_the_server_command_line_is_refused_not_a_name():
+    r = remote.RemoteRunner(Scripted(lambda cmd: (0, "", "")), env={"TAG_API_KEY": "c-1"})  # type: ignore[arg-type]
+    assert r.run(["docker", "ps"], "ps").ok  # an image tag named like a secret is no secret
+    with pytest.raises(OnevpsError, match="refusing to put a secret value on the server's command line"):
+        r.run(["docker", "run", "--health-cmd", f"curl -H 'X-Chroma-Token: {TOKEN}' x"], "run")
