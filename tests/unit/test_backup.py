@@ -64,6 +64,19 @@ def test_an_archive_with_a_member_fab_backup_never_writes_is_refused(tmp_path, m
     assert "\n" not in err.value.message
 
 
+def with_volume(tmp_path, volume, members):
+    """An archive as `fab backup` writes it, with one volume's archive holding `members`."""
+    path = tmp_path / "crafted.tar"
+    with tarfile.open(archive(tmp_path, [volume])) as src, tarfile.open(path, "w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else b""
+            if m.name == f"./volumes/{volume}.tar.gz":
+                data = volume_tar(members)
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data))
+    return path
+
+
 @pytest.mark.parametrize("member, why", [
     ((tarfile.TarInfo("./../../etc/cron.d/x"), b"x"), "outside the destination"),
     ((tarfile.TarInfo("/etc/cron.d/x"), b"x"), "absolute path"),
@@ -72,15 +85,7 @@ def test_an_archive_with_a_member_fab_backup_never_writes_is_refused(tmp_path, m
     ((link("./hard", "../outside", tarfile.LNKTYPE), b""), "outside the destination"),
 ])
 def test_a_volume_archive_whose_members_leave_the_volume_is_refused(tmp_path, member, why):
-    path = tmp_path / "crafted.tar"
-    good = archive(tmp_path, ["redis-data"])
-    with tarfile.open(good) as src, tarfile.open(path, "w") as dst:
-        for m in src.getmembers():
-            data = src.extractfile(m).read() if m.isfile() else b""
-            if m.name == "./volumes/redis-data.tar.gz":
-                data = volume_tar([(tarfile.TarInfo("./dump.rdb"), b"ok"), member])
-                m.size = len(data)
-            dst.addfile(m, io.BytesIO(data))
+    path = with_volume(tmp_path, "redis-data", [(tarfile.TarInfo("./dump.rdb"), b"ok"), member])
     with pytest.raises(OnevpsError) as err:
         backup.check_archive(path)
     assert "volumes/redis-data.tar.gz:" in err.value.message and why in err.value.message.lower()
@@ -89,16 +94,8 @@ def test_a_volume_archive_whose_members_leave_the_volume_is_refused(tmp_path, me
 
 def test_a_volume_archive_with_links_inside_the_volume_is_accepted(tmp_path):
     """Let's Encrypt keeps live/ as relative links into archive/: those are fine."""
-    path = tmp_path / "certs.tar"
-    good = archive(tmp_path, ["nginx-certs"])
-    with tarfile.open(good) as src, tarfile.open(path, "w") as dst:
-        for m in src.getmembers():
-            data = src.extractfile(m).read() if m.isfile() else b""
-            if m.name == "./volumes/nginx-certs.tar.gz":
-                data = volume_tar([(tarfile.TarInfo("./archive/privkey1.pem"), b"key"),
-                                   (link("./live/privkey.pem", "../archive/privkey1.pem"), b"")])
-                m.size = len(data)
-            dst.addfile(m, io.BytesIO(data))
+    path = with_volume(tmp_path, "nginx-certs", [(tarfile.TarInfo("./archive/privkey1.pem"), b"key"),
+                                                  (link("./live/privkey.pem", "../archive/privkey1.pem"), b"")])
     assert backup.check_archive(path)["volumes"] == ["nginx-certs"]
 
 
