@@ -2,7 +2,9 @@
 
 ``GET /`` renders a self-contained HTML page (inline CSS, no external assets)
 and ``GET /api/projects`` serves the same project list as JSON, so the page
-and the API can never drift apart.
+and the API can never drift apart. ``POST /api/echo`` takes any JSON body (a
+contact form, say) and answers its size and sha256, so a client can check its
+body arrived intact (the deploy load tests post to it).
 
 Environment:
     APP_NAME     name reported by /health and shown on the page (default "portfolio")
@@ -12,7 +14,9 @@ Environment:
 
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import logging
 import os
 from pathlib import Path
@@ -163,6 +167,16 @@ def create_app() -> FastAPI:
             if project["slug"] == slug:
                 return project
         raise HTTPException(status_code=404, detail=f"no project with slug {slug!r}")
+
+    @app.post("/api/echo")
+    async def echo(request: Request) -> dict:
+        """Receipt for any JSON body: its size and sha256, and this app's version; 400 if not JSON."""
+        body = await request.body()
+        try:
+            json.loads(body)
+        except ValueError:
+            raise HTTPException(status_code=400, detail="the body is not JSON") from None
+        return {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "version": app_meta()["version"]}
 
     return app
 

@@ -1,5 +1,7 @@
 """Tests for the portfolio app."""
 
+import hashlib
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -72,3 +74,17 @@ def test_single_project_and_404(client):
     r = client.get("/api/projects/does-not-exist")
     assert r.status_code == 404
     assert "does-not-exist" in r.json()["detail"]
+
+
+def test_echo_answers_size_and_sha256_of_the_exact_body(client, monkeypatch):
+    monkeypatch.setenv("APP_VERSION", "7.0")
+    body = b'{"name": "Ada", "message": "h\\u00e9llo", "n": 1}'
+    r = client.post("/api/echo", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200
+    assert r.json() == {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "version": "7.0"}
+
+
+def test_echo_refuses_a_body_that_is_not_json(client):
+    r = client.post("/api/echo", content=b"name=Ada", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400
+    assert r.json() == {"detail": "the body is not JSON"}
