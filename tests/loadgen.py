@@ -1,74 +1,233 @@
 """A small steady load through nginx, for the deploy tests and benchmarks.
 
-Threads send GET requests to http://127.0.0.1:<port><path> with the Host
-header of one app and count every answer that is not a 200 (and every
-exception) as a failed request.
+Each thread keeps ONE keep-alive HTTP/1.1 connection (stdlib http.client) to
+127.0.0.1:<port>, with the Host header of one app, and alternates on it:
+
+- GET <path> (default /health; the "version" of its JSON answers is collected
+  in `versions`);
+- POST <post_path> (default /api/echo) with a JSON body of about 400 bytes,
+  different every time; the app must answer 2xx with the body's "bytes" and
+  "sha256", and a receipt that does not match counts as failed ("bad echo").
+  `post_path=None` loads with GETs only.
+
+Every answer that is not 2xx, every bad echo and every exception (refused,
+reset, EOF after the request was sent, timeout...) counts as a failed request,
+per method and under its status code or exception class name. A request is
+never retried; after an exception its connection is closed and the next
+request opens a new one.
+
+Like every HTTP/1.1 client library (urllib3, browsers), a connection the
+server closed while it was idle is not reused: before each request the
+socket is polled without blocking, and if it is readable (the server's FIN,
+or bytes nobody asked for) the connection is replaced by a new one
+(`reconnects` counts these). A server that closes a connection just as a
+request goes out on it still fails that request, as it would for any client.
 """
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import json
+import os
+import select
+import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
+
+MAX_ERRORS = 50  # error strings kept; every failure is counted either way
+BAD_ECHO = "bad echo"  # the key of a 2xx POST answer whose receipt does not match the body
+METHODS = ("GET", "POST")
+
+
+def post_body(n: int) -> bytes:
+    """A contact-form-like JSON body of about 400 bytes, different every time."""
+    return json.dumps({
+        "name": "Load Tester", "email": "load@example.com", "subject": f"message {n}",
+        "message": "Hello! This is a steady load checking that a deploy fails no request. " * 4,
+        "nonce": os.urandom(16).hex(),
+    }).encode()
+
+
+def peer_closed(sock: socket.socket | None) -> bool:
+    """True if an idle connection must not carry another request: no socket, or readable now."""
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
+def is_failure(key: object) -> bool:
+    """A status key that is not a 2xx code: another code, an exception class, a bad echo."""
+    return not (isinstance(key, int) and 200 <= key < 300)
+
+
+def failed_count(counts: Counter) -> int:
+    """Requests in `counts` (status key -> number) that failed."""
+    return sum(n for key, n in counts.items() if is_failure(key))
+
+
+def format_counts(counts: Counter) -> str:
+    """'200: 812, 502: 2' sorted by key."""
+    return ", ".join(f"{key}: {n}" for key, n in sorted(counts.items(), key=lambda kv: str(kv[0])))
+
+
+class Client:
+    """One keep-alive connection to 127.0.0.1:port for one Host; one request at a time, never retried."""
+
+    def __init__(self, port: int, host: str, timeout: float = 30):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.host = host
+        self.connections = 0  # connections opened
+        self.reconnects = 0  # idle connections found closed by the server, replaced before use
+
+    def _ready(self) -> None:
+        if self.conn.sock is not None and peer_closed(self.conn.sock):
+            self.conn.close()
+            self.reconnects += 1
+        if self.conn.sock is None:
+            self.conn.connect()
+            self.connections += 1
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int | str, bytes, str | None]:
+        """(status code or exception class name, answer body, error text or None)."""
+        headers = {"Host": self.host}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            self._ready()
+            self.conn.request(method, path, body=body, headers=headers)
+            res = self.conn.getresponse()
+            data = res.read()
+        except Exception as exc:  # noqa: BLE001 - every failure counts
+            self.conn.close()
+            return type(exc).__name__, b"", f"{method} {path}: {exc!r}"
+        if res.will_close:
+            self.conn.close()
+        if is_failure(res.status):
+            return res.status, data, f"{method} {path}: {res.status}: {data[:80]!r}"
+        return res.status, data, None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def json_of(data: bytes) -> dict:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def check_echo(status: int | str, data: bytes, body: bytes) -> str | None:
+    """Why a 2xx answer to a POST of `body` is not its receipt, or None if it is."""
+    if is_failure(status):
+        return None
+    receipt = json_of(data)
+    if receipt.get("bytes") == len(body) and receipt.get("sha256") == hashlib.sha256(body).hexdigest():
+        return None
+    return f"{status} but {data[:120]!r} is no receipt of {len(body)} bytes sha256 {hashlib.sha256(body).hexdigest()[:12]}"
 
 
 class Load:
-    def __init__(self, port: int, host: str, path: str = "/health", threads: int = 3, timeout: float = 30):
-        self.url, self.host, self.timeout = f"http://127.0.0.1:{port}{path}", host, timeout
+    """`with Load(port, host) as load:` loads the app for the block's duration (plus `settle` s each side)."""
+
+    def __init__(self, port: int, host: str, path: str = "/health", threads: int = 3, timeout: float = 30,
+                 post_path: str | None = "/api/echo", settle: float = 1.0):
+        self.port, self.host, self.path, self.post_path = port, host, path, post_path
+        self.timeout, self.settle = timeout, settle
         self.stop = threading.Event()
-        self.status: Counter = Counter()
+        self.by_method: dict[str, Counter] = {m: Counter() for m in METHODS}
         self.versions: list[str] = []
         self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        self.connections = 0  # connections opened, summed as the threads end
+        self.reconnects = 0  # idle connections the server had closed, replaced before use
         self.seconds = 0.0
+        self._lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
-    def _one(self) -> tuple[object, str | None, str | None]:
-        req = urllib.request.Request(self.url, headers={"Host": self.host})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as res:
-                body = res.read()
-                try:
-                    version = json.loads(body).get("version")
-                except (ValueError, AttributeError):
-                    version = None
-                return res.status, version, None
-        except urllib.error.HTTPError as err:
-            return err.code, None, f"{err.code}: {err.read()[:80]!r}"
-        except Exception as exc:  # noqa: BLE001 - every failure counts
-            return "exception", None, repr(exc)
+    def _get(self, client: Client) -> None:
+        status, data, error = client.request("GET", self.path)
+        version = None if is_failure(status) else json_of(data).get("version")
+        self._count("GET", status, error, version)
 
-    def _run(self) -> None:
+    def _post(self, client: Client, n: int) -> None:
+        body = post_body(n)
+        status, data, error = client.request("POST", self.post_path, body)
+        bad = check_echo(status, data, body)
+        if bad:
+            status, error = BAD_ECHO, f"POST {self.post_path}: {bad}"
+        self._count("POST", status, error, None)
+
+    def _count(self, method: str, status: int | str, error: str | None, version: object) -> None:
+        with self._lock:
+            self.by_method[method][status] += 1
+            if isinstance(version, str):
+                self.versions.append(version)
+            if error and len(self.errors) < MAX_ERRORS:
+                self.errors.append(error)
+
+    def _run(self, index: int) -> None:
+        client = Client(self.port, self.host, self.timeout)
+        n = index  # threads start on alternate methods
         while not self.stop.is_set():
-            status, version, error = self._one()
-            with self._lock:
-                self.status[status] += 1
-                if version is not None:
-                    self.versions.append(version)
-                if error:
-                    self.errors.append(error)
+            if self.post_path and n % 2:
+                self._post(client, n)
+            else:
+                self._get(client)
+            n += 1
+        client.close()
+        with self._lock:
+            self.connections += client.connections
+            self.reconnects += client.reconnects
 
     def __enter__(self) -> "Load":
         self._t0 = time.monotonic()
         for t in self.threads:
             t.start()
-        time.sleep(1)
+        time.sleep(self.settle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        time.sleep(1)
+        time.sleep(self.settle)
         self.stop.set()
         for t in self.threads:
-            t.join(timeout=60)
+            t.join(timeout=self.timeout + 30)
         self.seconds = time.monotonic() - self._t0
 
     @property
+    def status(self) -> Counter:
+        """Requests of every method by status code, exception class name or BAD_ECHO."""
+        with self._lock:
+            return sum(self.by_method.values(), Counter())
+
+    @property
     def failed(self) -> int:
-        return sum(n for code, n in self.status.items() if code != 200)
+        return failed_count(self.status)
 
     @property
     def total(self) -> int:
         return sum(self.status.values())
+
+    def failed_of(self, method: str) -> int:
+        with self._lock:
+            return failed_count(self.by_method[method])
+
+    def total_of(self, method: str) -> int:
+        with self._lock:
+            return sum(self.by_method[method].values())
+
+    def summary(self) -> str:
+        """One line for assertion messages: totals, counts per method, the first errors."""
+        with self._lock:
+            counts = {m: Counter(c) for m, c in self.by_method.items()}
+        parts = [f"{m} {sum(c.values())} ({format_counts(c)})" for m, c in counts.items() if c]
+        first = " | ".join(self.errors[:3])
+        failed = sum(failed_count(c) for c in counts.values())
+        total = sum(sum(c.values()) for c in counts.values())
+        return (f"{failed} failed of {total} requests in {self.seconds:.1f} s on {self.connections} "
+                f"connection(s), {self.reconnects} reconnect(s) after an idle close: {'; '.join(parts)}"
+                + (f"; first errors: {first}" if first else ""))
