@@ -87,6 +87,8 @@ class Settings:
     vps_env_file: Path
     docker_install: DockerInstall
     deploy_timeout: int
+    deploy_watch: int  # seconds; 0: no watch
+    deploy_watch_5xx: float  # percent, 0-100
     # Swarm.
     registry: str
     swarm_subnet: str

@@ -35,6 +35,23 @@ def _positive_int(raw: str) -> int:
     return int(raw)
 
 
+def _whole_number(raw: str) -> int:
+    if not raw.isdigit():
+        raise ValueError("must be a whole number of 0 or more (0: off)")
+    return int(raw)
+
+
+def _percent(raw: str) -> str:
+    value = raw.strip().removesuffix("%").strip()
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 <= number <= 100 or not re.match(r"^[0-9]+(\.[0-9]+)?$", value):
+        raise ValueError("must be a percentage 0-100 such as 5 or 2.5")
+    return str(int(number)) if number.is_integer() else str(number)
+
+
 def _ip(raw: str) -> str:
     try:
         return str(ipaddress.IPv4Address(raw))
@@ -325,6 +342,12 @@ KEYS: tuple[Key, ...] = (
         "distro (the distribution's packages), none (never install, only check)."),
     Key("DEPLOY_TIMEOUT", "180", _positive_int,
         "Seconds `fab deploy` waits for the new version to become healthy before it gives up."),
+    Key("DEPLOY_WATCH", "30", _whole_number,
+        "Seconds `fab deploy` watches the new version after traffic moved to it (its health, its 5xx share in "
+        "nginx's log) and rolls back by itself if it fails; 0: no watch."),
+    Key("DEPLOY_WATCH_5XX", "5", _percent,
+        "Percent of 5xx answers from the new version (over at least 20 requests) above which the watch rolls back.",
+        typed=float),
     Key("REGISTRY", "", _optional_registry,
         "Swarm: registry the app images are pushed to and pulled from (empty: local images, one node only)."),
     Key("SWARM_SUBNET", "", _optional_subnet,

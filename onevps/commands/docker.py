@@ -46,6 +46,12 @@ def project_containers(project: str) -> list[str]:
     return docker("ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={project}")
 
 
+def running_services(project: str) -> list[str]:
+    """The compose services of the project that have a running container, one a line."""
+    return docker("ps", "--filter", f"label=com.docker.compose.project={project}", "--filter", "status=running",
+                  "--format", '{{.Label "com.docker.compose.service"}}')
+
+
 def all_containers() -> list[str]:
     """The full IDs of every container on the engine, running or not."""
     return docker("ps", "--all", "--quiet", "--no-trunc")
@@ -61,6 +67,12 @@ def tag(image: str, ref: str) -> list[str]:
 
 def logs(container: str, tail: int = 30) -> list[str]:
     return docker("logs", "--tail", str(tail), container)
+
+
+def logs_since(container: str, since: str) -> list[str]:
+    """The container's log lines from `since` on (RFC 3339 or a duration such as 2.5s, both by the
+    server's clock), each after its timestamp (RFC 3339, nanoseconds, fixed width)."""
+    return docker("logs", "--timestamps", "--since", since, container)
 
 
 def stop(container: str, timeout: int = 30) -> list[str]:
@@ -122,6 +134,30 @@ def health_flags(check: dict) -> list[str]:
     return ["--health-cmd", cmd, "--health-interval", "1s", "--health-timeout", str(check.get("timeout", "5s")),
             "--health-retries", str(check.get("retries", 3)),
             "--health-start-period", str(check.get("start_period", "60s"))]
+
+
+def probe(check: dict) -> list[str]:
+    """A compose healthcheck's test as an argv to run in the container (none without a test)."""
+    test = check.get("test") or []
+    if isinstance(test, str):
+        return ["sh", "-c", test]
+    if not test or test[0] not in ("CMD", "CMD-SHELL"):
+        return []
+    return list(test[1:]) if test[0] == "CMD" else ["sh", "-c", test[1]]
+
+
+# $1 container, $2 seconds, $3 pause, then the probe: run it in the container until it
+# succeeds (exit 0), the container stops running (exit 3) or the seconds are over (exit 1).
+WAIT_READY = ('c=$1; end=$(( $(date +%s) + $2 )); pause=$3; shift 3; while :; do '
+              'docker exec "$c" "$@" >/dev/null 2>&1 && exit 0; '
+              '[ "$(docker inspect --format "{{.State.Running}}" "$c" 2>/dev/null)" = true ] || exit 3; '
+              '[ "$(date +%s)" -lt "$end" ] || exit 1; sleep "$pause"; done')
+
+
+def wait_ready(container: str, probe_argv: Sequence[str], seconds: int, pause: float = 0.1) -> list[str]:
+    """Poll the container's own health probe every `pause` seconds, on the server, in one
+    command: readiness is seen within a fraction of a second, not at Docker's next health interval."""
+    return ["sh", "-c", WAIT_READY, "sh", container, str(seconds), str(pause), *probe_argv]
 
 
 def run_slot(name: str, app: str, network: str, ip: str, env_file: str, health: Sequence[str],
