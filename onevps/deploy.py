@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import disk, nginx, provision, prune, remote, ship as shipping, state, switch, tiers
+from . import disk, nginx, provision, prune, remote, ship as shipping, state, switch, tiers, watch
 from .commands import compose_cmd, docker_cmd, shell
 from .errors import CommandFailed, OnevpsError
 from .registry import SHARED_SERVICES, App
@@ -110,9 +110,18 @@ def build_app(srv: Ctx, app: App) -> str | None:
 
 # ----------------------------------------------------------------- recipes --
 
+def shared_running(srv: Ctx) -> bool:
+    """Every shared service has a running container (one `docker ps`)."""
+    res = srv.run.run(docker_cmd.running_services(srv.rs.project_name), "list running services",
+                      check=False, mutates=False)
+    return res.ok and set(SHARED_SERVICES) <= set(res.stdout.split())
+
+
 def ensure_shared(srv: Ctx, recreate_changed: bool = False) -> None:
-    """Shared services up. Deploys leave running ones alone; `fab setup` also
-    recreates a shared service whose compose entry changed (a short restart)."""
+    """Shared services up. Deploys leave running ones alone (and skip Compose when all
+    run); `fab setup` also recreates a shared service whose compose entry changed (a short restart)."""
+    if not recreate_changed and shared_running(srv):
+        return
     srv.run.run(compose_cmd.up(srv.rs, SHARED_SERVICES, timeout=srv.rs.up_timeout, remove_orphans=False,
                                no_recreate=not recreate_changed),
                 "start the shared services", hide=True)
@@ -126,20 +135,39 @@ def reload_nginx_if_changed(srv: Ctx, plan: remote.SyncPlan) -> None:
             srv.say("==> nginx: new configuration tested with `nginx -t` and reloaded")
 
 
-def deploy_app(srv: Ctx, app: App, action: str = "deploy", image: str | None = None) -> dict:
-    """Deploy (build) or roll back (given image) one app; returns its journal entry."""
+def deploy_app(srv: Ctx, app: App, action: str = "deploy", image: str | None = None, watch_after: bool = False,
+               why: str | None = None) -> dict:
+    """Deploy (build) or roll back (given image) one app; returns its journal entry. With
+    watch_after, the new version is watched after the switch and rolled back should it fail."""
+    entry = _deploy_one(srv, app, action, image, watch_after, why)
+    if entry.get("watch_failed"):
+        reason, previous = entry["watch_failed"], entry["previous_image"]
+        srv.say(f"==> the new {app.name} failed its watch: {reason}; rolling back to {previous[:19]}")
+        _deploy_one(srv, app, "rollback", previous, False, f"automatic, after the watch: {reason}")
+        raise OnevpsError(f"the new {app.name} failed the watch after the switch ({reason}); "
+                          f"it was rolled back to {previous[:19]}",
+                          f"read `fab logs --app={app.name}`, fix the app and deploy again")
+    return entry
+
+
+def _deploy_one(srv: Ctx, app: App, action: str, image: str | None, watch_after: bool,
+                why: str | None) -> dict:
     started = time.monotonic()
     before = snapshot(srv)
     previous = inspect(srv, "{{.Image}}", container_name(srv, app.name))
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "user": state.whoami(),
              "commit": git_commit(srv.local.root), "app": app.name, "action": action,
              "previous_image": previous, "image": image, "result": "failed"}
-    with state.journal(srv.run, srv.rs, entry, started):
+    if why:
+        entry["why"] = why
+    with state.journal(srv.run, srv.rs, entry, started, srv.timeline):
         try:
+            srv.lap("checks")
             if image is None:
                 image = entry["image"] = build_app(srv, app)
             else:
                 srv.run.run(docker_cmd.tag(image, app_ref(srv, app.name)), f"point {app.name}:latest at {image[:19]}")
+            srv.lap("build")
             if srv.run.dry_run:
                 srv.say(f"[dry-run] would replace the container of {app.name} "
                         f"({(previous or 'none')[:19]} -> new image); no other container would change")
@@ -148,15 +176,42 @@ def deploy_app(srv: Ctx, app: App, action: str = "deploy", image: str | None = N
             entry["result"] = _switch_to(srv, app, image)
             for line in proof(before, snapshot(srv), {container_name(srv, app.name), slot_name(srv, app.name)}):
                 srv.say(line)
+            srv.lap("cleanup")
+            if srv.timeline.switched is not None:
+                entry["switched_after"] = srv.timeline.switched
+            if watch_after and previous and entry["result"] == "ok" and (reason := watch_new(srv, app)):
+                # The journal says why; deploy_app rolls back (and `latest` goes back below).
+                entry.update(result="rolled-back", error=f"the watch after the switch: {reason}",
+                             watch_failed=reason)
+                _point_latest_back(srv, app, entry, previous)
             return entry
         except OnevpsError as exc:
             # The journal gets what failed, never a command line (it could hold a secret).
             entry["error"] = exc.step if isinstance(exc, CommandFailed) else exc.what
-            if previous and entry.get("image") and entry["image"] != previous and not srv.run.dry_run:
-                # `latest` goes back to what runs, so no later `compose up` starts the failed build.
-                srv.run.run(docker_cmd.tag(previous, app_ref(srv, app.name)),
-                            "point latest back at the running image", check=False)
+            _point_latest_back(srv, app, entry, previous)
             raise
+
+
+def _point_latest_back(srv: Ctx, app: App, entry: dict, previous: str | None) -> None:
+    """`latest` goes back to the previous image, so no later `compose up` starts a failed build."""
+    if previous and entry.get("image") and entry["image"] != previous and not srv.run.dry_run:
+        srv.run.run(docker_cmd.tag(previous, app_ref(srv, app.name)), "point latest back at the previous image",
+                    check=False)
+
+
+def watch_new(srv: Ctx, app: App) -> str | None:
+    """DEPLOY_WATCH seconds of the new version's health and 5xx share (nginx's log), holding the
+    lock (`fab status` says so); the reason it failed, or None."""
+    seconds = srv.rs.deploy_watch
+    if seconds <= 0:
+        return None
+    state.relabel_lock(srv.run, srv.rs, f"deploy {app.name}: watching the new version for {seconds} s")
+    srv.say(f"==> watching the new {app.name} for {seconds} s: its health and its share of 5xx answers "
+            f"(over DEPLOY_WATCH_5XX={srv.rs.deploy_watch_5xx:g}% rolls back; --no-watch skips this)")
+    reason = watch.watch(srv, app.name, container_name(srv, app.name), seconds, srv.rs.deploy_watch_5xx,
+                         srv.say, srv.rs.address(app.host))
+    srv.lap("watch")
+    return reason
 
 
 def _switch_to(srv: Ctx, app: App, image: str | None) -> str:
@@ -173,36 +228,51 @@ def _switch_to(srv: Ctx, app: App, image: str | None) -> str:
     return "ok"
 
 
-def deploy(srv: Ctx, app: str | None = None, tier: str | None = None, every: bool = False) -> None:
+def deploy(srv: Ctx, app: str | None = None, tier: str | None = None, every: bool = False,
+           watch_after: bool = True) -> None:
     chosen = [a for a in (app, tier, every) if a]
     if len(chosen) != 1:
         raise OnevpsError("say what to deploy", "use exactly one of --app=NAME, --tier=base|ml, --all")
     if tier and tier not in tiers.TIER_ORDER:
         raise OnevpsError(f"unknown tier {tier!r}", "use --tier=base or --tier=ml")
     apps = [srv.reg.get(app)] if app else (srv.reg.by_tier(tier) if tier == "ml" else list(srv.reg.apps))
+    srv.lap("connect")
     require_docker_on_server(srv)
     with state.deploy_lock(srv.run, srv.rs, f"deploy {app or ('tier ' + tier if tier else 'all')}"):
-        _deploy_apps(srv, apps, tier)
+        _deploy_apps(srv, apps, tier, watch_after)
+    # After the lock: the next deploy need not wait for it, and it is no part of the switch.
+    if srv.rs.prune_on_deploy:
+        prune_server(srv)
+        srv.lap("prune")
+    srv.say(done_line(srv.timeline, len(apps)))
 
 
-def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None) -> None:
+def done_line(tl, apps: int) -> str:
+    switched = f"; traffic moved to the new version after {tl.switched:.1f} s" if apps == 1 and tl.switched else ""
+    return f"==> done in {tl.total():.1f} s{switched}"
+
+
+def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None, watch_after: bool) -> None:
     """Under the lock: room, files, .env, forced tiers, shared services, each app, prune."""
     # Room first: a refused build leaves the server's files as they were.
     forced = list(tiers.rebuilt_with(tier)) if tier else []
     require_room(srv, forced or missing_tiers(srv, {a.tier for a in apps}),
                  f"building {len(apps)} app{'s' if len(apps) != 1 else ''}")
+    srv.lap("checks")
     plan = sync(srv, SHARED_SYNC + tuple(f"apps/{a.name}" for a in apps))
     if sync_env(srv):
         srv.say("note: the server's .env changed; apps pick it up as they are deployed")
+    srv.lap("send")
     for t in forced:
         ensure_tier(srv, t, force=True)
+    if forced:
+        srv.lap("build")
     ensure_shared(srv)
     reload_nginx_if_changed(srv, plan)
+    srv.lap("services")
     for a in apps:
         srv.say(f"==> {a.name}")
-        deploy_app(srv, a)
-    if srv.rs.prune_on_deploy:
-        prune_server(srv)
+        deploy_app(srv, a, watch_after=watch_after)
 
 
 def prune_server(srv: Ctx) -> None:
@@ -217,6 +287,7 @@ def rollback(srv: Ctx, app: str) -> None:
         target = rollback_target(srv, app)
         srv.say(f"==> rolling {app} back to {target[:19]} (no rebuild)")
         deploy_app(srv, target_app, action="rollback", image=target)
+    srv.say(done_line(srv.timeline, 1))
 
 
 def rollback_target(srv: Ctx, app: str) -> str:

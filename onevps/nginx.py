@@ -16,7 +16,7 @@ from .registry import App, Registry
 APP_PORT = 8000
 # Seconds nginx leaves a failed primary alone before trying it again; a
 # deploy waits this long (plus a margin) before it stops the deploy slot.
-FAIL_TIMEOUT = 2
+FAIL_TIMEOUT = 1
 ROUTES_FILE = Path("nginx/templates/apps.conf.template")
 INDEX_FILE = Path("nginx/html/index.html")
 
@@ -44,13 +44,17 @@ _SERVER = """server {{
 """
 
 # Compose: a static upstream per app (the comment inside says why the backup).
+# No `keepalive`: an idle connection nginx keeps to an app can be closed by the
+# app (uvicorn's keep-alive timeout, or its shutdown in a deploy) just as nginx
+# sends a request on it; nginx retries a GET then but never a POST it sent (a
+# 502). A new connection per request is refused before anything is sent, which
+# nginx retries on the backup for every method.
 _COMPOSE_UPSTREAM = """
 # {name} ({tier} tier). The backup is the deploy slot: `fab deploy` starts
 # the new version there, then replaces the primary; nginx fails over to it.
 upstream app_{name} {{
     server ${{NETWORK_PREFIX}}.{host}:{port} max_fails=1 fail_timeout={fail_timeout}s;
     server ${{NETWORK_PREFIX}}.{slot}:{port} backup;
-    keepalive 16;
 }}
 """
 

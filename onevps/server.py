@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from fabric import Connection
 
 from . import config, remote, tiers
+from . import timeline as timeline_mod
 from .commands import compose_cmd, docker_cmd
 from .config import Settings
 from .errors import OnevpsError
 from .registry import Registry
 from .registry import load as load_registry
+from .session import ShellSession
 
 
 @dataclass
@@ -29,9 +31,14 @@ class Ctx:
     # Images a dry run of `fab ship` would have put on the server: later steps of the
     # same dry run count them as present (so it plans no tier build the real run skips).
     planned: set[str] = field(default_factory=set)
+    timeline: timeline_mod.Timeline = field(default_factory=timeline_mod.Timeline)
 
     def say(self, msg: str) -> None:
         self.run.say(msg)
+
+    def lap(self, step: str) -> None:
+        """The seconds since the last lap go to step; printed as a timeline line."""
+        self.say(timeline_mod.line(step, self.timeline.lap(step)))
 
 
 def open_ctx(local: Settings, connection: object | None, dry_run: bool, secrets: bool = False) -> Ctx:
@@ -43,7 +50,7 @@ def open_ctx(local: Settings, connection: object | None, dry_run: bool, secrets:
     for tier in tiers.TIER_ORDER:
         tiers.stage_inputs(local, tier)
     tags = tiers.tag_env(local, build=rs)  # the server builds with its own .env (TORCH_INDEX_URL, ...)
-    runner = remote.RemoteRunner(conn, env=tags, dry_run=dry_run)
+    runner = remote.RemoteRunner(ShellSession(conn), env=tags, dry_run=dry_run)  # one shell, every command
     return Ctx(local, rs, load_registry(local.compose_file), conn, runner, tags)
 
 

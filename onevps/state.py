@@ -16,6 +16,7 @@ from .config import Settings
 from .errors import OnevpsError
 from .remote import STATE_DIR
 from .runner import Runner
+from .timeline import Timeline
 
 
 def lock_dir(settings: Settings) -> str:
@@ -56,6 +57,26 @@ def acquire_lock(runner: Runner, settings: Settings, what: str) -> None:
         who = "an unknown holder"
     raise OnevpsError(f"another deploy is running: the deploy lock is held by {who}",
                       "wait for it to finish, or run `fab unlock` if it is stale")
+
+
+def relabel_lock(runner: Runner, settings: Settings, what: str) -> None:
+    """Say what the held lock is doing now (e.g. watching the new version): `fab status` shows it."""
+    if runner.dry_run:
+        return
+    holder = json.dumps({"holder": whoami(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "what": what})
+    runner.run(shell.write_file_line(f"{lock_dir(settings)}/holder", holder), "relabel the deploy lock", check=False)
+
+
+def lock_line(runner: Runner, settings: Settings) -> str | None:
+    """"deploy lock: held by ... since ... (what)", or None when no deploy holds it."""
+    text = read_lock(runner, settings)
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+        return f"deploy lock: held by {data['holder']} since {data['since']} ({data.get('what', '')})"
+    except (ValueError, KeyError):
+        return "deploy lock: held by an unknown holder"
 
 
 def release_lock(runner: Runner, settings: Settings) -> None:
@@ -101,11 +122,14 @@ def read_journal(runner: Runner, settings: Settings) -> list[dict]:
 
 
 @contextmanager
-def journal(runner: Runner, settings: Settings, entry: dict, started: float) -> Iterator[dict]:
+def journal(runner: Runner, settings: Settings, entry: dict, started: float,
+            timeline: Timeline | None = None) -> Iterator[dict]:
     """`with journal(run, rs, entry, started) as entry:` the entry goes in the journal however
-    the block ends, with the seconds since started (time.monotonic)."""
+    the block ends, with the seconds since started (time.monotonic) and the timeline's steps."""
     try:
         yield entry
     finally:
         entry["seconds"] = round(time.monotonic() - started, 1)
+        if timeline is not None:
+            entry["steps"] = timeline.take()
         append_journal(runner, settings, entry)

@@ -1,17 +1,20 @@
 """The zero-downtime switch of one app's container to a new image.
 
 nginx's upstream for an app: primary = the app's static address, backup =
-its deploy slot at host + 128. The switch:
+its deploy slot at host + 128, a new connection per request (no idle
+connections an app could close under a request nginx is sending). The switch:
 
-  1. start the new image as a plain container in the deploy slot and wait
-     until its health check passes (or give up: remove it, the old version
-     never stopped serving, exit non-zero with its last log lines);
-  2. stop the old container gracefully: uvicorn finishes in-flight requests,
-     refused connections make nginx retry on the backup (the new version);
-  3. recreate the compose service with the new image at the static address
-     and wait until it is healthy;
-  4. wait out nginx's fail_timeout so the primary is trusted again, then stop
-     and remove the slot container.
+  1. start: the new image as a plain container in the deploy slot; healthy
+     when its own health probe answers (polled every 0.1 s on the server);
+     if not: removed again, the old version never stopped serving, exit
+     non-zero with its last log lines;
+  2. switch: stop the old container gracefully: uvicorn finishes in-flight
+     requests and refuses new connections, which nginx sends to the backup
+     (the new version) before anything was sent: safe for every method;
+  3. home: recreate the compose service with the new image at the static
+     address, ready when its health probe answers;
+  4. drain: wait out nginx's fail_timeout so the primary is trusted again;
+  5. cleanup: stop and remove the slot container.
 """
 
 from __future__ import annotations
@@ -63,13 +66,14 @@ def slot_run_argv(srv: Ctx, app: App, image: str, service: dict, network: str, e
                                docker_cmd.health_flags(service.get("healthcheck") or {}), image)
 
 
-def up_argv(srv: Ctx, app: App) -> list[str]:
-    """The app's compose service (its `latest` image) at its address, alone, waited for."""
-    return compose_cmd.up(srv.rs, [app.name], timeout=srv.rs.deploy_timeout, remove_orphans=False, no_deps=True)
+def up_argv(srv: Ctx, app: App, wait: bool = True) -> list[str]:
+    """The app's compose service (its `latest` image) at its address, alone (waited for by Docker)."""
+    return compose_cmd.up(srv.rs, [app.name], wait=wait, timeout=srv.rs.deploy_timeout, remove_orphans=False,
+                          no_deps=True)
 
 
 def wait_healthy(srv: Ctx, name: str, timeout: int) -> str:
-    """Poll the container until healthy; returns the final state."""
+    """Poll the container's Docker health until healthy; returns the final state."""
     if srv.run.dry_run:
         return "healthy"
     deadline = time.monotonic() + timeout
@@ -84,10 +88,25 @@ def wait_healthy(srv: Ctx, name: str, timeout: int) -> str:
     return f"{state} after {timeout}s"
 
 
-def start_slot(srv: Ctx, app: App, image: str) -> None:
+def wait_ready(srv: Ctx, name: str, service: dict, timeout: int) -> str:
+    """Wait until the container answers its own health probe; "healthy" or what it is instead."""
+    probe = docker_cmd.probe(service.get("healthcheck") or {})
+    if srv.run.dry_run:
+        return "healthy"
+    if not probe:  # no health check in the compose file: Docker's view is all there is
+        return wait_healthy(srv, name, timeout)
+    res = srv.run.run(docker_cmd.wait_ready(name, probe, timeout), f"wait until {name} answers its health probe",
+                      check=False, mutates=False)
+    if res.ok:
+        return "healthy"
+    if res.exited == 3:
+        return inspect(srv, "{{.State.Status}} (exit code {{.State.ExitCode}})", name) or "missing"
+    return f"not answering its health probe after {timeout}s"
+
+
+def start_slot(srv: Ctx, app: App, image: str, service: dict, network: str) -> None:
     """Step 1: the new image in the deploy slot, healthy; or removed again and an error."""
     slot = slot_name(srv, app.name)
-    service, network = _service_config(srv, app.name)
     env_file = slot_env_path(srv, app.name)
     srv.say(f"==> starting the new {app.name} in its deploy slot {srv.rs.address(app.slot_host)}")
     remote.put_text(srv.conn, srv.run, env_file, slot_env_text(app, service), mode="600")
@@ -96,7 +115,8 @@ def start_slot(srv: Ctx, app: App, image: str) -> None:
                     f"start the new {app.name} in the deploy slot")
     finally:  # docker read the file when it created the container
         srv.run.run(shell.rm_f(env_file), "remove the deploy slot's env file", check=False)
-    state = wait_healthy(srv, slot, srv.rs.deploy_timeout)
+    srv.lap("start")
+    state = wait_ready(srv, slot, service, srv.rs.deploy_timeout)
     if state != "healthy":
         logs = srv.run.run(docker_cmd.logs(slot, tail=30), "logs of the new version",
                            check=False, mutates=False)
@@ -105,28 +125,37 @@ def start_slot(srv: Ctx, app: App, image: str) -> None:
                 f"{(logs.stdout + logs.stderr).strip() or '(no output)'}")
         raise OnevpsError(f"the new {app.name} did not become healthy ({state}); it was removed and "
                           f"the old version keeps serving", "read its log lines above, fix the app and deploy again")
+    srv.lap("healthy")
 
 
 def stop_primary(srv: Ctx, app: App) -> None:
-    """Step 2: the old container stops gracefully; nginx retries on the slot meanwhile."""
-    srv.say(f"==> new {app.name} is healthy; replacing the old container (nginx serves from the slot meanwhile)")
-    srv.run.run(compose_cmd.stop(srv.rs, [app.name], timeout=30), f"stop the old {app.name}")
+    """Step 2: the old container stops gracefully; nginx sends new connections to the slot."""
+    srv.say(f"==> new {app.name} is healthy; stopping the old container (nginx serves from the slot meanwhile)")
+    srv.run.run(docker_cmd.stop(container_name(srv, app.name), timeout=30), f"stop the old {app.name}")
+    srv.lap("switch")
+    srv.timeline.mark_switched()
 
 
-def start_primary(srv: Ctx, app: App) -> None:
-    """Step 3: the compose service (its `latest` image) at the app's address, healthy."""
+def start_primary(srv: Ctx, app: App, service: dict) -> None:
+    """Step 3: the compose service (its `latest` image) at the app's address, answering its probe."""
     slot = slot_name(srv, app.name)
-    srv.run.run(up_argv(srv, app), f"start the new {app.name} at its address", hide=True,
-                hint=f"the new version keeps serving from the deploy slot {slot}; check `fab logs --app={app.name}`")
+    hint = f"the new version keeps serving from the deploy slot {slot}; check `fab logs --app={app.name}`"
+    srv.run.run(up_argv(srv, app, wait=False), f"start the new {app.name} at its address", hide=True, hint=hint)
+    state = wait_ready(srv, container_name(srv, app.name), service, srv.rs.deploy_timeout)
+    if state != "healthy":
+        raise OnevpsError(f"the new {app.name} did not become healthy at its address ({state})", hint)
+    srv.lap("home")
 
 
 def retire_slot(srv: Ctx, app: App) -> None:
-    """Step 4: nginx trusts the primary again after fail_timeout; then the slot stops and goes."""
+    """Steps 4 and 5: nginx trusts the primary again after fail_timeout; then the slot stops and goes."""
     slot = slot_name(srv, app.name)
     if not srv.run.dry_run:
-        time.sleep(nginx.FAIL_TIMEOUT + 1)
+        time.sleep(nginx.FAIL_TIMEOUT + 0.2)
+    srv.lap("drain")
     srv.run.run(docker_cmd.stop(slot, timeout=30), "stop the deploy slot")
     srv.run.run(docker_cmd.rm(slot), "remove the deploy slot")
+    srv.lap("cleanup")
 
 
 def clear_leftover_slot(srv: Ctx, app: App) -> None:
@@ -145,19 +174,20 @@ def clear_leftover_slot(srv: Ctx, app: App) -> None:
     if inspect(srv, fmt, container_name(srv, app.name)) != "running healthy":
         srv.say(f"==> the deploy slot {slot} serves {app.name} (an earlier switch stopped before its step 3): "
                 f"starting {app.name} at its address first")
-        start_primary(srv, app)
+        start_primary(srv, app, _service_config(srv, app.name)[0])
     srv.say(f"==> retiring the leftover deploy slot {slot}")
     retire_slot(srv, app)
 
 
 def switch(srv: Ctx, app: App, image: str) -> None:
-    """Replace the app's container with `image` without a failed request (steps 1-4 above)."""
-    clear_leftover_slot(srv, app)
+    """Replace the app's container with `image` without a failed request (steps 1-5 above).
+    A slot an earlier switch left is cleared first (deploy._switch_to)."""
     if not inspect(srv, "{{.Id}}", container_name(srv, app.name)):
         srv.say(f"==> {app.name} has no container yet: starting it")
         srv.run.run(up_argv(srv, app), f"start {app.name}", hide=False)
         return
-    start_slot(srv, app, image)
+    service, network = _service_config(srv, app.name)
+    start_slot(srv, app, image, service, network)
     stop_primary(srv, app)
-    start_primary(srv, app)
+    start_primary(srv, app, service)
     retire_slot(srv, app)

@@ -30,7 +30,8 @@ def status(srv: Ctx) -> str:
     table = [("CONTAINER", "STATE", "HEALTH", "IMAGE AGE", "MEMORY")]
     for name, state_, health, image in sorted(rows):
         table.append((name.lstrip("/"), state_, health, _age(created.get(image, "")), mem.get(name.lstrip("/"), "-")))
-    return columns(table)
+    lock = state.lock_line(srv.run, srv.rs)
+    return columns(table) + (f"\n{lock}" if lock else "")
 
 
 def _image_created(srv: Ctx, images: list[str]) -> dict[str, str]:

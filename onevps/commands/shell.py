@@ -76,6 +76,11 @@ def take_lock(lock_dir: str, holder: str) -> list[str]:
     return sh('mkdir -p "$(dirname "$1")" && mkdir "$1" && printf "%s\\n" "$2" > "$1/holder"', lock_dir, holder)
 
 
+def write_file_line(path: str, line: str) -> list[str]:
+    """path holds line (replaced whole, through a temporary file and a rename)."""
+    return sh('printf "%s\\n" "$2" > "$1.tmp" && mv -f "$1.tmp" "$1"', path, line)
+
+
 def append_line(path: str, line: str) -> list[str]:
     return sh('mkdir -p "$(dirname "$1")" && printf "%s\\n" "$2" >> "$1"', path, line)
 

@@ -8,6 +8,7 @@ from paramiko.ssh_exception import SSHException
 from .. import remote
 from ..errors import CommandFailed
 from ..runner import Runner
+from ..session import ShellSession
 
 
 class CtxHost:
@@ -41,7 +42,7 @@ class CtxHost:
         except Exception:  # noqa: BLE001 - a dead old connection changes nothing
             pass
         self.c.conn = new
-        self.c.run.ctx = new
+        self.c.run.ctx = ShellSession(new)  # a new shell of the new login: its new groups
         self.runner.ctx = new
 
     def sudo_docker(self) -> None:

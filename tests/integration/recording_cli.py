@@ -11,7 +11,8 @@ do), it wraps, for this process only:
   (RemoteRunner calls it with its `env K=V` prefix, so the argv recorded is
   the whole remote command line);
 - `paramiko.channel.Channel.exec_command`: every command string sent over SSH
-  (whatever sends it);
+  (whatever sends it) and `onevps.session.ShellSession.run`: every command
+  string sent to the server's one shell (on its stdin);
 - `subprocess.Popen`: every local process started (invoke's local runner, git,
   `docker save` of fab ship).
 
@@ -79,6 +80,16 @@ def install() -> None:
         return original_exec(self, command)
 
     paramiko.channel.Channel.exec_command = exec_command
+
+    from onevps import session
+
+    original_session_run = session.ShellSession.run
+
+    def session_run(self, command, **kwargs):
+        _record({"kind": "ssh", "command": command})
+        return original_session_run(self, command, **kwargs)
+
+    session.ShellSession.run = session_run
 
     original_init = subprocess.Popen.__init__
 

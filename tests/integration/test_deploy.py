@@ -375,10 +375,10 @@ def broken_step_3(repo, monkeypatch):
     real = switch.start_primary
     squatter = f"{PROJECT}-squatter"
 
-    def take_the_address(c, app):
+    def take_the_address(c, app, service):
         docker("run", "--detach", "--name", squatter, "--network", f"{PROJECT}_app-network",
                "--ip", c.rs.address(app.host), "python:3.11-slim", "sleep", "600")
-        real(c, app)
+        real(c, app, service)
 
     def run(recipe: str, **kw) -> str:
         local = config.load(root=repo["root"], environ={**os.environ, **repo["env"]})

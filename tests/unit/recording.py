@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import shlex
+import time
 from pathlib import Path
 from typing import Callable, Union
 
@@ -25,6 +26,7 @@ from onevps import remote
 from onevps.config import Settings
 from onevps.runner import Result
 from onevps.server import Ctx
+from onevps.timeline import Timeline
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "recipes"
@@ -110,7 +112,9 @@ def ctx(server: Server, rs: Settings, local: Settings | None = None, reg=None, t
     tags = tags or {}
     server.prefix = shlex.join(["env", *[f"{k}={v}" for k, v in sorted(tags.items())]]) + " " if tags else ""
     run = remote.RemoteRunner(server, env=tags, dry_run=dry_run, out=io.StringIO())  # type: ignore[arg-type]
-    return Ctx(local=local or rs, rs=rs, reg=reg, conn=server, run=run, tags=tags)  # type: ignore[arg-type]
+    now = time.monotonic()  # the tests fix it: the timeline's steps are 0.0
+    return Ctx(local=local or rs, rs=rs, reg=reg, conn=server, run=run, tags=tags,  # type: ignore[arg-type]
+               timeline=Timeline(start=now, mark=now))
 
 
 def assert_golden(name: str, lines: list[str]) -> None:

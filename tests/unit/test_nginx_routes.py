@@ -17,10 +17,12 @@ def test_every_app_gets_an_upstream_at_its_address_and_a_server_name():
     text = nginx.render_routes(reg())
     for app in reg().apps:
         assert (f"upstream app_{app.name} {{\n"
-                f"    server ${{NETWORK_PREFIX}}.{app.host}:8000 max_fails=1 fail_timeout=2s;\n"
-                f"    server ${{NETWORK_PREFIX}}.{app.host + 128}:8000 backup;\n") in text
+                f"    server ${{NETWORK_PREFIX}}.{app.host}:8000 max_fails=1 fail_timeout=1s;\n"
+                f"    server ${{NETWORK_PREFIX}}.{app.host + 128}:8000 backup;\n}}") in text
         assert f"server_name {app.name}.${{DOMAIN}};" in text
     assert text.count("server_name") == len(reg().apps)
+    # No idle connections to apps: one an app closes under a POST nginx is sending is a 502.
+    assert "keepalive" not in text
 
 
 def test_index_lists_every_app():

@@ -656,9 +656,10 @@ def test_reconnect_swaps_the_connection_everywhere(monkeypatch):
     host = p.CtxHost(c)
     host.reconnect()
     assert opened == [remote.Server("vps", "ann", 22, None)]
-    assert c.conn is new and c.run.ctx is new and host.runner.ctx is new and old.closed
+    # The task's runner gets a new shell of the new login (its new groups).
+    assert c.conn is new and c.run.ctx.conn is new and host.runner.ctx is new and old.closed
     host.sudo_docker()
-    assert isinstance(c.run, p.SudoDockerRunner) and c.run.ctx is new
+    assert isinstance(c.run, p.SudoDockerRunner) and c.run.ctx.conn is new
 
 
 # ------------------------------------------------------ whole runs, golden --

@@ -178,7 +178,7 @@ def test_two_steps_swapped_fail_the_comparison():
     server = switching(Server())
     switch.switch(ctx(server, server_settings(), tags=TAGS), KB, "sha256:new")
     lines = server.lines()
-    stop, start = lines.index(next(x for x in lines if " stop --timeout 30 kb" in x)), None
+    stop, start = lines.index(next(x for x in lines if x.startswith("docker stop --time 30 p-kb-1"))), None
     start = lines.index(next(x for x in lines if " up --detach" in x))
     lines[stop], lines[start] = lines[start], lines[stop]
     with pytest.raises(AssertionError, match="the commands differ from switch.txt"):

@@ -172,12 +172,10 @@ def steps(server: Server) -> list[str]:
             names.append("remove env file")
         elif "umask 077" in line and "kb.slot.env" in line:
             names.append("create env file 600")
-        elif " stop " in f" {line} " and "compose" in argv:
-            names.append("stop primary")
+        elif argv[:2] == ["docker", "stop"]:
+            names.append("stop primary" if argv[-1].endswith("-1") else "stop slot")
         elif "compose" in argv and " up " in f" {line} ":
             names.append("start primary")
-        elif argv[:2] == ["docker", "stop"]:
-            names.append("stop slot")
         elif argv[:2] == ["docker", "rm"]:
             names.append("rm --force slot" if "--force" in argv else "rm slot")
     return names
@@ -216,9 +214,9 @@ def test_a_running_leftover_slot_goes_only_after_the_app_is_healthy_at_its_addre
 
 
 def test_a_leftover_slot_is_kept_serving_when_the_app_cannot_start(tmp_path):
-    server = Server(slot="running healthy", primary="exited", fail=("compose",))
+    server = Server(slot="running healthy", primary="exited", fail=("up --detach",))
     with pytest.raises(CommandFailed, match="keeps serving from the deploy slot p-kb-next"):
-        switch.switch(make_ctx(server, tmp_path), App("kb", "base", 12), "sha256:new")
+        switch.clear_leftover_slot(make_ctx(server, tmp_path), App("kb", "base", 12))
     assert steps(server) == ["start primary"]  # nothing stopped, nothing removed
 
 
