@@ -48,7 +48,7 @@ def main() -> int:
     args = ap.parse_args()
 
     local = config.load()
-    server = remote.remote_settings(local)
+    server = remote.remote_settings(config.REPO, local)
     host = f"{args.app}.{server.domain}"
     main_py = ROOT / "apps" / args.app / "main.py"
     original = main_py.read_text()

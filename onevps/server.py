@@ -12,6 +12,7 @@ from . import config, remote, tiers
 from .commands import compose_cmd, docker_cmd
 from .config import Settings
 from .errors import OnevpsError
+from .project import Project
 from .registry import Registry
 from .registry import load as load_registry
 
@@ -20,8 +21,9 @@ from .registry import load as load_registry
 class Ctx:
     """Everything one server task needs."""
 
-    local: Settings  # this machine: source files, tags
-    rs: Settings  # the server's settings (rooted at VPS_PATH)
+    local: Settings  # this machine's settings
+    project: Project  # this machine's files: sources, tags
+    rs: Settings  # the server's settings
     reg: Registry
     conn: Connection
     run: remote.RemoteRunner
@@ -30,21 +32,27 @@ class Ctx:
     # same dry run count them as present (so it plans no tier build the real run skips).
     planned: set[str] = field(default_factory=set)
 
+    @property
+    def vps(self) -> Project:
+        """The project's files on the server, under VPS_PATH: what compose runs with there."""
+        return remote.server_project(self.rs)
+
     def say(self, msg: str) -> None:
         self.run.say(msg)
 
 
-def open_ctx(local: Settings, connection: object | None, dry_run: bool, secrets: bool = False) -> Ctx:
-    rs = remote.remote_settings(local)
+def open_ctx(project: Project, local: Settings, connection: object | None, dry_run: bool,
+             secrets: bool = False) -> Ctx:
+    rs = remote.remote_settings(project, local)
     if secrets:  # tasks that (re)start containers on the server
         config.require_secrets(rs, where=str(local.vps_env_file.name if local.vps_env_file else ".env"))
     server = remote.server_from(local, connection)
     conn = remote.connect(server)
     for tier in tiers.TIER_ORDER:
-        tiers.stage_inputs(local, tier)
-    tags = tiers.tag_env(local, build=rs)  # the server builds with its own .env (TORCH_INDEX_URL, ...)
+        tiers.stage_inputs(project, local, tier)
+    tags = tiers.tag_env(project, rs)  # the server builds with its own .env (TORCH_INDEX_URL, ...)
     runner = remote.RemoteRunner(conn, env=tags, dry_run=dry_run)
-    return Ctx(local, rs, load_registry(local.compose_file), conn, runner, tags)
+    return Ctx(local, project, rs, load_registry(project.compose_file), conn, runner, tags)
 
 
 # -------------------------------------------------------------------- names --

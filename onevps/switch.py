@@ -28,7 +28,7 @@ from .server import Ctx, container_name, inspect, slot_name
 
 
 def _service_config(srv: Ctx, name: str) -> tuple[dict, str]:
-    res = srv.run.run(compose_cmd.config_json(srv.rs), "read the server's compose config",
+    res = srv.run.run(compose_cmd.config_json(srv.vps, srv.rs), "read the server's compose config",
                       mutates=False)
     data = json.loads(res.stdout)
     networks = data.get("networks", {})
@@ -65,7 +65,8 @@ def slot_run_argv(srv: Ctx, app: App, image: str, service: dict, network: str, e
 
 def up_argv(srv: Ctx, app: App) -> list[str]:
     """The app's compose service (its `latest` image) at its address, alone, waited for."""
-    return compose_cmd.up(srv.rs, [app.name], timeout=srv.rs.deploy_timeout, remove_orphans=False, no_deps=True)
+    return compose_cmd.up(srv.vps, srv.rs, [app.name], timeout=srv.rs.deploy_timeout, remove_orphans=False,
+                          no_deps=True)
 
 
 def wait_healthy(srv: Ctx, name: str, timeout: int) -> str:
@@ -110,7 +111,7 @@ def start_slot(srv: Ctx, app: App, image: str) -> None:
 def stop_primary(srv: Ctx, app: App) -> None:
     """Step 2: the old container stops gracefully; nginx retries on the slot meanwhile."""
     srv.say(f"==> new {app.name} is healthy; replacing the old container (nginx serves from the slot meanwhile)")
-    srv.run.run(compose_cmd.stop(srv.rs, [app.name], timeout=30), f"stop the old {app.name}")
+    srv.run.run(compose_cmd.stop(srv.vps, srv.rs, [app.name], timeout=30), f"stop the old {app.name}")
 
 
 def start_primary(srv: Ctx, app: App) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from onevps import config, tiers
+from onevps.project import Project
 from tests import loadgen
 
 from .conftest import copy_repo, docker, http
@@ -62,7 +63,7 @@ def _remove_volumes() -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, built_images, settings, sshd):
+def repo(tmp_path_factory, built_images, settings, project, sshd):
     base = tmp_path_factory.mktemp("deploy")
     copy = base / "onevps"
     copy_repo(copy)
@@ -73,11 +74,11 @@ def repo(tmp_path_factory, built_images, settings, sshd):
     # has them, under the tags the server's own settings give them (the ML tag
     # covers the server's TORCH_INDEX_URL). Building torch there would need
     # PyTorch's index, out of reach here.
-    server_settings = config.load(root=copy, environ={}, env_file=copy / ".env.vps")
-    tags = tiers.tag_env(config.load(root=copy, environ={}), build=server_settings)
+    server_settings = config.load(Project(copy), environ={}, env_file=copy / ".env.vps")
+    tags = tiers.tag_env(Project(copy), server_settings)
     for tier, tag in (("base", tags["BASE_TAG"]), ("ml", tags["ML_TAG"])):
-        docker("tag", tiers.tier_image(settings, tier), f"onevps-deploy/{tier}:{tag}")
-        docker("tag", tiers.tier_image(settings, tier), f"onevps-deploy/{tier}:latest")
+        docker("tag", tiers.tier_image(project, settings, tier), f"onevps-deploy/{tier}:{tag}")
+        docker("tag", tiers.tier_image(project, settings, tier), f"onevps-deploy/{tier}:latest")
     env = {
         "VPS_HOST": "127.0.0.1", "VPS_PORT": str(SSH_PORT), "VPS_USER": "root", "VPS_SSH_KEY": str(sshd),
         "VPS_PATH": str(base / "vps"), "VPS_ENV_FILE": ".env.vps", "TORCH_WHEEL_DIR": "",
@@ -381,8 +382,9 @@ def broken_step_3(repo, monkeypatch):
         real(c, app)
 
     def run(recipe: str, **kw) -> str:
-        local = config.load(root=repo["root"], environ={**os.environ, **repo["env"]})
-        ctx = server.open_ctx(local, None, dry_run=False, secrets=True)
+        here = Project(repo["root"])
+        local = config.load(here, environ={**os.environ, **repo["env"]})
+        ctx = server.open_ctx(here, local, None, dry_run=False, secrets=True)
         monkeypatch.setattr(switch, "start_primary", take_the_address)
         try:
             with pytest.raises(OnevpsError) as err:

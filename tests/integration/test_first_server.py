@@ -33,6 +33,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from onevps import config, tiers
+from onevps.project import Project
 
 from . import bare
 from .conftest import ROOT, copy_repo
@@ -181,11 +182,12 @@ def first(tmp_path_factory, built_images, settings):
         (fs.root / ".env.server").write_text(fs.server_env)
         # The local tier images `fab ship` sends: the session built them (onevps-test namespace);
         # the copy must name the same content tags, or ship would start a long local build.
-        local = config.load(root=fs.root, environ={**os.environ, **fs.env})
+        here = Project(fs.root)
+        local = config.load(here, environ={**os.environ, **fs.env})
         for tier in tiers.TIER_ORDER:
-            tiers.stage_inputs(local, tier)  # as fab does before naming the tags
+            tiers.stage_inputs(here, local, tier)  # as fab does before naming the tags
         for tier in tiers.TIER_ORDER:
-            ref = tiers.tier_image(local, tier)
+            ref = tiers.tier_image(here, local, tier)
             if subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode != 0:
                 pytest.fail(f"the {tier} tier image {ref} that fab ship would send is not on this machine "
                             f"(the session built {settings.image_namespace}/{tier} with other settings)", pytrace=False)
@@ -222,8 +224,9 @@ def test_a_setup_ship_installs_docker_from_debian_and_ships_the_images(first):
         hashlib.sha256(local_plugin().read_bytes()).hexdigest()
     assert first.on_server("docker compose version").startswith("Docker Compose version v2")
     have = set(first.on_server("docker images --format '{{.Repository}}:{{.Tag}}'").split())
-    local = config.load(root=first.root, environ={**os.environ, **first.env})
-    want = {f"{SERVER_NAMESPACE}/{t}:{tiers.content_tag(local, t)}" for t in tiers.TIER_ORDER}
+    here = Project(first.root)
+    local = config.load(here, environ={**os.environ, **first.env})
+    want = {f"{SERVER_NAMESPACE}/{t}:{tiers.content_tag(here, local, t)}" for t in tiers.TIER_ORDER}
     want |= {f"{SERVER_NAMESPACE}/{t}:latest" for t in tiers.TIER_ORDER} | set(upstream_images())
     assert not want - have, f"missing on the server: {sorted(want - have)}; it has {sorted(have)}"
     assert first.on_server(f"stat -c %a {VPS_PATH}/.env").strip() == "600"
