@@ -22,14 +22,14 @@ from onevps.swarm import server as swarm_server
 
 
 def _ctx(c, dry_run=False, secrets=False):
-    return server.open_ctx(config.load(), c, dry_run, secrets=secrets)
+    return server.open_ctx(config.REPO, config.load(), c, dry_run, secrets=secrets)
 
 
 def _check_target(app=None, tier=None):
     """Refuse an unknown app or tier before connecting to anything."""
-    settings = config.load()
+    config.load()  # the settings are checked first
     if app and app not in SHARED_SERVICES:
-        load_registry(settings.compose_file).get(app)
+        load_registry(config.REPO.compose_file).get(app)
     if tier is not None and tier not in ("base", "ml"):
         raise OnevpsError(f"unknown tier {tier!r}", "use --tier=base or --tier=ml")
 
@@ -93,7 +93,7 @@ def logs(c, app=None, follow=False, tail="100"):
     _check_target(app)
     ctx = _ctx(c)
     name = app if app in SHARED_SERVICES else ctx.reg.get(app).name
-    ctx.run.run(commands.logs(ctx.rs, [name], follow=follow, tail=int(lines)), "show logs",
+    ctx.run.run(commands.logs(ctx.vps, ctx.rs, [name], follow=follow, tail=int(lines)), "show logs",
                 hide=False, mutates=False)
 
 

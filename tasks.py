@@ -26,7 +26,7 @@ def _positional_help(name, usage):
 
 def _setup(c):
     settings = config.load()
-    return settings, stack.load_registry(settings), stack.make_runner(c, settings)
+    return settings, stack.load_registry(config.REPO), stack.make_runner(c, config.REPO, settings)
 
 
 @task
@@ -34,7 +34,7 @@ def build_base(c):
     """Build the base tier image (python:3.11-slim + fastapi, uvicorn, httpx, ...)."""
     settings, _, runner = _setup(c)
     require_docker(runner)
-    stack.build_tier(runner, settings, "base")
+    stack.build_tier(runner, config.REPO, settings, "base")
 
 
 @task
@@ -42,7 +42,7 @@ def build_ml(c):
     """Build the ML tier image (base tier + torch CPU, sentence-transformers, ...)."""
     settings, _, runner = _setup(c)
     require_docker(runner)
-    stack.build_tier(runner, settings, "ml")
+    stack.build_tier(runner, config.REPO, settings, "ml")
 
 
 @task(help={"app": "Build only this app's image (its tier is built first if missing).",
@@ -53,9 +53,9 @@ def build(c, app=None, no_cache=False):
     names = [reg.get(app).name] if app else None
     require_docker(runner)
     if names:
-        stack.build_apps(runner, settings, reg, names, no_cache=no_cache)
+        stack.build_apps(runner, config.REPO, settings, reg, names, no_cache=no_cache)
     else:
-        stack.build_all(runner, settings, reg)
+        stack.build_all(runner, config.REPO, settings, reg)
 
 
 @task(help={"build": "Rebuild every app image first (tiers are rebuilt only when they changed).",
@@ -66,7 +66,7 @@ def up(c, build=False, app=None):
     if created:
         print(f"==> first run: wrote {created.name} from .env.example with new random secrets (REDIS_PASSWORD, CHROMA_TOKEN; mode 600)")
     settings, reg, runner = _setup(c)
-    rows = stack.up(runner, settings, reg, rebuild=build, app=app)
+    rows = stack.up(runner, config.REPO, settings, reg, rebuild=build, app=app)
     print(stack.table(rows))
 
 
@@ -75,14 +75,14 @@ def down(c, volumes=False):
     """Stop and remove the stack's containers (data volumes are kept)."""
     settings, _, runner = _setup(c)
     require_docker(runner)
-    runner.run(commands.down(settings, volumes=volumes), "stop the stack", hide=False)
+    runner.run(commands.down(config.REPO, settings, volumes=volumes), "stop the stack", hide=False)
 
 
 @task
 def status(c):
     """Show every app and shared service: tier, address, URL, state."""
     settings, reg, runner = _setup(c)
-    print(stack.table(stack.status(runner, settings, reg)))
+    print(stack.table(stack.status(runner, config.REPO, settings, reg)))
 
 
 @task(help={"app": "Only this app or shared service (default: all).",
@@ -94,7 +94,7 @@ def logs(c, app=None, follow=False, tail="100"):
     settings, reg, runner = _setup(c)
     services = stack.service_names(reg, app)
     require_docker(runner)
-    runner.run(commands.logs(settings, services, follow=follow, tail=int(lines)),
+    runner.run(commands.logs(config.REPO, settings, services, follow=follow, tail=int(lines)),
                "show logs", hide=False, mutates=False)
 
 
@@ -104,24 +104,24 @@ def restart(c, app=None):
     if not app:
         raise OnevpsError("no app given", "use `inv restart --app NAME`")
     settings, reg, runner = _setup(c)
-    stack.restart(runner, settings, reg, app)
+    stack.restart(runner, config.REPO, settings, reg, app)
 
 
 @task
 def routes(c):
     """Regenerate the nginx routes and index page from the compose file's apps; reload a running nginx."""
     settings, reg, runner = _setup(c)
-    changed = nginx.write(settings.root, reg)
+    changed = nginx.write(config.REPO.root, reg)
     print("\n".join(f"wrote {p}" for p in changed) or "nginx routes already up to date")
-    if changed and stack.reload_nginx(runner, settings):
+    if changed and stack.reload_nginx(runner, config.REPO, settings):
         print("nginx: new routes tested with `nginx -t` and reloaded")
 
 
 @task
 def check(c):
     """Check that apps/, the compose file and nginx agree and addresses are unique."""
-    settings = config.load()
-    print(checks.run(settings))
+    config.load()  # the settings are checked first
+    print(checks.run(config.REPO))
 
 
 @task(help={"show-defaults": "Also list keys left at their default."})
@@ -143,7 +143,7 @@ def new_app(c, name, tier="base", domain=None, dry_run=False):
     """Add an app: apps/NAME from the template, its compose entry and its nginx route (all or nothing)."""
     _positional_help(name, "inv new-app NAME [--tier base|ml] [--domain HOST] [--dry-run]")
     settings = config.load()
-    print("\n".join(stack.new_app(c, settings, name, tier, domain, dry_run)))
+    print("\n".join(stack.new_app(c, config.REPO, settings, name, tier, domain, dry_run)))
 
 
 @task(help={"name": "The app to remove.",
@@ -153,7 +153,7 @@ def remove_app(c, name, yes=False, dry_run=False):
     """Remove an app: its folder, compose entry and nginx route (asks first)."""
     _positional_help(name, "inv remove-app NAME [--yes] [--dry-run]")
     settings = config.load()
-    print("\n".join(stack.remove_app(c, settings, name, yes, dry_run)))
+    print("\n".join(stack.remove_app(c, config.REPO, settings, name, yes, dry_run)))
 
 
 @task(help={"json": "Print the report as JSON (for scripts).",
@@ -165,7 +165,7 @@ def disk(c, json=False, budget="5"):
     budget_bytes = disk_mod.budget_bytes(budget)
     settings, reg, runner = _setup(c)
     require_docker(runner)
-    data = disk_mod.report(runner, settings, reg, budget_bytes)
+    data = disk_mod.report(runner, config.REPO, settings, reg, budget_bytes)
     print(json_mod.dumps(data, indent=2) if json else disk_mod.render(data))
     disk_mod.check_budget(data)
 
@@ -177,10 +177,10 @@ def prune(c, keep="3", cache_limit="2000", dry_run=False):
     """Remove old app images (keeping the newest N), unused tier images, dangling images, excess build cache."""
     keep_n, cache_mb = number_flag("keep", keep, minimum=1), number_flag("cache-limit", cache_limit)
     settings = config.load()
-    reg = stack.load_registry(settings)
-    runner = stack.make_runner(c, settings, dry_run=dry_run)
+    reg = stack.load_registry(config.REPO)
+    runner = stack.make_runner(c, config.REPO, settings, dry_run=dry_run)
     require_docker(runner)
-    prune_mod.prune(runner, settings, reg, int(keep_n), int(cache_mb))
+    prune_mod.prune(runner, config.REPO, settings, reg, int(keep_n), int(cache_mb))
 
 
 # ------------------------------------------------------------------ swarm --
@@ -192,7 +192,7 @@ def _only(services):
 @task
 def swarm_check(c):
     """List what Docker Swarm ignores or rejects in the compose file, and the fix onevps applies to each."""
-    checked = swarm.check(config.load())
+    checked = swarm.check(config.REPO, config.load())
     print(swarm.report(checked.findings, checked.refused))
     if checked.refused:
         raise Exit(code=1)
@@ -203,11 +203,11 @@ def swarm_check(c):
 def swarm_render(c, services=None, stdout=False):
     """Render the Swarm stack file (and its nginx routes) from compose/docker-compose.yml, written atomically."""
     settings = config.load()
-    rendered = swarm.render(settings, _only(services))
+    rendered = swarm.render(config.REPO, settings, _only(services))
     if stdout:
         print(rendered.stack, end="")
         return
-    changed = swarm.write(settings, rendered)
+    changed = swarm.write(config.REPO, rendered)
     print("\n".join(f"wrote {p}" for p in changed) or "the stack file is already up to date")
 
 
@@ -222,8 +222,8 @@ def swarm_deploy(c, app=None, services=None, dry_run=False):
     config.require_secrets(settings)
     runner.dry_run = dry_run
     require_docker(runner)
-    target = swarm.LocalTarget(runner, settings, reg)
-    result = swarm.deploy(runner, settings, reg, target, app=app, only=_only(services))
+    target = swarm.LocalTarget(runner, config.REPO, settings, reg)
+    result = swarm.deploy(runner, config.REPO, settings, reg, target, app=app, only=_only(services))
     print("\n".join(f"{svc}: {outcome}" for svc, outcome in result.outcome.items()))
 
 

@@ -180,7 +180,7 @@ def table(summary: dict) -> str:
 def measure(args: argparse.Namespace, result: dict) -> bool:
     """Both ways, --runs times each, into `result`; False if a deploy or recreate failed."""
     local = config.load()
-    server = remote.remote_settings(local)
+    server = remote.remote_settings(config.REPO, local)
     host = f"{args.app}.{server.domain}"
     main_py = ROOT / "apps" / args.app / "main.py"
     original, flags = main_py.read_text(), deploy_flags()

@@ -32,8 +32,8 @@ def size(ref: str) -> int:
 
 def main() -> int:
     s = config.load()
-    reg = registry.load(s.compose_file)
-    tier_size = {t: size(tiers.tier_image(s, t)) for t in tiers.TIER_ORDER}
+    reg = registry.load(config.REPO.compose_file)
+    tier_size = {t: size(tiers.tier_image(config.REPO, s, t)) for t in tiers.TIER_ORDER}
     apps = []
     for app in reg.apps:
         total = size(tiers.image(s, app.name))

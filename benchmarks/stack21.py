@@ -107,8 +107,9 @@ def docker(*args: str) -> str:
 
 def reuse_tiers(repo: Path, env: dict[str, str]) -> None:
     """Tag tier images that exist under any namespace with this content tag."""
-    settings = config.load(root=repo, environ={**os.environ, **env})
-    tags = tiers.tag_env(settings)
+    project = config.Project(repo)
+    settings = config.load(project, environ={**os.environ, **env})
+    tags = tiers.tag_env(project, settings)
     have = docker("images", "--format", "{{.Repository}}:{{.Tag}}").split()
     for tier, tag in (("base", tags["BASE_TAG"]), ("ml", tags["ML_TAG"])):
         source = next((ref for ref in have if ref.endswith(f"/{tier}:{tag}")), None)

@@ -25,6 +25,7 @@ from . import commands, composefile, nginx, registry as registry_mod, tiers
 from .config import Settings
 from .settings_keys import _domain
 from .errors import OnevpsError
+from .project import Project
 from .registry import TIERS, Registry
 
 TEMPLATE_DIR = Path("templates/app")
@@ -186,21 +187,21 @@ def _validate(compose_text: str, expect: Callable[[Registry], None]) -> Registry
     return reg
 
 
-def _planned_writes(settings: Settings, compose_text: str, expect: Callable[[Registry], None]) -> Plan:
+def _planned_writes(project: Project, compose_text: str, expect: Callable[[Registry], None]) -> Plan:
     """Validate the new compose text; plan it and the nginx files it renders."""
     new_reg = _validate(compose_text, expect)
     plan = Plan()
-    plan.writes[settings.compose_file] = compose_text
-    plan.hand_kept.add(settings.compose_file)
+    plan.writes[project.compose_file] = compose_text
+    plan.hand_kept.add(project.compose_file)
     for rel, text in nginx.rendered_files(new_reg).items():
-        plan.writes[settings.root / rel] = text
+        plan.writes[project.root / rel] = text
     return plan
 
 
-def _known_problems(settings: Settings, reg: Registry) -> None:
+def _known_problems(project: Project, reg: Registry) -> None:
     """Refuse to edit on top of a repository that is already inconsistent."""
     in_compose = set(reg.names())
-    folders = set(registry_mod.app_dirs(settings.root))
+    folders = set(registry_mod.app_dirs(project.root))
     for name in sorted(folders - in_compose):
         raise OnevpsError(f"apps/{name} has no compose entry",
                           f"repair first: delete apps/{name} or add its entry by hand, then `inv check`")
@@ -209,8 +210,8 @@ def _known_problems(settings: Settings, reg: Registry) -> None:
                           f"repair first: restore apps/{name} with git or `inv remove-app {name}`")
 
 
-def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str | None = None) -> Plan:
-    root = settings.root
+def plan_new_app(project: Project, name: str, tier: str = "base", domain: str | None = None) -> Plan:
+    root = project.root
     problem = registry_mod.name_problem(name)
     if problem:
         raise OnevpsError(problem, "use a DNS label: a-z, 0-9 and '-', starting with a letter, at most 63")
@@ -221,7 +222,7 @@ def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str 
             domain = _domain(domain)
         except ValueError as exc:
             raise OnevpsError(f"--domain {domain!r} {exc}", "give a host name such as blog.example.com") from None
-    compose_path = settings.compose_file
+    compose_path = project.compose_file
     data = composefile.load(compose_path)
     reg = registry_mod.from_data(data, name=str(compose_path))
     if name in reg.services:
@@ -230,7 +231,7 @@ def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str 
     if (root / "apps" / name).exists():
         raise OnevpsError(f"apps/{name} exists but has no compose entry",
                           f"repair first: delete apps/{name} or add its entry by hand, then `inv check`")
-    _known_problems(settings, reg)
+    _known_problems(project, reg)
     host = reg.next_free_host(tier)
     if host is None:
         raise OnevpsError(f"the {tier} address pool is full ({len(registry_mod.POOLS[tier])} apps)",
@@ -244,7 +245,7 @@ def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str 
         if (app.tier, app.host, app.domain) != (tier, host, domain) or new.names().count(name) != 1:
             raise OnevpsError("internal error: the new entry did not read back as written", "nothing was changed")
 
-    plan = _planned_writes(settings, compose_text, expect)
+    plan = _planned_writes(project, compose_text, expect)
     plan.staging = Path(tempfile.mkdtemp(prefix=f".new-app-{name}-", dir=root / "apps"))
     try:
         _render_template(root, name, tier, plan.staging)
@@ -255,9 +256,9 @@ def plan_new_app(settings: Settings, name: str, tier: str = "base", domain: str 
     return plan
 
 
-def plan_remove_app(settings: Settings, name: str) -> Plan:
-    root = settings.root
-    compose_path = settings.compose_file
+def plan_remove_app(project: Project, name: str) -> Plan:
+    root = project.root
+    compose_path = project.compose_file
     data = composefile.load(compose_path)
     reg = registry_mod.from_data(data, name=str(compose_path))
     if name in registry_mod.SHARED_SERVICES or name in registry_mod.TIER_SERVICES.values():
@@ -270,7 +271,7 @@ def plan_remove_app(settings: Settings, name: str) -> Plan:
         if name in new.names() or len(new.apps) != len(reg.apps) - 1:
             raise OnevpsError("internal error: the entry did not go away", "nothing was changed")
 
-    plan = _planned_writes(settings, compose_text, expect)
+    plan = _planned_writes(project, compose_text, expect)
     if (root / "apps" / name).exists():
         plan.remove_dirs.append(root / "apps" / name)
     return plan
@@ -335,19 +336,20 @@ def apply(plan: Plan) -> None:
         shutil.rmtree(hidden, ignore_errors=True)
 
 
-def compose_validates(settings: Settings, plan: Plan, run: Callable[[list[str]], tuple[int, str]]) -> None:
+def compose_validates(project: Project, settings: Settings, plan: Plan,
+                      run: Callable[[list[str]], tuple[int, str]]) -> None:
     """`docker compose config --quiet` on the new compose file, before it replaces the old one.
 
     The candidate is written next to the real file (relative paths resolve the
     same) and always removed. `run(argv) -> (exit code, output)`.
     """
-    text = plan.writes.get(settings.compose_file)
+    text = plan.writes.get(project.compose_file)
     if text is None:
         return
-    candidate = settings.compose_file.with_name(".docker-compose.candidate.yml")
+    candidate = project.compose_file.with_name(".docker-compose.candidate.yml")
     try:
         composefile.atomic_write(candidate, text)
-        code, output = run(commands.config_check(settings, candidate))
+        code, output = run(commands.config_check(project, settings, candidate))
     finally:
         candidate.unlink(missing_ok=True)
     if code != 0:

@@ -50,14 +50,15 @@ def backup(srv: Ctx, local_dir: Path) -> Path | None:
     paused = [s for s in PAUSED if inspect(srv, "{{.State.Running}}", container_name(srv, s)) == "true"]
     try:
         if paused:
-            srv.run.run(compose_cmd.pause(srv.rs, paused), "pause the databases for a consistent copy")
+            srv.run.run(compose_cmd.pause(srv.vps, srv.rs, paused),
+                        "pause the databases for a consistent copy")
         for volume in present:
             srv.say(f"==> copying volume {volume_name(srv, volume)}")
             srv.run.run(_helper(srv, volume, work, f"tar -czf /backup/volumes/{volume}.tar.gz -C /data .", False),
                         f"copy volume {volume}")
     finally:
         if paused:
-            srv.run.run(compose_cmd.unpause(srv.rs, paused), "unpause the databases")
+            srv.run.run(compose_cmd.unpause(srv.vps, srv.rs, paused), "unpause the databases")
     manifest = json.dumps({"project": srv.rs.project_name, "volumes": present, "time": stamp})
     srv.run.run(shell.write_backup(srv.rs.vps_path, work, manifest, archive), "write the backup archive")
     if srv.run.dry_run:
@@ -149,7 +150,7 @@ def restore(srv: Ctx, archive: Path, with_env: bool = False) -> None:
             raise CommandFailed(f"upload of {archive.name} failed: {exc}", "check free space on the server") from None
     srv.run.run(shell.untar(remote_archive, work), "unpack the archive on the server")
     srv.say(f"==> stopping {', '.join(STATEFUL)} while their data is replaced")
-    srv.run.run(compose_cmd.stop(srv.rs, STATEFUL), "stop the stateful services")
+    srv.run.run(compose_cmd.stop(srv.vps, srv.rs, STATEFUL), "stop the stateful services")
     try:
         for volume in manifest["volumes"]:
             srv.say(f"==> restoring volume {volume_name(srv, volume)}")
@@ -160,7 +161,8 @@ def restore(srv: Ctx, archive: Path, with_env: bool = False) -> None:
         if with_env:
             srv.run.run(shell.restore_env(work, srv.rs.vps_path), "restore the server's .env")
     finally:
-        srv.run.run(compose_cmd.up(srv.rs, STATEFUL, timeout=srv.rs.up_timeout, remove_orphans=False),
+        srv.run.run(compose_cmd.up(srv.vps, srv.rs, STATEFUL, timeout=srv.rs.up_timeout,
+                                   remove_orphans=False),
                     "start the stateful services again")
         srv.run.run(shell.rm_rf(work), "remove the restore folder", check=False)
     srv.say(f"==> restored {len(manifest['volumes'])} volume(s) from {archive.name} (made {manifest.get('time')})")

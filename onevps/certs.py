@@ -17,6 +17,7 @@ from . import nginx, remote
 from .commands import certbot, compose_cmd
 from .config import Settings
 from .errors import OnevpsError
+from .project import Project
 from .registry import Registry
 from .server import Ctx, container_name, inspect
 
@@ -27,10 +28,10 @@ def domains(settings: Settings, reg: Registry) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def renew_script(settings: Settings) -> str:
+def renew_script(project: Project, settings: Settings) -> str:
     """The renewal script the cron job runs: renew, install, test and reload nginx."""
-    steps = [certbot.renew(settings), certbot.install(settings),
-             compose_cmd.exec_in(settings, "nginx", nginx.reload_argv())]
+    steps = [certbot.renew(project, settings), certbot.install(project, settings),
+             compose_cmd.exec_in(project, settings, "nginx", nginx.reload_argv())]
     return ("#!/bin/sh\n# onevps: renew the Let's Encrypt certificate (written by `fab certs`).\nset -e\n"
             + "\n".join(shlex.join(s) for s in steps) + "\n")
 
@@ -54,18 +55,18 @@ def certs(srv: Ctx, schedule: bool = True) -> None:
     if inspect(srv, "{{.State.Running}}", container_name(srv, "nginx")) != "true" and not srv.run.dry_run:
         raise OnevpsError("nginx is not running on the server", "run `fab setup` and `fab deploy --all` first")
     obtain(srv, domains(rs, srv.reg))
-    srv.run.run(certbot.install(rs), "install the certificate for nginx")
+    srv.run.run(certbot.install(srv.vps, rs), "install the certificate for nginx")
     try:
-        srv.run.run(compose_cmd.exec_in(rs, "nginx", nginx.reload_argv()), "test and reload nginx")
+        srv.run.run(compose_cmd.exec_in(srv.vps, rs, "nginx", nginx.reload_argv()), "test and reload nginx")
     except OnevpsError:
-        srv.run.run(certbot.restore_previous(rs), "put the previous certificate back", check=False)
+        srv.run.run(certbot.restore_previous(srv.vps, rs), "put the previous certificate back", check=False)
         raise
     srv.say("==> nginx: the new certificate is tested with `nginx -t` and serving")
     if schedule:
-        remote.put_text(srv.conn, srv.run, renew_script_path(rs), renew_script(rs), mode="755")
+        remote.put_text(srv.conn, srv.run, renew_script_path(rs), renew_script(srv.vps, rs), mode="755")
         remote.put_text(srv.conn, srv.run, rs.cert_cron_file, cron_text(rs), mode="644")
         srv.say(f"==> renewal scheduled daily at 03:17 in {rs.cert_cron_file}")
-    end = srv.run.run(certbot.expiry(rs), "read the certificate's expiry", check=False, mutates=False)
+    end = srv.run.run(certbot.expiry(srv.vps, rs), "read the certificate's expiry", check=False, mutates=False)
     if end.ok:
         srv.say(f"==> certificate valid until {end.stdout.strip().split('=', 1)[-1]}")
 
@@ -74,9 +75,9 @@ def obtain(srv: Ctx, names: list[str]) -> None:
     """certbot certonly for names; on failure the end of certbot's log is shown."""
     srv.say(f"==> asking {srv.rs.acme_server} for a certificate for: {', '.join(names)}")
     try:
-        srv.run.run(certbot.certonly(srv.rs, names), "obtain the certificate (certbot)", hide=False,
+        srv.run.run(certbot.certonly(srv.vps, srv.rs, names), "obtain the certificate (certbot)", hide=False,
                     hint="each name must resolve to this server and port 80 must reach nginx")
     except OnevpsError:
-        log = srv.run.run(certbot.log_tail(srv.rs), "read certbot's log", check=False, mutates=False)
+        log = srv.run.run(certbot.log_tail(srv.vps, srv.rs), "read certbot's log", check=False, mutates=False)
         srv.say(f"--- the end of certbot's log ---\n{log.stdout.strip() or '(empty)'}")
         raise

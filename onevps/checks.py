@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from . import nginx, registry as registry_mod
-from .config import Settings
 from .errors import OnevpsError
+from .project import Project
 
 
-def problems(settings: Settings) -> list[str]:
-    reg = registry_mod.load(settings.compose_file)
+def problems(project: Project) -> list[str]:
+    reg = registry_mod.load(project.compose_file)
     found = registry_mod.problems(reg)
-    found += nginx.drift(settings.root, reg)
+    found += nginx.drift(project.root, reg)
     in_compose = set(reg.names())
-    folders = set(registry_mod.app_dirs(settings.root))
+    folders = set(registry_mod.app_dirs(project.root))
     for name in sorted(folders - in_compose):
         found.append(f"apps/{name} has no compose entry (add it with `inv new-app {name}` or delete the folder)")
     for name in sorted(in_compose - folders):
@@ -21,10 +21,10 @@ def problems(settings: Settings) -> list[str]:
     return found
 
 
-def run(settings: Settings) -> str:
-    found = problems(settings)
+def run(project: Project) -> str:
+    found = problems(project)
     if found:
         raise OnevpsError(f"{len(found)} problem(s): " + "; ".join(found), "fix them, then run `inv check` again")
-    reg = registry_mod.load(settings.compose_file)
+    reg = registry_mod.load(project.compose_file)
     return (f"ok: {len(reg.apps)} apps ({len(reg.by_tier('base'))} base, {len(reg.by_tier('ml'))} ml), "
             f"addresses unique, nginx routes in sync")

@@ -21,13 +21,15 @@ from dotenv.parser import parse_stream
 
 from .composefile import atomic_write
 from .errors import ConfigError, register_secrets
+from .project import Project
 from .settings_keys import (KEY_NAMES, KEYS, PLACEHOLDER, SECRET_HINT, SECRET_KEYS, DockerInstall, Key,
                             is_secret)
 
-__all__ = ["KEYS", "KEY_NAMES", "Key", "PLACEHOLDER", "REPO_ROOT", "SECRET_HINT", "SECRET_KEYS", "ConfigError",
-           "Settings", "create_env_file", "is_secret", "load", "require_secrets"]
+__all__ = ["KEYS", "KEY_NAMES", "Key", "PLACEHOLDER", "Project", "REPO", "REPO_ROOT", "SECRET_HINT", "SECRET_KEYS",
+           "ConfigError", "Settings", "create_env_file", "is_secret", "load", "require_secrets"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO = Project(REPO_ROOT)  # this checkout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,11 +37,11 @@ class Settings:
     """Validated settings, one typed field per key of KEYS. Build with `load()`; never mutated.
 
     `raw` holds each key's normal form as text (what compose interpolates and
-    `inv settings` shows); nothing needs to parse it again.
+    `inv settings` shows); nothing needs to parse it again. Where the project's
+    files are is not a setting: that is a Project (onevps.project), passed apart.
     """
 
-    root: Path
-    env_file: Path | None = None
+    env_file: Path | None = None  # the settings file compose reads (--env-file), if any
     # The stack on this machine or the server.
     project_name: str
     domain: str
@@ -93,10 +95,6 @@ class Settings:
     registry: str
     swarm_subnet: str
     raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def compose_file(self) -> Path:
-        return self.root / "compose" / "docker-compose.yml"
 
     @property
     def subnet(self) -> str:
@@ -279,14 +277,16 @@ def _local_paths(root: Path, parsed: Mapping[str, object]) -> dict[str, Path | N
     }
 
 
-def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
+def load(project: Project | None = None, environ: Mapping[str, str] | None = None,
          env_file: Path | None = None, warn: Callable[[str], None] | None = None) -> Settings:
-    """Read defaults, then .env (if present), then the environment; validate."""
-    root = Path(root) if root else REPO_ROOT
+    """Read defaults, then the project's .env (if present), then the environment; validate.
+    Relative paths in the settings resolve against the project's root (default: this checkout)."""
+    project = project or REPO
+    root = project.root
     environ = os.environ if environ is None else environ
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
     env_file = env_file or environ.get("ONEVPS_ENV_FILE") or None
-    env_path = Path(env_file) if env_file else root / ".env"
+    env_path = Path(env_file) if env_file else project.env_file
     env_present = _present(env_path)
     from_file = _file_values(env_path, warn) if env_present else {}
 
@@ -299,5 +299,5 @@ def load(root: Path | None = None, environ: Mapping[str, str] | None = None,
     _check_together(parsed)
     fields = {key.field_name: key.typed(parsed[key.name]) for key in KEYS}
     fields.update(_local_paths(root, parsed))
-    return Settings(root=root, env_file=env_path if env_present else None,
+    return Settings(env_file=env_path if env_present else None,
                     raw={name: str(value) for name, value in parsed.items()}, **fields)

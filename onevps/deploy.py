@@ -35,7 +35,7 @@ def git_commit(root: Path) -> str:
 # --------------------------------------------------------------------- sync --
 
 def sync(srv: Ctx, dirs: tuple[str, ...]) -> remote.SyncPlan:
-    local = remote.local_files(srv.local.root, dirs)
+    local = remote.local_files(srv.project.root, dirs)
     remote_now = remote.remote_hashes(srv.run, srv.rs.vps_path, dirs)
     plan = remote.plan_sync(local, remote_now)
     remote.apply_sync(srv.conn, srv.run, srv.rs.vps_path, local, plan)
@@ -62,7 +62,7 @@ def sync_env(srv: Ctx) -> bool:
 def send_wheels(srv: Ctx) -> remote.SyncPlan:
     """The ML tier's staged wheels (dockerfiles/ml/wheels/, part of its tag) to the server, before it
     builds that tier: only those missing there or different (sha256); wheels placed by hand stay."""
-    local = remote.local_files(srv.local.root, (remote.WHEEL_DIR,), wheels=True)
+    local = remote.local_files(srv.project.root, (remote.WHEEL_DIR,), wheels=True)
     remote_now = remote.remote_hashes(srv.run, srv.rs.vps_path, (remote.WHEEL_DIR,))
     plan = remote.plan_sync(local, remote_now)
     plan.delete = []
@@ -86,7 +86,8 @@ def ensure_tier(srv: Ctx, tier: str, force: bool = False) -> None:
     if tier == "ml":
         send_wheels(srv)
     srv.say(f"==> building the {tier} tier on the server: {tier_ref(srv, tier)}")
-    srv.run.run(compose_cmd.build_tier(srv.rs, tier), f"build the {tier} tier on the server", hide=False)
+    srv.run.run(compose_cmd.build_tier(srv.vps, srv.rs, tier), f"build the {tier} tier on the server",
+                hide=False)
 
 
 def missing_tiers(srv: Ctx, wanted: set[str]) -> list[str]:
@@ -104,7 +105,8 @@ def build_app(srv: Ctx, app: App) -> str | None:
     """Build the app's layer on the server; returns the new image ID."""
     ensure_tier(srv, app.tier)
     srv.say(f"==> building {app.name} on the server (its tier is reused)")
-    srv.run.run(compose_cmd.build_apps(srv.rs, [app.name]), f"build {app.name} on the server", hide=False)
+    srv.run.run(compose_cmd.build_apps(srv.vps, srv.rs, [app.name]), f"build {app.name} on the server",
+                hide=False)
     return inspect(srv, "{{.Id}}", app_ref(srv, app.name), kind="image")
 
 
@@ -122,15 +124,15 @@ def ensure_shared(srv: Ctx, recreate_changed: bool = False) -> None:
     run); `fab setup` also recreates a shared service whose compose entry changed (a short restart)."""
     if not recreate_changed and shared_running(srv):
         return
-    srv.run.run(compose_cmd.up(srv.rs, SHARED_SERVICES, timeout=srv.rs.up_timeout, remove_orphans=False,
-                               no_recreate=not recreate_changed),
+    srv.run.run(compose_cmd.up(srv.vps, srv.rs, SHARED_SERVICES, timeout=srv.rs.up_timeout,
+                               remove_orphans=False, no_recreate=not recreate_changed),
                 "start the shared services", hide=True)
 
 
 def reload_nginx_if_changed(srv: Ctx, plan: remote.SyncPlan) -> None:
     if any(rel.startswith("nginx/") for rel in plan.send + plan.delete):
         if inspect(srv, "{{.State.Running}}", container_name(srv, "nginx")) == "true":
-            srv.run.run(compose_cmd.exec_in(srv.rs, "nginx", nginx.reload_argv()),
+            srv.run.run(compose_cmd.exec_in(srv.vps, srv.rs, "nginx", nginx.reload_argv()),
                         "test and reload nginx on the server", hint="the old nginx configuration is still serving")
             srv.say("==> nginx: new configuration tested with `nginx -t` and reloaded")
 
@@ -156,7 +158,7 @@ def _deploy_one(srv: Ctx, app: App, action: str, image: str | None, watch_after:
     before = snapshot(srv)
     previous = inspect(srv, "{{.Image}}", container_name(srv, app.name))
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "user": state.whoami(),
-             "commit": git_commit(srv.local.root), "app": app.name, "action": action,
+             "commit": git_commit(srv.project.root), "app": app.name, "action": action,
              "previous_image": previous, "image": image, "result": "failed"}
     if why:
         entry["why"] = why
@@ -276,7 +278,7 @@ def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None, watch_after: bool)
 
 
 def prune_server(srv: Ctx) -> None:
-    prune.prune(srv.run, srv.rs, srv.reg, srv.rs.prune_keep, srv.rs.prune_cache_mb,
+    prune.prune(srv.run, srv.project, srv.rs, srv.reg, srv.rs.prune_keep, srv.rs.prune_cache_mb,
                 tags=srv.tags)
 
 

@@ -22,6 +22,7 @@ from . import tiers
 from .commands import docker_cmd, shell
 from .config import Settings
 from .errors import OnevpsError
+from .project import Project
 from .registry import Registry
 from .runner import Runner
 
@@ -145,11 +146,11 @@ def largest_files(runner: Runner, ref: str, tier_ref: str, count: int = 5) -> li
     return [f"{path} ({human(size)})" for path, size in top]
 
 
-def report(runner: Runner, settings: Settings, reg: Registry, budget: int,
+def report(runner: Runner, project: Project, settings: Settings, reg: Registry, budget: int,
            tags: dict[str, str] | None = None) -> dict:
     """`tags` (BASE_TAG, ML_TAG): the tier tags to report on; default: the ones this
     checkout's files give (a server passes the tags its deploys use, as prune does)."""
-    tags = tags or tiers.tag_env(settings)
+    tags = tags or tiers.tag_env(project, settings)
     tier_ref = {t: tiers.image(settings, t, tags[tiers.tag_key(t)]) for t in tiers.TIER_ORDER}
     tier_size = {t: _image_size(runner, tier_ref[t]) for t in tiers.TIER_ORDER}
     apps: list[AppRow] = []

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from . import disk, tiers
 from .commands import docker_cmd
 from .config import Settings
+from .project import Project
 from .registry import Registry
 from .runner import Runner
 
@@ -113,10 +114,10 @@ def collect(runner: Runner, namespace: str) -> tuple[list[Image], set[str], dict
     return images, in_use, disk.unique_sizes(df)
 
 
-def prune(runner: Runner, settings: Settings, reg: Registry, keep: int, cache_limit_mb: int,
+def prune(runner: Runner, project: Project, settings: Settings, reg: Registry, keep: int, cache_limit_mb: int,
           tags: dict[str, str] | None = None) -> Plan:
     images, in_use, unique = collect(runner, settings.image_namespace)
-    current = tags or {t: tiers.content_tag(settings, t) for t in tiers.TIER_ORDER}
+    current = tags or {t: tiers.content_tag(project, settings, t) for t in tiers.TIER_ORDER}
     plan = select(images, in_use, reg.names(), settings.image_namespace,
                   {"base": current.get("BASE_TAG", current.get("base", "")),
                    "ml": current.get("ML_TAG", current.get("ml", ""))}, keep)

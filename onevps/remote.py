@@ -23,6 +23,7 @@ from . import config
 from .commands import shell
 from .config import Settings
 from .errors import CommandFailed, OnevpsError, redact
+from .project import Project
 from .runner import Result, Runner
 
 # What `fab setup` and `fab deploy` keep in step on the server, relative to the
@@ -80,15 +81,20 @@ def connect(server: Server, timeout: int = 10) -> Connection:
     return conn
 
 
-def remote_settings(local: Settings) -> Settings:
-    """The server's settings: VPS_ENV_FILE read as the server's .env, rooted at VPS_PATH."""
+def server_project(settings: Settings) -> Project:
+    """The project's files on the server: under VPS_PATH."""
+    return Project(Path(settings.vps_path))
+
+
+def remote_settings(project: Project, local: Settings) -> Settings:
+    """The server's settings: VPS_ENV_FILE (paths in it against the project here) read as
+    the server's .env, which compose on the server reads from VPS_PATH/.env."""
     env_file = local.vps_env_file
     if env_file is None or not env_file.is_file():
         raise OnevpsError(f"VPS_ENV_FILE {env_file} does not exist",
                           "create it (copy .env.example) with the server's settings")
-    server = config.load(root=local.root, environ={}, env_file=env_file)
-    root = Path(local.vps_path)
-    return dataclasses.replace(server, root=root, env_file=root / ".env",
+    server = config.load(project, environ={}, env_file=env_file)
+    return dataclasses.replace(server, env_file=server_project(local).env_file,
                                vps_host=local.vps_host, vps_user=local.vps_user, vps_port=local.vps_port,
                                vps_path=local.vps_path, vps_ssh_key=local.vps_ssh_key)
 

@@ -13,6 +13,7 @@ from . import timeline as timeline_mod
 from .commands import compose_cmd, docker_cmd
 from .config import Settings
 from .errors import OnevpsError
+from .project import Project
 from .registry import Registry
 from .registry import load as load_registry
 from .session import ShellSession
@@ -22,8 +23,9 @@ from .session import ShellSession
 class Ctx:
     """Everything one server task needs."""
 
-    local: Settings  # this machine: source files, tags
-    rs: Settings  # the server's settings (rooted at VPS_PATH)
+    local: Settings  # this machine's settings
+    project: Project  # this machine's files: sources, tags
+    rs: Settings  # the server's settings
     reg: Registry
     conn: Connection
     run: remote.RemoteRunner
@@ -33,6 +35,11 @@ class Ctx:
     planned: set[str] = field(default_factory=set)
     timeline: timeline_mod.Timeline = field(default_factory=timeline_mod.Timeline)
 
+    @property
+    def vps(self) -> Project:
+        """The project's files on the server, under VPS_PATH: what compose runs with there."""
+        return remote.server_project(self.rs)
+
     def say(self, msg: str) -> None:
         self.run.say(msg)
 
@@ -41,17 +48,18 @@ class Ctx:
         self.say(timeline_mod.line(step, self.timeline.lap(step)))
 
 
-def open_ctx(local: Settings, connection: object | None, dry_run: bool, secrets: bool = False) -> Ctx:
-    rs = remote.remote_settings(local)
+def open_ctx(project: Project, local: Settings, connection: object | None, dry_run: bool,
+             secrets: bool = False) -> Ctx:
+    rs = remote.remote_settings(project, local)
     if secrets:  # tasks that (re)start containers on the server
         config.require_secrets(rs, where=str(local.vps_env_file.name if local.vps_env_file else ".env"))
     server = remote.server_from(local, connection)
     conn = remote.connect(server)
     for tier in tiers.TIER_ORDER:
-        tiers.stage_inputs(local, tier)
-    tags = tiers.tag_env(local, build=rs)  # the server builds with its own .env (TORCH_INDEX_URL, ...)
+        tiers.stage_inputs(project, local, tier)
+    tags = tiers.tag_env(project, rs)  # the server builds with its own .env (TORCH_INDEX_URL, ...)
     runner = remote.RemoteRunner(ShellSession(conn), env=tags, dry_run=dry_run)  # one shell, every command
-    return Ctx(local, rs, load_registry(local.compose_file), conn, runner, tags)
+    return Ctx(local, project, rs, load_registry(project.compose_file), conn, runner, tags)
 
 
 # -------------------------------------------------------------------- names --

@@ -15,29 +15,30 @@ from invoke.context import Context
 from . import commands, config, nginx, registry as registry_mod, tiers
 from .config import Settings
 from .errors import CommandFailed, OnevpsError, confirm
+from .project import Project
 from .registry import PRIVATE, SHARED, SHARED_SERVICES, Registry
 from .runner import Runner, require_docker
 
 
-def compose_env(settings: Settings) -> dict[str, str]:
+def compose_env(project: Project, settings: Settings) -> dict[str, str]:
     """Everything compose interpolates: validated settings + tier tags."""
-    return {**settings.compose_env(), **tiers.tag_env(settings)}
+    return {**settings.compose_env(), **tiers.tag_env(project, settings)}
 
 
-def make_runner(ctx: Context, settings: Settings, dry_run: bool = False) -> Runner:
+def make_runner(ctx: Context, project: Project, settings: Settings, dry_run: bool = False) -> Runner:
     """A runner whose environment carries the settings and tier tags.
 
     Outside build inputs are staged first, so the tags cover them.
     """
     for tier in tiers.TIER_ORDER:
-        staged = tiers.stage_inputs(settings, tier)
+        staged = tiers.stage_inputs(project, settings, tier)
         if staged:
             print(f"==> staged for the {tier} tier: {', '.join(staged)}")
-    return Runner(ctx, env=compose_env(settings), dry_run=dry_run)
+    return Runner(ctx, env=compose_env(project, settings), dry_run=dry_run)
 
 
-def load_registry(settings: Settings) -> Registry:
-    return registry_mod.load(settings.compose_file)
+def load_registry(project: Project) -> Registry:
+    return registry_mod.load(project.compose_file)
 
 
 # ------------------------------------------------------------------ images --
@@ -50,50 +51,50 @@ def image_labels(runner: Runner, ref: str) -> dict[str, str] | None:
     return json.loads(res.stdout or "null") or {}
 
 
-def build_tier(runner: Runner, settings: Settings, tier: str) -> None:
+def build_tier(runner: Runner, project: Project, settings: Settings, tier: str) -> None:
     if tier == "ml":
-        ensure_tier(runner, settings, "base")
-    ref = tiers.tier_image(settings, tier)
+        ensure_tier(runner, project, settings, "base")
+    ref = tiers.tier_image(project, settings, tier)
     runner.say(f"==> building the {tier} tier: {ref}")
-    runner.run(commands.build_tier(settings, tier), f"build the {tier} tier", hide=False,
+    runner.run(commands.build_tier(project, settings, tier), f"build the {tier} tier", hide=False,
                hint=f"read the build output above; fix dockerfiles/{tier}/ and run `inv build-{tier}`")
 
 
-def ensure_tier(runner: Runner, settings: Settings, tier: str) -> bool:
+def ensure_tier(runner: Runner, project: Project, settings: Settings, tier: str) -> bool:
     """Build the tier when its content-tagged image is missing. True if built."""
     if tier == "ml":
-        ensure_tier(runner, settings, "base")
-    if image_labels(runner, tiers.tier_image(settings, tier)) is not None:
+        ensure_tier(runner, project, settings, "base")
+    if image_labels(runner, tiers.tier_image(project, settings, tier)) is not None:
         return False
-    build_tier(runner, settings, tier)
+    build_tier(runner, project, settings, tier)
     return True
 
 
-def build_apps(runner: Runner, settings: Settings, reg: Registry, names: Sequence[str],
+def build_apps(runner: Runner, project: Project, settings: Settings, reg: Registry, names: Sequence[str],
                no_cache: bool = False) -> None:
     if not names:
         return
     for tier in tiers.TIER_ORDER:
         if any(reg.get(n).tier == tier for n in names):
-            ensure_tier(runner, settings, tier)
+            ensure_tier(runner, project, settings, tier)
     runner.say(f"==> building app images: {', '.join(names)}")
-    runner.run(commands.build_apps(settings, names, no_cache=no_cache), "build app images", hide=False,
+    runner.run(commands.build_apps(project, settings, names, no_cache=no_cache), "build app images", hide=False,
                hint="read the build output above; fix the app and run `inv build --app NAME`")
 
 
-def build_all(runner: Runner, settings: Settings, reg: Registry) -> None:
+def build_all(runner: Runner, project: Project, settings: Settings, reg: Registry) -> None:
     """Every image, in tier order: base -> ml -> apps."""
-    build_tier(runner, settings, "base")
-    build_tier(runner, settings, "ml")
-    build_apps(runner, settings, reg, reg.names())
+    build_tier(runner, project, settings, "base")
+    build_tier(runner, project, settings, "ml")
+    build_apps(runner, project, settings, reg, reg.names())
 
 
-def stale_apps(runner: Runner, settings: Settings, reg: Registry) -> list[str]:
+def stale_apps(runner: Runner, project: Project, settings: Settings, reg: Registry) -> list[str]:
     """Apps whose image is missing or was built on another tier version."""
     stale = []
     for app in reg.apps:
         labels = image_labels(runner, tiers.image(settings, app.name))
-        if labels is None or labels.get("onevps.tier.image") != tiers.tier_image(settings, app.tier):
+        if labels is None or labels.get("onevps.tier.image") != tiers.tier_image(project, settings, app.tier):
             stale.append(app.name)
     return stale
 
@@ -130,8 +131,8 @@ def _state(item: dict | None) -> str:
     return f"{state} ({health})" if health else state
 
 
-def containers(runner: Runner, settings: Settings) -> dict[str, dict]:
-    res = runner.run(commands.ps(settings), "list containers", mutates=False)
+def containers(runner: Runner, project: Project, settings: Settings) -> dict[str, dict]:
+    res = runner.run(commands.ps(project, settings), "list containers", mutates=False)
     return _parse_ps(res.stdout)
 
 
@@ -172,14 +173,14 @@ def unhealthy(ps: dict[str, dict], services: Iterable[str]) -> list[str]:
 
 # ----------------------------------------------------------------- recipes --
 
-def check_routes(settings: Settings, reg: Registry) -> None:
-    drift = nginx.drift(settings.root, reg)
+def check_routes(project: Project, reg: Registry) -> None:
+    drift = nginx.drift(project.root, reg)
     if drift:
         raise OnevpsError(f"nginx routes drifted from the compose file: {'; '.join(drift)}",
                           "run `inv routes` to regenerate them, then `inv check`")
 
 
-def up(runner: Runner, settings: Settings, reg: Registry, rebuild: bool = False,
+def up(runner: Runner, project: Project, settings: Settings, reg: Registry, rebuild: bool = False,
        app: str | None = None) -> list[Row]:
     """Build what is missing, start everything, wait until healthy.
 
@@ -192,64 +193,66 @@ def up(runner: Runner, settings: Settings, reg: Registry, rebuild: bool = False,
     problems = registry_mod.problems(reg)
     if problems:
         raise OnevpsError(f"the compose file is inconsistent: {'; '.join(problems)}", "fix it, then `inv check`")
-    check_routes(settings, reg)
+    check_routes(project, reg)
     if only:
-        build_apps(runner, settings, reg, [only])
+        build_apps(runner, project, settings, reg, [only])
         services = list(SHARED_SERVICES) + [only]
         runner.say(f"==> starting {only} (and any shared service not yet running)")
     else:
         for tier in tiers.TIER_ORDER:
-            ensure_tier(runner, settings, tier)
-        todo = reg.names() if rebuild else stale_apps(runner, settings, reg)
-        build_apps(runner, settings, reg, todo)
+            ensure_tier(runner, project, settings, tier)
+        todo = reg.names() if rebuild else stale_apps(runner, project, settings, reg)
+        build_apps(runner, project, settings, reg, todo)
         services = list(SHARED_SERVICES) + reg.names()
         runner.say(f"==> starting {len(reg.apps)} apps and {len(SHARED_SERVICES)} shared services "
                    f"(waiting up to {settings.up_timeout}s for health checks)")
     try:
-        runner.run(commands.up(settings, services, remove_orphans=not only), "start the stack", hide=False)
+        runner.run(commands.up(project, settings, services, remove_orphans=not only), "start the stack",
+                   hide=False)
     except CommandFailed as exc:
-        ps = containers(runner, settings)
+        ps = containers(runner, project, settings)
         bad = unhealthy(ps, services)
         runner.say(table(rows(settings, reg, ps)))
         for svc in bad[:5]:
-            res = runner.run(commands.logs(settings, [svc], tail=15), f"logs of {svc}", check=False, mutates=False)
+            res = runner.run(commands.logs(project, settings, [svc], tail=15), f"logs of {svc}", check=False,
+                             mutates=False)
             runner.say(f"--- last log lines of {svc} ---\n{res.stdout.strip() or '(no output)'}")
         raise OnevpsError(f"the stack did not become healthy: {', '.join(bad) or 'see above'}",
                           "read the log lines above; `inv logs --app NAME` shows more") from exc
-    reload_nginx(runner, settings)  # picks up route changes in a running nginx
-    return rows(settings, reg, containers(runner, settings))
+    reload_nginx(runner, project, settings)  # picks up route changes in a running nginx
+    return rows(settings, reg, containers(runner, project, settings))
 
 
-def nginx_running(runner: Runner, settings: Settings) -> bool:
-    res = runner.run(commands.ps(settings), "list containers", check=False, mutates=False)
+def nginx_running(runner: Runner, project: Project, settings: Settings) -> bool:
+    res = runner.run(commands.ps(project, settings), "list containers", check=False, mutates=False)
     item = _parse_ps(res.stdout).get("nginx") if res.ok else None
     return bool(item) and item.get("State") == "running"
 
 
-def reload_nginx(runner: Runner, settings: Settings) -> bool:
+def reload_nginx(runner: Runner, project: Project, settings: Settings) -> bool:
     """Re-render nginx's config in the running container, `nginx -t`, reload.
 
     Returns False when nginx is not running (it renders at start). A failing
     `nginx -t` keeps the old configuration and raises.
     """
-    if not nginx_running(runner, settings):
+    if not nginx_running(runner, project, settings):
         return False
-    runner.run(commands.exec_in(settings, "nginx", nginx.reload_argv()), "test and reload nginx",
+    runner.run(commands.exec_in(project, settings, "nginx", nginx.reload_argv()), "test and reload nginx",
                hint="the old nginx configuration is still serving; fix the route and run `inv routes`")
     return True
 
 
-def status(runner: Runner, settings: Settings, reg: Registry) -> list[Row]:
+def status(runner: Runner, project: Project, settings: Settings, reg: Registry) -> list[Row]:
     require_docker(runner)
-    return rows(settings, reg, containers(runner, settings))
+    return rows(settings, reg, containers(runner, project, settings))
 
 
-def restart(runner: Runner, settings: Settings, reg: Registry, app: str) -> None:
+def restart(runner: Runner, project: Project, settings: Settings, reg: Registry, app: str) -> None:
     reg.get(app)
     require_docker(runner)
     runner.say(f"==> restarting {app}")
-    runner.run(commands.restart(settings, [app]), f"restart {app}")
-    runner.run(commands.up(settings, [app]) , f"wait for {app} to be healthy", hide=False,
+    runner.run(commands.restart(project, settings, [app]), f"restart {app}")
+    runner.run(commands.up(project, settings, [app]) , f"wait for {app} to be healthy", hide=False,
                hint=f"`inv logs --app {app}` shows why")
 
 
@@ -263,13 +266,13 @@ def service_names(reg: Registry, app: str | None) -> list[str]:
 
 # -------------------------------------------------------- new-app / remove-app --
 
-def _compose_check(ctx: Context, settings: Settings):
+def _compose_check(ctx: Context, project: Project, settings: Settings):
     """A `run` for apps.compose_validates, or None when Docker is absent."""
     import shutil
 
     if shutil.which("docker") is None:
         return None
-    runner = Runner(ctx, env=compose_env(settings))
+    runner = Runner(ctx, env=compose_env(project, settings))
     if not runner.run(commands.compose_version(), "docker compose version", check=False, mutates=False).ok:
         return None
 
@@ -280,24 +283,24 @@ def _compose_check(ctx: Context, settings: Settings):
     return run
 
 
-def new_app(ctx: Context, settings: Settings, name: str, tier: str, domain: str | None,
+def new_app(ctx: Context, project: Project, settings: Settings, name: str, tier: str, domain: str | None,
             dry_run: bool = False) -> list[str]:
     from . import apps
 
-    plan = apps.plan_new_app(settings, name, tier, domain)
+    plan = apps.plan_new_app(project, name, tier, domain)
     try:
-        check = _compose_check(ctx, settings)
+        check = _compose_check(ctx, project, settings)
         if check:
-            apps.compose_validates(settings, plan, check)
+            apps.compose_validates(project, settings, plan, check)
         if dry_run:
-            return ["[dry-run] would " + line for line in plan.describe(settings.root)]
+            return ["[dry-run] would " + line for line in plan.describe(project.root)]
         apps.apply(plan)
     finally:
         apps.discard(plan)
-    app = registry_mod.load(settings.compose_file).get(name)
+    app = registry_mod.load(project.compose_file).get(name)
     lines = [f"created apps/{name}/ from templates/app/",
              f"added service {name} ({tier} tier) at {app.address(settings.network_prefix)} "
-             f"to {settings.compose_file.relative_to(settings.root)}",
+             f"to {project.compose_file.relative_to(project.root)}",
              f"added nginx route {name}.{settings.domain}" + (f" and {app.domain}" if app.domain else ""),
              f"next: inv up --app {name}    (builds and starts just this app; then {settings.app_url(name)})"]
     if not check:
@@ -305,14 +308,15 @@ def new_app(ctx: Context, settings: Settings, name: str, tier: str, domain: str 
     return lines
 
 
-def remove_app(ctx: Context, settings: Settings, name: str, yes: bool, dry_run: bool = False) -> list[str]:
+def remove_app(ctx: Context, project: Project, settings: Settings, name: str, yes: bool,
+               dry_run: bool = False) -> list[str]:
     from . import apps
 
-    plan = apps.plan_remove_app(settings, name)
-    check = _compose_check(ctx, settings)
+    plan = apps.plan_remove_app(project, name)
+    check = _compose_check(ctx, project, settings)
     if check:
-        apps.compose_validates(settings, plan, check)
-    changes = plan.describe(settings.root)
+        apps.compose_validates(project, settings, plan, check)
+    changes = plan.describe(project.root)
     if dry_run:
         return ["[dry-run] would " + line for line in changes]
     if not yes and not confirm(f"Remove app {name}? This deletes apps/{name}/ and its compose entry.",

@@ -31,7 +31,7 @@ from .server import Ctx, container_name, inspect, slot_name
 
 
 def _service_config(srv: Ctx, name: str) -> tuple[dict, str]:
-    res = srv.run.run(compose_cmd.config_json(srv.rs), "read the server's compose config",
+    res = srv.run.run(compose_cmd.config_json(srv.vps, srv.rs), "read the server's compose config",
                       mutates=False)
     data = json.loads(res.stdout)
     networks = data.get("networks", {})
@@ -68,8 +68,8 @@ def slot_run_argv(srv: Ctx, app: App, image: str, service: dict, network: str, e
 
 def up_argv(srv: Ctx, app: App, wait: bool = True) -> list[str]:
     """The app's compose service (its `latest` image) at its address, alone (waited for by Docker)."""
-    return compose_cmd.up(srv.rs, [app.name], wait=wait, timeout=srv.rs.deploy_timeout, remove_orphans=False,
-                          no_deps=True)
+    return compose_cmd.up(srv.vps, srv.rs, [app.name], wait=wait, timeout=srv.rs.deploy_timeout,
+                          remove_orphans=False, no_deps=True)
 
 
 def wait_healthy(srv: Ctx, name: str, timeout: int) -> str:

@@ -10,7 +10,7 @@ tag it was built on.
 
 Local files, the builder's settings: the build context always comes from
 this checkout (the server gets the same files), but a server build reads the
-server's .env, so `content_tag(local, tier, build=server_settings)` names what
+server's .env, so `content_tag(project, server_settings, tier)` names what
 the server will install.
 
 Wheels count by name and size, not by a hash of their bytes: a wheel's name
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from .config import Settings
 from .errors import OnevpsError
+from .project import Project
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,8 @@ def rebuilt_with(name: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def tier_dir(settings: Settings, tier_name: str) -> Path:
-    return tier(tier_name).folder(settings.root)
+def tier_dir(project: Project, tier_name: str) -> Path:
+    return tier(tier_name).folder(project.root)
 
 
 def _inputs(folder: Path, t: Tier) -> list[Path]:
@@ -88,14 +89,14 @@ def _inputs(folder: Path, t: Tier) -> list[Path]:
     return files
 
 
-def wheel_dir(settings: Settings) -> Path:
+def wheel_dir(project: Project) -> Path:
     """Where the ML tier's local wheels are staged (bind-mounted by its Dockerfile)."""
-    return ML.folder(settings.root) / "wheels"
+    return ML.folder(project.root) / "wheels"
 
 
-def staged_wheels(settings: Settings) -> list[tuple[str, int]]:
+def staged_wheels(project: Project) -> list[tuple[str, int]]:
     """(name, size) of each wheel in dockerfiles/ml/wheels/, sorted."""
-    folder = wheel_dir(settings)
+    folder = wheel_dir(project)
     return sorted((p.name, p.stat().st_size) for p in folder.glob("*.whl") if p.is_file())
 
 
@@ -104,22 +105,22 @@ def ml_settings(build: Settings) -> dict[str, str]:
     return {"TORCH_INDEX_URL": build.torch_index_url, "TORCH_CUDA": "on" if build.torch_cuda else "off"}
 
 
-def content_tag(settings: Settings, tier_name: str, build: Settings | None = None) -> str:
-    """The tier's tag from the files under settings.root, built with `build`'s
-    settings (default: the same settings; a server build passes the server's)."""
+def content_tag(project: Project, build: Settings, tier_name: str) -> str:
+    """The tier's tag from the files under project.root, built with `build`'s
+    settings (this machine's, or the server's for a server build)."""
     t = tier(tier_name)
-    folder = t.folder(settings.root)
+    folder = t.folder(project.root)
     digest = hashlib.sha256()
     for path in _inputs(folder, t):
         if not path.is_file():
-            raise OnevpsError(f"tier {t.name}: {path.relative_to(settings.root)} is missing",
+            raise OnevpsError(f"tier {t.name}: {path.relative_to(project.root)} is missing",
                               "restore it with `git checkout -- dockerfiles/`")
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     if t.parent:
-        digest.update(content_tag(settings, t.parent, build).encode())
+        digest.update(content_tag(project, build, t.parent).encode())
     if t is ML:
-        chosen = {**ml_settings(build or settings), "wheels": staged_wheels(settings)}
+        chosen = {**ml_settings(build), "wheels": staged_wheels(project)}
         digest.update(json.dumps(chosen, sort_keys=True).encode())
     return "c-" + digest.hexdigest()[:12]
 
@@ -128,14 +129,14 @@ def image(settings: Settings, name: str, tag: str = "latest") -> str:
     return f"{settings.image_namespace}/{name}:{tag}"
 
 
-def tier_image(settings: Settings, tier_name: str) -> str:
+def tier_image(project: Project, settings: Settings, tier_name: str) -> str:
     """The content-tagged reference of a tier image (what apps build FROM)."""
-    return image(settings, tier_name, content_tag(settings, tier_name))
+    return image(settings, tier_name, content_tag(project, settings, tier_name))
 
 
-def tag_env(settings: Settings, build: Settings | None = None) -> dict[str, str]:
+def tag_env(project: Project, build: Settings) -> dict[str, str]:
     """Variables the compose file uses to name tier tags (`build`: see content_tag)."""
-    return {t.tag_key: content_tag(settings, t.name, build) for t in TIERS}
+    return {t.tag_key: content_tag(project, build, t.name) for t in TIERS}
 
 
 def _link_or_copy(src: Path, dst: Path) -> bool:
@@ -152,7 +153,7 @@ def _link_or_copy(src: Path, dst: Path) -> bool:
     return True
 
 
-def stage_inputs(settings: Settings, tier_name: str) -> list[str]:
+def stage_inputs(project: Project, settings: Settings, tier_name: str) -> list[str]:
     """Copy optional outside inputs into the tier's build context.
 
     EXTRA_CA_DIR/*.crt -> dockerfiles/base/extra-ca/, TORCH_WHEEL_DIR/*.whl ->
@@ -161,12 +162,12 @@ def stage_inputs(settings: Settings, tier_name: str) -> list[str]:
     """
     staged: list[str] = []
     if tier_name == BASE.name and settings.extra_ca_dir:
-        target = BASE.folder(settings.root) / "extra-ca"
+        target = BASE.folder(project.root) / "extra-ca"
         for crt in sorted(settings.extra_ca_dir.glob("*.crt")):
             if _link_or_copy(crt, target / crt.name):
                 staged.append(f"extra-ca/{crt.name}")
     if tier_name == ML.name and settings.torch_wheel_dir:
-        target = wheel_dir(settings)
+        target = wheel_dir(project)
         for whl in sorted(settings.torch_wheel_dir.glob("*.whl")):
             if _link_or_copy(whl, target / whl.name):
                 staged.append(f"wheels/{whl.name}")

@@ -77,7 +77,7 @@ def history(srv: Ctx, app: str | None = None) -> str:
 def disk(srv: Ctx, budget: int, as_json: bool) -> None:
     """`fab disk`: `inv disk` for the server's images (budget in bytes), plus the free space."""
     require_docker_on_server(srv)
-    data = disk_mod.report(srv.run, srv.rs, srv.reg, budget, tags=srv.tags)
+    data = disk_mod.report(srv.run, srv.project, srv.rs, srv.reg, budget, tags=srv.tags)
     root, free = disk_mod.docker_free_mb(srv.run)
     data["docker_root"], data["free_mb"] = root, free
     if as_json:

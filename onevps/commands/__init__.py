@@ -1,7 +1,7 @@
 """Pure functions that BUILD commands as argv lists. Nothing runs here.
 
 Quote with shlex only where a command runs (onevps.runner). Tests assert
-whole commands: `shlex.join(commands.up(s)) == "docker compose ..."`.
+whole commands: `shlex.join(commands.up(project, s)) == "docker compose ..."`.
 
 One module per tool: docker (the engine), compose (the project's `docker
 compose`), shell (the server's shell: files, the deploy lock, the journal),

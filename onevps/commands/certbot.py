@@ -4,6 +4,7 @@ as nginx reads it, as argv lists. Nothing runs here."""
 from __future__ import annotations
 
 from ..config import Settings
+from ..project import Project
 from .compose import compose, exec_in
 
 CERT_NAME = "onevps"
@@ -33,44 +34,45 @@ done
 """
 
 
-def certbot(settings: Settings, *args: str) -> list[str]:
+def certbot(project: Project, settings: Settings, *args: str) -> list[str]:
     """A one-off certbot container (no dependencies started)."""
-    return compose(settings, "--profile", "certs", "run", "--rm", "--no-deps", *args)
+    return compose(project, settings, "--profile", "certs", "run", "--rm", "--no-deps", *args)
 
 
-def certonly(settings: Settings, names: list[str]) -> list[str]:
+def certonly(project: Project, settings: Settings, names: list[str]) -> list[str]:
     """Obtain (or expand) the one certificate for names through HTTP-01 on the webroot."""
     flags = [f for name in names for f in ("-d", name)]
-    return certbot(settings, "certbot", "certonly", "--logs-dir", LOGS, "--webroot", "-w", WEBROOT,
+    return certbot(project, settings, "certbot", "certonly", "--logs-dir", LOGS, "--webroot", "-w", WEBROOT,
                    "--cert-name", CERT_NAME, "--non-interactive", "--agree-tos",
                    "--email", settings.acme_email, "--server", settings.acme_server,
                    "--keep-until-expiring", "--expand", *flags)
 
 
-def renew(settings: Settings) -> list[str]:
-    return certbot(settings, "certbot", "renew", "--logs-dir", LOGS, "--webroot", "-w", WEBROOT, "--quiet")
+def renew(project: Project, settings: Settings) -> list[str]:
+    return certbot(project, settings, "certbot", "renew", "--logs-dir", LOGS, "--webroot", "-w", WEBROOT, "--quiet")
 
 
-def in_certbot_sh(settings: Settings, script: str) -> list[str]:
+def in_certbot_sh(project: Project, settings: Settings, script: str) -> list[str]:
     """script run by sh in the certbot container (its volumes: letsencrypt, nginx-certs)."""
-    return certbot(settings, "--entrypoint", "sh", "certbot", "-c", script)
+    return certbot(project, settings, "--entrypoint", "sh", "certbot", "-c", script)
 
 
-def install(settings: Settings) -> list[str]:
+def install(project: Project, settings: Settings) -> list[str]:
     """The issued certificate where nginx reads it (the previous pair kept as *.prev)."""
-    return in_certbot_sh(settings, INSTALL_SCRIPT)
+    return in_certbot_sh(project, settings, INSTALL_SCRIPT)
 
 
-def restore_previous(settings: Settings) -> list[str]:
+def restore_previous(project: Project, settings: Settings) -> list[str]:
     """The *.prev pair back in place."""
-    return in_certbot_sh(settings, RESTORE_SCRIPT)
+    return in_certbot_sh(project, settings, RESTORE_SCRIPT)
 
 
-def log_tail(settings: Settings, lines: int = 25) -> list[str]:
+def log_tail(project: Project, settings: Settings, lines: int = 25) -> list[str]:
     """The end of certbot's log."""
-    return in_certbot_sh(settings, f"tail -n {lines} {LOGS}/letsencrypt.log")
+    return in_certbot_sh(project, settings, f"tail -n {lines} {LOGS}/letsencrypt.log")
 
 
-def expiry(settings: Settings) -> list[str]:
+def expiry(project: Project, settings: Settings) -> list[str]:
     """`notAfter=...` of the certificate nginx serves."""
-    return exec_in(settings, "nginx", ["openssl", "x509", "-noout", "-enddate", "-in", f"{CERTS}/fullchain.pem"])
+    return exec_in(project, settings, "nginx",
+                   ["openssl", "x509", "-noout", "-enddate", "-in", f"{CERTS}/fullchain.pem"])

@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 from .. import disk, tiers
 from ..config import Settings
 from ..errors import CommandFailed, OnevpsError
+from ..project import Project
 from ..provision.plans import ARCHES
 
 # `docker load` writes the stream to a temp folder in Docker's data root and
@@ -96,12 +97,12 @@ def upstream_images(compose_data: object) -> dict[str, list[str]]:
     return found
 
 
-def select(local: Settings, server: Settings, tags: dict[str, str], compose_data: object, *,
+def select(project: Project, local: Settings, server: Settings, tags: dict[str, str], compose_data: object, *,
            tiers_: bool = False, upstream: bool = False, app: str | None = None) -> list[Wanted]:
     """What the server should end up with (pure). Server names use the server's namespace."""
     wanted: list[Wanted] = []
     if tiers_:
-        here = tiers.tag_env(local)
+        here = tiers.tag_env(project, local)
         for tier in tiers.TIER_ORDER:
             key = tiers.tag_key(tier)
             tag = tags[key]

@@ -29,7 +29,7 @@ def ship(c: Ctx, *, tiers: bool = False, upstream: bool = False, app: str | None
     t0 = time.monotonic()
     wanted = _wanted(c, tiers, upstream, app)
     server.require_docker_on_server(c)  # e.g. a user outside the docker group: told so in one line
-    here = local_runner or stack.make_runner(Context(), c.local, dry_run=c.run.dry_run)
+    here = local_runner or stack.make_runner(Context(), c.project, c.local, dry_run=c.run.dry_run)
     # 1. the server: which images it has (one listing, one inspect), its architecture
     srv = _server_images(c)
     arch = server_arch(c.run.run(host.machine(), "read the server's architecture", mutates=False).stdout)
@@ -57,7 +57,7 @@ def _wanted(c: Ctx, tiers: bool, upstream: bool, app: str | None) -> list[Wanted
         raise OnevpsError("nothing to ship", "choose at least one of --tiers, --upstream, --app NAME")
     if app:
         c.reg.get(app)
-    return select(c.local, c.rs, c.tags, composefile.load(c.local.compose_file),
+    return select(c.project, c.local, c.rs, c.tags, composefile.load(c.project.compose_file),
                   tiers_=tiers, upstream=upstream, app=app)
 
 
@@ -115,9 +115,9 @@ def _local_side(here: Runner, c: Ctx, wanted: list[Wanted], srv: ServerImages) -
 def _make_local(runner: Runner, c: Ctx, w: Wanted) -> None:
     """Build a missing tier or app image here (the usual local build, with its progress)."""
     if w.kind == "tier":
-        stack.ensure_tier(runner, c.local, w.what)
+        stack.ensure_tier(runner, c.project, c.local, w.what)
     elif w.kind == "app":
-        stack.build_apps(runner, c.local, stack.load_registry(c.local), [w.what])
+        stack.build_apps(runner, c.project, c.local, stack.load_registry(c.project), [w.what])
 
 
 def _refuse(c: Ctx, p: Plan, arch: str) -> None:

@@ -7,17 +7,18 @@ from typing import Any, Sequence
 
 from ..config import Settings
 from ..errors import OnevpsError
+from ..project import Project
 from .render import Finding, Rendered, examine
 
 
-def findings(settings: Settings, data: Any = None) -> list[Finding]:
+def findings(project: Project, settings: Settings, data: Any = None) -> list[Finding]:
     """What render() meets in the compose file (keys of keys.RULES), refused constructs included."""
-    return examine(settings, data=data).findings
+    return examine(project, settings, data=data).findings
 
 
-def check(settings: Settings, data: Any = None) -> Rendered:
+def check(project: Project, settings: Settings, data: Any = None) -> Rendered:
     """Every finding and every refusal of the whole compose file; raises nothing for a refusal."""
-    return examine(settings, data=data)
+    return examine(project, settings, data=data)
 
 
 def report(found: Sequence[Finding], refused: Sequence[OnevpsError] = ()) -> str:

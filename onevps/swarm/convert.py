@@ -37,6 +37,7 @@ class Place:
     """What converting a service needs besides the service itself."""
 
     settings: Settings
+    root: Path  # the project's root: config names are paths under it
     compose_dir: Path
     stack_dir: Path
     routes: str  # Swarm's nginx routes: they replace the static-address routes file
@@ -241,12 +242,12 @@ def config_mounts(place: Place, name: str, source: str, target: str, out: Mounts
         out.refused.append(OnevpsError(f"service {name}: bind mount source {source} does not exist",
                                        "restore it or fix the compose file"))
         return
-    root = place.settings.root.resolve()
+    root = place.root.resolve()
     for file in files:
         inside = PurePosixPath(target) / file.relative_to(path).as_posix() if path.is_dir() else PurePosixPath(target)
         rel = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.as_posix()
         if rel == nginx.ROUTES_FILE.as_posix():  # the static-address routes: Swarm gets its own
-            content, source_path = place.routes.encode(), place.settings.root / ROUTES_FILE
+            content, source_path = place.routes.encode(), place.root / ROUTES_FILE
             rel = ROUTES_FILE.as_posix()
         else:
             content, source_path = file.read_bytes(), file

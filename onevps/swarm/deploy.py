@@ -15,6 +15,7 @@ from ..commands.swarm import (compose_networks_argv, push_argv, service_logs_arg
                               stack_deploy_argv, swarm_state_argv, tag_argv)
 from ..config import Settings
 from ..errors import OnevpsError
+from ..project import Project
 from ..registry import Registry
 from ..runner import Runner
 from .convert import ROUTES_FILE, STACK_FILE, tag_var
@@ -42,16 +43,16 @@ class Target(Protocol):
 class LocalTarget:
     """This machine: the compose variables travel in the environment of the command."""
 
-    def __init__(self, runner: Runner, settings: Settings, reg: Registry):
-        self.runner, self.settings, self.reg = runner, settings, reg
-        self.stack_file = str(settings.root / STACK_FILE)
-        self.env = local_stack.compose_env(settings)
+    def __init__(self, runner: Runner, project: Project, settings: Settings, reg: Registry):
+        self.runner, self.project, self.settings, self.reg = runner, project, settings, reg
+        self.stack_file = str(project.root / STACK_FILE)
+        self.env = local_stack.compose_env(project, settings)
 
     def upload(self) -> None:
         """Nothing to send: the files are here."""
 
     def build(self, apps: Sequence[str]) -> None:
-        local_stack.build_apps(self.runner, self.settings, self.reg, apps)
+        local_stack.build_apps(self.runner, self.project, self.settings, self.reg, apps)
 
     def command(self, argv: list[str]) -> tuple[list[str], Mapping[str, str]]:
         return argv, self.env
@@ -131,12 +132,12 @@ def tag_images(runner: Runner, settings: Settings, apps: Sequence[str], current:
     return tags
 
 
-def deploy(runner: Runner, settings: Settings, reg: Registry, target: Target, app: str | None = None,
-           only: Iterable[str] | None = None) -> DeployResult:
+def deploy(runner: Runner, project: Project, settings: Settings, reg: Registry, target: Target,
+           app: str | None = None, only: Iterable[str] | None = None) -> DeployResult:
     """Build, tag, (push), render, `docker stack deploy`, wait; raise on a rollback.
 
-    `settings` holds the target's values (the server's for fab) rooted at the
-    local files; `target` sends, builds and runs the deploy there.
+    `project` holds the local files, `settings` the target's values (the server's
+    for fab); `target` sends, builds and runs the deploy there.
     """
     only = list(only) if only is not None else None
     if app is not None:
@@ -149,11 +150,11 @@ def deploy(runner: Runner, settings: Settings, reg: Registry, target: Target, ap
     if app and not before:
         raise OnevpsError(f"stack {stack} is not deployed yet, so there is nothing to update {app} in",
                           "deploy the whole stack first: swarm-deploy without --app")
-    rendered = render(settings, only)
+    rendered = render(project, settings, only)
     _refuse_compose_networks(runner, stack, rendered)
     # The stack file holds no tags (they travel as variables), so it is
     # written, and sent with the sources, before anything is built.
-    _write(runner, settings, rendered)
+    _write(runner, project, rendered)
     target.upload()
     todo = [app] if app else list(rendered.apps)
     if todo:
@@ -167,7 +168,7 @@ def deploy(runner: Runner, settings: Settings, reg: Registry, target: Target, ap
     bad = {s: o for s, o in outcome.items() if o not in SETTLED}
     if bad:
         _report_rollback(runner, stack, bad)
-    return DeployResult(settings.root / STACK_FILE, outcome, tags)
+    return DeployResult(project.root / STACK_FILE, outcome, tags)
 
 
 def _refuse_compose_networks(runner: Runner, stack: str, rendered: Rendered) -> None:
@@ -180,11 +181,11 @@ def _refuse_compose_networks(runner: Runner, stack: str, rendered: Rendered) -> 
                           f"{stack} down`); its volumes stay and the Swarm stack reuses them (same names)")
 
 
-def _write(runner: Runner, settings: Settings, rendered: Rendered) -> None:
+def _write(runner: Runner, project: Project, rendered: Rendered) -> None:
     if runner.dry_run:
         runner.say(f"[dry-run] would write {STACK_FILE} and {ROUTES_FILE} ({len(rendered.services)} services)")
         return
-    for rel in write(settings, rendered):
+    for rel in write(project, rendered):
         runner.say(f"==> wrote {rel}")
 
 

@@ -19,6 +19,7 @@ from ruamel.yaml.scalarstring import SingleQuotedScalarString
 from .. import composefile, nginx
 from ..config import Settings
 from ..errors import OnevpsError
+from ..project import Project
 from ..registry import from_data
 from .convert import ROUTES_FILE, STACK_DIR, STACK_FILE, Place, Service, convert, plain
 from .keys import RULES, Rule
@@ -60,26 +61,26 @@ class Rendered:
     networks: list[str] = field(default_factory=list)  # the stack's networks
 
 
-def render(settings: Settings, only: Iterable[str] | None = None, data: Any = None) -> Rendered:
+def render(project: Project, settings: Settings, only: Iterable[str] | None = None, data: Any = None) -> Rendered:
     """The stack file (and Swarm's nginx routes) from the compose file; nothing is written.
 
     Raises the first construct onevps cannot carry over; `examine` lists them all.
     """
-    rendered = examine(settings, only, data)
+    rendered = examine(project, settings, only, data)
     if rendered.refused:
         raise rendered.refused[0]
     return rendered
 
 
-def examine(settings: Settings, only: Iterable[str] | None = None, data: Any = None) -> Rendered:
+def examine(project: Project, settings: Settings, only: Iterable[str] | None = None, data: Any = None) -> Rendered:
     """render() without raising: every refused construct is in `refused` (the stack is then not usable)."""
-    data = composefile.load(settings.compose_file) if data is None else data
+    data = composefile.load(project.compose_file) if data is None else data
     reg, doc = from_data(data), plain(data)
     services = doc["services"]
     chosen = _chosen(services, only)
     apps = tuple(a.name for a in reg.apps if a.name in chosen)
     routes = nginx.render_swarm_routes(reg, apps)
-    place = Place(settings, settings.compose_file.parent, settings.root / STACK_DIR, routes,
+    place = Place(settings, project.root, project.compose_file.parent, project.root / STACK_DIR, routes,
                   {host: svc for svc, host in reg.hosts.items()})
     converted = {name: convert(place, name, services[name]) for name in chosen}
     declared = [str(n) for n in (doc.get("networks") or {})]
@@ -185,11 +186,11 @@ def stack_networks(rendered: Rendered) -> list[str]:
     return list(rendered.networks)
 
 
-def write(settings: Settings, rendered: Rendered) -> list[Path]:
+def write(project: Project, rendered: Rendered) -> list[Path]:
     """Write the stack file and Swarm's nginx routes atomically; return what changed."""
     changed = []
     for rel, text in ((ROUTES_FILE, rendered.routes), (STACK_FILE, rendered.stack)):
-        path = settings.root / rel
+        path = project.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text(encoding="utf-8") != text:
             composefile.atomic_write(path, text)

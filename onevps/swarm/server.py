@@ -8,7 +8,6 @@ server's .env, waits; Swarm rolls a failed update back by itself.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Mapping, Sequence
 
 from .. import remote, state
@@ -48,9 +47,9 @@ def deploy_on_server(ctx: Ctx, app: str | None = None, only: list[str] | None = 
         apps = [target] if target else list(ctx.reg.apps)
         require_room(ctx, missing_tiers(ctx, {a.tier for a in apps}), "building for the swarm")
         sync_env(ctx)
-        # The server's values, rooted at the local files (rendered here, then sent).
-        settings = dataclasses.replace(ctx.rs, root=ctx.local.root)
-        return deploy(ctx.run, settings, ctx.reg, ServerTarget(ctx), app=target.name if target else None, only=only)
+        # The server's values with the local files (rendered here, then sent).
+        return deploy(ctx.run, ctx.project, ctx.rs, ctx.reg, ServerTarget(ctx), app=target.name if target else None,
+                      only=only)
 
 
 def status_on_server(ctx: Ctx) -> str:

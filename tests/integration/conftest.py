@@ -58,39 +58,45 @@ def docker_problem() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def settings():
+def project():
+    """This checkout: where the test stack's files are."""
+    return config.REPO
+
+
+@pytest.fixture(scope="session")
+def settings(project):
     problem = docker_problem()
     if problem:
         pytest.fail(f"integration tests need Docker: {problem}. They never skip; "
                     "`make unit` runs the tests that need no Docker.", pytrace=False)
-    s = config.load()
-    os.environ.update(stack.compose_env(s))  # what pytest-docker's compose calls interpolate
+    s = config.load(project)
+    os.environ.update(stack.compose_env(project, s))  # what pytest-docker's compose calls interpolate
     return s
 
 
 @pytest.fixture(scope="session")
-def reg(settings):
-    return registry_mod.load(settings.compose_file)
+def reg(settings, project):
+    return registry_mod.load(project.compose_file)
 
 
 @pytest.fixture(scope="session")
-def runner(settings):
-    return stack.make_runner(Context(), settings)
+def runner(settings, project):
+    return stack.make_runner(Context(), project, settings)
 
 
 @pytest.fixture(scope="session")
-def built_images(settings, reg, runner):
+def built_images(settings, project, reg, runner):
     """Clear leftovers of an earlier run, then build every image (base -> ml -> apps)."""
-    runner.run(stack.commands.down(settings, volumes=True), "clear leftovers of an earlier test run")
-    stack.build_all(runner, settings, reg)
+    runner.run(stack.commands.down(project, settings, volumes=True), "clear leftovers of an earlier test run")
+    stack.build_all(runner, project, settings, reg)
     return True
 
 
 # --- pytest-docker: the compose lifecycle of the test stack ------------------
 
 @pytest.fixture(scope="session")
-def docker_compose_file(settings):
-    return str(settings.compose_file)
+def docker_compose_file(settings, project):
+    return str(project.compose_file)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from onevps import config, tiers
+from onevps.project import Project
 from tests import loadgen
 
 from .conftest import copy_repo, docker, http
@@ -37,6 +38,7 @@ REDIS_PASSWORD=deploy-test-secret-0123456789
 CHROMA_TOKEN=deploy-test-chroma-token-0123456789
 DOMAIN=onevps.test
 ACME_EMAIL=ops@onevps.test
+DEPLOY_WATCH=2
 """
 PROJECT = "onevps-deploy"
 
@@ -62,7 +64,7 @@ def _remove_volumes() -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, built_images, settings, sshd):
+def repo(tmp_path_factory, built_images, settings, project, sshd):
     base = tmp_path_factory.mktemp("deploy")
     copy = base / "onevps"
     copy_repo(copy)
@@ -73,11 +75,11 @@ def repo(tmp_path_factory, built_images, settings, sshd):
     # has them, under the tags the server's own settings give them (the ML tag
     # covers the server's TORCH_INDEX_URL). Building torch there would need
     # PyTorch's index, out of reach here.
-    server_settings = config.load(root=copy, environ={}, env_file=copy / ".env.vps")
-    tags = tiers.tag_env(config.load(root=copy, environ={}), build=server_settings)
+    server_settings = config.load(Project(copy), environ={}, env_file=copy / ".env.vps")
+    tags = tiers.tag_env(Project(copy), server_settings)
     for tier, tag in (("base", tags["BASE_TAG"]), ("ml", tags["ML_TAG"])):
-        docker("tag", tiers.tier_image(settings, tier), f"onevps-deploy/{tier}:{tag}")
-        docker("tag", tiers.tier_image(settings, tier), f"onevps-deploy/{tier}:latest")
+        docker("tag", tiers.tier_image(project, settings, tier), f"onevps-deploy/{tier}:{tag}")
+        docker("tag", tiers.tier_image(project, settings, tier), f"onevps-deploy/{tier}:latest")
     env = {
         "VPS_HOST": "127.0.0.1", "VPS_PORT": str(SSH_PORT), "VPS_USER": "root", "VPS_SSH_KEY": str(sshd),
         "VPS_PATH": str(base / "vps"), "VPS_ENV_FILE": ".env.vps", "TORCH_WHEEL_DIR": "",
@@ -122,6 +124,11 @@ def leftover_slots() -> list[str]:
     """This project's deploy slot containers (other test projects may run beside it)."""
     return [n for n in docker("ps", "--all", "--format", "{{.Names}}").split()
             if n.startswith(PROJECT + "-") and n.endswith("-next")]
+
+
+def journal(repo) -> list[dict]:
+    path = repo["vps"] / ".onevps" / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def server_files(repo) -> dict[str, bytes]:
@@ -174,10 +181,17 @@ def test_deploy_a_code_change_under_load_fails_no_request(repo):
     with Load("portfolio") as load:
         res = fab(repo, "deploy", "--app=portfolio")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
-    assert load.failed == 0, (load.status, load.errors[:5])
-    assert load.total > 100
+    assert load.failed == 0, load.summary()
+    assert load.total_of("GET") > 100 and load.total_of("POST") > 100, load.summary()
     assert "dev" in load.versions and load.versions[-1] == "v2"  # responses switched to the new version
     assert "sent 1 changed file(s)" in res.stdout
+    # The timeline: each step with its seconds, printed and in the journal.
+    for step in ("connect", "checks", "send", "build", "start", "healthy", "switch", "home", "drain", "cleanup",
+                 "watch"):
+        assert f"  [timeline] {step} " in res.stdout, step
+    entry = journal(repo)[-1]
+    assert entry["result"] == "ok" and {"build", "healthy", "switch", "watch"} <= set(entry["steps"]), entry
+    assert 0 < entry["switched_after"] < entry["seconds"] + 60
     assert "11 other containers kept their ID and start time" in res.stdout
     after = containers()
     name = f"{PROJECT}-portfolio-1"
@@ -381,8 +395,9 @@ def broken_step_3(repo, monkeypatch):
         real(c, app, service)
 
     def run(recipe: str, **kw) -> str:
-        local = config.load(root=repo["root"], environ={**os.environ, **repo["env"]})
-        ctx = server.open_ctx(local, None, dry_run=False, secrets=True)
+        here = Project(repo["root"])
+        local = config.load(here, environ={**os.environ, **repo["env"]})
+        ctx = server.open_ctx(here, local, None, dry_run=False, secrets=True)
         monkeypatch.setattr(switch, "start_primary", take_the_address)
         try:
             with pytest.raises(OnevpsError) as err:
@@ -510,3 +525,41 @@ def test_https_redirect_and_hsts_when_switched_on(repo):
     assert secure.status == 200 and secure.headers["strict-transport-security"].startswith("max-age=63072000")
     challenge = http(Server, "portfolio", "/.well-known/acme-challenge/none")
     assert challenge.status == 404  # challenges are answered on plain HTTP, never redirected
+
+
+def test_a_version_failing_after_the_switch_is_rolled_back_by_the_watch(repo):
+    """A version that starts and answers its health check but fails (500) on one route: the
+    watch sees its 5xx share in nginx's log, rolls back by itself with the same switch (no
+    failed request on the other routes), exits non-zero, and the journal says why."""
+    path = repo["root"] / "apps" / "portfolio" / "main.py"
+    good = path.read_text()
+    before = http(Server, "portfolio", "/health").json()["version"]
+    set_version(repo, "portfolio", "fails-on-report")
+    path.write_text(path.read_text() + '\n\n@app.get("/api/report")\ndef report():\n'
+                    '    raise RuntimeError("this version fails on /api/report")\n')
+    env_file = repo["root"] / ".env.vps"
+    env_file.write_text(SERVER_ENV.replace("DEPLOY_WATCH=2", "DEPLOY_WATCH=30"))
+    report = loadgen.Load(Server.http_port, f"portfolio.{Server.domain}", path="/api/report", threads=1,
+                          post_path=None)
+    try:
+        with Load("portfolio") as load, report:
+            res = fab(repo, "deploy", "--app=portfolio")
+    finally:
+        path.write_text(good)
+        env_file.write_text(SERVER_ENV)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the new portfolio failed the watch after the switch (the new portfolio "
+                           "answered "), last
+    assert "with 5xx, above DEPLOY_WATCH_5XX=5%); it was rolled back to sha256:" in last, last
+    assert "Traceback" not in res.stderr
+    assert report.status[500] > 0, report.summary()  # the new version did fail there
+    assert load.failed == 0, load.summary()  # deploy, watch and the rollback by itself: no failed request
+    assert load.versions[-1] == before and "fails-on-report" in load.versions
+    assert http(Server, "portfolio", "/health").json()["version"] == before
+    deployed, rolled = journal(repo)[-2:]
+    assert deployed["action"] == "deploy" and deployed["result"] == "rolled-back", deployed
+    assert "5xx" in deployed["error"] and "watch" in deployed["steps"], deployed
+    assert rolled["action"] == "rollback" and rolled["result"] == "ok", rolled
+    assert rolled["why"].startswith("automatic, after the watch: ") and rolled["image"] == deployed["previous_image"]
+    assert not leftover_slots()

@@ -57,12 +57,13 @@ def reports(stack_up, settings):
 
 
 @pytest.mark.parametrize("cli", CLIS)
-def test_inv_disk_reports_docker_sizes(cli, reports, settings, reg):
+def test_inv_disk_reports_docker_sizes(cli, reports, settings, project, reg):
     data = reports[cli]
     assert [a["app"] for a in data["apps"]] == reg.names()
     sizes = {}
     for tier in tiers.TIER_ORDER:
-        sizes[tier] = int(docker("image", "inspect", "--format", "{{.Size}}", tiers.tier_image(settings, tier)))
+        sizes[tier] = int(docker("image", "inspect", "--format", "{{.Size}}",
+                                 tiers.tier_image(project, settings, tier)))
     assert data["tiers"] == {"base": sizes["base"], "ml_own": sizes["ml"] - sizes["base"]}
     for app in data["apps"]:
         assert app["image"] == int(docker("image", "inspect", "--format", "{{.Size}}",

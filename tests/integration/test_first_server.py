@@ -33,6 +33,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from onevps import config, tiers
+from onevps.project import Project
 
 from . import bare
 from .conftest import ROOT, copy_repo
@@ -75,7 +76,7 @@ class FirstServer:
         self.secrets = {"REDIS_PASSWORD": secrets.token_urlsafe(24), "CHROMA_TOKEN": secrets.token_urlsafe(24)}
         self.server_env = (
             f"COMPOSE_PROJECT_NAME={PROJECT}\nBIND_ADDRESS=0.0.0.0\nHTTP_PORT=80\nHTTPS_PORT=443\n"
-            f"DOMAIN={DOMAIN}\nACME_EMAIL=ops@{DOMAIN}\nIMAGE_NAMESPACE={SERVER_NAMESPACE}\n"
+            f"DOMAIN={DOMAIN}\nACME_EMAIL=ops@{DOMAIN}\nIMAGE_NAMESPACE={SERVER_NAMESPACE}\nDEPLOY_WATCH=2\n"
             + "".join(f"{k}={v}\n" for k, v in self.secrets.items())
             # The ML tier's tag covers the builder's torch settings: the server names the shipped
             # tier as built here (CI sets TORCH_INDEX_URL for its local wheel; a user's machine
@@ -181,11 +182,12 @@ def first(tmp_path_factory, built_images, settings):
         (fs.root / ".env.server").write_text(fs.server_env)
         # The local tier images `fab ship` sends: the session built them (onevps-test namespace);
         # the copy must name the same content tags, or ship would start a long local build.
-        local = config.load(root=fs.root, environ={**os.environ, **fs.env})
+        here = Project(fs.root)
+        local = config.load(here, environ={**os.environ, **fs.env})
         for tier in tiers.TIER_ORDER:
-            tiers.stage_inputs(local, tier)  # as fab does before naming the tags
+            tiers.stage_inputs(here, local, tier)  # as fab does before naming the tags
         for tier in tiers.TIER_ORDER:
-            ref = tiers.tier_image(local, tier)
+            ref = tiers.tier_image(here, local, tier)
             if subprocess.run(["docker", "image", "inspect", ref], capture_output=True).returncode != 0:
                 pytest.fail(f"the {tier} tier image {ref} that fab ship would send is not on this machine "
                             f"(the session built {settings.image_namespace}/{tier} with other settings)", pytrace=False)
@@ -222,8 +224,9 @@ def test_a_setup_ship_installs_docker_from_debian_and_ships_the_images(first):
         hashlib.sha256(local_plugin().read_bytes()).hexdigest()
     assert first.on_server("docker compose version").startswith("Docker Compose version v2")
     have = set(first.on_server("docker images --format '{{.Repository}}:{{.Tag}}'").split())
-    local = config.load(root=first.root, environ={**os.environ, **first.env})
-    want = {f"{SERVER_NAMESPACE}/{t}:{tiers.content_tag(local, t)}" for t in tiers.TIER_ORDER}
+    here = Project(first.root)
+    local = config.load(here, environ={**os.environ, **first.env})
+    want = {f"{SERVER_NAMESPACE}/{t}:{tiers.content_tag(here, local, t)}" for t in tiers.TIER_ORDER}
     want |= {f"{SERVER_NAMESPACE}/{t}:latest" for t in tiers.TIER_ORDER} | set(upstream_images())
     assert not want - have, f"missing on the server: {sorted(want - have)}; it has {sorted(have)}"
     assert first.on_server(f"stat -c %a {VPS_PATH}/.env").strip() == "600"

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from onevps import config, registry
+from onevps.project import Project
 from onevps.registry import SHARED, SHARED_SERVICES
 
 from .conftest import copy_repo, docker, http
@@ -72,8 +73,8 @@ def test_new_app_grows_to_21_apps_and_all_26_containers_serve(scale_repo, settin
     res = inv_in(scale_repo, "check")
     assert res.returncode == 0 and res.stdout.startswith("ok: 21 apps (15 base, 6 ml)"), res.stdout + res.stderr
 
-    s = config.load(root=scale_repo, environ={**os.environ, **SCALE_ENV})
-    reg = registry.load(s.compose_file)
+    s = config.load(Project(scale_repo), environ={**os.environ, **SCALE_ENV})
+    reg = registry.load(Project(scale_repo).compose_file)
     assert len(reg.by_tier("base")) == 15 and len(reg.by_tier("ml")) == 6
     assert len(set(reg.hosts.values())) == len(reg.hosts)  # every static address is unique
     assert len([n for n in reg.hosts if n in reg.names() or n in SHARED]) == 25  # (certbot only runs on demand)

@@ -43,6 +43,7 @@ from pathlib import Path
 import pytest
 
 from onevps import config, registry, tiers
+from onevps.project import Project
 
 from .conftest import copy_repo, docker, http
 from .sshd import SshdError, local_sshd
@@ -81,6 +82,7 @@ LEAKCHECK_API_KEY={SECRETS["LEAKCHECK_API_KEY"]}
 DOMAIN=onevps.test
 ACME_EMAIL=ops@onevps.test
 PRUNE_ON_DEPLOY=off
+DEPLOY_WATCH=2
 """
 SQUATTER = f"{PROJECT}-squatter"
 
@@ -222,7 +224,7 @@ def _clear_project() -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, built_images, settings, sshd):
+def repo(tmp_path_factory, built_images, settings, project, sshd):
     base = tmp_path_factory.mktemp("secrets")
     copy = base / "onevps"
     copy_repo(copy)
@@ -232,11 +234,11 @@ def repo(tmp_path_factory, built_images, settings, sshd):
     _clear_project()
     # The "server" shares this machine's engine: it gets the session's tier images under
     # the tags its own settings give them, as a server that ran `fab setup` before has them.
-    server_settings = config.load(root=copy, environ={}, env_file=copy / ".env.vps", warn=lambda msg: None)
-    tags = tiers.tag_env(config.load(root=copy, environ={}), build=server_settings)
+    server_settings = config.load(Project(copy), environ={}, env_file=copy / ".env.vps", warn=lambda msg: None)
+    tags = tiers.tag_env(Project(copy), server_settings)
     for tier, tag in (("base", tags["BASE_TAG"]), ("ml", tags["ML_TAG"])):
-        docker("tag", tiers.tier_image(settings, tier), f"{PROJECT}/{tier}:{tag}")
-        docker("tag", tiers.tier_image(settings, tier), f"{PROJECT}/{tier}:latest")
+        docker("tag", tiers.tier_image(project, settings, tier), f"{PROJECT}/{tier}:{tag}")
+        docker("tag", tiers.tier_image(project, settings, tier), f"{PROJECT}/{tier}:latest")
     app = registry.load(copy / "compose" / "docker-compose.yml").get("portfolio")
     vps = base / "vps"
     env = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from onevps import tiers
+from onevps import config, tiers
 from onevps.registry import SHARED_SERVICES
 
 from .conftest import docker, http, inv, project_containers
@@ -26,7 +26,7 @@ def by_service(settings) -> dict[str, dict]:
 
 
 def compose(settings, *args: str) -> str:
-    return docker("compose", "--project-name", settings.project_name, "--file", str(settings.compose_file), *args)
+    return docker("compose", "--project-name", settings.project_name, "--file", str(config.REPO.compose_file), *args)
 
 
 def test_every_container_runs_with_least_privilege(stack_up, settings, reg):
@@ -96,8 +96,9 @@ def test_chromadb_itself_is_only_on_its_private_network(stack_up, settings):
     assert compose(settings, "exec", "-T", "portfolio", "python", "-c", probe).split() == ["unknown", "closed"]
 
 
-def test_the_secrets_are_in_no_image(stack_up, settings, reg):
-    refs = [tiers.image(settings, a.name) for a in reg.apps] + [tiers.tier_image(settings, t) for t in tiers.TIER_ORDER]
+def test_the_secrets_are_in_no_image(stack_up, settings, project, reg):
+    refs = [tiers.image(settings, a.name) for a in reg.apps] + [tiers.tier_image(project, settings, t)
+                                                               for t in tiers.TIER_ORDER]
     for key in ("REDIS_PASSWORD", "CHROMA_TOKEN"):
         secret = os.environ[key]
         for ref in refs:

@@ -45,8 +45,8 @@ def test_https_with_the_self_signed_certificate(stack_up, settings):
     assert res.status == 200 and res.json()["app"] == "kb"
 
 
-def test_nginx_config_passes_nginx_t(stack_up, settings):
-    out = docker("compose", "--project-name", settings.project_name, "--file", str(settings.compose_file),
+def test_nginx_config_passes_nginx_t(stack_up, settings, project):
+    out = docker("compose", "--project-name", settings.project_name, "--file", str(project.compose_file),
                  "exec", "-T", "nginx", "nginx", "-t")
     assert out == ""  # nginx -t reports on stderr; success is exit 0
 
@@ -78,13 +78,13 @@ def test_kb_stores_a_document_in_chromadb_and_finds_it(stack_up, settings):
     assert "Sourdough" in results[0]["text"]
 
 
-def test_api_gw_round_trips_through_redis(stack_up, settings):
+def test_api_gw_round_trips_through_redis(stack_up, settings, project):
     key, value = f"k{uuid.uuid4().hex[:8]}", f"v-{uuid.uuid4().hex}"
     assert http(settings, "api-gw", f"/kv/{key}", "POST", {"value": value}).status == 200
     res = http(settings, "api-gw", f"/kv/{key}")
     assert res.status == 200 and res.json()["value"] == value
     # The value really is in the Redis server.
-    stored = docker("compose", "--project-name", settings.project_name, "--file", str(settings.compose_file),
+    stored = docker("compose", "--project-name", settings.project_name, "--file", str(project.compose_file),
                     "exec", "-T", "redis", "redis-cli", "GET", f"gw:kv:{key}")
     assert stored.strip() == value
 
@@ -160,9 +160,9 @@ def test_every_container_has_its_static_address(stack_up, settings, reg):
     assert actual == expected
 
 
-def test_every_app_image_begins_with_exactly_its_tier_layers(stack_up, settings, reg):
+def test_every_app_image_begins_with_exactly_its_tier_layers(stack_up, settings, project, reg):
     for app in reg.apps:
-        tier_ref = tiers.tier_image(settings, app.tier)
+        tier_ref = tiers.tier_image(project, settings, app.tier)
         tier = json.loads(docker("image", "inspect", tier_ref))[0]
         image = json.loads(docker("image", "inspect", tiers.image(settings, app.name)))[0]
         tier_layers, app_layers = tier["RootFS"]["Layers"], image["RootFS"]["Layers"]
@@ -173,9 +173,9 @@ def test_every_app_image_begins_with_exactly_its_tier_layers(stack_up, settings,
         assert own_bytes < 5 * 1024 * 1024, f"{app.name} adds {own_bytes} bytes (budget 5 MB)"
 
 
-def test_ml_tier_is_built_on_the_base_tier(stack_up, settings):
-    base = json.loads(docker("image", "inspect", tiers.tier_image(settings, "base")))[0]
-    ml = json.loads(docker("image", "inspect", tiers.tier_image(settings, "ml")))[0]
+def test_ml_tier_is_built_on_the_base_tier(stack_up, settings, project):
+    base = json.loads(docker("image", "inspect", tiers.tier_image(project, settings, "base")))[0]
+    ml = json.loads(docker("image", "inspect", tiers.tier_image(project, settings, "ml")))[0]
     assert ml["RootFS"]["Layers"][: len(base["RootFS"]["Layers"])] == base["RootFS"]["Layers"]
 
 
@@ -203,10 +203,10 @@ def test_inv_status_and_up_print_the_table(stack_up, settings, reg):
     assert {c["Id"] for c in project_containers(settings)} == before  # nothing recreated
 
 
-def test_code_change_rebuilds_only_the_app_layer(stack_up, settings, tmp_path):
+def test_code_change_rebuilds_only_the_app_layer(stack_up, settings, project, tmp_path):
     """A code-only change reuses the tier layers: only the app's layers differ."""
     before = json.loads(docker("image", "inspect", tiers.image(settings, "portfolio")))[0]["RootFS"]["Layers"]
-    marker = settings.root / "apps" / "portfolio" / "_build_marker.txt"
+    marker = project.root / "apps" / "portfolio" / "_build_marker.txt"
     marker.write_text(uuid.uuid4().hex)
     try:
         res = inv("build", "--app", "portfolio")
@@ -215,15 +215,16 @@ def test_code_change_rebuilds_only_the_app_layer(stack_up, settings, tmp_path):
     finally:
         marker.unlink()
     after = json.loads(docker("image", "inspect", tiers.image(settings, "portfolio")))[0]["RootFS"]["Layers"]
-    tier_layers = json.loads(docker("image", "inspect", tiers.tier_image(settings, "base")))[0]["RootFS"]["Layers"]
+    tier_layers = json.loads(docker("image", "inspect",
+                                    tiers.tier_image(project, settings, "base")))[0]["RootFS"]["Layers"]
     assert after[: len(tier_layers)] == before[: len(tier_layers)] == tier_layers
     assert after[-1] != before[-1]  # the code layer changed
     assert after[:-1] == before[:-1]  # and nothing else did
     inv("build", "--app", "portfolio")  # back to the committed code
 
 
-def test_a_stopped_app_gets_the_friendly_502_page_and_others_keep_answering(stack_up, settings):
-    base = ["compose", "--project-name", settings.project_name, "--file", str(settings.compose_file)]
+def test_a_stopped_app_gets_the_friendly_502_page_and_others_keep_answering(stack_up, settings, project):
+    base = ["compose", "--project-name", settings.project_name, "--file", str(project.compose_file)]
     docker(*base, "stop", "portfolio")
     try:
         res = http(settings, "portfolio", "/")
@@ -235,22 +236,22 @@ def test_a_stopped_app_gets_the_friendly_502_page_and_others_keep_answering(stac
     assert http(settings, "portfolio", "/health").status == 200
 
 
-def test_a_broken_route_is_refused_by_nginx_t_and_the_old_config_keeps_serving(stack_up, settings, runner):
+def test_a_broken_route_is_refused_by_nginx_t_and_the_old_config_keeps_serving(stack_up, settings, project, runner):
     from onevps import stack as stack_mod
     from onevps.errors import CommandFailed
 
-    broken = settings.root / "nginx" / "templates" / "zz-broken.conf.template"
+    broken = project.root / "nginx" / "templates" / "zz-broken.conf.template"
     broken.write_text("server { listen 80; server_name broken.${DOMAIN}; location / { proxy_pass http://; } }\n")
     try:
         with pytest.raises(CommandFailed) as err:
-            stack_mod.reload_nginx(runner, settings)
+            stack_mod.reload_nginx(runner, project, settings)
         assert "test and reload nginx failed" in err.value.message
         assert "nginx -t rejected the new configuration" in err.value.message
         for app in ("portfolio", "kb", "embedder"):
             assert http(settings, app, "/health").status == 200
     finally:
         broken.unlink()
-    assert stack_mod.reload_nginx(runner, settings) is True
+    assert stack_mod.reload_nginx(runner, project, settings) is True
     assert http(settings, "chatbot", "/health").status == 200
 
 
@@ -268,7 +269,7 @@ def test_inv_disk_reports_sizes_and_enforces_the_budget(stack_up, settings, reg)
     assert "/app/main.py" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_inv_prune_keeps_the_newest_and_never_a_used_tier(stack_up, settings):
+def test_inv_prune_keeps_the_newest_and_never_a_used_tier(stack_up, settings, project):
     """Old app images made with `docker commit` (new IDs, newer than latest); an
     old tier tag with an app image built on it among the kept ones."""
     ns, made = settings.image_namespace, []
@@ -285,7 +286,7 @@ def test_inv_prune_keeps_the_newest_and_never_a_used_tier(stack_up, settings):
         made.append(target)
 
     try:
-        commit(tiers.tier_image(settings, "base"), f"{ns}/base:c-0ld0ld0ld0ld", 0)  # an old tier
+        commit(tiers.tier_image(project, settings, "base"), f"{ns}/base:c-0ld0ld0ld0ld", 0)  # an old tier
         commit(f"{ns}/base:c-0ld0ld0ld0ld", f"{ns}/portfolio:deploy-00000000000001", 1)  # built on it
         for n in (2, 3, 4):
             commit(tiers.image(settings, "portfolio"), f"{ns}/portfolio:deploy-0000000000000{n}", n)
@@ -300,7 +301,8 @@ def test_inv_prune_keeps_the_newest_and_never_a_used_tier(stack_up, settings):
         assert f"{ns}/portfolio:deploy-00000000000004" in present and f"{ns}/portfolio:deploy-00000000000003" in present
         assert f"{ns}/portfolio:deploy-00000000000001" not in present and f"{ns}/portfolio:deploy-00000000000002" not in present
         assert f"{ns}/base:c-0ld0ld0ld0ld" not in present  # its only user went, so it went too
-        assert tiers.tier_image(settings, "base") in present and tiers.tier_image(settings, "ml") in present
+        assert tiers.tier_image(project, settings, "base") in present
+        assert tiers.tier_image(project, settings, "ml") in present
         assert all(tiers.image(settings, a) in present for a in ("portfolio", "kb", "embedder"))
         assert http(settings, "portfolio", "/health").status == 200
     finally:

@@ -25,7 +25,7 @@ PROBE = "probe"  # the one service this module puts on a swarm
 
 
 @pytest.fixture(scope="module")
-def swarm_probe(stack_up, settings):
+def swarm_probe(stack_up, settings, project):
     """One service labelled as a service of the test stack, on a single-node swarm (left again only if this
     module started the swarm and nothing else runs on it)."""
     state = docker("info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}").split()
@@ -35,7 +35,7 @@ def swarm_probe(stack_up, settings):
     elif state != ["active", "true"]:
         pytest.fail(f"this engine is in a swarm but not as a manager ({' '.join(state)})", pytrace=False)
     name = f"{settings.project_name}_{PROBE}"
-    image = tiers.tier_image(settings, "base")
+    image = tiers.tier_image(project, settings, "base")
     subprocess.run(["docker", "service", "rm", name], capture_output=True)
     docker("service", "create", "--detach", "--no-resolve-image", "--name", name,
            "--label", f"com.docker.stack.namespace={settings.project_name}", image, "sleep", "3600")

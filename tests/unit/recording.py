@@ -24,6 +24,7 @@ from typing import Callable, Union
 
 from onevps import remote
 from onevps.config import Settings
+from onevps.project import Project
 from onevps.runner import Result
 from onevps.server import Ctx
 from onevps.timeline import Timeline
@@ -107,14 +108,16 @@ def bare(argv: list[str]) -> list[str]:
 
 
 def ctx(server: Server, rs: Settings, local: Settings | None = None, reg=None, tags: dict | None = None,
-        dry_run: bool = False) -> Ctx:
-    """An onevps.server.Ctx whose connection and runner are the recording server."""
+        dry_run: bool = False, project: Project | None = None) -> Ctx:
+    """An onevps.server.Ctx whose connection and runner are the recording server (this
+    machine's files: the repository, unless `project` says otherwise)."""
     tags = tags or {}
     server.prefix = shlex.join(["env", *[f"{k}={v}" for k, v in sorted(tags.items())]]) + " " if tags else ""
     run = remote.RemoteRunner(server, env=tags, dry_run=dry_run, out=io.StringIO())  # type: ignore[arg-type]
+    here = project or Project(ROOT)
     now = time.monotonic()  # the tests fix it: the timeline's steps are 0.0
-    return Ctx(local=local or rs, rs=rs, reg=reg, conn=server, run=run, tags=tags,  # type: ignore[arg-type]
-               timeline=Timeline(start=now, mark=now))
+    return Ctx(local=local or rs, project=here, rs=rs, reg=reg, conn=server,  # type: ignore[arg-type]
+               run=run, tags=tags, timeline=Timeline(start=now, mark=now))
 
 
 def assert_golden(name: str, lines: list[str]) -> None:

@@ -5,13 +5,15 @@ from pathlib import Path
 
 from onevps import certs, config, registry
 from onevps.commands import certbot
+from onevps.project import Project
 
 ROOT = Path(__file__).resolve().parents[2]
+PROJECT = Project(ROOT)
 
 
 def server_settings(**env):
     base = {"DOMAIN": "example.com", "ACME_EMAIL": "ops@example.com", "COMPOSE_PROJECT_NAME": "prod"}
-    s = config.load(root=ROOT, environ={**base, **env}, env_file=ROOT / ".env.example")
+    s = config.load(PROJECT, environ={**base, **env}, env_file=ROOT / ".env.example")
     return s
 
 
@@ -24,7 +26,7 @@ def test_domains_cover_the_bare_domain_every_app_and_extra_names():
 
 def test_certonly_uses_the_webroot_and_the_configured_server():
     s = server_settings(ACME_SERVER="https://acme-staging-v02.api.letsencrypt.org/directory")
-    argv = certbot.certonly(s, ["example.com", "kb.example.com"])
+    argv = certbot.certonly(PROJECT, s, ["example.com", "kb.example.com"])
     assert shlex.join(argv).endswith(
         "--profile certs run --rm --no-deps certbot certonly --logs-dir /etc/letsencrypt/logs "
         "--webroot -w /var/www/acme --cert-name onevps "
@@ -40,7 +42,7 @@ def test_cron_runs_the_renew_script_which_reloads_after_nginx_t():
     assert lines[0].startswith("# onevps") and lines[2].startswith("PATH=")
     assert lines[3] == "17 3 * * * root /srv/apps/.onevps/renew-certs.sh >/dev/null 2>&1"
     assert len(lines) == 4 and "%" not in lines[3]  # cron splits lines at % and newlines
-    script = certs.renew_script(s)
+    script = certs.renew_script(PROJECT, s)
     assert script.startswith("#!/bin/sh\n") and "set -e\n" in script
     assert "certbot renew --logs-dir /etc/letsencrypt/logs --webroot -w /var/www/acme --quiet" in script
     assert "--entrypoint sh certbot -c" in script and "nginx -t" in script

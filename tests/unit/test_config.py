@@ -6,6 +6,7 @@ import pytest
 from onevps import config
 from onevps.config import KEYS, load
 from onevps.errors import ConfigError
+from onevps.project import Project
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,7 +18,7 @@ def write_env(tmp_path, text):
 
 
 def test_defaults_without_env_file(tmp_path):
-    s = load(root=tmp_path, environ={})
+    s = load(Project(tmp_path), environ={})
     assert (s.domain, s.http_port, s.https_port, s.network_prefix) == ("localhost", 8080, 8443, "172.20.0")
     assert s.project_name == "onevps" and s.bind_address == "127.0.0.1"
     assert s.subnet == "172.20.0.0/24" and s.address(10) == "172.20.0.10"
@@ -27,7 +28,7 @@ def test_defaults_without_env_file(tmp_path):
 
 def test_env_file_then_environment_override(tmp_path):
     write_env(tmp_path, "HTTP_PORT=9000\nDOMAIN=Example.COM\nHTTPS_PORT=9443\n")
-    s = load(root=tmp_path, environ={"HTTP_PORT": "9100"})
+    s = load(Project(tmp_path), environ={"HTTP_PORT": "9100"})
     assert s.http_port == 9100  # environment wins over .env
     assert s.https_port == 9443
     assert s.domain == "example.com"
@@ -36,7 +37,7 @@ def test_env_file_then_environment_override(tmp_path):
 
 
 def test_port_80_url_has_no_port(tmp_path):
-    s = load(root=tmp_path, environ={"HTTP_PORT": "80", "HTTPS_PORT": "443"})
+    s = load(Project(tmp_path), environ={"HTTP_PORT": "80", "HTTPS_PORT": "443"})
     assert s.app_url("kb") == "http://kb.localhost/"
 
 
@@ -64,7 +65,7 @@ def test_port_80_url_has_no_port(tmp_path):
 def test_malformed_value_names_key_and_line(tmp_path, line, key):
     write_env(tmp_path, "# settings\n" + line + "\n")
     with pytest.raises(ConfigError) as err:
-        load(root=tmp_path, environ={})
+        load(Project(tmp_path), environ={})
     message = err.value.message
     assert key in message
     assert "\n" not in message
@@ -75,35 +76,35 @@ def test_malformed_value_names_key_and_line(tmp_path, line, key):
 def test_unparsable_line_is_named(tmp_path):
     write_env(tmp_path, "DOMAIN=localhost\nthis is not a setting\n")
     with pytest.raises(ConfigError, match=r"\.env line 2 cannot be parsed"):
-        load(root=tmp_path, environ={})
+        load(Project(tmp_path), environ={})
 
 
 def test_unterminated_quote_is_named(tmp_path):
     write_env(tmp_path, 'HTTP_PORT=8080\nDOMAIN="example.com\n')
     with pytest.raises(ConfigError, match=r"line 2"):
-        load(root=tmp_path, environ={})
+        load(Project(tmp_path), environ={})
 
 
 def test_same_http_and_https_port_refused(tmp_path):
     with pytest.raises(ConfigError, match="HTTP_PORT and HTTPS_PORT"):
-        load(root=tmp_path, environ={"HTTP_PORT": "8000", "HTTPS_PORT": "8000"})
+        load(Project(tmp_path), environ={"HTTP_PORT": "8000", "HTTPS_PORT": "8000"})
 
 
 def test_unknown_key_warns_but_loads(tmp_path):
     write_env(tmp_path, "HTTP_PROT=1\n")
     warnings = []
-    load(root=tmp_path, environ={}, warn=warnings.append)
+    load(Project(tmp_path), environ={}, warn=warnings.append)
     assert warnings == ["warning: .env line 1: unknown key HTTP_PROT (ignored; see .env.example)"]
 
 
 def test_empty_value_takes_default(tmp_path):
     write_env(tmp_path, "HTTP_PORT=\n")
-    assert load(root=tmp_path, environ={}).http_port == 8080
+    assert load(Project(tmp_path), environ={}).http_port == 8080
 
 
 def test_relative_folder_is_resolved_against_root(tmp_path):
     (tmp_path / "certs").mkdir()
-    s = load(root=tmp_path, environ={"EXTRA_CA_DIR": "certs"})
+    s = load(Project(tmp_path), environ={"EXTRA_CA_DIR": "certs"})
     assert s.extra_ca_dir == tmp_path / "certs"
 
 
@@ -119,12 +120,12 @@ def test_env_example_documents_every_key_with_its_default():
 
 
 def test_env_example_loads_cleanly():
-    s = load(root=ROOT, environ={}, env_file=ROOT / ".env.example")
+    s = load(Project(ROOT), environ={}, env_file=ROOT / ".env.example")
     assert s.http_port == 8080
 
 
 def test_settings_are_frozen(tmp_path):
-    s = load(root=tmp_path, environ={})
+    s = load(Project(tmp_path), environ={})
     with pytest.raises(Exception):
         s.http_port = 1  # type: ignore[misc]
 
@@ -134,43 +135,43 @@ def test_repo_root_points_at_the_repository():
 
 
 def test_secrets_are_required_where_needed(tmp_path):
-    s = load(root=tmp_path, environ={})
+    s = load(Project(tmp_path), environ={})
     with pytest.raises(ConfigError, match="REDIS_PASSWORD is not set in .env.*token_urlsafe"):
         config.require_secrets(s)
-    s = load(root=tmp_path, environ={"REDIS_PASSWORD": "change-me"})
+    s = load(Project(tmp_path), environ={"REDIS_PASSWORD": "change-me"})
     with pytest.raises(ConfigError, match="still the .env.example placeholder"):
         config.require_secrets(s)
-    s = load(root=tmp_path, environ={"REDIS_PASSWORD": "x" * 32})
+    s = load(Project(tmp_path), environ={"REDIS_PASSWORD": "x" * 32})
     with pytest.raises(ConfigError, match="CHROMA_TOKEN is not set in .env"):
         config.require_secrets(s)
-    s = load(root=tmp_path, environ={"REDIS_PASSWORD": "x" * 32, "CHROMA_TOKEN": "change-me"})
+    s = load(Project(tmp_path), environ={"REDIS_PASSWORD": "x" * 32, "CHROMA_TOKEN": "change-me"})
     with pytest.raises(ConfigError, match="CHROMA_TOKEN in .env is still the .env.example placeholder"):
         config.require_secrets(s)
-    config.require_secrets(load(root=tmp_path, environ={"REDIS_PASSWORD": "x" * 32, "CHROMA_TOKEN": "y" * 32}))
+    config.require_secrets(load(Project(tmp_path), environ={"REDIS_PASSWORD": "x" * 32, "CHROMA_TOKEN": "y" * 32}))
 
 
 def test_chroma_subnet_must_be_private_and_apart_from_app_network(tmp_path):
-    assert load(root=tmp_path, environ={}).raw["CHROMA_SUBNET"] == "172.20.1.0/28"
+    assert load(Project(tmp_path), environ={}).raw["CHROMA_SUBNET"] == "172.20.1.0/28"
     for bad in ("172.20.1.0", "8.8.8.0/28", "172.20.1.5/28", "10.0.0.0/30"):
         with pytest.raises(ConfigError, match="CHROMA_SUBNET"):
-            load(root=tmp_path, environ={"CHROMA_SUBNET": bad})
+            load(Project(tmp_path), environ={"CHROMA_SUBNET": bad})
     with pytest.raises(ConfigError, match="CHROMA_SUBNET=172.20.0.0/16 overlaps app-network 172.20.0.0/24"):
-        load(root=tmp_path, environ={"CHROMA_SUBNET": "172.20.0.0/16"})
-    assert load(root=tmp_path, environ={"NETWORK_PREFIX": "10.9.0", "CHROMA_SUBNET": "10.9.1.0/28"}) \
+        load(Project(tmp_path), environ={"CHROMA_SUBNET": "172.20.0.0/16"})
+    assert load(Project(tmp_path), environ={"NETWORK_PREFIX": "10.9.0", "CHROMA_SUBNET": "10.9.1.0/28"}) \
         .raw["CHROMA_SUBNET"] == "10.9.1.0/28"
 
 
 def test_weak_or_url_breaking_secret_is_refused(tmp_path):
     for bad in ("short", "has spaces in it here!", "with@at-sign-and-more"):
         with pytest.raises(ConfigError, match="REDIS_PASSWORD"):
-            load(root=tmp_path, environ={"REDIS_PASSWORD": bad})
+            load(Project(tmp_path), environ={"REDIS_PASSWORD": bad})
 
 
 def test_first_run_creates_env_with_random_secret(tmp_path):
     (tmp_path / ".env.example").write_text((ROOT / ".env.example").read_text())
     path = config.create_env_file(tmp_path)
     assert path == tmp_path / ".env" and oct(path.stat().st_mode & 0o777) == "0o600"
-    s = load(root=tmp_path, environ={})
+    s = load(Project(tmp_path), environ={})
     config.require_secrets(s)
     assert len(s.raw["REDIS_PASSWORD"]) >= 40 and len(s.raw["CHROMA_TOKEN"]) >= 40
     assert s.raw["REDIS_PASSWORD"] != s.raw["CHROMA_TOKEN"]
@@ -181,7 +182,7 @@ def test_first_run_creates_env_with_random_secret(tmp_path):
 @pytest.mark.parametrize("key, value", [("APP_MEM_LIMIT", "lots"), ("APP_CPUS", "0"), ("ML_APP_MEM_LIMIT", "0g")])
 def test_bad_limits_name_the_key(tmp_path, key, value):
     with pytest.raises(ConfigError, match=key):
-        load(root=tmp_path, environ={key: value})
+        load(Project(tmp_path), environ={key: value})
 
 
 @pytest.mark.parametrize("key", ["REDIS_PASSWORD", "CHROMA_TOKEN"])
@@ -189,7 +190,7 @@ def test_a_rejected_secret_names_the_key_and_why_never_the_value(tmp_path, key):
     value = "short!secret"
     write_env(tmp_path, f"{key}={value}\n")
     with pytest.raises(ConfigError) as err:
-        load(root=tmp_path, environ={})
+        load(Project(tmp_path), environ={})
     message = err.value.message
     assert message.startswith(f"error: {key} (.env line 1) must be at least 16 characters")
     assert value not in message and "short" not in message
@@ -222,7 +223,7 @@ def test_an_env_file_behind_a_folder_that_may_not_be_entered_is_one_line(tmp_pat
 
     monkeypatch.setattr(P, "exists", exists)
     with pytest.raises(ConfigError) as err:
-        config.load(root=tmp_path, environ={}, env_file=env)
+        config.load(Project(tmp_path), environ={}, env_file=env)
     assert err.value.message.startswith(f"error: cannot read {env}") and "\n" not in err.value.message
 
 
@@ -247,8 +248,8 @@ KEY_TYPES = {
 def test_every_key_is_one_typed_field_of_settings(tmp_path):
     assert set(KEY_TYPES) == {k.name for k in KEYS}
     fields = {f.name for f in dataclasses.fields(config.Settings)}
-    assert fields == {k.field_name for k in KEYS} | {"root", "env_file", "raw"}  # nothing else travels in Settings
-    s = load(root=tmp_path, environ={})
+    assert fields == {k.field_name for k in KEYS} | {"env_file", "raw"}  # nothing else travels in Settings
+    s = load(Project(tmp_path), environ={})
     for key in KEYS:
         value = getattr(s, key.field_name)
         assert isinstance(value, KEY_TYPES[key.name]), key.name
@@ -257,7 +258,7 @@ def test_every_key_is_one_typed_field_of_settings(tmp_path):
 
 
 def test_typed_defaults(tmp_path):
-    s = load(root=tmp_path, environ={})
+    s = load(Project(tmp_path), environ={})
     assert (s.prune_on_deploy, s.torch_cuda, s.https_redirect) == (True, False, False)
     assert (s.build_free_mb, s.prune_keep, s.prune_cache_mb) == (1024, 3, 2000)
     assert (s.deploy_timeout, s.up_timeout) == (180, 900)
@@ -271,8 +272,8 @@ def test_typed_defaults(tmp_path):
 def test_typed_values_from_env_file_and_environment(tmp_path):
     write_env(tmp_path, "PRUNE_ON_DEPLOY=OFF\nTORCH_CUDA=on\nBUILD_FREE_MB=2048\nAPP_MEM_LIMIT=512k\n"
                         "NGINX_MEM_LIMIT=1048576\nAPP_CPUS=0.5\nDOCKER_INSTALL=Distro\n")
-    s = load(root=tmp_path, environ={"HTTPS_REDIRECT": "on", "PRUNE_KEEP": "5", "ACME_EMAIL": "ops@example.com",
-                                     "ACME_CA_BUNDLE": "/etc/ca/", "CERT_CRON_FILE": "/etc/cron.d/x"})
+    s = load(Project(tmp_path), environ={"HTTPS_REDIRECT": "on", "PRUNE_KEEP": "5", "ACME_EMAIL": "ops@example.com",
+                                         "ACME_CA_BUNDLE": "/etc/ca/", "CERT_CRON_FILE": "/etc/cron.d/x"})
     assert (s.prune_on_deploy, s.torch_cuda, s.https_redirect) == (False, True, True)
     assert (s.build_free_mb, s.prune_keep) == (2048, 5)
     assert (s.app_mem_limit, s.nginx_mem_limit, s.app_cpus) == (512 * 1024, 1048576, 0.5)
@@ -284,7 +285,7 @@ def test_typed_values_from_env_file_and_environment(tmp_path):
 
 
 def test_secrets_are_fields_never_shown_in_repr(tmp_path):
-    s = load(root=tmp_path, environ={"REDIS_PASSWORD": "r" * 32, "CHROMA_TOKEN": "t" * 32})
+    s = load(Project(tmp_path), environ={"REDIS_PASSWORD": "r" * 32, "CHROMA_TOKEN": "t" * 32})
     assert (s.redis_password, s.chroma_token) == ("r" * 32, "t" * 32)
     assert "r" * 32 not in repr(s) and "t" * 32 not in repr(s)
 
@@ -292,12 +293,23 @@ def test_secrets_are_fields_never_shown_in_repr(tmp_path):
 def test_local_paths_are_paths_against_the_root(tmp_path):
     (tmp_path / "wheels").mkdir()
     (tmp_path / "id_ed25519").write_text("key")
-    s = load(root=tmp_path, environ={"TORCH_WHEEL_DIR": "wheels", "VPS_SSH_KEY": "id_ed25519",
-                                     "VPS_ENV_FILE": "server.env"})
+    s = load(Project(tmp_path), environ={"TORCH_WHEEL_DIR": "wheels", "VPS_SSH_KEY": "id_ed25519",
+                                         "VPS_ENV_FILE": "server.env"})
     assert s.torch_wheel_dir == tmp_path / "wheels" and s.extra_ca_dir is None
     assert s.vps_ssh_key == tmp_path / "id_ed25519" and s.vps_env_file == tmp_path / "server.env"
     with pytest.raises(ConfigError, match=r"VPS_SSH_KEY='nokey' is not a file"):
-        load(root=tmp_path, environ={"VPS_SSH_KEY": "nokey"})
+        load(Project(tmp_path), environ={"VPS_SSH_KEY": "nokey"})
+
+
+def test_the_project_root_travels_apart_from_the_settings(tmp_path):
+    project = Project(tmp_path)
+    assert project.compose_file == tmp_path / "compose" / "docker-compose.yml"
+    assert project.env_file == tmp_path / ".env"
+    write_env(tmp_path, "DOMAIN=example.com\n")
+    s = load(project, environ={})
+    assert s.domain == "example.com" and s.env_file == project.env_file
+    assert not hasattr(s, "root") and not hasattr(s, "compose_file")
+    assert load(environ={}, env_file=ROOT / ".env.example").vps_env_file == config.REPO.root / ".env"  # this checkout
 
 
 def test_the_module_api_stays_importable():

@@ -13,6 +13,7 @@ from invoke import Collection, MockContext, Result
 import fabfile
 from onevps import config, deploy, remote, server, state, switch
 from onevps.errors import OnevpsError
+from onevps.project import Project
 from onevps.registry import App
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ def test_lock_refusal_names_holder_and_since():
     holder = json.dumps({"holder": "alice@laptop", "since": "2026-11-26T10:00:00+0000", "what": "deploy kb"})
     ctx = MockContext(run=[Result(exited=1, stderr="mkdir: cannot create directory: File exists"), Result(""),
                            Result(holder)])
-    s = config.load(root=ROOT, environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
+    s = config.load(Project(ROOT), environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
     with pytest.raises(OnevpsError) as err:
         state.acquire_lock(remote.RemoteRunner(ctx), s, "deploy portfolio")
     assert err.value.message == ("error: another deploy is running: the deploy lock is held by alice@laptop "
@@ -57,7 +58,7 @@ def test_a_lock_that_cannot_be_made_says_why_not_another_deploy():
     """VPS_PATH not writable by VPS_USER (e.g. set up as root before): not "another deploy is running"."""
     denied = "mkdir: cannot create directory '/srv/apps/.onevps/deploy.lock': Permission denied"
     ctx = MockContext(run=[Result(exited=1, stderr=denied), Result(exited=1)])
-    s = config.load(root=ROOT, environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
+    s = config.load(Project(ROOT), environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
     with pytest.raises(OnevpsError) as err:
         state.acquire_lock(remote.RemoteRunner(ctx), s, "deploy portfolio")
     assert err.value.message == (f"error: cannot take the deploy lock /srv/apps/.onevps/deploy.lock: {denied} "
@@ -82,16 +83,16 @@ def test_sync_plan_sends_changed_and_deletes_removed_but_never_wheels(tmp_path):
 def test_remote_settings_come_from_the_vps_env_file(tmp_path):
     env = tmp_path / "server.env"
     env.write_text("HTTP_PORT=80\nHTTPS_PORT=443\nBIND_ADDRESS=0.0.0.0\nDOMAIN=example.com\n")
-    local = config.load(root=ROOT, environ={"VPS_ENV_FILE": str(env), "VPS_PATH": "/opt/apps",
-                                            "VPS_HOST": "vps.example.com"}, env_file=ROOT / ".env.example")
-    rs = remote.remote_settings(local)
+    local = config.load(Project(ROOT), environ={"VPS_ENV_FILE": str(env), "VPS_PATH": "/opt/apps",
+                                                "VPS_HOST": "vps.example.com"}, env_file=ROOT / ".env.example")
+    rs = remote.remote_settings(Project(ROOT), local)
     assert (rs.http_port, rs.bind_address, rs.domain) == (80, "0.0.0.0", "example.com")
-    assert rs.compose_file == Path("/opt/apps/compose/docker-compose.yml")
+    assert remote.server_project(rs).compose_file == Path("/opt/apps/compose/docker-compose.yml")
     assert rs.env_file == Path("/opt/apps/.env")
 
 
 def test_missing_server_is_one_line():
-    s = config.load(root=ROOT, environ={}, env_file=ROOT / ".env.example")
+    s = config.load(Project(ROOT), environ={}, env_file=ROOT / ".env.example")
     with pytest.raises(OnevpsError, match="no server given.*VPS_HOST"):
         remote.server_from(s, None)
 
@@ -106,7 +107,7 @@ class FakeCtx:
     """Just what slot_run_argv reads."""
 
     def __init__(self):
-        self.rs = config.load(root=ROOT, environ={"COMPOSE_PROJECT_NAME": "prod", "NETWORK_PREFIX": "10.9.0"},
+        self.rs = config.load(Project(ROOT), environ={"COMPOSE_PROJECT_NAME": "prod", "NETWORK_PREFIX": "10.9.0"},
                               env_file=ROOT / ".env.example")
 
 

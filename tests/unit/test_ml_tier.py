@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from onevps import config, deploy, remote, tiers
+from onevps.project import Project
 from onevps.registry import load as load_registry
 from onevps.server import Ctx
 
@@ -116,14 +117,15 @@ def ctx(tmp_path):
     shutil.copytree(ROOT / "compose", root / "compose", ignore=shutil.ignore_patterns("swarm"))
     (root / remote.WHEEL_DIR / TORCH).write_bytes(b"the cpu wheel")
     (root / remote.WHEEL_DIR / "tokenizers-0.22.0-cp311-none-any.whl").write_bytes(b"already there")
-    local = config.load(root=root, environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
-    rs = config.load(root=Path("/srv/apps"), environ={"TORCH_INDEX_URL": "https://pypi.org/simple",
-                                                          "VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
+    project = Project(root)
+    local = config.load(project, environ={"VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
+    rs = config.load(Project(Path("/srv/apps")), environ={"TORCH_INDEX_URL": "https://pypi.org/simple",
+                                                              "VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
 
     def make(hashes):
         server = FakeServer(hashes)
-        return Ctx(local, rs, load_registry(local.compose_file), server, server,
-                   tiers.tag_env(local, build=rs)), server
+        return Ctx(local, project, rs, load_registry(project.compose_file), server, server,
+                   tiers.tag_env(project, rs)), server
 
     return make
 
@@ -140,7 +142,7 @@ def test_an_ml_build_on_the_server_first_sends_the_missing_wheels(ctx):
     placed = next(i for i, a in enumerate(server.argvs) if a[:2] == ["sh", "-c"] and a[-1].endswith(TORCH))
     assert placed < build  # sent before the build
     assert f"==> sent 1 file(s) of {w} for the ML tier build, 13 bytes" in server.said
-    assert c.tags["ML_TAG"] == tiers.content_tag(config.load(root=c.local.root, environ={
+    assert c.tags["ML_TAG"] == tiers.content_tag(c.project, config.load(c.project, environ={
         "TORCH_INDEX_URL": "https://pypi.org/simple"}, env_file=ROOT / ".env.example"), "ml")
 
 

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, assume, given, settings as hsettings, strate
 
 from onevps import apps, checks, composefile, config, nginx, registry
 from onevps.errors import OnevpsError
+from onevps.project import Project
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -42,11 +43,13 @@ YAML_KEYWORDS = {"null", "true", "false"}
 
 # ------------------------------------------------------------------ helpers --
 
-def make_copy(dest: Path) -> config.Settings:
-    """Copy the repository's compose/, nginx/, apps/, templates/ into dest."""
+def make_copy(dest: Path) -> Project:
+    """Copy the repository's compose/, nginx/, apps/, templates/ into dest (its settings load)."""
     for sub in COPIED:
         shutil.copytree(ROOT / sub, dest / sub, ignore=IGNORE)
-    return config.load(root=dest, environ={})
+    project = Project(dest)
+    config.load(project, environ={})
+    return project
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
@@ -60,21 +63,21 @@ def stray(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob(".*"))
 
 
-def new_app(settings, name, tier="base", domain=None) -> None:
+def new_app(project, name, tier="base", domain=None) -> None:
     """What `inv new-app` does, minus the (Docker) compose check."""
-    plan = apps.plan_new_app(settings, name, tier, domain)
+    plan = apps.plan_new_app(project, name, tier, domain)
     try:
         apps.apply(plan)
     finally:
         apps.discard(plan)
 
 
-def remove_app(settings, name) -> None:
-    apps.apply(apps.plan_remove_app(settings, name))
+def remove_app(project, name) -> None:
+    apps.apply(apps.plan_remove_app(project, name))
 
 
-def compose_text(settings) -> str:
-    return settings.compose_file.read_text(encoding="utf-8")
+def compose_text(project) -> str:
+    return project.compose_file.read_text(encoding="utf-8")
 
 
 def compose_diff(before: str, after: str) -> str:
@@ -100,7 +103,7 @@ def assert_one_line_error(err: pytest.ExceptionInfo) -> str:
 
 
 @pytest.fixture
-def repo(tmp_path) -> config.Settings:
+def repo(tmp_path) -> Project:
     return make_copy(tmp_path)
 
 
@@ -453,23 +456,23 @@ NAMES = st.one_of(
 def test_property_plan_new_app_succeeds_once_or_changes_nothing(name):
     assume(name not in YAML_KEYWORDS)  # known bug, see test_yaml_keyword_names_are_added_or_refused_cleanly
     with tempfile.TemporaryDirectory() as tmp:
-        settings = make_copy(Path(tmp))
-        before = snapshot(settings.root)
+        project = make_copy(Path(tmp))
+        before = snapshot(project.root)
         try:
-            plan = apps.plan_new_app(settings, name)
+            plan = apps.plan_new_app(project, name)
         except OnevpsError as err:
             assert "\n" not in err.message and err.message.startswith("error: ")
         else:
             try:
-                data = composefile.loads(plan.writes[settings.compose_file])
+                data = composefile.loads(plan.writes[project.compose_file])
                 assert list(data["services"]).count(name) == 1
                 new = registry.from_data(data)
                 assert new.names().count(name) == 1
                 assert registry.problems(new) == []
-                assert plan.new_dirs == [settings.root / "apps" / name]
+                assert plan.new_dirs == [project.root / "apps" / name]
             finally:
                 apps.discard(plan)
-        assert snapshot(settings.root) == before
+        assert snapshot(project.root) == before
 
 
 OPS = st.lists(st.tuples(st.sampled_from(["new", "remove"]),
@@ -481,35 +484,35 @@ OPS = st.lists(st.tuples(st.sampled_from(["new", "remove"]),
 @given(ops=OPS, data=st.data())
 def test_property_random_new_and_remove_keep_the_repository_consistent(ops, data):
     with tempfile.TemporaryDirectory() as tmp:
-        settings = make_copy(Path(tmp))
-        start = snapshot(settings.root)
+        project = make_copy(Path(tmp))
+        start = snapshot(project.root)
         added: dict[str, str] = {}  # name -> tier
 
         def check_state():
-            reg = registry.load(settings.compose_file)
-            assert checks.problems(settings) == []
+            reg = registry.load(project.compose_file)
+            assert checks.problems(project) == []
             assert len(set(reg.hosts.values())) == len(reg.hosts)
             assert {a.name: a.tier for a in reg.apps if a.name not in ORIGINAL_APPS} == added
-            assert stray(settings.root) == []
+            assert stray(project.root) == []
 
         for op, name, tier in ops:
             if op == "new" and name not in added:
-                new_app(settings, name, tier)
+                new_app(project, name, tier)
                 added[name] = tier
             elif op == "remove" and name in added:
-                remove_app(settings, name)
+                remove_app(project, name)
                 del added[name]
             else:  # a refusal must change nothing
-                before = snapshot(settings.root)
+                before = snapshot(project.root)
                 with pytest.raises(OnevpsError):
-                    new_app(settings, name, tier) if op == "new" else remove_app(settings, name)
-                assert snapshot(settings.root) == before
+                    new_app(project, name, tier) if op == "new" else remove_app(project, name)
+                assert snapshot(project.root) == before
             check_state()
         for name in data.draw(st.permutations(sorted(added)), label="removal order"):
-            remove_app(settings, name)
+            remove_app(project, name)
             del added[name]
             check_state()
-        assert snapshot(settings.root) == start
+        assert snapshot(project.root) == start
 
 
 # --------------------------------------------------------- the task layer --
@@ -620,7 +623,7 @@ def test_inv_new_app_yaml_keyword_name_is_one_line(tmp_path, real_repo_unchanged
 def test_inv_new_app_check_remove_app_in_a_copy(tmp_path):
     """The whole task round trip, on a copy that also holds tasks.py and onevps/."""
     copy = tmp_path / "repo"
-    settings = make_copy(copy)
+    project = make_copy(copy)
     shutil.copy2(ROOT / "tasks.py", copy / "tasks.py")
     shutil.copytree(ROOT / "onevps", copy / "onevps", ignore=IGNORE)
     env = _inv_env(tmp_path, PYTHONPATH=str(copy))
@@ -638,7 +641,7 @@ def test_inv_new_app_check_remove_app_in_a_copy(tmp_path):
         f"added service blog (base tier) at 172.20.0.14 to {COMPOSE_REL}",
         "added nginx route blog.localhost",
     ]
-    assert checks.problems(settings) == []
+    assert checks.problems(project) == []
     res = run_inv(["check"], copy, env)
     assert res.returncode == 0 and res.stdout.startswith("ok: 8 apps (5 base, 3 ml)"), res
 
@@ -734,17 +737,17 @@ def test_new_app_and_remove_app_keep_the_compose_files_line_endings(tmp_path, st
 
 @pytest.mark.parametrize("fail_on", [1, 2, 3])
 def test_a_failed_new_app_puts_a_crlf_compose_file_back_byte_identical(tmp_path, monkeypatch, fail_on):
-    settings = make_copy(tmp_path)
-    restyle(settings.compose_file, STYLES["crlf-bom-no-final-newline"])
-    restyle(settings.root / nginx.ROUTES_FILE, STYLES["crlf"])
-    before = snapshot(settings.root)
-    plan = apps.plan_new_app(settings, "blog")
+    project = make_copy(tmp_path)
+    restyle(project.compose_file, STYLES["crlf-bom-no-final-newline"])
+    restyle(project.root / nginx.ROUTES_FILE, STYLES["crlf"])
+    before = snapshot(project.root)
+    plan = apps.plan_new_app(project, "blog")
     _fail_on_call(monkeypatch, fail_on)
     with pytest.raises(OSError):
         apps.apply(plan)
     apps.discard(plan)
-    assert snapshot(settings.root) == before
-    assert stray(settings.root) == []
+    assert snapshot(project.root) == before
+    assert stray(project.root) == []
 
 
 def test_inv_new_app_on_a_crlf_compose_file_git_diff_shows_only_the_entry(tmp_path):
@@ -755,7 +758,7 @@ def test_inv_new_app_on_a_crlf_compose_file_git_diff_shows_only_the_entry(tmp_pa
     if git is None:
         pytest.skip("git is not installed")
     copy = tmp_path / "repo"
-    settings = make_copy(copy)
+    project = make_copy(copy)
     shutil.copy2(ROOT / "tasks.py", copy / "tasks.py")
     shutil.copytree(ROOT / "onevps", copy / "onevps", ignore=IGNORE)
     env = _inv_env(tmp_path, PYTHONPATH=str(copy), GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1")
@@ -763,7 +766,7 @@ def test_inv_new_app_on_a_crlf_compose_file_git_diff_shows_only_the_entry(tmp_pa
                            cwd=copy, env=env, capture_output=True, text=True, timeout=60)
     if Path(probe.stdout.strip()) != copy.resolve():  # never let this test touch the real repository
         pytest.skip(f"the copy's onevps package is not the one imported ({probe.stdout.strip()})")
-    before = restyle(settings.compose_file, STYLES["crlf"])
+    before = restyle(project.compose_file, STYLES["crlf"])
 
     def git_run(*args: str) -> str:
         res = subprocess.run([git, "-c", "core.autocrlf=false", "-c", "user.name=t", "-c", "user.email=t@t",
@@ -782,12 +785,12 @@ def test_inv_new_app_on_a_crlf_compose_file_git_diff_shows_only_the_entry(tmp_pa
     added = [line for line in git_run("diff", "-U0", "--", COMPOSE_REL).split("\n") if line.startswith("+ ")
              or line == "+\r"]
     assert added and all(line.endswith("\r") for line in added)  # every new line is CRLF
-    assert settings.compose_file.read_bytes().count(b"\n") == settings.compose_file.read_bytes().count(b"\r\n")
+    assert project.compose_file.read_bytes().count(b"\n") == project.compose_file.read_bytes().count(b"\r\n")
 
     res = run_inv(["remove-app", "blog", "--yes"], copy, env)
     assert res.returncode == 0, res
     assert git_run("status", "--porcelain", "--untracked-files=all", "--", "compose", "nginx", "apps") == ""
-    assert settings.compose_file.read_bytes() == before
+    assert project.compose_file.read_bytes() == before
 
 
 def test_a_generated_nginx_file_with_a_bom_is_written_clean(repo):

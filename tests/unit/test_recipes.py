@@ -14,6 +14,7 @@ import pytest
 
 from onevps import backup, certs, config, deploy, provision, remote, state, switch
 from onevps.commands import shell
+from onevps.project import Project
 from onevps.registry import App
 from onevps.registry import load as load_registry
 
@@ -41,12 +42,12 @@ def steady(monkeypatch):
 def local_settings(**env) -> config.Settings:
     base = {"COMPOSE_PROJECT_NAME": "p", "NETWORK_PREFIX": "10.9.0", "VPS_PATH": "/srv/apps",
             "DOMAIN": "example.com", "ACME_EMAIL": "ops@example.com"}
-    return config.load(root=ROOT, environ={**base, **env}, env_file=ROOT / ".env.example")
+    return config.load(Project(ROOT), environ={**base, **env}, env_file=ROOT / ".env.example")
 
 
 def server_settings(**env) -> config.Settings:
-    """As on the server: rooted at VPS_PATH (remote.remote_settings)."""
-    return dataclasses.replace(local_settings(**env), root=Path("/srv/apps"), env_file=Path("/srv/apps/.env"))
+    """As on the server: its .env under VPS_PATH (remote.remote_settings)."""
+    return dataclasses.replace(local_settings(**env), env_file=Path("/srv/apps/.env"))
 
 
 def registry():

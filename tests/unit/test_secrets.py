@@ -13,6 +13,7 @@ import pytest
 
 from onevps import config, deploy, errors, remote, switch
 from onevps.errors import CommandFailed, OnevpsError
+from onevps.project import Project
 from onevps.registry import App
 from onevps.runner import RedactingStream, Result, Runner
 from onevps.server import Ctx
@@ -46,7 +47,7 @@ def test_config_load_registers_the_secrets_of_the_env_file(tmp_path, monkeypatch
     monkeypatch.setattr(errors, "_SECRETS", set())
     env = tmp_path / ".env"
     env.write_text(f"REDIS_PASSWORD={PASSWORD}\nCHROMA_TOKEN={TOKEN}\nSTRIPE_API_KEY=sk_live_unit_9f8e7d\n")
-    config.load(root=ROOT, environ={}, env_file=env, warn=lambda _: None)
+    config.load(Project(ROOT), environ={}, env_file=env, warn=lambda _: None)
     assert errors.redact(f"{PASSWORD} {TOKEN} sk_live_unit_9f8e7d") == "*** *** ***"
 
 
@@ -54,7 +55,7 @@ def test_a_broken_env_line_of_a_secret_never_shows_its_value(tmp_path):
     env = tmp_path / ".env"
     env.write_text('DOMAIN=example.com\nREDIS_PASSWORD="unterminated-secret-value\n')
     with pytest.raises(OnevpsError) as err:
-        config.load(root=ROOT, environ={}, env_file=env)
+        config.load(Project(ROOT), environ={}, env_file=env)
     assert "unterminated-secret-value" not in err.value.message
     assert "line 2" in err.value.message and "REDIS_PASSWORD" in err.value.message
 
@@ -156,8 +157,8 @@ class Server(recording.Server):
 
 
 def make_ctx(server: Server, tmp_path: Path) -> Ctx:
-    rs = config.load(root=ROOT, environ={"COMPOSE_PROJECT_NAME": "p", "NETWORK_PREFIX": "10.9.0",
-                                         "VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
+    rs = config.load(Project(ROOT), environ={"COMPOSE_PROJECT_NAME": "p", "NETWORK_PREFIX": "10.9.0",
+                                             "VPS_PATH": "/srv/apps"}, env_file=ROOT / ".env.example")
     return recording.ctx(server, rs)
 
 
@@ -260,7 +261,7 @@ def test_a_broken_env_line_without_equals_never_shows_a_secret(tmp_path):
         env = tmp_path / ".env"
         env.write_text(f"DOMAIN=example.com\n{line}\n")
         with pytest.raises(OnevpsError) as err:
-            config.load(root=ROOT, environ={}, env_file=env)
+            config.load(Project(ROOT), environ={}, env_file=env)
         assert "sekrit-value" not in err.value.message and "line 2" in err.value.message
 
 

@@ -15,6 +15,7 @@ from paramiko.ssh_exception import ChannelException, SSHException
 import fabfile
 from onevps import composefile, config, provision, remote, ship, tiers
 from onevps.commands import transfer as transfer_commands
+from onevps.project import Project
 from onevps.ship import recipe as ship_recipe
 from onevps.ship import transfer as ship_transfer
 from onevps.errors import CommandFailed, OnevpsError
@@ -22,6 +23,7 @@ from onevps.registry import load as load_registry
 from onevps.runner import Result
 
 ROOT = Path(__file__).resolve().parents[2]
+PROJECT = Project(ROOT)
 ID = {k: "sha256:" + k * 64 for k in "abcdef"}  # this machine's image IDs (e.g. a classic store: config digests)
 SID = {k: "sha256:" + k * 64 for k in "123456789"}  # the server's (e.g. a containerd store: manifest digests)
 CREATED = "2025-06-01T10:00:00.123456789Z"
@@ -42,10 +44,10 @@ def local_img(content, image_id=None, arch="amd64", size=10):
 def settings(tmp_path, local_ns="onevps", server_ns="prod"):
     env = tmp_path / "server.env"
     env.write_text(f"IMAGE_NAMESPACE={server_ns}\nBUILD_FREE_MB=100\n")
-    local = config.load(root=ROOT, environ={"VPS_ENV_FILE": str(env), "VPS_PATH": "/srv/apps",
-                                            "VPS_HOST": "vps.example.com", "IMAGE_NAMESPACE": local_ns},
+    local = config.load(PROJECT, environ={"VPS_ENV_FILE": str(env), "VPS_PATH": "/srv/apps",
+                                          "VPS_HOST": "vps.example.com", "IMAGE_NAMESPACE": local_ns},
                         env_file=ROOT / ".env.example")
-    return local, remote.remote_settings(local)
+    return local, remote.remote_settings(PROJECT, local)
 
 
 class Recorder:
@@ -160,8 +162,8 @@ class FakeServer(Recorder):
 
 def ctx(tmp_path, run, local_ns="onevps", server_ns="prod"):
     local, rs = settings(tmp_path, local_ns, server_ns)
-    c = SimpleNamespace(local=local, rs=rs, reg=load_registry(local.compose_file), conn=None, run=run,
-                        tags=tiers.tag_env(local))
+    c = SimpleNamespace(local=local, project=PROJECT, rs=rs, reg=load_registry(PROJECT.compose_file), conn=None,
+                        run=run, tags=tiers.tag_env(PROJECT, local))
     c.say = run.say if run else None
     return c
 
@@ -231,15 +233,15 @@ def test_upstream_images_are_the_always_on_services_without_build():
 
 def test_select_uses_the_servers_namespace_for_tiers_and_apps(tmp_path):
     local, rs = settings(tmp_path, local_ns="dev", server_ns="prod")
-    tags = tiers.tag_env(local)
-    data = composefile.load(local.compose_file)
-    wanted = ship.select(local, rs, tags, data, tiers_=True, app="kb")
+    tags = tiers.tag_env(PROJECT, local)
+    data = composefile.load(PROJECT.compose_file)
+    wanted = ship.select(PROJECT, local, rs, tags, data, tiers_=True, app="kb")
     assert [(w.local, w.remote) for w in wanted] == [
         (f"dev/base:{tags['BASE_TAG']}", (f"prod/base:{tags['BASE_TAG']}", "prod/base:latest")),
         (f"dev/ml:{tags['ML_TAG']}", (f"prod/ml:{tags['ML_TAG']}", "prod/ml:latest")),
         ("dev/kb:latest", ("prod/kb:latest",)),
     ]
-    assert [w.kind for w in ship.select(local, rs, tags, data, upstream=True)] == ["upstream"] * 4
+    assert [w.kind for w in ship.select(PROJECT, local, rs, tags, data, upstream=True)] == ["upstream"] * 4
 
 
 # ----------------------------------------------------------------------- plan --
@@ -649,14 +651,15 @@ def test_a_tier_built_with_other_torch_settings_than_the_servers_is_refused(tmp_
     """The ML tag names what a build installs: shipping the tier built here under a tag the
     server's settings give to another build would be a lie. One line, nothing sent."""
     local, rs = settings(tmp_path)
-    server_tags = tiers.tag_env(local, build=config.load(root=ROOT, environ={"TORCH_INDEX_URL": "https://pypi.org/simple"},
-                                                          env_file=ROOT / ".env.example"))
-    assert server_tags["ML_TAG"] != tiers.tag_env(local)["ML_TAG"]
+    server_tags = tiers.tag_env(PROJECT, config.load(PROJECT, environ={"TORCH_INDEX_URL": "https://pypi.org/simple"},
+                                                     env_file=ROOT / ".env.example"))
+    assert server_tags["ML_TAG"] != tiers.tag_env(PROJECT, local)["ML_TAG"]
     with pytest.raises(OnevpsError, match=r"the ml tier built here \(c-[0-9a-f]{12}\) is not the one the server's "
                                           r"settings describe .*TORCH_INDEX_URL or TORCH_CUDA differ"):
-        ship.select(local, rs, server_tags, composefile.load(local.compose_file), tiers_=True)
+        ship.select(PROJECT, local, rs, server_tags, composefile.load(PROJECT.compose_file), tiers_=True)
     # the same settings on both sides: selected under the server's names
-    wanted = ship.select(local, rs, tiers.tag_env(local), composefile.load(local.compose_file), tiers_=True)
+    wanted = ship.select(PROJECT, local, rs, tiers.tag_env(PROJECT, local), composefile.load(PROJECT.compose_file),
+                         tiers_=True)
     assert [w.remote[0].split(":")[0] for w in wanted] == ["prod/base", "prod/ml"]
 
 

@@ -3,7 +3,6 @@ the nginx routes for Swarm, and the commands. No Docker here."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import shlex
@@ -16,16 +15,18 @@ from invoke.exceptions import Exit
 from onevps import composefile, config, nginx, registry, swarm
 from onevps.commands import swarm as swarm_commands
 from onevps.errors import OnevpsError
+from onevps.project import Project
 from onevps.runner import Result
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "docker-stack.yml"
 GOLDEN_ROUTES = ROOT / "tests" / "golden" / "swarm-nginx-apps.conf.template"
 REGENERATE = "regenerate with: ONEVPS_UPDATE_GOLDEN=1 pytest tests/unit/test_swarm.py (then read the diff)"
+PROJECT = Project(ROOT)
 
 
 def settings(**env) -> config.Settings:
-    return config.load(root=ROOT, environ=env, env_file=ROOT / ".env.absent")
+    return config.load(PROJECT, environ=env, env_file=ROOT / ".env.absent")
 
 
 def data():
@@ -39,7 +40,7 @@ def load_stack(text: str) -> dict:
 # ------------------------------------------------------------------ golden --
 
 def test_stack_file_matches_the_golden_file():
-    rendered = swarm.render(settings())
+    rendered = swarm.render(PROJECT, settings())
     if os.environ.get("ONEVPS_UPDATE_GOLDEN"):
         GOLDEN.write_text(rendered.stack)
         GOLDEN_ROUTES.write_text(rendered.routes)
@@ -48,13 +49,13 @@ def test_stack_file_matches_the_golden_file():
 
 
 def test_render_is_deterministic():
-    first = swarm.render(settings())
-    again = swarm.render(settings(), data=composefile.loads(composefile.dumps(data())))
+    first = swarm.render(PROJECT, settings())
+    again = swarm.render(PROJECT, settings(), data=composefile.loads(composefile.dumps(data())))
     assert first.stack == again.stack and first.routes == again.routes
 
 
 def test_no_secret_is_written_the_deploy_fills_it_in():
-    text = swarm.render(settings(REDIS_PASSWORD="a-secret-value-0123456789")).stack
+    text = swarm.render(PROJECT, settings(REDIS_PASSWORD="a-secret-value-0123456789")).stack
     assert "a-secret-value" not in text
     # Redis reads its password from the environment (filled in by the deploy), through its stdin.
     assert "requirepass $$REDISCLI_AUTH" in text and "REDISCLI_AUTH: ${REDIS_PASSWORD:?" in text
@@ -67,7 +68,7 @@ REJECTED_OR_IGNORED = {"build", "container_name", "depends_on", "mem_limit", "cp
 
 
 def test_the_stack_file_has_none_of_the_keys_swarm_rejects_or_ignores():
-    doc = load_stack(swarm.render(settings()).stack)
+    doc = load_stack(swarm.render(PROJECT, settings()).stack)
     assert doc["version"] == "3.8"
     for name, svc in doc["services"].items():
         assert not REJECTED_OR_IGNORED & set(svc), name
@@ -76,13 +77,13 @@ def test_the_stack_file_has_none_of_the_keys_swarm_rejects_or_ignores():
 
 
 def test_profiles_leave_tiers_and_certbot_out():
-    doc = load_stack(swarm.render(settings()).stack)
+    doc = load_stack(swarm.render(PROJECT, settings()).stack)
     assert set(doc["services"]) == {"nginx", "chroma-auth", "chromadb", "redis", "ollama", "portfolio", "chatbot",
                                     "kb", "api-gw", "embedder", "classify", "summary"}
 
 
 def test_app_limits_become_deploy_resources_and_updates_roll_start_first():
-    doc = load_stack(swarm.render(settings()).stack)
+    doc = load_stack(swarm.render(PROJECT, settings()).stack)
     portfolio, embedder = doc["services"]["portfolio"], doc["services"]["embedder"]
     assert portfolio["deploy"]["resources"] == {"limits": {"cpus": "${APP_CPUS:-1.0}",
                                                            "memory": "${APP_MEM_LIMIT:-256m}"}}
@@ -98,26 +99,26 @@ def test_app_limits_become_deploy_resources_and_updates_roll_start_first():
 
 
 def test_stateful_and_published_services_stop_first_and_stay_on_the_manager():
-    doc = load_stack(swarm.render(settings()).stack)
+    doc = load_stack(swarm.render(PROJECT, settings()).stack)
     for name in ("redis", "chromadb", "ollama", "nginx"):
         dep = doc["services"][name]["deploy"]
         assert dep["update_config"]["order"] == "stop-first", name
         assert dep["placement"] == {"constraints": ["node.role == manager"]}, name
     d = data()
     d["services"]["redis"]["command"] = ["redis-server", "--appendonly", "yes"]
-    doc = load_stack(swarm.render(settings(), data=d).stack)
+    doc = load_stack(swarm.render(PROJECT, settings(), data=d).stack)
     assert doc["services"]["redis"]["command"][2] == "yes"  # quoted: YAML 1.1 would read a boolean
 
 
 def test_static_addresses_in_the_environment_become_service_names():
-    env = load_stack(swarm.render(settings()).stack)["services"]["kb"]["environment"]
+    env = load_stack(swarm.render(PROJECT, settings()).stack)["services"]["kb"]["environment"]
     assert env["CHROMA_URL"] == "http://chroma-auth:8000"  # .3 is the gateway now
     assert env["OLLAMA_URL"] == "http://ollama:11434"
     assert env["REDIS_URL"].endswith("@redis:6379/0")
 
 
 def test_nginx_publishes_in_host_mode_and_gets_its_files_as_configs():
-    doc = load_stack(swarm.render(settings()).stack)
+    doc = load_stack(swarm.render(PROJECT, settings()).stack)
     web = doc["services"]["nginx"]
     assert web["ports"] == [
         {"target": 80, "published": "${HTTP_PORT:-8080}", "protocol": "tcp", "mode": "host"},
@@ -135,10 +136,10 @@ def test_nginx_publishes_in_host_mode_and_gets_its_files_as_configs():
 
 def test_a_changed_nginx_file_is_a_new_config(tmp_path):
     shutil_copy(tmp_path)
-    before = load_stack(swarm.render(settings_at(tmp_path)).stack)["configs"]
+    before = load_stack(swarm.render(Project(tmp_path), settings_at(tmp_path)).stack)["configs"]
     proxy = tmp_path / "nginx" / "snippets" / "proxy.conf"
     proxy.write_text(proxy.read_text() + "# changed\n")
-    after = load_stack(swarm.render(settings_at(tmp_path)).stack)["configs"]
+    after = load_stack(swarm.render(Project(tmp_path), settings_at(tmp_path)).stack)["configs"]
     changed = set(after) - set(before)
     assert len(changed) == 1 and next(iter(changed)).startswith("proxy-conf-")
 
@@ -151,41 +152,41 @@ def shutil_copy(tmp_path: Path) -> None:
 
 
 def settings_at(root: Path, **env) -> config.Settings:
-    return config.load(root=root, environ=env, env_file=root / ".env.absent")
+    return config.load(Project(root), environ=env, env_file=root / ".env.absent")
 
 
 def test_images_take_the_registry_and_a_tag_variable():
-    doc = load_stack(swarm.render(settings(REGISTRY="registry.example.com:5000")).stack)
+    doc = load_stack(swarm.render(PROJECT, settings(REGISTRY="registry.example.com:5000")).stack)
     assert doc["services"]["api-gw"]["image"] == (
         "registry.example.com:5000/${IMAGE_NAMESPACE:-onevps}/api-gw:${TAG_API_GW:-latest}")
     assert doc["services"]["redis"]["image"] == "redis:7.4-bookworm"  # upstream images stay as they are
-    local = load_stack(swarm.render(settings()).stack)
+    local = load_stack(swarm.render(PROJECT, settings()).stack)
     assert local["services"]["portfolio"]["image"] == "${IMAGE_NAMESPACE:-onevps}/portfolio:${TAG_PORTFOLIO:-latest}"
 
 
 def test_a_selection_of_services_and_its_routes():
-    rendered = swarm.render(settings(), only=["nginx", "redis", "portfolio", "api-gw"])
+    rendered = swarm.render(PROJECT, settings(), only=["nginx", "redis", "portfolio", "api-gw"])
     doc = load_stack(rendered.stack)
     assert list(doc["services"]) == ["nginx", "redis", "portfolio", "api-gw"]
     assert rendered.apps == ("portfolio", "api-gw")
     assert set(doc["volumes"]) == {"nginx-certs", "acme-webroot", "redis-data"}
     assert "server_name portfolio.${DOMAIN};" in rendered.routes and "kb." not in rendered.routes
     with pytest.raises(OnevpsError, match="unknown service"):
-        swarm.render(settings(), only=["nginx", "nope"])
+        swarm.render(PROJECT, settings(), only=["nginx", "nope"])
 
 
 def test_replicas_come_from_the_app_label():
     d = data()
     d["services"]["kb"]["labels"]["onevps.replicas"] = "3"
-    doc = load_stack(swarm.render(settings(), data=d).stack)
+    doc = load_stack(swarm.render(PROJECT, settings(), data=d).stack)
     assert doc["services"]["kb"]["deploy"]["replicas"] == 3
     d["services"]["kb"]["labels"]["onevps.replicas"] = "many"
     with pytest.raises(OnevpsError, match="onevps.replicas='many'"):
-        swarm.render(settings(), data=d)
+        swarm.render(PROJECT, settings(), data=d)
     d["services"]["kb"]["labels"]["onevps.replicas"] = "1"
     d["services"]["redis"]["labels"] = {"onevps.replicas": "2"}
     with pytest.raises(OnevpsError, match="keeps data in a volume"):
-        swarm.render(settings(), data=d)
+        swarm.render(PROJECT, settings(), data=d)
 
 
 # ------------------------------- ChromaDB behind its gateway, or not --
@@ -193,7 +194,7 @@ def test_replicas_come_from_the_app_label():
 def test_any_network_becomes_an_overlay_and_internal_stays_internal():
     """The compose file puts chromadb on the internal network chroma-private
     behind chroma-auth (which took .3 on app-network)."""
-    doc = load_stack(swarm.render(settings()).stack)
+    doc = load_stack(swarm.render(PROJECT, settings()).stack)
     assert doc["networks"] == {"app-network": {"driver": "overlay"},
                                "chroma-private": {"driver": "overlay", "internal": True}}
     assert doc["services"]["chromadb"]["networks"] == ["chroma-private"]
@@ -217,19 +218,19 @@ def without_chroma_gateway():
 
 
 def test_the_renderer_is_generic_over_services_and_networks():
-    doc = load_stack(swarm.render(settings(), data=without_chroma_gateway()).stack)
+    doc = load_stack(swarm.render(PROJECT, settings(), data=without_chroma_gateway()).stack)
     assert doc["networks"] == {"app-network": {"driver": "overlay"}}
     assert "chroma-auth" not in doc["services"]
     assert doc["services"]["kb"]["environment"]["CHROMA_URL"] == "http://chromadb:8000"
 
 
 def test_swarm_subnet_gives_each_network_a_slice_in_file_order():
-    doc = load_stack(swarm.render(settings(SWARM_SUBNET="10.231.0.0/23")).stack)
+    doc = load_stack(swarm.render(PROJECT, settings(SWARM_SUBNET="10.231.0.0/23")).stack)
     assert doc["networks"]["app-network"]["ipam"] == {"config": [{"subnet": "10.231.0.0/24"}]}
     assert doc["networks"]["chroma-private"]["ipam"] == {"config": [{"subnet": "10.231.1.0/24"}]}
     with pytest.raises(OnevpsError, match="holds 1 /24 network"):
-        swarm.render(settings(SWARM_SUBNET="10.231.0.0/24"))
-    one = load_stack(swarm.render(settings(SWARM_SUBNET="10.231.0.0/24"), data=without_chroma_gateway()).stack)
+        swarm.render(PROJECT, settings(SWARM_SUBNET="10.231.0.0/24"))
+    one = load_stack(swarm.render(PROJECT, settings(SWARM_SUBNET="10.231.0.0/24"), data=without_chroma_gateway()).stack)
     assert one["networks"]["app-network"]["ipam"] == {"config": [{"subnet": "10.231.0.0/24"}]}
 
 
@@ -243,7 +244,7 @@ def test_bad_swarm_settings_name_the_key():
 # ---------------------------------------------------------------- findings --
 
 def test_swarm_check_finds_what_swarm_ignores_or_rejects():
-    found = {f.key: f for f in swarm.findings(settings())}
+    found = {f.key: f for f in swarm.findings(PROJECT, settings())}
     assert set(found) == {"build", "ipv4_address", "ipam", "depends_on", "mem_limit", "cpus", "restart",
                           "security_opt", "cap_add", "profiles", "tmpfs", "ports", "bind", "volume"}
     assert found["depends_on"].services == ("chroma-auth",)
@@ -253,7 +254,7 @@ def test_swarm_check_finds_what_swarm_ignores_or_rejects():
     assert found["mem_limit"].rule.swarm == "rejects" and "deploy.resources" in found["mem_limit"].rule.fix
     assert found["ports"].services == ("nginx",)
     assert "portfolio" in found["cpus"].services and "redis" not in found["cpus"].services
-    text = swarm.report(swarm.findings(settings()))
+    text = swarm.report(swarm.findings(PROJECT, settings()))
     assert "mem_limit [rejects] in nginx, chroma-auth, chromadb" in text
     assert text.endswith("14 findings (3 would make `docker stack deploy` fail); "
                          "`inv swarm-render` applies every fix above")
@@ -262,15 +263,15 @@ def test_swarm_check_finds_what_swarm_ignores_or_rejects():
 def test_unknown_keys_and_plus_interpolation_are_reported():
     d = data()
     d["services"]["kb"]["pids_limit"] = 100
-    found = {f.key: f.services for f in swarm.findings(settings(), data=d)}
+    found = {f.key: f.services for f in swarm.findings(PROJECT, settings(), data=d)}
     assert found["unknown"] == ("kb",)
     d["services"]["kb"]["env_file"] = ["../kb.env"]
     with pytest.raises(OnevpsError, match="kb: env_file is not carried"):
-        swarm.render(settings(), data=d)
+        swarm.render(PROJECT, settings(), data=d)
     del d["services"]["kb"]["env_file"]
     d["services"]["kb"]["environment"] = {"X": "${ACME_CA_BUNDLE:+/etc/x}"}  # its own map, not the shared x-app one
     with pytest.raises(OnevpsError, match=r"kb: environment uses \$\{VAR:\+"):
-        swarm.render(settings(), data=d)
+        swarm.render(PROJECT, settings(), data=d)
 
 
 # ---------------------------------------------------------- nginx routes --
@@ -306,7 +307,7 @@ def test_stack_deploy_commands():
 def test_a_compose_stack_of_the_same_name_is_found_by_its_networks():
     assert shlex.join(swarm_commands.compose_networks_argv("onevps")) == (
         "docker network ls --filter label=com.docker.compose.project=onevps --format '{{.Name}}'")
-    assert swarm.stack_networks(swarm.render(settings())) == ["app-network", "chroma-private"]
+    assert swarm.stack_networks(swarm.render(PROJECT, settings())) == ["app-network", "chroma-private"]
 
 
 def test_tags_and_image_names():
@@ -378,10 +379,10 @@ def test_wait_gives_up_with_one_line():
         swarm.wait(runner, "onevps", {}, ["kb"], timeout=30, clock=lambda: next(ticks), sleep=lambda s: None)
 
 
-def test_dataclass_replace_keeps_server_values_with_local_files():
+def test_server_values_render_with_the_local_files():
     local = settings()
-    server = dataclasses.replace(settings(REGISTRY="r.example:5000", COMPOSE_PROJECT_NAME="prod"), root=ROOT)
-    text = swarm.render(server).stack
+    server = settings(REGISTRY="r.example:5000", COMPOSE_PROJECT_NAME="prod")
+    text = swarm.render(PROJECT, server).stack
     assert "r.example:5000/${IMAGE_NAMESPACE:-onevps}/kb:" in text
     assert local.registry == ""
 
@@ -402,14 +403,15 @@ def test_swarm_check_lists_every_refused_construct_and_exits_non_zero(tmp_path, 
     d["services"]["api-gw"]["volumes"] = ["./gw-data:/data"]  # writable: cannot move between nodes
     (tmp_path / "compose" / "docker-compose.yml").write_text(composefile.dumps(d))
     at = settings_at(tmp_path)
-    checked = swarm.check(at)
+    checked = swarm.check(Project(tmp_path), at)
     assert [err.what for err in checked.refused] == [
         "service kb: env_file is not carried into the stack file",
         "service api-gw: the writable bind mount ./gw-data:/data cannot move between nodes"]
     with pytest.raises(OnevpsError, match="kb: env_file is not carried"):  # render() stops at the first
-        swarm.render(at)
+        swarm.render(Project(tmp_path), at)
 
     monkeypatch.setattr(config, "load", lambda: at)
+    monkeypatch.setattr(config, "REPO", Project(tmp_path))
     with pytest.raises(Exit) as exited:
         _tasks_module().swarm_check(Context())
     assert exited.value.code != 0
@@ -433,7 +435,7 @@ def test_every_key_has_one_action_and_every_finding_a_rule():
     for name, key in swarm.KEYS.items():
         assert key.action in ("kept", "converted", "dropped", "refused"), name
         assert key.finding is None or key.finding in swarm.RULES, name
-    doc = load_stack(swarm.render(settings()).stack)
+    doc = load_stack(swarm.render(PROJECT, settings()).stack)
     source = plain_data()["services"]["redis"]
     for name, key in swarm.KEYS.items():
         if key.action == "kept" and name in source:
@@ -489,7 +491,8 @@ def test_deploy_asks_the_target_to_send_build_and_wrap_in_that_order():
     log = []
     runner = Recording(log)
     s = settings()
-    result = swarm.deploy(runner, s, registry.load(s.compose_file), FakeTarget(log), only=["nginx", "redis", "kb"])
+    result = swarm.deploy(runner, PROJECT, s, registry.load(PROJECT.compose_file), FakeTarget(log),
+                          only=["nginx", "redis", "kb"])
     assert log == ["docker info --format", "docker service ls", "docker network ls", "upload", "build kb",
                    "docker image inspect", "docker image tag", "wrapped docker stack"]
     assert runner.env == {"FROM_TARGET": "1", "TAG_KB": "s-0123456789ab"}

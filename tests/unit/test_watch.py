@@ -11,6 +11,7 @@ from onevps import config, watch
 from onevps.accesslog import Summary
 from onevps.commands import docker_cmd
 from onevps.errors import ConfigError
+from onevps.project import Project
 
 from .recording import ROOT, Server, ctx
 
@@ -106,7 +107,7 @@ def stamp(i: int) -> str:
 
 
 def settings() -> config.Settings:
-    return config.load(root=ROOT, environ={"COMPOSE_PROJECT_NAME": "p", "NETWORK_PREFIX": "10.9.0"},
+    return config.load(Project(ROOT), environ={"COMPOSE_PROJECT_NAME": "p", "NETWORK_PREFIX": "10.9.0"},
                        env_file=ROOT / ".env.example")
 
 
@@ -213,11 +214,11 @@ def test_the_log_argv():
 # --------------------------------------------------------------- settings --
 
 def test_watch_settings_defaults_and_values(tmp_path):
-    s = config.load(root=tmp_path, environ={})
+    s = config.load(Project(tmp_path), environ={})
     assert (s.deploy_watch, s.deploy_watch_5xx) == (30, 5.0)
-    s = config.load(root=tmp_path, environ={"DEPLOY_WATCH": "0", "DEPLOY_WATCH_5XX": "2.5%"})
+    s = config.load(Project(tmp_path), environ={"DEPLOY_WATCH": "0", "DEPLOY_WATCH_5XX": "2.5%"})
     assert (s.deploy_watch, s.deploy_watch_5xx, s.raw["DEPLOY_WATCH_5XX"]) == (0, 2.5, "2.5")
-    assert config.load(root=tmp_path, environ={"DEPLOY_WATCH_5XX": "100"}).deploy_watch_5xx == 100.0
+    assert config.load(Project(tmp_path), environ={"DEPLOY_WATCH_5XX": "100"}).deploy_watch_5xx == 100.0
 
 
 @pytest.mark.parametrize("key, value, why", [
@@ -230,5 +231,5 @@ def test_watch_settings_defaults_and_values(tmp_path):
 ])
 def test_bad_watch_settings_are_one_line_naming_the_key(tmp_path, key, value, why):
     with pytest.raises(ConfigError) as err:
-        config.load(root=tmp_path, environ={key: value})
+        config.load(Project(tmp_path), environ={key: value})
     assert err.value.what == f"{key}={value!r} (environment variable) {why}"
