@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from onevps import backup, certs, config, deploy, provision, remote, state, switch
+from onevps import backup, certs, config, deploy, provision, remote, state, switch, watch
+from onevps.errors import OnevpsError
 from onevps.commands import shell
 from onevps.project import Project
 from onevps.registry import App
@@ -59,12 +60,15 @@ class Containers:
     `docker rm` removes it, `compose up` makes the app healthy at its address."""
 
     def __init__(self, server: Server, slot: str | None, primary: str, image: str):
-        self.slot, self.primary, self.image = slot, primary, image
+        self.slot, self.primary, self.image, self.latest = slot, primary, image, image
         server.when(lambda a: a[:3] == ["docker", "container", "inspect"], answer=self.inspect)
         server.when(["docker", "run"], answer=lambda a: self.set(slot="running healthy"))
         server.when(["docker", "rm"], answer=lambda a: self.set(slot=None))
+        # `latest` is what compose starts at the app's address.
+        server.when(lambda a: a[:2] == ["docker", "tag"] and a[-1].endswith(":latest"),
+                    answer=lambda a: self.set(latest=a[2]))
         server.when(lambda a: a[:2] == ["docker", "compose"] and " up " in f" {' '.join(a)} ",
-                    answer=lambda a: self.set(primary="running healthy"))
+                    answer=lambda a: self.set(primary="running healthy", image=self.latest))
         server.when("config --format json", json.dumps({"services": {"kb": SERVICE},
                                                         "networks": {"app-network": {"name": "p_app-network"}}}))
         server.when(["docker", "ps", "--all", "--quiet", "--filter"], "c1\nc2\n")
@@ -117,6 +121,22 @@ def test_rollback():
     server.when(["docker", "image", "inspect", "--format", "{{.Id}}"], "sha256:old\n")
     deploy.rollback(ctx(server, server_settings(), reg=registry(), tags=TAGS), "kb")
     assert_golden("rollback", server.lines())
+
+
+def test_a_deploy_whose_watch_fails_rolls_back_by_itself(monkeypatch):
+    """The watch's reason goes in the deploy's journal entry (result rolled-back); the previous
+    image comes back with the same switch, journaled as an automatic rollback; exit non-zero."""
+    reason = "the new kb answered 7 of 40 requests (17.5%) with 5xx, above DEPLOY_WATCH_5XX=5%"
+    watched = []
+    monkeypatch.setattr(watch, "watch", lambda srv, app, container, seconds, threshold, say, address:
+                        watched.append((app, container, seconds, threshold, address)) or reason)
+    server = switching(Server(), image="sha256:old")
+    with pytest.raises(OnevpsError) as err:
+        deploy.deploy_app(ctx(server, server_settings(), reg=registry(), tags=TAGS), KB, image="sha256:new",
+                          watch_after=True)
+    assert err.value.what == f"the new kb failed the watch after the switch ({reason}); it was rolled back to sha256:old"
+    assert watched == [("kb", "p-kb-1", 30, 5.0, "10.9.0.12")]  # once: the rollback is not watched
+    assert_golden("deploy-watch-rolls-back", server.lines())
 
 
 def test_setup_after_provisioning(tmp_path, monkeypatch):
