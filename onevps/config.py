@@ -172,6 +172,9 @@ def _read_text(path: Path, folder_hint: str) -> str:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", "check the file's permissions") from None
 
 
+BARE = "\0bare line "  # no key can start so: a line of the .env without "="
+
+
 def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:
     """Parse a .env file; a line that does not parse is an error naming it."""
     text = _read_text(path, "make it a file of KEY=value lines, see .env.example")
@@ -191,6 +194,10 @@ def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:
             )
         if binding.key is None:
             continue
+        if binding.value is None and binding.key not in KEY_NAMES:
+            # A line with no "=" (a value pasted alone?): its text may be a secret, never shown.
+            values[f"{BARE}{line}"] = ("", line)
+            continue
         values[binding.key] = (binding.value or "", line)
     return values
 
@@ -199,9 +206,11 @@ def _file_values(env_path: Path, warn: Callable[[str], None]) -> dict[str, tuple
     """The .env file's values with their line numbers; unknown keys are warned about."""
     from_file = _read_env_file(env_path)
     for key, (_, line) in from_file.items():
-        if key not in KEY_NAMES:
+        if key.startswith(BARE):
+            warn(f"warning: {env_path.name} line {line} is not KEY=value (ignored; its text is not shown)")
+        elif key not in KEY_NAMES:
             warn(f"warning: {env_path.name} line {line}: unknown key {key} (ignored; see .env.example)")
-    return from_file
+    return {k: v for k, v in from_file.items() if not k.startswith(BARE)}
 
 
 # --------------------------------------------------------------- checking --

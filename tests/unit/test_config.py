@@ -319,3 +319,13 @@ def test_the_module_api_stays_importable():
     from onevps import settings_keys
 
     assert settings_keys._domain("Example.COM.") == "example.com"
+
+
+def test_a_line_holding_only_a_value_is_never_shown(tmp_path):
+    """A secret pasted alone on a line (no KEY=) is warned about by its line number only."""
+    (tmp_path / ".env").write_text("DOMAIN=example.com\nsk-live-0123456789abcdef\n")
+    warnings: list[str] = []
+    s = load(Project(tmp_path), environ={}, warn=warnings.append)
+    assert s.domain == "example.com"
+    assert warnings == ["warning: .env line 2 is not KEY=value (ignored; its text is not shown)"]
+    assert not any("sk-live" in w for w in warnings)
