@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 from fabric import Connection
 from paramiko.ssh_exception import AuthenticationException, NoValidConnectionsError, SSHException
 
-from . import config
+from . import config, tiers
 from .commands import shell
 from .config import Settings
 from .errors import CommandFailed, OnevpsError, redact
@@ -32,7 +32,7 @@ from .runner import Result, Runner
 # (`local_files(..., wheels=True)`), and wheels put on the server by hand are
 # never deleted.
 SHARED_DIRS = ("compose", "nginx", "dockerfiles")
-WHEEL_DIR = "dockerfiles/ml/wheels"
+WHEEL_DIR = tiers.WHEEL_DIR
 EXCLUDE_SUFFIXES = (".whl", ".pyc")
 EXCLUDE_PARTS = ("__pycache__", ".pytest_cache", ".hypothesis")
 STATE_DIR = ".onevps"  # lock, journal, on the server under VPS_PATH

@@ -89,9 +89,13 @@ def _inputs(folder: Path, t: Tier) -> list[Path]:
     return files
 
 
+# The ML tier's staged wheels, relative to the project root (the same on the server).
+WHEEL_DIR = (ML.folder(Path()) / "wheels").as_posix()
+
+
 def wheel_dir(project: Project) -> Path:
     """Where the ML tier's local wheels are staged (bind-mounted by its Dockerfile)."""
-    return ML.folder(project.root) / "wheels"
+    return project.root / WHEEL_DIR
 
 
 def staged_wheels(project: Project) -> list[tuple[str, int]]:
