@@ -25,4 +25,6 @@ ENV APP_NAME="${APP_NAME}" \
 EXPOSE 8000
 # Never root: the base tier's unprivileged user (uid 10001).
 USER app
-CMD ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]
+# uvicorn through onevps_serve (the base tier): on `docker stop` it serves what
+# the kernel has queued before it stops listening, so no request fails.
+CMD ["python", "-m", "onevps_serve", "main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]

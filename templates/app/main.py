@@ -1,6 +1,7 @@
 """__APP_NAME__: a onevps app on the __APP_TIER__ tier.
 
-Runs as `uvicorn main:app --host 0.0.0.0 --port 8000` in its container;
+Runs as `uvicorn main:app --host 0.0.0.0 --port 8000` in its container (through
+onevps_serve, which only makes its shutdown lose no request);
 nginx serves it at http://__APP_NAME__.<DOMAIN>/. The shared services are
 reachable through OLLAMA_URL, CHROMA_URL and REDIS_URL (see the compose
 file's x-app block).
