@@ -48,6 +48,7 @@ from onevps.errors import OnevpsError  # noqa: E402
 from tests.loadgen import METHODS, Client, Load  # noqa: E402
 
 TIMELINE = re.compile(r"^\s*\[timeline\]\s+(?P<step>\S(?:.*?\S)?)\s+(?P<seconds>\d+(?:\.\d+)?)\s*s\s*$")
+SWITCHED = re.compile(r"traffic moved to the new version after (?P<seconds>\d+(?:\.\d+)?) s")
 HEALTHY_WITHIN = 180  # seconds a plainly recreated app gets to answer /health again
 
 
@@ -102,7 +103,9 @@ def deploy_run(main_py: Path, original: str, n: int, app: str, flags: list[str])
     """One code-only `fab deploy` under the running load."""
     main_py.write_text(original + f"\n# benchmark change {n} {time.time()}\n")
     seconds, res = fab("deploy", f"--app={app}", *flags)
+    switched = SWITCHED.search(res.stdout)
     return {"seconds": round(seconds, 2), "exit": res.returncode, "timeline": parse_timeline(res.stdout),
+            "switched": float(switched["seconds"]) if switched else None,
             "output": "" if res.returncode == 0 else (res.stdout[-2000:] + res.stderr[-2000:])}
 
 
@@ -145,6 +148,9 @@ def summarize(result: dict) -> dict:
                  for step in dict.fromkeys(s for r in runs for s in r["timeline"])}
         if steps:
             entry["timeline"] = steps
+        switched = [r["switched"] for r in runs if r.get("switched") is not None]
+        if switched:
+            entry["switched"] = stats(switched)
         back = [r["healthy_after"] for r in runs if r.get("healthy_after") is not None]
         if back:
             entry["healthy_after"] = stats(back)
@@ -167,6 +173,10 @@ def table(summary: dict) -> str:
         lines.append(f"{label:34}{e['runs']:>5}{s['median']:>8.1f}{s['p90']:>7.1f}{s['min']:>7.1f}{s['max']:>7.1f}"
                      f"{e['GET']['requests']:>10}{e['GET']['failed']:>8}{e['POST']['requests']:>10}"
                      f"{e['POST']['failed']:>8}")
+    switched = summary.get("fab_deploy", {}).get("switched")
+    if switched:
+        lines.append(f"fab deploy: the new version served all traffic, the old one stopped, after "
+                     f"{switched['median']:.1f} s (median), {switched['p90']:.1f} s (p90), {switched['max']:.1f} s (max)")
     fab_steps = summary.get("fab_deploy", {}).get("timeline")
     if fab_steps:
         lines.append("fab deploy timeline, median s: " + ", ".join(f"{k} {v:.2f}" for k, v in fab_steps.items()))
