@@ -50,8 +50,8 @@ def setup(c, ship=False, swap=None, dry_run=False):
 @task(help={"app": "Deploy just this app.",
             "tier": "Rebuild this tier (base or ml) on the server and redeploy its apps one at a time.",
             "all": "Deploy every app, one at a time.",
-            "no-watch": "Skip the watch after the switch (DEPLOY_WATCH seconds of health and 5xx share; "
-                        "a failing new version is rolled back by itself).",
+            "no-watch": "Skip the watch after the switch (without it: DEPLOY_WATCH seconds of health and "
+                        "5xx share, and a failing new version is rolled back by itself).",
             "dry-run": "Print every remote command and which containers would change; change nothing."})
 def deploy(c, app=None, tier=None, all=False, no_watch=False, dry_run=False):
     """Send what changed, build only the app's layer on the server, swap its container with zero failed requests."""

@@ -145,7 +145,13 @@ def deploy_app(srv: Ctx, app: App, action: str = "deploy", image: str | None = N
     if entry.get("watch_failed"):
         reason, previous = entry["watch_failed"], entry["previous_image"]
         srv.say(f"==> the new {app.name} failed its watch: {reason}; rolling back to {previous[:19]}")
-        _deploy_one(srv, app, "rollback", previous, False, f"automatic, after the watch: {reason}")
+        try:
+            _deploy_one(srv, app, "rollback", previous, False, f"automatic, after the watch: {reason}")
+        except OnevpsError as exc:
+            raise OnevpsError(f"the new {app.name} failed the watch after the switch ({reason}) and the "
+                              f"rollback to {previous[:19]} failed too: {exc.what}",
+                              f"the new version may still serve: check `fab status`, then "
+                              f"`fab rollback --app={app.name}`") from None
         raise OnevpsError(f"the new {app.name} failed the watch after the switch ({reason}); "
                           f"it was rolled back to {previous[:19]}",
                           f"read `fab logs --app={app.name}`, fix the app and deploy again")
@@ -155,6 +161,9 @@ def deploy_app(srv: Ctx, app: App, action: str = "deploy", image: str | None = N
 def _deploy_one(srv: Ctx, app: App, action: str, image: str | None, watch_after: bool,
                 why: str | None) -> dict:
     started = time.monotonic()
+    # A slot an earlier switch left serving goes first, before `latest` moves (the app's
+    # container starts with what it names: the slot's image); then what runs is known.
+    switch.clear_leftover_slot(srv, app)
     before = snapshot(srv)
     previous = inspect(srv, "{{.Image}}", container_name(srv, app.name))
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "user": state.whoami(),
@@ -162,6 +171,7 @@ def _deploy_one(srv: Ctx, app: App, action: str, image: str | None, watch_after:
              "previous_image": previous, "image": image, "result": "failed"}
     if why:
         entry["why"] = why
+    srv.timeline.switched = None  # set once the old container has stopped (switch.stop_primary)
     with state.journal(srv.run, srv.rs, entry, started, srv.timeline):
         try:
             srv.lap("checks")
@@ -190,7 +200,8 @@ def _deploy_one(srv: Ctx, app: App, action: str, image: str | None, watch_after:
         except OnevpsError as exc:
             # The journal gets what failed, never a command line (it could hold a secret).
             entry["error"] = exc.step if isinstance(exc, CommandFailed) else exc.what
-            _point_latest_back(srv, app, entry, previous)
+            if srv.timeline.switched is None:  # the old container still serves: `latest` names it again
+                _point_latest_back(srv, app, entry, previous)
             raise
 
 
@@ -218,9 +229,8 @@ def watch_new(srv: Ctx, app: App) -> str | None:
 
 def _switch_to(srv: Ctx, app: App, image: str | None) -> str:
     """The app's container runs image (kept for rollback under a deploy-STAMP tag); the journal's result."""
-    # A slot an earlier switch left serving goes first (after the app is healthy at its
-    # address); then the app's container may already run this very image.
-    switch.clear_leftover_slot(srv, app)
+    # A slot an earlier switch left serving went first (_deploy_one); the app's container
+    # may already run this very image.
     if image and image == inspect(srv, "{{.Image}}", container_name(srv, app.name)):
         srv.say(f"==> {app.name} already runs this image ({image[:19]}); nothing to switch")
         return "ok (unchanged)"
@@ -274,6 +284,8 @@ def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None, watch_after: bool)
     srv.lap("services")
     for a in apps:
         srv.say(f"==> {a.name}")
+        if len(apps) > 1:
+            state.relabel_lock(srv.run, srv.rs, f"deploy {a.name} ({apps.index(a) + 1} of {len(apps)})")
         deploy_app(srv, a, watch_after=watch_after)
 
 

@@ -63,7 +63,11 @@ def relabel_lock(runner: Runner, settings: Settings, what: str) -> None:
     """Say what the held lock is doing now (e.g. watching the new version): `fab status` shows it."""
     if runner.dry_run:
         return
-    holder = json.dumps({"holder": whoami(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "what": what})
+    try:
+        since = json.loads(read_lock(runner, settings) or "{}")["since"]  # when the lock was taken
+    except (ValueError, KeyError, TypeError):
+        since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    holder = json.dumps({"holder": whoami(), "since": since, "what": what})
     runner.run(shell.write_file_line(f"{lock_dir(settings)}/holder", holder), "relabel the deploy lock", check=False)
 
 

@@ -104,6 +104,17 @@ def wait_ready(srv: Ctx, name: str, service: dict, timeout: int) -> str:
     return f"not answering its health probe after {timeout}s"
 
 
+def answers(srv: Ctx, name: str, service: dict) -> bool:
+    """The container runs and answers its health probe now (one try)."""
+    if inspect(srv, "{{.State.Running}}", name) != "true":
+        return False
+    probe = docker_cmd.probe(service.get("healthcheck") or {})
+    if not probe:
+        return inspect(srv, docker_cmd.STATE_HEALTH, name) == "running healthy"
+    return srv.run.run(docker_cmd.wait_ready(name, probe, 0), f"does {name} answer its health probe",
+                       check=False, mutates=False).ok
+
+
 def start_slot(srv: Ctx, app: App, image: str, service: dict, network: str) -> None:
     """Step 1: the new image in the deploy slot, healthy; or removed again and an error."""
     slot = slot_name(srv, app.name)
@@ -142,7 +153,9 @@ def start_primary(srv: Ctx, app: App, service: dict) -> None:
     hint = f"the new version keeps serving from the deploy slot {slot}; check `fab logs --app={app.name}`"
     srv.run.run(up_argv(srv, app, wait=False), f"start the new {app.name} at its address", hide=True, hint=hint)
     state = wait_ready(srv, container_name(srv, app.name), service, srv.rs.deploy_timeout)
-    if state != "healthy":
+    if state != "healthy":  # stopped, so nginx sends everything to the slot
+        srv.run.run(docker_cmd.stop(container_name(srv, app.name), timeout=10), f"stop the failed {app.name}",
+                    check=False)
         raise OnevpsError(f"the new {app.name} did not become healthy at its address ({state})", hint)
     srv.lap("home")
 
@@ -172,11 +185,11 @@ def clear_leftover_slot(srv: Ctx, app: App) -> None:
     if running != "true":
         srv.run.run(docker_cmd.rm(slot, force=True), "remove a stopped leftover deploy slot")
         return
-    fmt = docker_cmd.STATE_HEALTH
-    if inspect(srv, fmt, container_name(srv, app.name)) != "running healthy":
+    service = _service_config(srv, app.name)[0]
+    if not answers(srv, container_name(srv, app.name), service):
         srv.say(f"==> the deploy slot {slot} serves {app.name} (an earlier switch stopped before its step 3): "
                 f"starting {app.name} at its address first")
-        start_primary(srv, app, _service_config(srv, app.name)[0])
+        start_primary(srv, app, service)
     srv.say(f"==> retiring the leftover deploy slot {slot}")
     retire_slot(srv, app)
 

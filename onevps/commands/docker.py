@@ -146,10 +146,11 @@ def probe(check: dict) -> list[str]:
     return list(test[1:]) if test[0] == "CMD" else ["sh", "-c", test[1]]
 
 
-# $1 container, $2 seconds, $3 pause, then the probe: run it in the container until it
-# succeeds (exit 0), the container stops running (exit 3) or the seconds are over (exit 1).
+# $1 container, $2 seconds, $3 pause, then the probe: run it in the container (10 s at most
+# a try) until it succeeds (exit 0), the container stops running (exit 3) or the seconds
+# are over (exit 1; 0 seconds: one try).
 WAIT_READY = ('c=$1; end=$(( $(date +%s) + $2 )); pause=$3; shift 3; while :; do '
-              'docker exec "$c" "$@" >/dev/null 2>&1 && exit 0; '
+              'timeout 10 docker exec "$c" "$@" >/dev/null 2>&1 && exit 0; '
               '[ "$(docker inspect --format "{{.State.Running}}" "$c" 2>/dev/null)" = true ] || exit 3; '
               '[ "$(date +%s)" -lt "$end" ] || exit 1; sleep "$pause"; done')
 
