@@ -22,6 +22,13 @@ socket is polled without blocking, and if it is readable (the server's FIN,
 or bytes nobody asked for) the connection is replaced by a new one
 (`reconnects` counts these). A server that closes a connection just as a
 request goes out on it still fails that request, as it would for any client.
+
+`resend_on_idle_close=True` (for what reloads nginx: `fab certs`) adds what
+browsers do when a server closes an idle keep-alive connection just as a
+request goes out on it, as nginx does to every idle connection on a reload:
+a request whose *reused* connection ended with no byte of an answer is sent
+once more on a new connection (`resent` counts these; anything else still
+fails). The deploy tests never use it: a deploy does not reload nginx.
 """
 
 from __future__ import annotations
@@ -77,11 +84,14 @@ def format_counts(counts: Counter) -> str:
 class Client:
     """One keep-alive connection to 127.0.0.1:port for one Host; one request at a time, never retried."""
 
-    def __init__(self, port: int, host: str, timeout: float = 30):
+    def __init__(self, port: int, host: str, timeout: float = 30, resend_on_idle_close: bool = False):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         self.host = host
+        self.resend_on_idle_close = resend_on_idle_close
         self.connections = 0  # connections opened
         self.reconnects = 0  # idle connections found closed by the server, replaced before use
+        self.resent = 0  # requests sent again after their reused connection closed with no answer
+        self._used = False  # the open connection has carried a request already
 
     def _ready(self) -> None:
         if self.conn.sock is not None and peer_closed(self.conn.sock):
@@ -90,6 +100,7 @@ class Client:
         if self.conn.sock is None:
             self.conn.connect()
             self.connections += 1
+            self._used = False
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int | str, bytes, str | None]:
         """(status code or exception class name, answer body, error text or None)."""
@@ -98,17 +109,32 @@ class Client:
             headers["Content-Type"] = "application/json"
         try:
             self._ready()
-            self.conn.request(method, path, body=body, headers=headers)
-            res = self.conn.getresponse()
+            reused = self._used
+            try:
+                res = self._send(method, path, body, headers)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if not (self.resend_on_idle_close and reused):
+                    raise
+                self.conn.close()  # closed before a status line came: once more, on a new connection
+                self.resent += 1
+                self._ready()
+                res = self._send(method, path, body, headers)
             data = res.read()
         except Exception as exc:  # noqa: BLE001 - every failure counts
             self.conn.close()
+            self._used = False
             return type(exc).__name__, b"", f"{method} {path}: {exc!r}"
+        self._used = not res.will_close
         if res.will_close:
             self.conn.close()
         if is_failure(res.status):
             return res.status, data, f"{method} {path}: {res.status}: {data[:80]!r}"
         return res.status, data, None
+
+    def _send(self, method: str, path: str, body: bytes | None, headers: dict) -> http.client.HTTPResponse:
+        """The request sent and the answer's status line and headers read (not its body)."""
+        self.conn.request(method, path, body=body, headers=headers)
+        return self.conn.getresponse()
 
     def close(self) -> None:
         self.conn.close()
@@ -136,8 +162,10 @@ class Load:
     """`with Load(port, host) as load:` loads the app for the block's duration (plus `settle` s each side)."""
 
     def __init__(self, port: int, host: str, path: str = "/health", threads: int = 3, timeout: float = 30,
-                 post_path: str | None = "/api/echo", settle: float = 1.0):
+                 post_path: str | None = "/api/echo", settle: float = 1.0, resend_on_idle_close: bool = False):
         self.port, self.host, self.path, self.post_path = port, host, path, post_path
+        self.resend_on_idle_close = resend_on_idle_close
+        self.resent = 0  # requests sent again after a reused connection closed with no answer
         self.timeout, self.settle = timeout, settle
         self.stop = threading.Event()
         self.by_method: dict[str, Counter] = {m: Counter() for m in METHODS}
@@ -171,7 +199,7 @@ class Load:
                 self.errors.append(error)
 
     def _run(self, index: int) -> None:
-        client = Client(self.port, self.host, self.timeout)
+        client = Client(self.port, self.host, self.timeout, self.resend_on_idle_close)
         n = index  # threads start on alternate methods
         while not self.stop.is_set():
             if self.post_path and n % 2:
@@ -183,6 +211,7 @@ class Load:
         with self._lock:
             self.connections += client.connections
             self.reconnects += client.reconnects
+            self.resent += client.resent
 
     def __enter__(self) -> "Load":
         self._t0 = time.monotonic()
@@ -229,5 +258,7 @@ class Load:
         failed = sum(failed_count(c) for c in counts.values())
         total = sum(sum(c.values()) for c in counts.values())
         return (f"{failed} failed of {total} requests in {self.seconds:.1f} s on {self.connections} "
-                f"connection(s), {self.reconnects} reconnect(s) after an idle close: {'; '.join(parts)}"
+                f"connection(s), {self.reconnects} reconnect(s) after an idle close"
+                + (f", {self.resent} resent after a close with no answer" if self.resend_on_idle_close else "")
+                + f": {'; '.join(parts)}"
                 + (f"; first errors: {first}" if first else ""))

@@ -221,3 +221,21 @@ def test_table_shows_both_ways_with_requests_and_failures_per_method(bench):
     assert fab_line.split()[-9:] == ["3", "7.0", "8.0", "6.0", "8.0", "300", "0", "270", "2"]
     assert plain_line.split()[-9:] == ["1", "3.0", "3.0", "3.0", "3.0", "50", "40", "45", "30"]
     assert "build 1.5" in text
+
+
+def test_resend_on_idle_close_sends_once_more_only_on_a_reused_connection(server):
+    """A reused connection closed with no answer: the request goes once more on a new connection
+    (as browsers do on an nginx reload); on a new connection, or a second time, it fails."""
+    server.mode = "close-after-post"  # every POST: read, then the connection closes without an answer
+    client = loadgen.Client(server.server_address[1], HOST, timeout=5, resend_on_idle_close=True)
+    assert client.request("POST", "/api/echo", b"{}")[0] == "RemoteDisconnected"  # a new connection
+    assert client.resent == 0
+    assert client.request("GET", "/health")[0] == 200  # the connection now carried a request
+    status, _, error = client.request("POST", "/api/echo", b"{}")
+    assert status == "RemoteDisconnected" and error.startswith("POST /api/echo")  # the resend failed too
+    assert client.resent == 1 and client.connections == 3
+    plain = loadgen.Client(server.server_address[1], HOST, timeout=5)
+    assert plain.request("GET", "/health")[0] == 200
+    assert plain.request("POST", "/api/echo", b"{}")[0] == "RemoteDisconnected" and plain.resent == 0
+    client.close()
+    plain.close()
