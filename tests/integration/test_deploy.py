@@ -451,6 +451,44 @@ def test_a_switch_broken_at_step_3_is_mended_by_the_next_deploy_and_rollback(rep
     set_version(repo, "portfolio", "dev")
 
 
+def test_a_version_failing_after_the_switch_is_rolled_back_by_the_watch(repo):
+    """A version that starts and answers its health check but fails (500) on one route: the
+    watch sees its 5xx share in nginx's log, rolls back by itself with the same switch (no
+    failed request on the other routes), exits non-zero, and the journal says why."""
+    path = repo["root"] / "apps" / "portfolio" / "main.py"
+    good = path.read_text()
+    before = http(Server, "portfolio", "/health").json()["version"]
+    set_version(repo, "portfolio", "fails-on-report")
+    path.write_text(path.read_text() + '\n\n@app.get("/api/report")\ndef report():\n'
+                    '    raise RuntimeError("this version fails on /api/report")\n')
+    env_file = repo["root"] / ".env.vps"
+    env_file.write_text(SERVER_ENV.replace("DEPLOY_WATCH=2", "DEPLOY_WATCH=30"))
+    report = loadgen.Load(Server.http_port, f"portfolio.{Server.domain}", path="/api/report", threads=1,
+                          post_path=None)
+    try:
+        with Load("portfolio") as load, report:
+            res = fab(repo, "deploy", "--app=portfolio")
+    finally:
+        path.write_text(good)
+        env_file.write_text(SERVER_ENV)
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the new portfolio failed the watch after the switch (the new portfolio "
+                           "answered "), last
+    assert "with 5xx, above DEPLOY_WATCH_5XX=5%); it was rolled back to sha256:" in last, last
+    assert "Traceback" not in res.stderr
+    assert report.status[500] > 0, report.summary()  # the new version did fail there
+    assert load.failed == 0, load.summary()  # deploy, watch and the rollback by itself: no failed request
+    assert load.versions[-1] == before and "fails-on-report" in load.versions
+    assert http(Server, "portfolio", "/health").json()["version"] == before
+    deployed, rolled = journal(repo)[-2:]
+    assert deployed["action"] == "deploy" and deployed["result"] == "rolled-back", deployed
+    assert "5xx" in deployed["error"] and "watch" in deployed["steps"], deployed
+    assert rolled["action"] == "rollback" and rolled["result"] == "ok", rolled
+    assert rolled["why"].startswith("automatic, after the watch: ") and rolled["image"] == deployed["previous_image"]
+    assert not leftover_slots()
+
+
 def _served_certificate(name: str) -> str:
     """Issuer and names of the certificate nginx presents on 127.0.0.1 for `name`."""
     pem = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{Server.https_port}", "-servername", name],
@@ -528,40 +566,3 @@ def test_https_redirect_and_hsts_when_switched_on(repo):
     challenge = http(Server, "portfolio", "/.well-known/acme-challenge/none")
     assert challenge.status == 404  # challenges are answered on plain HTTP, never redirected
 
-
-def test_a_version_failing_after_the_switch_is_rolled_back_by_the_watch(repo):
-    """A version that starts and answers its health check but fails (500) on one route: the
-    watch sees its 5xx share in nginx's log, rolls back by itself with the same switch (no
-    failed request on the other routes), exits non-zero, and the journal says why."""
-    path = repo["root"] / "apps" / "portfolio" / "main.py"
-    good = path.read_text()
-    before = http(Server, "portfolio", "/health").json()["version"]
-    set_version(repo, "portfolio", "fails-on-report")
-    path.write_text(path.read_text() + '\n\n@app.get("/api/report")\ndef report():\n'
-                    '    raise RuntimeError("this version fails on /api/report")\n')
-    env_file = repo["root"] / ".env.vps"
-    env_file.write_text(SERVER_ENV.replace("DEPLOY_WATCH=2", "DEPLOY_WATCH=30"))
-    report = loadgen.Load(Server.http_port, f"portfolio.{Server.domain}", path="/api/report", threads=1,
-                          post_path=None)
-    try:
-        with Load("portfolio") as load, report:
-            res = fab(repo, "deploy", "--app=portfolio")
-    finally:
-        path.write_text(good)
-        env_file.write_text(SERVER_ENV)
-    assert res.returncode == 1, res.stdout[-3000:] + res.stderr
-    last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: the new portfolio failed the watch after the switch (the new portfolio "
-                           "answered "), last
-    assert "with 5xx, above DEPLOY_WATCH_5XX=5%); it was rolled back to sha256:" in last, last
-    assert "Traceback" not in res.stderr
-    assert report.status[500] > 0, report.summary()  # the new version did fail there
-    assert load.failed == 0, load.summary()  # deploy, watch and the rollback by itself: no failed request
-    assert load.versions[-1] == before and "fails-on-report" in load.versions
-    assert http(Server, "portfolio", "/health").json()["version"] == before
-    deployed, rolled = journal(repo)[-2:]
-    assert deployed["action"] == "deploy" and deployed["result"] == "rolled-back", deployed
-    assert "5xx" in deployed["error"] and "watch" in deployed["steps"], deployed
-    assert rolled["action"] == "rollback" and rolled["result"] == "ok", rolled
-    assert rolled["why"].startswith("automatic, after the watch: ") and rolled["image"] == deployed["previous_image"]
-    assert not leftover_slots()
