@@ -14,9 +14,15 @@ from .composefile import atomic_write
 from .registry import App, Registry
 
 APP_PORT = 8000
-# Seconds nginx leaves a failed primary alone before trying it again; a
-# deploy waits this long (plus a margin) before it stops the deploy slot.
+# Seconds nginx leaves a failed primary alone before trying it again.
 FAIL_TIMEOUT = 1
+# proxy_connect_timeout in nginx/snippets/proxy.conf: a connection to a stopped
+# container's address (no refusal, it answers nothing) gives up after this long.
+CONNECT_TIMEOUT = 2
+# After the app is back at its address, a deploy waits this long before it stops
+# the slot: a try that started while the address was empty fails up to
+# CONNECT_TIMEOUT later, and nginx counts fail_timeout in whole seconds.
+SLOT_DRAIN = CONNECT_TIMEOUT + FAIL_TIMEOUT + 1.2
 ROUTES_FILE = Path("nginx/templates/apps.conf.template")
 INDEX_FILE = Path("nginx/html/index.html")
 
@@ -51,10 +57,11 @@ _SERVER = """server {{
 # nginx retries on the backup for every method.
 _COMPOSE_UPSTREAM = """
 # {name} ({tier} tier). The backup is the deploy slot: `fab deploy` starts
-# the new version there, then replaces the primary; nginx fails over to it.
+# the new version there, then replaces the primary; nginx fails over to it
+# (never marked down: only tried while the primary is).
 upstream app_{name} {{
     server ${{NETWORK_PREFIX}}.{host}:{port} max_fails=1 fail_timeout={fail_timeout}s;
-    server ${{NETWORK_PREFIX}}.{slot}:{port} backup;
+    server ${{NETWORK_PREFIX}}.{slot}:{port} backup max_fails=0;
 }}
 """
 

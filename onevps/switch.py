@@ -164,9 +164,7 @@ def retire_slot(srv: Ctx, app: App) -> None:
     """Steps 4 and 5: nginx trusts the primary again after fail_timeout; then the slot stops and goes."""
     slot = slot_name(srv, app.name)
     if not srv.run.dry_run:
-        # nginx counts fail_timeout in whole seconds: a primary that failed just before it
-        # became ready may be passed over for up to FAIL_TIMEOUT + 1 s.
-        time.sleep(nginx.FAIL_TIMEOUT + 1.2)
+        time.sleep(nginx.SLOT_DRAIN)  # until nginx trusts the primary again (see nginx.py)
     srv.lap("drain")
     srv.run.run(docker_cmd.stop(slot, timeout=30), "stop the deploy slot")
     srv.run.run(docker_cmd.rm(slot), "remove the deploy slot")

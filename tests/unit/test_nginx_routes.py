@@ -18,11 +18,17 @@ def test_every_app_gets_an_upstream_at_its_address_and_a_server_name():
     for app in reg().apps:
         assert (f"upstream app_{app.name} {{\n"
                 f"    server ${{NETWORK_PREFIX}}.{app.host}:8000 max_fails=1 fail_timeout=1s;\n"
-                f"    server ${{NETWORK_PREFIX}}.{app.host + 128}:8000 backup;\n}}") in text
+                f"    server ${{NETWORK_PREFIX}}.{app.host + 128}:8000 backup max_fails=0;\n}}") in text
         assert f"server_name {app.name}.${{DOMAIN}};" in text
     assert text.count("server_name") == len(reg().apps)
     # No idle connections to apps: one an app closes under a POST nginx is sending is a 502.
     assert "keepalive" not in text
+
+
+def test_the_slot_drain_covers_nginx_connect_timeout():
+    conf = (ROOT / "nginx" / "snippets" / "proxy.conf").read_text()
+    assert f"proxy_connect_timeout {nginx.CONNECT_TIMEOUT}s;" in conf
+    assert nginx.SLOT_DRAIN > nginx.CONNECT_TIMEOUT + nginx.FAIL_TIMEOUT + 1
 
 
 def test_index_lists_every_app():
