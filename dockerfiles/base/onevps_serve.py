@@ -4,52 +4,91 @@
 
 takes every option of `uvicorn`; only its graceful shutdown (SIGTERM, as
 `docker stop` sends) changes. uvicorn alone closes its listening socket with
-connections still queued in the kernel, which the kernel then resets, and it
-closes connections whose request it has not read yet: in both cases nginx has
-already sent the request, so it cannot retry a POST elsewhere (a 502). Here:
+connections still in the kernel (handshakes under way, connections queued),
+which the kernel then resets, and it closes connections whose request it has
+not read yet: in each case nginx has already sent the request, so it cannot
+retry a POST elsewhere (a 502). Here:
 
-1. the connections the kernel has queued are accepted and served;
-2. the listening socket closes: a new connection is refused, which nginx
-   retries on the app's other server for every method (nothing was sent);
-3. a short pause lets the requests on the connections just taken arrive;
-4. then uvicorn's own graceful shutdown: the requests in flight complete.
+1. the listening socket stops taking new connections: a socket filter drops
+   every new SYN (a client sends it again a second later), while handshakes
+   under way complete;
+2. after a moment, the connections the kernel has queued are accepted and
+   served;
+3. the listening socket closes: from now on a new connection is refused,
+   which nginx retries on the app's other server for every method (nothing
+   was sent);
+4. a short pause lets the requests on the connections just taken arrive;
+5. then uvicorn's own graceful shutdown: the requests in flight complete.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import socket
+import struct
 import sys
 
 from uvicorn import server as uvicorn_server
 from uvicorn.main import main
 
+HANDSHAKES = 0.05  # seconds for handshakes under way to complete once new SYNs are dropped
 GRACE = 0.3  # seconds for a request on a connection just accepted to arrive
+SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>
+# Classic BPF over the TCP header: drop a segment with SYN and without ACK (a new
+# connection), pass every other one (handshakes under way, data, FIN, RST).
+NO_NEW_CONNECTIONS = [
+    (0x30, 0, 0, 13),          # ldb [13]: the TCP flags
+    (0x45, 2, 0, 0x10),        # jset ACK: pass
+    (0x45, 0, 1, 0x02),        # jset SYN: drop, else pass
+    (0x06, 0, 0, 0),           # ret 0: drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # ret all: pass
+]
+_FILTER = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in NO_NEW_CONNECTIONS))
 _uvicorn_shutdown = uvicorn_server.Server.shutdown
 
 
-def _accept_queued(loop: asyncio.AbstractEventLoop, srv: asyncio.base_events.Server) -> None:
-    """Accept what the kernel has queued on srv's listening sockets and serve it."""
+def _handles(srv: asyncio.base_events.Server) -> list[socket.socket]:
+    """A second handle on each of srv's listening sockets (the caller closes them)."""
+    handles = []
     for listening in srv.sockets or ():
-        sock = socket.socket(fileno=os.dup(listening.fileno()))  # a second handle, closed below
+        sock = socket.socket(fileno=os.dup(listening.fileno()))
         sock.setblocking(False)
+        handles.append(sock)
+    return handles
+
+
+def _refuse_new(sock: socket.socket) -> None:
+    """New SYNs are dropped from now on; connections under way and queued are not touched."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                        struct.pack("HL", len(NO_NEW_CONNECTIONS), ctypes.addressof(_FILTER)))
+    except OSError:  # no socket filters here (not Linux): the queue is still drained below
+        pass
+
+
+def _accept_queued(loop: asyncio.AbstractEventLoop, srv: asyncio.base_events.Server, sock: socket.socket) -> None:
+    """Accept what the kernel has queued on sock and serve it with srv's protocol."""
+    while True:
         try:
-            while True:
-                try:
-                    conn, _ = sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                conn.setblocking(False)
-                loop.create_task(loop.connect_accepted_socket(srv._protocol_factory, conn))
-        finally:
-            sock.close()
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn.setblocking(False)
+        loop.create_task(loop.connect_accepted_socket(srv._protocol_factory, conn))
 
 
 async def shutdown(self: uvicorn_server.Server, sockets: list[socket.socket] | None = None) -> None:
     loop = asyncio.get_running_loop()
+    handles = [(srv, sock) for srv in self.servers for sock in _handles(srv)]
+    for _, sock in handles:
+        _refuse_new(sock)
+    await asyncio.sleep(HANDSHAKES)
+    for srv, sock in handles:
+        _accept_queued(loop, srv, sock)
+        sock.close()
     for srv in self.servers:
-        _accept_queued(loop, srv)
         srv.close()
     await asyncio.sleep(GRACE)
     await _uvicorn_shutdown(self, sockets)
