@@ -84,8 +84,8 @@ def tier_dir(project: Project, tier_name: str) -> Path:
 
 def _inputs(folder: Path, t: Tier) -> list[Path]:
     files = [folder / "Dockerfile", folder / "requirements.txt", folder / "constraints.txt"]
-    if t is BASE:
-        files += sorted((folder / "extra-ca").glob("*.crt"))
+    if t is BASE:  # what its Dockerfile copies in besides
+        files += [folder / "onevps_serve.py", *sorted((folder / "extra-ca").glob("*.crt"))]
     return files
 
 

@@ -36,6 +36,18 @@ def test_requirement_change_changes_the_tier_and_the_ml_tier_above(p, s):
     assert tiers.content_tag(p, s, "ml") != ml
 
 
+def test_every_file_the_base_dockerfile_copies_is_part_of_its_tag(p, s):
+    """A file the Dockerfile COPYs that the tag missed would leave a server on the old image."""
+    base, ml = tiers.content_tag(p, s, "base"), tiers.content_tag(p, s, "ml")
+    serve = p.root / "dockerfiles" / "base" / "onevps_serve.py"
+    serve.write_text(serve.read_text() + "\n# change\n")
+    assert tiers.content_tag(p, s, "base") != base and tiers.content_tag(p, s, "ml") != ml
+    dockerfile = (p.root / "dockerfiles" / "base" / "Dockerfile").read_text()
+    copied = {word for line in dockerfile.splitlines() if line.startswith("COPY ")
+              for word in line.split()[1:-1]}
+    assert copied == {"extra-ca/", "requirements.txt", "constraints.txt", "onevps_serve.py"}
+
+
 def test_ml_change_leaves_base_alone(p, s):
     base = tiers.content_tag(p, s, "base")
     dockerfile = p.root / "dockerfiles" / "ml" / "Dockerfile"
