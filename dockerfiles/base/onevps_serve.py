@@ -17,7 +17,8 @@ retry a POST elsewhere (a 502). Here:
 3. the listening socket closes: from now on a new connection is refused,
    which nginx retries on the app's other server for every method (nothing
    was sent);
-4. a short pause lets the requests on the connections just taken arrive;
+4. it waits (2 s at most) until every connection has brought its first
+   request, so uvicorn closes none that carries one;
 5. then uvicorn's own graceful shutdown: the requests in flight complete.
 """
 
@@ -34,7 +35,7 @@ from uvicorn import server as uvicorn_server
 from uvicorn.main import main
 
 HANDSHAKES = 0.05  # seconds for handshakes under way to complete once new SYNs are dropped
-GRACE = 0.3  # seconds for a request on a connection just accepted to arrive
+FIRST_REQUEST = 2.0  # seconds at most for the connections just taken to bring their request
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>
 # Classic BPF over the TCP header: drop a segment with SYN and without ACK (a new
 # connection), pass every other one (handshakes under way, data, FIN, RST).
@@ -90,8 +91,16 @@ async def shutdown(self: uvicorn_server.Server, sockets: list[socket.socket] | N
         sock.close()
     for srv in self.servers:
         srv.close()
-    await asyncio.sleep(GRACE)
+    deadline = loop.time() + FIRST_REQUEST
+    while _waiting(self.server_state) and loop.time() < deadline:
+        await asyncio.sleep(0.02)
     await _uvicorn_shutdown(self, sockets)
+
+
+def _waiting(state: object) -> int:
+    """Connections that have not brought a request yet (uvicorn's shutdown would close them)."""
+    return sum(1 for c in list(getattr(state, "connections", ()))
+               if getattr(getattr(c, "conn", None), "their_http_version", "") is None)
 
 
 uvicorn_server.Server.shutdown = shutdown  # type: ignore[method-assign]
