@@ -664,15 +664,16 @@ def test_broken_secrets_are_never_shown(server):
     unterminated.write_text(SERVER_ENV + f'CHROMA_TOKEN="{BROKEN["unterminated"]}\n')
     colon = root / ".env.colon"
     colon.write_text(SERVER_ENV + f"OTHER_TOKEN: {BROKEN['colon']}\n")
+    added = f"line {len(SERVER_ENV.splitlines()) + 1}"  # the line each broken file adds
     cases = [
         ("inv", ["settings"], {"REDIS_PASSWORD": BROKEN["url-unsafe"]}, "REDIS_PASSWORD (environment variable)"),
         ("inv", ["up"], {"REDIS_PASSWORD": BROKEN["url-unsafe"]}, "REDIS_PASSWORD (environment variable)"),
         ("inv", ["check"], {"ONEVPS_ENV_FILE": str(bad_chars)}, "CHROMA_TOKEN (.env.bad-chars line"),
-        ("inv", ["status"], {"ONEVPS_ENV_FILE": str(unterminated)}, ".env.unterminated line 13 cannot be parsed"),
-        ("inv", ["swarm-deploy", "--dry-run"], {"ONEVPS_ENV_FILE": str(colon)}, ".env.colon line 13"),
+        ("inv", ["status"], {"ONEVPS_ENV_FILE": str(unterminated)}, f".env.unterminated {added} cannot be parsed"),
+        ("inv", ["swarm-deploy", "--dry-run"], {"ONEVPS_ENV_FILE": str(colon)}, f".env.colon {added}"),
         ("fab", ["deploy", "--app=portfolio"], {"VPS_ENV_FILE": ".env.bad-chars"}, "CHROMA_TOKEN (.env.bad-chars"),
-        ("fab", ["setup"], {"VPS_ENV_FILE": ".env.unterminated"}, ".env.unterminated line 13 cannot be parsed"),
-        ("fab", ["certs"], {"VPS_ENV_FILE": ".env.colon"}, ".env.colon line 13"),
+        ("fab", ["setup"], {"VPS_ENV_FILE": ".env.unterminated"}, f".env.unterminated {added} cannot be parsed"),
+        ("fab", ["certs"], {"VPS_ENV_FILE": ".env.colon"}, f".env.colon {added}"),
     ]
     runs = cli_many(repo, [(prog, args, env) for prog, args, env, _ in cases], "broken secret")
     for res, (_, _, _, named) in zip(runs, cases):
