@@ -28,15 +28,18 @@ from onevps import config, registry as registry_mod, stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The test stack's own name, ports, subnet and image namespace.
+# The test stack's own name, ports, subnet and image namespace. A second
+# checkout can run its integration tests beside the first by setting
+# ONEVPS_TEST_PROJECT and the ONEVPS_TEST_* ports and subnets below.
+TEST_PROJECT = os.environ.get("ONEVPS_TEST_PROJECT", "onevps-test")
 TEST_ENV = {
-    "COMPOSE_PROJECT_NAME": "onevps-test",
+    "COMPOSE_PROJECT_NAME": TEST_PROJECT,
     "BIND_ADDRESS": "127.0.0.1",
     "HTTP_PORT": os.environ.get("ONEVPS_TEST_HTTP_PORT", "18080"),
     "HTTPS_PORT": os.environ.get("ONEVPS_TEST_HTTPS_PORT", "18443"),
     "NETWORK_PREFIX": os.environ.get("ONEVPS_TEST_NETWORK_PREFIX", "172.29.0"),
     "CHROMA_SUBNET": os.environ.get("ONEVPS_TEST_CHROMA_SUBNET", "172.29.1.0/28"),
-    "IMAGE_NAMESPACE": "onevps-test",
+    "IMAGE_NAMESPACE": TEST_PROJECT,
     "UP_TIMEOUT": "900",
     "REDIS_PASSWORD": secrets.token_urlsafe(24),  # fresh secrets for every run
     "CHROMA_TOKEN": secrets.token_urlsafe(24),
