@@ -15,6 +15,7 @@ from . import disk, nginx, provision, prune, remote, ship as shipping, state, sw
 from .commands import compose_cmd, docker_cmd, shell
 from .errors import CommandFailed, OnevpsError
 from .registry import SHARED_SERVICES, App
+from .timeline import Timeline
 from .server import (Ctx, app_ref, container_name, inspect, proof, require_docker_on_server, slot_name,
                      snapshot, tier_ref)
 
@@ -141,9 +142,9 @@ def deploy_app(srv: Ctx, app: App, action: str = "deploy", image: str | None = N
                why: str | None = None) -> dict:
     """Deploy (build) or roll back (given image) one app; returns its journal entry. With
     watch_after, the new version is watched after the switch and rolled back should it fail."""
-    entry = _deploy_one(srv, app, action, image, watch_after, why)
-    if entry.get("watch_failed"):
-        reason, previous = entry["watch_failed"], entry["previous_image"]
+    entry, reason = _deploy_one(srv, app, action, image, watch_after, why)
+    if reason:
+        previous = entry["previous_image"]
         srv.say(f"==> the new {app.name} failed its watch: {reason}; rolling back to {previous[:19]}")
         try:
             _deploy_one(srv, app, "rollback", previous, False, f"automatic, after the watch: {reason}")
@@ -159,7 +160,8 @@ def deploy_app(srv: Ctx, app: App, action: str = "deploy", image: str | None = N
 
 
 def _deploy_one(srv: Ctx, app: App, action: str, image: str | None, watch_after: bool,
-                why: str | None) -> dict:
+                why: str | None) -> tuple[dict, str | None]:
+    """One app's deploy or rollback, journaled: (its journal entry, why the watch failed or None)."""
     started = time.monotonic()
     # A slot an earlier switch left serving goes first, before `latest` moves (the app's
     # container starts with what it names: the slot's image); then what runs is known.
@@ -184,19 +186,20 @@ def _deploy_one(srv: Ctx, app: App, action: str, image: str | None, watch_after:
                 srv.say(f"[dry-run] would replace the container of {app.name} "
                         f"({(previous or 'none')[:19]} -> new image); no other container would change")
                 entry["result"] = "dry-run"
-                return entry
+                return entry, None
             entry["result"] = _switch_to(srv, app, image)
             for line in proof(before, snapshot(srv), {container_name(srv, app.name), slot_name(srv, app.name)}):
                 srv.say(line)
             srv.lap("cleanup")
             if srv.timeline.switched is not None:
                 entry["switched_after"] = srv.timeline.switched
-            if watch_after and previous and entry["result"] == "ok" and (reason := watch_new(srv, app)):
-                # The journal says why; deploy_app rolls back (and `latest` goes back below).
-                entry.update(result="rolled-back", error=f"the watch after the switch: {reason}",
-                             watch_failed=reason)
+            reason = watch_new(srv, app) if watch_after and previous and entry["result"] == "ok" else None
+            if reason:
+                # The journal says why; deploy_app rolls back. `latest` goes back at once, so
+                # that no `compose up` starts the failed version should the rollback not get far.
+                entry.update(result="rolled-back", error=f"the watch after the switch: {reason}")
                 _point_latest_back(srv, app, entry, previous)
-            return entry
+            return entry, reason
         except OnevpsError as exc:
             # The journal gets what failed, never a command line (it could hold a secret).
             entry["error"] = exc.step if isinstance(exc, CommandFailed) else exc.what
@@ -259,7 +262,7 @@ def deploy(srv: Ctx, app: str | None = None, tier: str | None = None, every: boo
     srv.say(done_line(srv.timeline, len(apps)))
 
 
-def done_line(tl, apps: int) -> str:
+def done_line(tl: Timeline, apps: int) -> str:
     switched = f"; traffic moved to the new version after {tl.switched:.1f} s" if apps == 1 and tl.switched else ""
     return f"==> done in {tl.total():.1f} s{switched}"
 

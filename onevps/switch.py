@@ -73,26 +73,37 @@ def up_argv(srv: Ctx, app: App, wait: bool = True) -> list[str]:
 
 
 def wait_healthy(srv: Ctx, name: str, timeout: int) -> str:
-    """Poll the container's Docker health until healthy; returns the final state."""
+    """Poll the container's Docker health (at least once) until healthy; returns the final state."""
     if srv.run.dry_run:
         return "healthy"
     deadline = time.monotonic() + timeout
-    state = "missing"
-    while time.monotonic() < deadline:
+    while True:
         state = inspect(srv, docker_cmd.STATE_HEALTH, name) or "missing"
         if state == "running healthy":
             return "healthy"
         if state.startswith(("exited", "dead", "missing")) or state.endswith("unhealthy"):
             return state
+        if time.monotonic() >= deadline:
+            return f"{state} after {timeout}s"
         time.sleep(1)
-    return f"{state} after {timeout}s"
 
 
 def wait_ready(srv: Ctx, name: str, service: dict, timeout: int) -> str:
     """Wait until the container answers its own health probe; "healthy" or what it is instead."""
-    probe = docker_cmd.probe(service.get("healthcheck") or {})
     if srv.run.dry_run:
         return "healthy"
+    return _ready(srv, name, service, timeout)
+
+
+def answers(srv: Ctx, name: str, service: dict) -> bool:
+    """The container runs and answers its health probe now (one try; also in a dry run)."""
+    return inspect(srv, "{{.State.Running}}", name) == "true" and _ready(srv, name, service, 0) == "healthy"
+
+
+def _ready(srv: Ctx, name: str, service: dict, timeout: int) -> str:
+    """The health probe of the compose file, polled on the server (one command); Docker's own
+    health when the service has no probe."""
+    probe = docker_cmd.probe(service.get("healthcheck") or {})
     if not probe:  # no health check in the compose file: Docker's view is all there is
         return wait_healthy(srv, name, timeout)
     res = srv.run.run(docker_cmd.wait_ready(name, probe, timeout), f"wait until {name} answers its health probe",
@@ -102,17 +113,6 @@ def wait_ready(srv: Ctx, name: str, service: dict, timeout: int) -> str:
     if res.exited == 3:
         return inspect(srv, "{{.State.Status}} (exit code {{.State.ExitCode}})", name) or "missing"
     return f"not answering its health probe after {timeout}s"
-
-
-def answers(srv: Ctx, name: str, service: dict) -> bool:
-    """The container runs and answers its health probe now (one try)."""
-    if inspect(srv, "{{.State.Running}}", name) != "true":
-        return False
-    probe = docker_cmd.probe(service.get("healthcheck") or {})
-    if not probe:
-        return inspect(srv, docker_cmd.STATE_HEALTH, name) == "running healthy"
-    return srv.run.run(docker_cmd.wait_ready(name, probe, 0), f"does {name} answer its health probe",
-                       check=False, mutates=False).ok
 
 
 def start_slot(srv: Ctx, app: App, image: str, service: dict, network: str) -> None:
