@@ -18,8 +18,10 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pytest
 from invoke import Context
@@ -211,6 +213,31 @@ def docker(*args: str) -> str:
     res = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"docker {' '.join(args)} failed: {res.stderr}"
     return res.stdout
+
+
+@contextmanager
+def file_text(path: Path, change: Callable[[str], str]) -> Iterator[None]:
+    """For the length of the block the file holds change(its text); then its text again."""
+    good = path.read_text()
+    path.write_text(change(good))
+    try:
+        yield
+    finally:
+        path.write_text(good)
+
+
+def clear_compose_project(name: str, volumes_only: bool = False) -> None:
+    """What an earlier run of Compose project `name` left: its containers (labelled, or named
+    NAME-*) and networks, and its volumes (all of them when volumes_only)."""
+    if not volumes_only:
+        ids = set(docker("ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={name}").split())
+        ids |= set(docker("ps", "--all", "--quiet", "--filter", f"name=^{name}-").split())
+        if ids:
+            subprocess.run(["docker", "rm", "--force", *ids], capture_output=True)
+        for net in docker("network", "ls", "--quiet", "--filter", f"label=com.docker.compose.project={name}").split():
+            subprocess.run(["docker", "network", "rm", net], capture_output=True)
+    for vol in docker("volume", "ls", "--quiet", "--filter", f"label=com.docker.compose.project={name}").split():
+        subprocess.run(["docker", "volume", "rm", vol], capture_output=True)
 
 
 def inv(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from onevps import config, tiers
 from onevps.project import Project
 from tests import loadgen
 
-from .conftest import copy_repo, docker, http
+from .conftest import clear_compose_project, copy_repo, docker, file_text, http
 from .sshd import SshdError, local_sshd
 
 pytestmark = pytest.mark.docker
@@ -57,19 +57,13 @@ def sshd(tmp_path_factory):
 
 # ------------------------------------------------------------ local copy --
 
-def _remove_volumes() -> None:
-    """Volumes an earlier run of this project left (e.g. a certbot account)."""
-    for vol in docker("volume", "ls", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT}").split():
-        subprocess.run(["docker", "volume", "rm", vol], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, built_images, settings, project, sshd):
     base = tmp_path_factory.mktemp("deploy")
     copy = base / "onevps"
     copy_repo(copy)
     (copy / ".env.vps").write_text(SERVER_ENV)
-    _remove_volumes()
+    clear_compose_project(PROJECT, volumes_only=True)
     # The "server" shares this machine's engine: give it the tier images the
     # session built (through Compose), as a server that ran `fab setup` before
     # has them, under the tags the server's own settings give them (the ML tag
@@ -90,7 +84,7 @@ def repo(tmp_path_factory, built_images, settings, project, sshd):
     if compose.exists():
         subprocess.run(["docker", "compose", "-p", PROJECT, "-f", str(compose), "--profile", "*", "down",
                         "--volumes", "--remove-orphans"], capture_output=True)
-    _remove_volumes()
+    clear_compose_project(PROJECT, volumes_only=True)
     for name in docker("ps", "--all", "--format", "{{.Names}}").split():
         if name.startswith(PROJECT + "-") and name.endswith("-next"):
             docker("rm", "--force", name)
@@ -202,14 +196,10 @@ def test_deploy_a_code_change_under_load_fails_no_request(repo):
 
 def test_a_crashing_version_is_removed_and_the_old_one_keeps_serving(repo):
     path = repo["root"] / "apps" / "portfolio" / "main.py"
-    good = path.read_text()
-    path.write_text(good + '\nraise SystemExit("boom: this version crashes on start")\n')
     before = containers()
-    try:
+    with file_text(path, lambda good: good + '\nraise SystemExit("boom: this version crashes on start")\n'):
         with Load("portfolio") as load:
             res = fab(repo, "deploy", "--app=portfolio")
-    finally:
-        path.write_text(good)
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]  # the build's own output streams above it
     assert last.startswith("error: the new portfolio did not become healthy") and "old version keeps serving" in last

@@ -45,7 +45,7 @@ import pytest
 from onevps import config, registry, tiers
 from onevps.project import Project
 
-from .conftest import copy_repo, docker, http
+from .conftest import clear_compose_project, copy_repo, docker, file_text, http
 from .sshd import SshdError, local_sshd
 
 pytestmark = pytest.mark.docker
@@ -211,18 +211,6 @@ def drop_ssh_connections(sshd) -> list[int]:
 
 # ------------------------------------------------------------ local copy --
 
-def _clear_project() -> None:
-    """Containers, networks and volumes of this project an earlier run left."""
-    ids = set(docker("ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT}").split())
-    ids |= set(docker("ps", "--all", "--quiet", "--filter", f"name=^{PROJECT}-").split())
-    if ids:
-        subprocess.run(["docker", "rm", "--force", *ids], capture_output=True)
-    for net in docker("network", "ls", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT}").split():
-        subprocess.run(["docker", "network", "rm", net], capture_output=True)
-    for vol in docker("volume", "ls", "--quiet", "--filter", f"label=com.docker.compose.project={PROJECT}").split():
-        subprocess.run(["docker", "volume", "rm", vol], capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, built_images, settings, project, sshd):
     base = tmp_path_factory.mktemp("secrets")
@@ -231,7 +219,7 @@ def repo(tmp_path_factory, built_images, settings, project, sshd):
     for name in (".env.vps", ".env.local"):  # the server's settings; what the local `inv` tasks read
         (copy / name).write_text(SERVER_ENV)
         (copy / name).chmod(0o600)
-    _clear_project()
+    clear_compose_project(PROJECT)
     # The "server" shares this machine's engine: it gets the session's tier images under
     # the tags its own settings give them, as a server that ran `fab setup` before has them.
     server_settings = config.load(Project(copy), environ={}, env_file=copy / ".env.vps", warn=lambda msg: None)
@@ -252,7 +240,7 @@ def repo(tmp_path_factory, built_images, settings, project, sshd):
     if compose.exists():
         subprocess.run(["docker", "compose", "-p", PROJECT, "-f", str(compose), "--env-file", str(vps / ".env"),
                         "--profile", "*", "down", "--volumes", "--remove-orphans"], capture_output=True)
-    _clear_project()
+    clear_compose_project(PROJECT)
     refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={PROJECT}/*").split()
     if refs:
         subprocess.run(["docker", "image", "rm", "--force", *refs], capture_output=True)
@@ -516,12 +504,8 @@ def test_deploys_rollback_and_a_failing_nginx_test_leak_nothing(server):
     repo = server
     # A deploy sends an nginx snippet `nginx -t` rejects: the deploy stops, nginx keeps its config.
     snippet = repo["root"] / "nginx" / "snippets" / "errors.conf"
-    good = snippet.read_text()
-    snippet.write_text(good + "\nleakcheck_not_a_directive on;\n")
-    try:
+    with file_text(snippet, lambda good: good + "\nleakcheck_not_a_directive on;\n"):
         res = check(repo, cli(repo, "fab", "deploy", "--app=portfolio", scenario="nginx test failing"))
-    finally:
-        snippet.write_text(good)
     assert res.returncode == 1, res.output
     assert len(res.errors()) == 1 and "Traceback" not in res.stderr, res.output
     assert res.errors()[0].startswith("error: test and reload nginx on the server failed"), res.output
@@ -595,12 +579,8 @@ def test_a_failing_health_check_leaks_nothing(server):
     repo = server
     before = served_version()
     path = repo["root"] / "apps" / "portfolio" / "main.py"
-    good = path.read_text()
-    path.write_text(good + '\nraise SystemExit("boom: this version crashes on start")\n')
-    try:
+    with file_text(path, lambda good: good + '\nraise SystemExit("boom: this version crashes on start")\n'):
         res = check(repo, cli(repo, "fab", "deploy", "--app=portfolio", scenario="health check failing"))
-    finally:
-        path.write_text(good)
     assert res.returncode == 1, res.output
     assert res.errors() == [res.stderr.strip().splitlines()[-1]] and "Traceback" not in res.stderr, res.output
     assert "did not become healthy" in res.errors()[0]
@@ -641,12 +621,8 @@ def test_a_refused_disk_check_leaks_nothing(server):
     repo = server
     set_version(repo, "v6")
     before = served_version()
-    env_file = repo["root"] / ".env.vps"
-    env_file.write_text(SERVER_ENV + "BUILD_FREE_MB=900000000\n")
-    try:
+    with file_text(repo["root"] / ".env.vps", lambda env: env + "BUILD_FREE_MB=900000000\n"):
         res = check(repo, cli(repo, "fab", "deploy", "--app=portfolio", scenario="disk check refusing"))
-    finally:
-        env_file.write_text(SERVER_ENV)
     assert res.returncode == 1, res.output
     assert len(res.errors()) == 1 and "Traceback" not in res.stderr, res.output
     assert "MB free on the server's Docker disk" in res.errors()[0]

@@ -32,7 +32,7 @@ import pytest
 
 from tests import loadgen
 
-from .conftest import ROOT, docker, docker_problem, http
+from .conftest import ROOT, docker, docker_problem, file_text, http
 from .sshd import SshdError, local_sshd
 
 pytestmark = pytest.mark.docker
@@ -238,15 +238,10 @@ def test_a_rolling_update_under_load_fails_no_request(stack, repo):
 def deploy_broken_portfolio(repo, breaks, threads: int):
     """Deploy portfolio with its code changed by `breaks`, under load; the good code goes back after."""
     path = repo / "apps" / "portfolio" / "main.py"
-    good = path.read_text()
-    bad = breaks(good)
-    assert bad != good
-    path.write_text(bad)
-    try:
+    assert breaks(path.read_text()) != path.read_text()
+    with file_text(path, breaks):
         with loadgen.Load(Site.http_port, "portfolio.localhost", threads=threads) as load:
             res = deploy(repo, "--app", "portfolio")
-    finally:
-        path.write_text(good)
     return res, load
 
 
