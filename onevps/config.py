@@ -70,6 +70,8 @@ class Settings:
     chroma_mem_limit: int
     chroma_auth_mem_limit: int
     ollama_mem_limit: int
+    waker_mem_limit: int
+    docker_proxy_mem_limit: int
     # Certificates (paths on the server).
     acme_email: str
     acme_server: str
@@ -91,6 +93,7 @@ class Settings:
     deploy_timeout: int
     deploy_watch: int  # seconds; 0: no watch
     deploy_watch_5xx: float  # percent, 0-100
+    wake_timeout: int  # seconds a request for a sleeping app waits for it
     # Swarm.
     registry: str
     swarm_subnet: str

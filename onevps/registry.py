@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import composefile, tiers
+from . import composefile, sleep, tiers
 from .errors import ComposeFileError, OnevpsError
 
 NETWORK = "app-network"
@@ -21,10 +21,11 @@ TIERS = tiers.TIER_ORDER
 TIER_LABEL = "onevps.tier"
 
 # Shared services and their fixed host numbers on app-network.
-SHARED = {"nginx": 2, "chroma-auth": 3, "redis": 4, "ollama": 5}
+SHARED = {"nginx": 2, "chroma-auth": 3, "redis": 4, "ollama": 5, sleep.WAKER: 7}
 # Shared services with no address on app-network: ChromaDB's server sits on
-# the private network chroma-private, behind its token gate chroma-auth.
-PRIVATE = ("chromadb",)
+# the private network chroma-private, behind its token gate chroma-auth; the
+# Docker API proxy the waker uses is on no network at all.
+PRIVATE = ("chromadb", sleep.DOCKER_PROXY)
 # Every shared service, in the order they are listed.
 SHARED_SERVICES = (*SHARED, *PRIVATE)
 # Services that build image tiers; never run.
@@ -82,6 +83,7 @@ class App:
     tier: str
     host: int  # last octet of the static address
     domain: str | None = None  # an extra host name (label onevps.domain)
+    sleep_after: int | None = None  # seconds idle before the waker stops it (label onevps.sleep_after)
 
     def address(self, network_prefix: str) -> str:
         return f"{network_prefix}.{self.host}"
@@ -135,6 +137,17 @@ def _static_host(name: str, service: Any) -> int | None:
     return int(match.group(1))
 
 
+def _sleep_after(name: str, svc_name: str, labels: dict) -> int | None:
+    raw = labels.get(sleep.SLEEP_LABEL)
+    if raw is None or raw == "":
+        return None
+    try:
+        return sleep.parse_duration(raw)
+    except ValueError as exc:
+        raise ComposeFileError(f"{name}: app {svc_name} has {sleep.SLEEP_LABEL}: {exc}",
+                               f"fix the label, or remove it to keep {svc_name} always awake") from None
+
+
 def from_data(data: Any, name: str = "compose file") -> Registry:
     if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
         raise ComposeFileError(f"{name} has no `services:` mapping", "restore it with git")
@@ -163,7 +176,8 @@ def from_data(data: Any, name: str = "compose file") -> Registry:
                 f"add networks: {{{NETWORK}: {{ipv4_address: ...}}}}",
             )
         domain = labels.get("onevps.domain") if isinstance(labels, dict) else None
-        apps.append(App(name=svc_name, tier=str(tier), host=host, domain=str(domain) if domain else None))
+        apps.append(App(name=svc_name, tier=str(tier), host=host, domain=str(domain) if domain else None,
+                        sleep_after=_sleep_after(name, svc_name, labels)))
     return Registry(apps=tuple(apps), services=tuple(str(s) for s in data["services"]), hosts=hosts)
 
 

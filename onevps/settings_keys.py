@@ -41,6 +41,12 @@ def _whole_number(raw: str) -> int:
     return int(raw)
 
 
+def _wake_timeout(raw: str) -> str:
+    if not raw.isdigit() or not 5 <= int(raw) <= 70:
+        raise ValueError("must be a whole number of seconds from 5 to 70 (nginx waits 75 s for an answer)")
+    return raw
+
+
 def _percent(raw: str) -> str:
     value = raw.strip().removesuffix("%").strip()
     try:
@@ -313,6 +319,9 @@ KEYS: tuple[Key, ...] = (
     Key("CHROMA_MEM_LIMIT", "1g", _memory, "Memory limit of ChromaDB.", typed=_bytes),
     Key("CHROMA_AUTH_MEM_LIMIT", "64m", _memory, "Memory limit of chroma-auth, ChromaDB's token gate.", typed=_bytes),
     Key("OLLAMA_MEM_LIMIT", "8g", _memory, "Memory limit of Ollama (models need room).", typed=_bytes),
+    Key("WAKER_MEM_LIMIT", "96m", _memory, "Memory limit of the waker (wakes sleeping apps).", typed=_bytes),
+    Key("DOCKER_PROXY_MEM_LIMIT", "48m", _memory, "Memory limit of docker-proxy (the waker's only way to Docker).",
+        typed=_bytes),
     Key("HTTPS_REDIRECT", "off", _on_off,
         "on: plain HTTP is redirected to HTTPS and HTTPS answers carry HSTS (a server with real certificates).",
         typed=_is_on),
@@ -348,6 +357,9 @@ KEYS: tuple[Key, ...] = (
     Key("DEPLOY_WATCH_5XX", "5", _percent,
         "Percent of 5xx answers from the new version (over at least 20 requests) above which the watch rolls back.",
         typed=float),
+    Key("WAKE_TIMEOUT", "60", _wake_timeout,
+        "Seconds a request for a sleeping app waits for it to wake (then 503 with Retry-After); at most 70, "
+        "below nginx's 75 s read timeout.", typed=int),
     Key("REGISTRY", "", _optional_registry,
         "Swarm: registry the app images are pushed to and pulled from (empty: local images, one node only)."),
     Key("SWARM_SUBNET", "", _optional_subnet,

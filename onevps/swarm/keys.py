@@ -63,6 +63,9 @@ RULES: dict[str, Rule] = {
                     "kept; swarm-deploy refuses an engine older than 20.10"),
     "profiles": Rule("rejects", "profiles: not in the 3.x schema (\"Additional property profiles is not allowed\")",
                      "services with a profile (tier builders, certbot) are left out: run them with compose"),
+    "sleep": Rule("differs", "sleeping apps: the waker stops idle app containers and starts them on demand; "
+                  "Swarm would start a stopped task again at once",
+                  "the waker and docker-proxy are left out: apps never sleep in Swarm mode"),
     "tmpfs": Rule("ignores", "tmpfs: silently ignored, a read-only container then cannot write /tmp",
                   "volumes of type tmpfs at the same paths"),
     "ports": Rule("differs", "ports: the host address (BIND_ADDRESS) is ignored: Swarm publishes on every "

@@ -16,13 +16,16 @@ from typing import Any, Iterable, Sequence
 
 from ruamel.yaml.scalarstring import SingleQuotedScalarString
 
-from .. import composefile, nginx
+from .. import composefile, nginx, sleep
 from ..config import Settings
 from ..errors import OnevpsError
 from ..project import Project
 from ..registry import from_data
 from .convert import ROUTES_FILE, STACK_DIR, STACK_FILE, Place, Service, convert, plain
 from .keys import RULES, Rule
+
+# Services that only make sense with Compose (they stop and start containers by hand).
+COMPOSE_ONLY = (sleep.WAKER, sleep.DOCKER_PROXY)
 
 STACK_VERSION = "3.8"
 
@@ -103,15 +106,23 @@ def _chosen(services: dict, only: Iterable[str] | None) -> list[str]:
     unknown = sorted(wanted - set(services)) if wanted is not None else []
     if unknown:
         raise OnevpsError(f"unknown service(s) {', '.join(unknown)}",
-                          f"known services: {', '.join(s for s in services if not services[s].get('profiles'))}")
-    return [name for name, svc in services.items() if not svc.get("profiles") and (wanted is None or name in wanted)]
+                          f"known services: {', '.join(s for s in services if not _left_out(s, services[s]))}")
+    return [name for name, svc in services.items()
+            if not _left_out(name, svc) and (wanted is None or name in wanted)]
+
+
+def _left_out(name: str, svc: dict) -> str | None:
+    """Why a service is never part of the stack (the finding's key), or None."""
+    if svc.get("profiles"):
+        return "profiles"
+    return "sleep" if name in COMPOSE_ONLY else None
 
 
 def _notes(services: dict, converted: dict[str, Service], doc: dict) -> dict[str, list[str]]:
     """Finding key -> where it was met (services in file order, networks for ipam)."""
     found: dict[str, list[str]] = {}
     for name, svc in services.items():
-        keys = ["profiles"] if svc.get("profiles") else []
+        keys = [why] if (why := _left_out(name, svc)) else []
         for key in keys + (converted[name].notes if name in converted else []):
             found.setdefault(key, []).append(name)
     for net, src in (doc.get("networks") or {}).items():

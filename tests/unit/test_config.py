@@ -231,7 +231,8 @@ def test_an_env_file_behind_a_folder_that_may_not_be_entered_is_one_line(tmp_pat
 
 # Each key's field type, spelled out: a new key must say what it becomes.
 KEY_TYPES = {
-    "DEPLOY_WATCH": int, "DEPLOY_WATCH_5XX": float,
+    "DEPLOY_WATCH": int, "DEPLOY_WATCH_5XX": float, "WAKE_TIMEOUT": int,
+    "WAKER_MEM_LIMIT": int, "DOCKER_PROXY_MEM_LIMIT": int,
     "COMPOSE_PROJECT_NAME": str, "DOMAIN": str, "BIND_ADDRESS": str, "HTTP_PORT": int, "HTTPS_PORT": int,
     "NETWORK_PREFIX": str, "CHROMA_SUBNET": str, "IMAGE_NAMESPACE": str, "TORCH_INDEX_URL": str,
     "TORCH_CUDA": bool, "TORCH_WHEEL_DIR": (Path, type(None)), "EXTRA_CA_DIR": (Path, type(None)),

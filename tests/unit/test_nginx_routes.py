@@ -49,3 +49,26 @@ def test_drift_is_detected_and_repaired(tmp_path):
     route_file.write_text(route_file.read_text().replace(".11:8000", ".99:8000"))
     assert nginx.drift(tmp_path, r) == ["nginx/templates/apps.conf.template is out of date with the compose file"]
     assert nginx.write(tmp_path, r) == [nginx.ROUTES_FILE]
+
+
+def test_a_sleeping_app_is_routed_to_the_waker_by_its_flag_file_and_others_never():
+    reg = registry.Registry(apps=(registry.App("kb", "base", 12, sleep_after=900), registry.App("blog", "base", 13)),
+                            services=("kb", "blog"), hosts={"kb": 12, "blog": 13})
+    text = nginx.render_routes(reg)
+    kb = text[text.index("server_name kb."):text.index("upstream app_blog")]
+    assert ("        set $onevps_upstream app_kb;\n"
+            "        if (-f /run/onevps/asleep/kb) {\n"
+            "            set $onevps_upstream onevps_waker;\n"
+            "        }\n"
+            "        proxy_pass http://$onevps_upstream;\n"
+            "        proxy_set_header X-Onevps-App kb;\n") in kb
+    blog = text[text.index("server_name blog."):]
+    assert "proxy_pass http://app_blog;" in blog and "onevps_waker" not in blog and "asleep" not in blog
+    assert "upstream onevps_waker {\n    server ${NETWORK_PREFIX}.7:8080 max_fails=0;\n}" in text
+    assert "access_log /run/onevps/access.log onevps;" in text  # the waker's view of activity
+    assert "onevps_waker" not in nginx.render_swarm_routes(reg)  # no sleeping in Swarm mode
+
+
+def test_nginx_waits_longer_than_the_longest_wake():
+    proxy = (ROOT / "nginx" / "snippets" / "proxy.conf").read_text()
+    assert "proxy_read_timeout 75s;" in proxy  # WAKE_TIMEOUT is at most 70 (settings_keys)

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from onevps import composefile, registry
+from onevps import composefile, registry, sleep
 from onevps.errors import ComposeFileError, OnevpsError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,8 +17,10 @@ def test_repository_registry():
         ("embedder", "ml", 20), ("classify", "ml", 21), ("summary", "ml", 22),
     ]
     assert registry.problems(reg) == []
-    assert {s: reg.hosts[s] for s in registry.SHARED} == {"nginx": 2, "chroma-auth": 3, "redis": 4, "ollama": 5}
+    assert {s: reg.hosts[s] for s in registry.SHARED} == {"nginx": 2, "chroma-auth": 3, "redis": 4, "ollama": 5,
+                                                          "waker": 7}
     assert "chromadb" in reg.services and "chromadb" not in reg.hosts  # private, behind chroma-auth
+    assert "docker-proxy" in reg.services and "docker-proxy" not in reg.hosts  # on no network
     assert "base-tier" in reg.services and "base-tier" not in reg.names()
 
 
@@ -129,3 +131,30 @@ def test_list_form_labels_are_read():
         ipv4_address: ${NETWORK_PREFIX:-172.20.0}.23
 """)
     assert registry.from_data(data).get("blog").tier == "ml"
+
+
+def _one_app(labels: dict) -> dict:
+    return {"services": {"site": {"labels": {"onevps.tier": "base", **labels},
+                                  "networks": {"app-network": {"ipv4_address": "${NETWORK_PREFIX:-172.20.0}.10"}}}}}
+
+
+@pytest.mark.parametrize("label, seconds", [
+    (None, None), ("", None), ("15m", 900), ("90s", 90), ("2h", 7200), ("1d", 86400), ("45", 45), (" 3m ", 180),
+])
+def test_sleep_after_label_is_read_as_seconds(label, seconds):
+    labels = {} if label is None else {"onevps.sleep_after": label}
+    assert registry.from_data(_one_app(labels)).get("site").sleep_after == seconds
+
+
+@pytest.mark.parametrize("label", ["15 minutes", "-5m", "0", "1.5h", "31d", "m", "5w"])
+def test_a_bad_sleep_after_label_is_one_clear_error(label):
+    with pytest.raises(ComposeFileError) as err:
+        registry.from_data(_one_app({"onevps.sleep_after": label}), name="compose.yml")
+    assert err.value.what.startswith("compose.yml: app site has onevps.sleep_after: ")
+    assert "remove it to keep site always awake" in err.value.hint
+
+
+def test_sleep_durations_round_trip():
+    for text in ("90s", "15m", "2h", "1d", "61s"):
+        assert sleep.duration_text(sleep.parse_duration(text)) == text
+    assert sleep.sleeping_from_listing("kb\nportfolio\n\n", running={"portfolio"}) == {"kb"}

@@ -169,7 +169,7 @@ def test_a_selection_of_services_and_its_routes():
     doc = load_stack(rendered.stack)
     assert list(doc["services"]) == ["nginx", "redis", "portfolio", "api-gw"]
     assert rendered.apps == ("portfolio", "api-gw")
-    assert set(doc["volumes"]) == {"nginx-certs", "acme-webroot", "redis-data"}
+    assert set(doc["volumes"]) == {"nginx-certs", "acme-webroot", "redis-data", "sleep-state"}
     assert "server_name portfolio.${DOMAIN};" in rendered.routes and "kb." not in rendered.routes
     with pytest.raises(OnevpsError, match="unknown service"):
         swarm.render(PROJECT, settings(), only=["nginx", "nope"])
@@ -246,8 +246,9 @@ def test_bad_swarm_settings_name_the_key():
 def test_swarm_check_finds_what_swarm_ignores_or_rejects():
     found = {f.key: f for f in swarm.findings(PROJECT, settings())}
     assert set(found) == {"build", "ipv4_address", "ipam", "depends_on", "mem_limit", "cpus", "restart",
-                          "security_opt", "cap_add", "profiles", "tmpfs", "ports", "bind", "volume"}
+                          "security_opt", "cap_add", "profiles", "tmpfs", "ports", "bind", "volume", "sleep"}
     assert found["depends_on"].services == ("chroma-auth",)
+    assert found["sleep"].services == ("waker", "docker-proxy")  # left out: apps never sleep in Swarm mode
     assert found["bind"].services == ("nginx", "chroma-auth")
     assert found["ipam"].services == ("app-network", "chroma-private")
     assert found["profiles"].services == ("base-tier", "ml-tier", "certbot")
@@ -256,7 +257,7 @@ def test_swarm_check_finds_what_swarm_ignores_or_rejects():
     assert "portfolio" in found["cpus"].services and "redis" not in found["cpus"].services
     text = swarm.report(swarm.findings(PROJECT, settings()))
     assert "mem_limit [rejects] in nginx, chroma-auth, chromadb" in text
-    assert text.endswith("14 findings (3 would make `docker stack deploy` fail); "
+    assert text.endswith("15 findings (3 would make `docker stack deploy` fail); "
                          "`inv swarm-render` applies every fix above")
 
 
@@ -421,7 +422,7 @@ def test_swarm_check_lists_every_refused_construct_and_exits_non_zero(tmp_path, 
     assert "error: service api-gw: the writable bind mount ./gw-data:/data cannot move between nodes " \
            "(hint: use a named volume, or leave the service to compose)" in out
     assert "bind [differs] in nginx, chroma-auth, api-gw" in out  # the findings are all listed too
-    assert out[-1].startswith("14 findings (3 would make `docker stack deploy` fail); ")
+    assert out[-1].startswith("15 findings (3 would make `docker stack deploy` fail); ")
 
 
 def test_swarm_check_exits_zero_when_nothing_is_refused(monkeypatch, capsys):
