@@ -52,11 +52,14 @@ def setup(c, ship=False, swap=None, dry_run=False):
             "all": "Deploy every app, one at a time.",
             "no-watch": "Skip the watch after the switch (without it: DEPLOY_WATCH seconds of health and "
                         "5xx share, and a failing new version is rolled back by itself).",
+            "wake": "Start a sleeping app with its new version now (without it: it sleeps on and the new "
+                    "version wakes on its next request).",
             "dry-run": "Print every remote command and which containers would change; change nothing."})
-def deploy(c, app=None, tier=None, all=False, no_watch=False, dry_run=False):
+def deploy(c, app=None, tier=None, all=False, no_watch=False, wake=False, dry_run=False):
     """Send what changed, build only the app's layer on the server, swap its container with zero failed requests."""
     _check_target(app, tier)
-    recipes.deploy(_ctx(c, dry_run, secrets=True), app=app, tier=tier, every=all, watch_after=not no_watch)
+    recipes.deploy(_ctx(c, dry_run, secrets=True), app=app, tier=tier, every=all, watch_after=not no_watch,
+                   wake=wake)
 
 
 @task(help={"app": "The app to roll back (required).",

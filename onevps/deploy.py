@@ -139,15 +139,16 @@ def reload_nginx_if_changed(srv: Ctx, plan: remote.SyncPlan) -> None:
 
 
 def deploy_app(srv: Ctx, app: App, action: str = "deploy", image: str | None = None, watch_after: bool = False,
-               why: str | None = None) -> dict:
+               why: str | None = None, wake: bool = False) -> dict:
     """Deploy (build) or roll back (given image) one app; returns its journal entry. With
-    watch_after, the new version is watched after the switch and rolled back should it fail."""
-    entry, reason = _deploy_one(srv, app, action, image, watch_after, why)
+    watch_after, the new version is watched after the switch and rolled back should it fail.
+    A sleeping app gets the new image and sleeps on, unless wake."""
+    entry, reason = _deploy_one(srv, app, action, image, watch_after, why, wake)
     if reason:
         previous = entry["previous_image"]
         srv.say(f"==> the new {app.name} failed its watch: {reason}; rolling back to {previous[:19]}")
         try:
-            _deploy_one(srv, app, "rollback", previous, False, f"automatic, after the watch: {reason}")
+            _deploy_one(srv, app, "rollback", previous, False, f"automatic, after the watch: {reason}", wake)
         except OnevpsError as exc:
             raise OnevpsError(f"the new {app.name} failed the watch after the switch ({reason}) and the "
                               f"rollback to {previous[:19]} failed too: {exc.what}",
@@ -160,7 +161,7 @@ def deploy_app(srv: Ctx, app: App, action: str = "deploy", image: str | None = N
 
 
 def _deploy_one(srv: Ctx, app: App, action: str, image: str | None, watch_after: bool,
-                why: str | None) -> tuple[dict, str | None]:
+                why: str | None, wake: bool = False) -> tuple[dict, str | None]:
     """One app's deploy or rollback, journaled: (its journal entry, why the watch failed or None)."""
     started = time.monotonic()
     # A slot an earlier switch left serving goes first, before `latest` moves (the app's
@@ -187,7 +188,7 @@ def _deploy_one(srv: Ctx, app: App, action: str, image: str | None, watch_after:
                         f"({(previous or 'none')[:19]} -> new image); no other container would change")
                 entry["result"] = "dry-run"
                 return entry, None
-            entry["result"] = _switch_to(srv, app, image)
+            entry["result"] = _switch_to(srv, app, image, wake)
             for line in proof(before, snapshot(srv), {container_name(srv, app.name), slot_name(srv, app.name)}):
                 srv.say(line)
             srv.lap("cleanup")
@@ -230,7 +231,7 @@ def watch_new(srv: Ctx, app: App) -> str | None:
     return reason
 
 
-def _switch_to(srv: Ctx, app: App, image: str | None) -> str:
+def _switch_to(srv: Ctx, app: App, image: str | None, wake: bool = False) -> str:
     """The app's container runs image (kept for rollback under a deploy-STAMP tag); the journal's result."""
     # A slot an earlier switch left serving went first (_deploy_one); the app's container
     # may already run this very image.
@@ -239,12 +240,11 @@ def _switch_to(srv: Ctx, app: App, image: str | None) -> str:
         return "ok (unchanged)"
     kept = f"{srv.rs.image_namespace}/{app.name}:deploy-{time.strftime('%Y%m%d%H%M%S')}"
     srv.run.run(docker_cmd.tag(image, kept), "keep the image for rollback")  # type: ignore[arg-type]
-    switch.switch(srv, app, image)  # type: ignore[arg-type]
-    return "ok"
+    return switch.switch(srv, app, image, wake)  # type: ignore[arg-type]
 
 
 def deploy(srv: Ctx, app: str | None = None, tier: str | None = None, every: bool = False,
-           watch_after: bool = True) -> None:
+           watch_after: bool = True, wake: bool = False) -> None:
     chosen = [a for a in (app, tier, every) if a]
     if len(chosen) != 1:
         raise OnevpsError("say what to deploy", "use exactly one of --app=NAME, --tier=base|ml, --all")
@@ -254,7 +254,7 @@ def deploy(srv: Ctx, app: str | None = None, tier: str | None = None, every: boo
     srv.lap("connect")
     require_docker_on_server(srv)
     with state.deploy_lock(srv.run, srv.rs, f"deploy {app or ('tier ' + tier if tier else 'all')}"):
-        _deploy_apps(srv, apps, tier, watch_after)
+        _deploy_apps(srv, apps, tier, watch_after, wake)
     # After the lock: the next deploy need not wait for it, and it is no part of the switch.
     if srv.rs.prune_on_deploy:
         prune_server(srv)
@@ -267,7 +267,7 @@ def done_line(tl: Timeline, apps: int) -> str:
     return f"==> done in {tl.total():.1f} s{switched}"
 
 
-def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None, watch_after: bool) -> None:
+def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None, watch_after: bool, wake: bool = False) -> None:
     """Under the lock: room, files, .env, forced tiers, shared services, each app, prune."""
     # Room first: a refused build leaves the server's files as they were.
     forced = list(tiers.rebuilt_with(tier)) if tier else []
@@ -289,7 +289,7 @@ def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None, watch_after: bool)
         srv.say(f"==> {a.name}")
         if len(apps) > 1:
             state.relabel_lock(srv.run, srv.rs, f"deploy {a.name} ({apps.index(a) + 1} of {len(apps)})")
-        deploy_app(srv, a, watch_after=watch_after)
+        deploy_app(srv, a, watch_after=watch_after, wake=wake)
 
 
 def prune_server(srv: Ctx) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from fabric import Connection
 
-from . import config, remote, tiers
+from . import config, remote, sleep, tiers
 from . import timeline as timeline_mod
 from .commands import compose_cmd, docker_cmd
 from .config import Settings
@@ -78,6 +78,21 @@ def container_name(srv: Ctx, name: str) -> str:
 
 def slot_name(srv: Ctx, name: str) -> str:
     return f"{srv.rs.project_name}-{name}-next"
+
+
+def sleeping(srv: Ctx) -> set[str]:
+    """Apps asleep on the server: the waker holds their flag and their container does not run.
+    Empty when the waker is not running (then nginx sends it no request either)."""
+    res = srv.run.run(docker_cmd.exec_(container_name(srv, sleep.WAKER), *sleep.list_flags_argv()),
+                      "list the sleeping apps", check=False, mutates=False)
+    if not res.ok or not res.stdout.strip():
+        return set()
+    flagged = [n.strip() for n in res.stdout.splitlines() if n.strip()]
+    names = {container_name(srv, n): n for n in flagged}
+    out = srv.run.run(docker_cmd.inspect("{{.Name}} {{.State.Running}}", *names), "are the flagged apps running",
+                      check=False, mutates=False).stdout  # a missing container: no line, not running
+    running = {names.get(line.split()[0].lstrip("/"), "") for line in out.splitlines() if line.endswith(" true")}
+    return sleep.sleeping_from_listing("\n".join(flagged), running)
 
 
 # ------------------------------------------------------------- questions --

@@ -48,3 +48,13 @@ def duration_text(seconds: int) -> str:
 def sleeping_from_listing(listing: str, running: set[str]) -> set[str]:
     """Apps asleep: flag files listed (one name a line) whose container is not running."""
     return {name.strip() for name in listing.splitlines() if name.strip() and name.strip() not in running}
+
+
+def list_flags_argv() -> list[str]:
+    """Inside the waker's container: the names of the flag files (one a line)."""
+    return ["ls", "-1", FLAG_DIR]
+
+
+def drop_flag_argv(app: str) -> list[str]:
+    """Inside the waker's container: the app is awake again (nginx routes straight to it)."""
+    return ["rm", "-f", f"{FLAG_DIR}/{app}"]

@@ -23,11 +23,11 @@ import json
 import posixpath
 import time
 
-from . import nginx, remote
+from . import nginx, remote, sleep
 from .commands import compose_cmd, docker_cmd, shell
 from .errors import OnevpsError
 from .registry import App
-from .server import Ctx, container_name, inspect, slot_name
+from .server import Ctx, container_name, inspect, sleeping, slot_name
 
 
 def _service_config(srv: Ctx, name: str) -> tuple[dict, str]:
@@ -184,6 +184,10 @@ def clear_leftover_slot(srv: Ctx, app: App) -> None:
         srv.run.run(docker_cmd.rm(slot, force=True), "remove a stopped leftover deploy slot")
         return
     service = _service_config(srv, app.name)[0]
+    if app.sleep_after and app.name in sleeping(srv):
+        srv.say(f"==> removing the leftover deploy slot {slot} ({app.name} sleeps; its requests go to the waker)")
+        srv.run.run(docker_cmd.rm(slot, force=True), "remove the leftover deploy slot")
+        return
     if not answers(srv, container_name(srv, app.name), service):
         srv.say(f"==> the deploy slot {slot} serves {app.name} (an earlier switch stopped before its step 3): "
                 f"starting {app.name} at its address first")
@@ -192,15 +196,51 @@ def clear_leftover_slot(srv: Ctx, app: App) -> None:
     retire_slot(srv, app)
 
 
-def switch(srv: Ctx, app: App, image: str) -> None:
-    """Replace the app's container with `image` without a failed request (steps 1-5 above).
+def switch(srv: Ctx, app: App, image: str, wake: bool = False) -> str:
+    """Replace the app's container with `image` without a failed request (steps 1-5 above);
+    "ok", or "ok (asleep)" when a sleeping app got the new image and sleeps on (unless wake).
     A slot an earlier switch left is cleared first (deploy._switch_to)."""
     if not inspect(srv, "{{.Id}}", container_name(srv, app.name)):
         srv.say(f"==> {app.name} has no container yet: starting it")
         srv.run.run(up_argv(srv, app), f"start {app.name}", hide=False)
-        return
+        return "ok"
     service, network = _service_config(srv, app.name)
-    start_slot(srv, app, image, service, network)
+    start_slot(srv, app, image, service, network)  # a sleeping app too: it must wake into a version that works
+    if app.sleep_after and app.name in sleeping(srv):
+        sleep_on(srv, app)
+        if not wake:
+            return "ok (asleep)"
+        wake_up(srv, app, service)
+        return "ok"
     stop_primary(srv, app)
     start_primary(srv, app, service)
     retire_slot(srv, app)
+    return "ok"
+
+
+def sleep_on(srv: Ctx, app: App) -> str:
+    """A sleeping app: the new version answered its probe in the slot (no request reached it:
+    nginx sends the app's requests to the waker); the slot goes and the app's container is
+    made anew from the new image, not started. Its next request wakes the new version."""
+    slot = slot_name(srv, app.name)
+    srv.run.run(docker_cmd.rm(slot, force=True), "remove the deploy slot (the app sleeps)")
+    srv.run.run(compose_cmd.create(srv.vps, srv.rs, [app.name]), f"give the sleeping {app.name} its new image")
+    srv.lap("cleanup")
+    srv.say(f"==> {app.name} is asleep: it keeps sleeping and wakes on its next request with the new version "
+            f"(`fab deploy --app={app.name} --wake` starts it now)")
+
+
+def wake_up(srv: Ctx, app: App, service: dict) -> None:
+    """--wake: start the sleeping app's container now; once it answers its probe, drop its flag
+    (nginx routes straight to it). Meanwhile the waker holds its requests (a start of a
+    container that is starting is no error to Docker)."""
+    name = container_name(srv, app.name)
+    srv.run.run(docker_cmd.start(name), f"wake {app.name}")
+    state = wait_ready(srv, name, service, srv.rs.deploy_timeout)
+    if state != "healthy":
+        raise OnevpsError(f"the new {app.name} did not become healthy when woken ({state})",
+                          f"read `fab logs --app={app.name}`; it answered in the deploy slot, so look for "
+                          "what differs at its own address")
+    srv.run.run(docker_cmd.exec_(container_name(srv, sleep.WAKER), *sleep.drop_flag_argv(app.name)),
+                f"{app.name} is awake: drop its sleep flag", check=False)
+    srv.lap("home")

@@ -47,6 +47,12 @@ def up(project: Project, settings: Settings, services: Iterable[str] = (), wait:
     return compose(project, settings, *flags, *services)
 
 
+def create(project: Project, settings: Settings, services: Iterable[str]) -> list[str]:
+    """The services' containers (re)made from their `latest` images, NOT started (a sleeping app
+    takes its new image this way and stays asleep)."""
+    return compose(project, settings, "up", "--no-start", "--no-build", "--no-deps", *services)
+
+
 def down(project: Project, settings: Settings, volumes: bool = False) -> list[str]:
     """Every profile counts, so --volumes also removes the certbot volumes."""
     return compose(project, settings, "--profile", "*", "down", "--remove-orphans", "--volumes" if volumes else None)

@@ -75,8 +75,17 @@ def logs_since(container: str, since: str) -> list[str]:
     return docker("logs", "--timestamps", "--since", since, container)
 
 
+def start(container: str) -> list[str]:
+    return docker("start", container)
+
+
 def stop(container: str, timeout: int = 30) -> list[str]:
     return docker("stop", "--time", str(timeout), container)
+
+
+def exec_(container: str, *argv: str) -> list[str]:
+    """A command inside a running container (no TTY, no standard input)."""
+    return docker("exec", container, *argv)
 
 
 def rm(container: str, force: bool = False) -> list[str]:

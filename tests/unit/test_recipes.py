@@ -68,7 +68,8 @@ class Containers:
         server.when(lambda a: a[:2] == ["docker", "tag"] and a[-1].endswith(":latest"),
                     answer=lambda a: self.set(latest=a[2]))
         server.when(lambda a: a[:2] == ["docker", "compose"] and " up " in f" {' '.join(a)} ",
-                    answer=lambda a: self.set(primary="running healthy", image=self.latest))
+                    answer=lambda a: self.set(primary="exited (0)" if "--no-start" in a else "running healthy",
+                                              image=self.latest))
         server.when("config --format json", json.dumps({"services": {"kb": SERVICE},
                                                         "networks": {"app-network": {"name": "p_app-network"}}}))
         server.when(["docker", "ps", "--all", "--quiet", "--filter"], "c1\nc2\n")
@@ -111,6 +112,50 @@ def test_a_deploy_mending_a_slot_left_serving_by_step_3():
     srv = ctx(server, server_settings(), reg=registry(), tags=TAGS)
     deploy.deploy_app(srv, KB, action="rollback", image="sha256:old")
     assert_golden("deploy-app-mends-slot", server.lines())
+
+
+SLEEPY = App("kb", "base", 12, sleep_after=900)
+
+
+def sleeping_kb(server: Server, asleep: bool) -> Containers:
+    """kb may sleep; asleep: its flag is in the waker's folder and its container is stopped."""
+    containers = Containers(server, None, "exited (0)" if asleep else "running healthy", "sha256:old")
+    server.when(["docker", "exec", "p-waker-1", "ls", "-1", "/run/onevps/asleep"], "kb\n" if asleep else "")
+    server.when(["docker", "inspect", "--format", "{{.Name}} {{.State.Running}}"],
+                answer=lambda a: (0, f"/p-kb-1 {str(containers.primary.startswith('running')).lower()}\n", ""))
+    server.when(["docker", "start"], answer=lambda a: containers.set(primary="running healthy"))
+    return containers
+
+
+def test_a_deploy_of_a_sleeping_app_checks_the_new_version_and_lets_it_sleep_on():
+    server = Server()
+    containers = sleeping_kb(server, asleep=True)
+    entry = deploy.deploy_app(ctx(server, server_settings(), reg=registry(), tags=TAGS), SLEEPY, image="sha256:new",
+                              watch_after=True)
+    assert entry["result"] == "ok (asleep)"  # and no watch: no request reaches a sleeping app
+    assert containers.primary == "exited (0)" and containers.slot is None
+    lines = server.lines()
+    assert not any(line.startswith(("docker stop", "docker start")) for line in lines)
+    assert any(" up --no-start --no-build --no-deps kb" in line for line in lines)
+    assert_golden("deploy-sleeping-app", lines)
+
+
+def test_deploy_wake_starts_a_sleeping_app_and_drops_its_flag():
+    server = Server()
+    containers = sleeping_kb(server, asleep=True)
+    entry = deploy.deploy_app(ctx(server, server_settings(), reg=registry(), tags=TAGS), SLEEPY, image="sha256:new",
+                              wake=True)
+    assert entry["result"] == "ok" and containers.primary == "running healthy"
+    lines = server.lines()
+    assert lines.index("docker start p-kb-1") < lines.index("docker exec p-waker-1 rm -f /run/onevps/asleep/kb")
+
+
+def test_an_awake_app_that_may_sleep_gets_the_plain_switch():
+    server = Server()
+    sleeping_kb(server, asleep=False)
+    deploy.deploy_app(ctx(server, server_settings(), reg=registry(), tags=TAGS), SLEEPY, image="sha256:new")
+    lines = server.lines()
+    assert "docker stop --time 30 p-kb-1" in lines and not any("--no-start" in line for line in lines)
 
 
 def test_rollback():
