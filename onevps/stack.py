@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 from invoke.context import Context
 
-from . import commands, config, nginx, registry as registry_mod, tiers
+from . import commands, config, nginx, registry as registry_mod, sleep, tiers
 from .config import Settings
 from .errors import CommandFailed, OnevpsError, confirm
 from .project import Project
@@ -136,19 +136,36 @@ def containers(runner: Runner, project: Project, settings: Settings) -> dict[str
     return _parse_ps(res.stdout)
 
 
-def rows(settings: Settings, reg: Registry, ps: dict[str, dict]) -> list[Row]:
+# What the URL column says of the shared services other than nginx.
+_SHARED_NOTE = {"chroma-auth": "(internal)", "redis": "(internal)", "ollama": "(internal)",
+                sleep.WAKER: "(internal: wakes sleeping apps)", "chromadb": "(private, via chroma-auth)",
+                sleep.DOCKER_PROXY: "(no network: the waker's Docker API)"}
+
+
+def rows(settings: Settings, reg: Registry, ps: dict[str, dict], asleep: Iterable[str] = ()) -> list[Row]:
+    """One row per service; an app in `asleep` (its flag set, its container stopped) is `sleeping`."""
     port = "" if settings.http_port == 80 else f":{settings.http_port}"
     out = [
         Row("nginx", "-", settings.address(SHARED["nginx"]), f"http://{settings.domain}{port}/", _state(ps.get("nginx"))),
     ]
-    for svc in ("chroma-auth", "redis", "ollama"):
-        out.append(Row(svc, "-", settings.address(SHARED[svc]), "(internal)", _state(ps.get(svc))))
-    for svc in PRIVATE:
-        out.append(Row(svc, "-", "-", "(private, via chroma-auth)", _state(ps.get(svc))))
+    for svc in [*(s for s in SHARED if s != "nginx"), *PRIVATE]:
+        address = settings.address(SHARED[svc]) if svc in SHARED else "-"
+        out.append(Row(svc, "-", address, _SHARED_NOTE.get(svc, "(internal)"), _state(ps.get(svc))))
     for app in reg.apps:
-        out.append(Row(app.name, app.tier, app.address(settings.network_prefix), settings.app_url(app.name),
-                       _state(ps.get(app.name))))
+        state = "sleeping" if app.name in asleep else _state(ps.get(app.name))
+        out.append(Row(app.name, app.tier, app.address(settings.network_prefix), settings.app_url(app.name), state))
     return out
+
+
+def sleeping(runner: Runner, project: Project, settings: Settings, ps: dict[str, dict]) -> set[str]:
+    """Apps asleep here: the waker holds their flag, their container does not run (empty when
+    the waker does not run)."""
+    if (ps.get(sleep.WAKER) or {}).get("State") != "running":
+        return set()
+    res = runner.run(commands.exec_in(project, settings, sleep.WAKER, sleep.list_flags_argv()),
+                     "list the sleeping apps", check=False, mutates=False)
+    running = {svc for svc, item in ps.items() if item.get("State") == "running"}
+    return sleep.sleeping_from_listing(res.stdout, running) if res.ok else set()
 
 
 def columns(rows: Sequence[Sequence[object]]) -> str:
@@ -203,9 +220,12 @@ def up(runner: Runner, project: Project, settings: Settings, reg: Registry, rebu
             ensure_tier(runner, project, settings, tier)
         todo = reg.names() if rebuild else stale_apps(runner, project, settings, reg)
         build_apps(runner, project, settings, reg, todo)
-        services = list(SHARED_SERVICES) + reg.names()
-        runner.say(f"==> starting {len(reg.apps)} apps and {len(SHARED_SERVICES)} shared services "
-                   f"(waiting up to {settings.up_timeout}s for health checks)")
+        asleep = sleeping(runner, project, settings, containers(runner, project, settings))
+        awake = [n for n in reg.names() if n not in asleep]
+        services = list(SHARED_SERVICES) + awake
+        runner.say(f"==> starting {len(awake)} apps and {len(SHARED_SERVICES)} shared services "
+                   f"(waiting up to {settings.up_timeout}s for health checks)"
+                   + (f"; {len(asleep)} sleeping app(s) sleep on: {', '.join(sorted(asleep))}" if asleep else ""))
     try:
         runner.run(commands.up(project, settings, services, remove_orphans=not only), "start the stack",
                    hide=False)
@@ -220,7 +240,7 @@ def up(runner: Runner, project: Project, settings: Settings, reg: Registry, rebu
         raise OnevpsError(f"the stack did not become healthy: {', '.join(bad) or 'see above'}",
                           "read the log lines above; `inv logs --app NAME` shows more") from exc
     reload_nginx(runner, project, settings)  # picks up route changes in a running nginx
-    return rows(settings, reg, containers(runner, project, settings))
+    return status(runner, project, settings, reg)
 
 
 def nginx_running(runner: Runner, project: Project, settings: Settings) -> bool:
@@ -244,7 +264,8 @@ def reload_nginx(runner: Runner, project: Project, settings: Settings) -> bool:
 
 def status(runner: Runner, project: Project, settings: Settings, reg: Registry) -> list[Row]:
     require_docker(runner)
-    return rows(settings, reg, containers(runner, project, settings))
+    ps = containers(runner, project, settings)
+    return rows(settings, reg, ps, sleeping(runner, project, settings, ps))
 
 
 def restart(runner: Runner, project: Project, settings: Settings, reg: Registry, app: str) -> None:

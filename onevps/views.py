@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from . import disk as disk_mod, state
 from .commands import docker_cmd
-from .server import Ctx, require_docker_on_server
+from .server import Ctx, container_name, require_docker_on_server, sleeping
 from .stack import columns
 
 ROW = "{{.Name}}\t{{.State.Status}}\t{{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}}\t{{.Image}}"
@@ -27,9 +27,12 @@ def status(srv: Ctx) -> str:
     for line in stats.splitlines():
         name, _, usage = line.partition("\t")
         mem[name] = usage.split("/")[0].strip()
+    asleep = {container_name(srv, app) for app in sleeping(srv)}
     table = [("CONTAINER", "STATE", "HEALTH", "IMAGE AGE", "MEMORY")]
     for name, state_, health, image in sorted(rows):
-        table.append((name.lstrip("/"), state_, health, _age(created.get(image, "")), mem.get(name.lstrip("/"), "-")))
+        name = name.lstrip("/")
+        state_ = "sleeping" if name in asleep else state_
+        table.append((name, state_, health, _age(created.get(image, "")), mem.get(name, "-")))
     lock = state.lock_line(srv.run, srv.rs)
     return columns(table) + (f"\n{lock}" if lock else "")
 
