@@ -1,28 +1,25 @@
-"""onevps's least-privilege Docker API proxy (issue 15, point 3).
+"""onevps's least-privilege Docker API proxy (issue 15): stdlib only, Python 3.11.
 
-It listens on a UNIX socket and forwards a handful of Docker Engine API calls
-to the real engine socket: list, inspect, start, stop and logs of onevps *app
-containers* (label com.docker.compose.project == ONEVPS_PROJECT and a
-non-empty label onevps.tier), plus /_ping and /version. Every other call is
-answered 403 {"message": ...} without reaching the engine, and one line
-`denied: METHOD PATH: why` goes to stderr (no query values, headers or bodies).
+Listens on a UNIX socket and forwards only these calls (optionally under a
+/vX.YY prefix) to the real engine; everything else is answered 403 JSON
+without reaching it, and one line `denied: METHOD PATH: why` goes to stderr:
+  GET|HEAD /_ping   GET /version
+  GET  /containers/json            forced to the project's app containers
+  GET  /containers/{id}/json       whitelisted fields only, never Config.Env
+  POST /containers/{id}/start
+  POST /containers/{id}/stop?t=N   N <= 120
+  GET  /containers/{id}/logs       stdout, stderr, timestamps, tail <= 200; no follow
+An app container has label com.docker.compose.project=$ONEVPS_PROJECT and a
+non-empty onevps.tier. {id} (a name or an id) is resolved to the full Id with
+the engine's inspect, checked, and the call forwarded by that Id: a name swap
+cannot retarget it. No upgrades (attach/exec), no request bodies.
 
-The policy is the pure function `decide()`; a container reference is then
-resolved to its full Id with the engine's inspect, its labels are checked
-(`app_problem()`), and the call is forwarded by Id, so swapping a name between
-the check and the call cannot retarget it. Inspect answers pass a whitelist of
-fields (never Config.Env); list answers are forced to the project's app
-containers (the `filters` parameter is merged with the proxy's own and the
-answer is filtered again) and pass a whitelist of fields too.
-
-Why threads (socketserver.ThreadingUnixStreamServer + http.server) and not
-asyncio: the stdlib has an HTTP server and an HTTP client for blocking
-sockets only; the callers are few (the waker), every call is short and
-bounded (no follow, no attach, no upgrade), and answers are read whole
-before they are sent (Content-Length, `Connection: close`). A thread per call
-keeps the code small and obvious, which is what a security boundary needs.
-
-Standalone, stdlib only, Python 3.11: `python onevps_dockerproxy.py --help`.
+Design: the policy is the pure `decide()`, then `app_problem()` on the
+inspected container. Threads (ThreadingUnixStreamServer + http.server), not
+asyncio: the stdlib's HTTP server and client are blocking, the callers are
+few (the waker), every allowed call is short and bounded, and answers are
+read whole and sent with Content-Length and `Connection: close`. Small and
+obvious code is what a security boundary needs.
 """
 
 from __future__ import annotations
@@ -60,8 +57,16 @@ PLAIN_ROUTES = {("GET", "/_ping"): "ping", ("HEAD", "/_ping"): "ping",
 CONTAINER_ROUTES = {("GET", "json"): "inspect", ("POST", "start"): "start",
                     ("POST", "stop"): "stop", ("GET", "logs"): "logs"}
 LIST_FILTER_KEYS = frozenset({"id", "name", "label", "status", "health", "network"})
+QUERY_RULES = {  # per route: parameter -> bool, an int maximum, "off" (only false, dropped), "json"
+    "ping": {}, "version": {}, "inspect": {}, "start": {}, "stop": {"t": MAX_STOP_TIMEOUT},
+    "logs": {"stdout": bool, "stderr": bool, "timestamps": bool, "tail": MAX_LOG_TAIL, "follow": "off"},
+    "list": {"all": bool, "limit": 10000, "filters": "json"}}
 BOOLS = frozenset({"0", "1", "true", "false", "True", "False"})
 FALSE = frozenset({"", "0", "false", "False"})
+PATH_RULES = ((lambda p: len(p) > MAX_PATH, "path too long"), (lambda p: "\x00" in p, "NUL in path"),
+              (lambda p: "%" in p, "percent-encoding in path"),
+              (lambda p: not p.startswith("/") or not PATH_CHARS.fullmatch(p), "unexpected character in path"),
+              (lambda p: "//" in p, "empty path segment"), (lambda p: ".." in p, "'..' in path"))
 PASS_HEADERS = ("Content-Type", "Api-Version", "Ostype", "Docker-Experimental")
 
 
@@ -80,22 +85,11 @@ class Decision:
     rewrite: str = ""            # the query string to forward (already rewritten)
 
 
-# --- the policy (pure) -------------------------------------------------------
-
 def split_path(path: str) -> tuple[str, str]:
     """(version prefix, the rest) of a request path, or Denied."""
-    if len(path) > MAX_PATH:
-        raise Denied("path too long")
-    if "\x00" in path:
-        raise Denied("NUL in path")
-    if "%" in path:
-        raise Denied("percent-encoding in path")
-    if not path.startswith("/") or not PATH_CHARS.fullmatch(path):
-        raise Denied("unexpected character in path")
-    if "//" in path:
-        raise Denied("empty path segment")
-    if ".." in path:
-        raise Denied("'..' in path")
+    for broken, why in PATH_RULES:
+        if broken(path):
+            raise Denied(why)
     m = VERSION_PREFIX.match(path)
     return (m.group(0), path[m.end():]) if m else ("", path)
 
@@ -134,46 +128,25 @@ def check_headers(headers) -> None:
             raise Denied("request bodies are not allowed")
 
 
-def _only(params: dict[str, str], allowed: set[str]) -> None:
-    for key in params:
-        if key not in allowed:
-            raise Denied(f"query parameter {_name(key)} is not allowed here")
-
-
-def _bool(params: dict[str, str], key: str) -> None:
-    if key in params and params[key] not in BOOLS:
-        raise Denied(f"query parameter {_name(key)} must be a boolean")
-
-
-def _int(params: dict[str, str], key: str, most: int) -> None:
-    value = params.get(key)
-    if value is not None and not (value.isdigit() and len(value) <= 4 and int(value) <= most):
-        raise Denied(f"query parameter {_name(key)} must be an integer 0..{most}")
-
-
 def rewrite_query(route: str, params: dict[str, str], project: str) -> str:
-    """The query string forwarded for a route, or Denied."""
-    if route in ("ping", "version", "inspect", "start"):
-        _only(params, set())
-        return ""
-    if route == "stop":
-        _only(params, {"t"})
-        _int(params, "t", MAX_STOP_TIMEOUT)
-        return urlencode(params)
+    """The query string forwarded for a route (QUERY_RULES), or Denied."""
+    rules = QUERY_RULES[route]
+    for key, value in params.items():
+        rule = rules.get(key)
+        if rule is None:
+            raise Denied(f"query parameter {_name(key)} is not allowed here")
+        if rule is bool and value not in BOOLS:
+            raise Denied(f"query parameter {_name(key)} must be a boolean")
+        if rule == "off" and value not in FALSE:
+            raise Denied(f"{key} is not allowed")
+        if isinstance(rule, int) and not (value.isdigit() and len(value) <= 5 and int(value) <= rule):
+            raise Denied(f"query parameter {_name(key)} must be an integer 0..{rule}")
+    out = {key: value for key, value in params.items() if rules[key] != "off"}
     if route == "logs":
-        _only(params, {"stdout", "stderr", "timestamps", "tail", "follow"})
-        if params.pop("follow", "") not in FALSE:
-            raise Denied("follow is not allowed")
-        for key in ("stdout", "stderr", "timestamps"):
-            _bool(params, key)
-        _int(params, "tail", MAX_LOG_TAIL)
-        params.setdefault("tail", str(MAX_LOG_TAIL))
-        return urlencode(params)
-    _only(params, {"all", "limit", "filters"})  # list
-    _bool(params, "all")
-    _int(params, "limit", 10000)
-    params["filters"] = merge_filters(params.get("filters", ""), project)
-    return urlencode(params)
+        out.setdefault("tail", str(MAX_LOG_TAIL))
+    if route == "list":
+        out["filters"] = merge_filters(out.get("filters", ""), project)
+    return urlencode(out)
 
 
 def merge_filters(raw: str, project: str) -> str:
@@ -187,11 +160,11 @@ def merge_filters(raw: str, project: str) -> str:
     merged: dict[str, list[str]] = {}
     for key, value in client.items():
         if key not in LIST_FILTER_KEYS:
-            raise Denied(f"list filter {_name(key)} is not allowed")
+            raise Denied("a list filter is not allowed (allowed: " + ", ".join(sorted(LIST_FILTER_KEYS)) + ")")
         if isinstance(value, dict):  # the older form {"label": {"a=b": true}}
             value = [k for k, on in value.items() if on is True]
         if not isinstance(value, list) or not all(isinstance(v, str) and "\x00" not in v for v in value):
-            raise Denied(f"list filter {_name(key)} must be a list of strings")
+            raise Denied("a list filter must be a list of strings")
         merged[key] = list(value)
     labels = merged.setdefault("label", [])
     for required in (f"{PROJECT_LABEL}={project}", TIER_LABEL):
@@ -255,14 +228,11 @@ def filter_list(entries, project: str) -> list:
         labels = entry.get("Labels") or {}
         if labels.get(PROJECT_LABEL) != project or not labels.get(TIER_LABEL):
             continue
-        item = {key: entry.get(key) for key in ("Id", "Names", "Image", "Created", "State", "Status")}
-        item["Labels"] = labels
-        item["NetworkSettings"] = {"Networks": _ip_addresses((entry.get("NetworkSettings") or {}).get("Networks"))}
-        out.append(item)
+        networks = _ip_addresses((entry.get("NetworkSettings") or {}).get("Networks"))
+        out.append({**{key: entry.get(key) for key in ("Id", "Names", "Image", "Created", "State", "Status")},
+                    "Labels": labels, "NetworkSettings": {"Networks": networks}})
     return out
 
-
-# --- the engine --------------------------------------------------------------
 
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float = ENGINE_TIMEOUT):
@@ -294,8 +264,6 @@ def engine_inspect(engine: str, ref: str):
     status, _, body = engine_call(engine, "GET", f"/containers/{ref}/json")
     return json.loads(body) if status == 200 else None
 
-
-# --- the server --------------------------------------------------------------
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -397,6 +365,10 @@ class ProxyServer(socketserver.ThreadingUnixStreamServer):
         os.chmod(self.cfg.socket_path, self.cfg.mode)
         self.server_address = self.cfg.socket_path
 
+    def handle_error(self, request, client_address) -> None:
+        """One line, no traceback (e.g. a client that hung up before its answer)."""
+        print(f"error: a call failed: {sys.exc_info()[0].__name__}", file=sys.stderr, flush=True)
+
 
 def remove_stale_socket(path: str) -> None:
     """Remove a socket file nobody listens on; refuse anything else in the way."""
@@ -423,36 +395,26 @@ ENV_HELP = """environment:
   ONEVPS_PROXY_SOCKET       the socket to listen on (default /run/onevps-docker/docker.sock);
                             a stale socket file there is replaced at start
   ONEVPS_PROXY_SOCKET_MODE  its permissions, octal (default 0660); created under a umask, never wider
-  ONEVPS_PROXY_SOCKET_GID   optional: the group id the socket belongs to
-  DOCKER_SOCKET             the real engine's socket (default /var/run/docker.sock)
-
-allowed (optionally under /vX.YY); everything else is answered 403:
-  GET|HEAD /_ping    GET /version    GET /containers/json (forced to the project's apps)
-  GET /containers/{id}/json (whitelisted fields, never Env)    POST /containers/{id}/start
-  POST /containers/{id}/stop?t=N (N <= 120)    GET /containers/{id}/logs (tail <= 200, no follow)
-  {id} must be an app container: label com.docker.compose.project=$ONEVPS_PROJECT and onevps.tier."""
+  ONEVPS_PROXY_SOCKET_GID   optional: the numeric group the socket belongs to
+  DOCKER_SOCKET             the real engine's socket (default /var/run/docker.sock)"""
 
 
 def load_config(env) -> Config:
     project = env.get("ONEVPS_PROJECT", "").strip()
     if not project:
         raise SystemExit("error: ONEVPS_PROJECT is not set: the Compose project whose apps the proxy may drive")
-    raw_mode = env.get("ONEVPS_PROXY_SOCKET_MODE", "0660")
-    try:
-        mode = int(raw_mode, 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o777:
+    raw_mode = env.get("ONEVPS_PROXY_SOCKET_MODE", "0660").strip()
+    if not re.fullmatch(r"0?[0-7]{3}", raw_mode):
         raise SystemExit(f"error: ONEVPS_PROXY_SOCKET_MODE={raw_mode!r} is not an octal mode like 0660")
     raw_gid = env.get("ONEVPS_PROXY_SOCKET_GID", "").strip()
     if raw_gid and not raw_gid.isdigit():
         raise SystemExit(f"error: ONEVPS_PROXY_SOCKET_GID={raw_gid!r} is not a numeric group id")
     return Config(project, env.get("ONEVPS_PROXY_SOCKET", "/run/onevps-docker/docker.sock"),
-                  env.get("DOCKER_SOCKET", "/var/run/docker.sock"), mode, int(raw_gid) if raw_gid else None)
+                  env.get("DOCKER_SOCKET", "/var/run/docker.sock"), int(raw_mode, 8), int(raw_gid) if raw_gid else None)
 
 
 def main(argv=None) -> int:
-    argparse.ArgumentParser(prog="onevps_dockerproxy", description=__doc__.split("\n\n")[1], epilog=ENV_HELP,
+    argparse.ArgumentParser(prog="onevps_dockerproxy", description=__doc__, epilog=ENV_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     cfg = load_config(os.environ)
     server = ProxyServer(cfg)
