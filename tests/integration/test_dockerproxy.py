@@ -1,0 +1,232 @@
+"""The Docker API proxy (dockerfiles/waker/onevps_dockerproxy.py) in front of
+the REAL engine, run as a real container (the python:3.11-slim stand-in, the
+file bind-mounted read-only, /var/run/docker.sock mounted, no network), with
+throwaway containers: an app of the project, a shared service of the same
+project, an app of another project. Allowed calls work and change what they
+should; denied calls get 403 and change nothing; the app's environment never
+leaves the proxy. Needs no test stack: only its own h15px* containers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import socket
+import stat
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from .conftest import ROOT, docker, docker_problem
+
+pytestmark = pytest.mark.docker
+
+PROXY_FILE = ROOT / "dockerfiles" / "waker" / "onevps_dockerproxy.py"
+IMAGE = "python:3.11-slim"
+PROJECT = "h15px"
+MARK = "h15px"  # every container this module creates carries this label
+SECRET = "h15px-secret-" + secrets.token_hex(16)
+STARTED = "h15px-app-started"
+# PID 1 with a SIGTERM handler: a stop is quick, and it prints a line to find in the logs.
+SERVE = ["python", "-c", "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
+         f"print({STARTED!r}, flush=True); signal.pause()"]
+CONTAINERS = {
+    "h15px-app": {"com.docker.compose.project": PROJECT, "onevps.tier": "base"},
+    "h15px-shared": {"com.docker.compose.project": PROJECT},
+    "h15px-notier": {"com.docker.compose.project": PROJECT, "onevps.tier": ""},
+    "h15px-otherapp": {"com.docker.compose.project": "h15px-other", "onevps.tier": "base"},
+}
+
+
+class UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str):
+        super().__init__("localhost", timeout=60)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def call(sock: str, method: str, target: str, body: bytes | None = None,
+         headers: dict | None = None) -> tuple[int, bytes]:
+    conn = UnixConnection(sock)
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        res = conn.getresponse()
+        return res.status, res.read()
+    finally:
+        conn.close()
+
+
+def inspect(name: str) -> dict:
+    return json.loads(docker("inspect", name))[0]
+
+
+def remove_ours() -> None:
+    ids = docker("ps", "--all", "--quiet", "--filter", f"label={MARK}").split()
+    ids += docker("ps", "--all", "--quiet", "--filter", "name=h15px-created", "--filter", "name=h15px-renamed").split()
+    if ids:
+        subprocess.run(["docker", "rm", "--force", "--volumes", *ids], capture_output=True, timeout=120)
+
+
+def wait_for(check, what: str, tries: int = 600) -> None:
+    for _ in range(tries):
+        if check():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"gave up waiting for {what}; proxy log:\n{proxy_log()}")
+
+
+def proxy_log() -> str:
+    res = subprocess.run(["docker", "logs", "h15px-proxy"], capture_output=True, text=True, timeout=60)
+    return res.stdout + res.stderr
+
+
+def _pings(sock: str) -> bool:
+    try:
+        return call(sock, "GET", "/_ping") == (200, b"OK")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def sock(tmp_path_factory):
+    """The proxy's socket (host path), the proxy and the throwaway containers running."""
+    problem = docker_problem()
+    if problem:
+        pytest.fail(f"integration tests need Docker: {problem}. They never skip; "
+                    "`make unit` runs the tests that need no Docker.", pytrace=False)
+    run_dir = tmp_path_factory.mktemp("h15px-proxy")
+    remove_ours()
+    try:
+        for name, labels in CONTAINERS.items():
+            label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+            docker("run", "--detach", "--name", name, "--label", MARK, *label_args,
+                   "--env", f"SECRET_X={SECRET}", IMAGE, *SERVE)
+        docker("run", "--detach", "--name", "h15px-proxy", "--label", MARK, "--network", "none",
+               "--volume", f"{PROXY_FILE}:/srv/onevps_dockerproxy.py:ro",
+               "--volume", "/var/run/docker.sock:/var/run/docker.sock",
+               "--volume", f"{run_dir}:/run/onevps-docker",
+               "--env", f"ONEVPS_PROJECT={PROJECT}", IMAGE, "python", "/srv/onevps_dockerproxy.py")
+        path = str(run_dir / "docker.sock")
+        wait_for(lambda: _pings(path), "the proxy's /_ping")
+        wait_for(lambda: STARTED in docker("logs", "h15px-app"), "the app's first line")
+        yield path
+    finally:
+        remove_ours()
+
+
+def test_the_socket_is_0660(sock):
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+
+
+def test_list_shows_only_the_projects_apps(sock):
+    status, body = call(sock, "GET", "/containers/json?all=1")
+    assert status == 200
+    assert [c["Names"] for c in json.loads(body)] == [["/h15px-app"]]
+    assert SECRET not in body.decode()
+    # A client's filters narrow the list; they never widen it.
+    wider = quote(json.dumps({"label": [f"com.docker.compose.project={PROJECT}-other"]}))
+    assert call(sock, "GET", f"/containers/json?all=1&filters={wider}") == (200, b"[]")
+
+
+def test_inspect_of_the_app_never_shows_its_environment(sock):
+    status, body = call(sock, "GET", "/containers/h15px-app/json")
+    assert status == 200
+    answer = json.loads(body)
+    assert answer["Id"] == inspect("h15px-app")["Id"]
+    assert answer["Config"]["Labels"]["onevps.tier"] == "base" and answer["State"]["Running"] is True
+    assert SECRET not in body.decode() and "Env" not in body.decode()
+
+
+def test_stop_then_start_the_app(sock):
+    status, body = call(sock, "GET", "/version")
+    assert status == 200
+    prefix = "/v" + json.loads(body)["ApiVersion"]
+    assert call(sock, "POST", f"{prefix}/containers/h15px-app/stop?t=10")[0] == 204
+    assert inspect("h15px-app")["State"]["Running"] is False
+    assert call(sock, "POST", "/containers/h15px-app/start")[0] == 204
+    assert inspect("h15px-app")["State"]["Running"] is True
+    assert call(sock, "POST", "/containers/h15px-app/start")[0] == 304  # already started: the engine's answer
+
+
+def test_logs_of_the_app(sock):
+    status, body = call(sock, "GET", "/containers/h15px-app/logs?stdout=1&stderr=1&tail=20")
+    assert status == 200 and STARTED.encode() in body
+
+
+CREATE_BODY = json.dumps({"Image": IMAGE, "Cmd": ["true"], "Labels": {MARK: ""}}).encode()
+DENIED = [  # (method, target, body, extra headers, the why in the proxy's log)
+    ("POST", "/containers/create?name=h15px-created", CREATE_BODY, {"Content-Type": "application/json"},
+     "request bodies are not allowed"),
+    ("POST", "/containers/create?name=h15px-created", None, None, "not an allowed endpoint"),
+    ("POST", "/containers/h15px-app/exec", json.dumps({"Cmd": ["env"], "AttachStdout": True}).encode(),
+     {"Content-Type": "application/json"}, "request bodies are not allowed"),
+    ("POST", "/containers/h15px-app/exec", None, None, "not an allowed endpoint"),
+    ("POST", "/images/create?fromImage=busybox&tag=latest", None, None, "not an allowed endpoint"),
+    ("DELETE", "/containers/h15px-app?force=1", None, None, "not an allowed endpoint"),
+    ("POST", "/containers/h15px-app/kill", None, None, "not an allowed endpoint"),
+    ("POST", "/containers/h15px-app/restart", None, None, "not an allowed endpoint"),
+    ("POST", "/containers/h15px-app/rename?name=h15px-renamed", None, None, "not an allowed endpoint"),
+    ("POST", "/containers/h15px-app/attach?stream=1&stdout=1", None,
+     {"Upgrade": "tcp", "Connection": "Upgrade"}, "connection upgrade"),
+    ("GET", "/containers/h15px-app/archive?path=/etc/hostname", None, None, "not an allowed endpoint"),
+    ("GET", "/containers/h15px-app/export", None, None, "not an allowed endpoint"),
+    ("POST", "/containers/h15px-app/update", None, None, "not an allowed endpoint"),
+    ("GET", "/volumes", None, None, "not an allowed endpoint"),
+    ("POST", "/volumes/create", None, None, "not an allowed endpoint"),
+    ("GET", "/networks", None, None, "not an allowed endpoint"),
+    ("POST", "/networks/create", None, None, "not an allowed endpoint"),
+    ("GET", "/info", None, None, "not an allowed endpoint"),
+    ("GET", "/secrets", None, None, "not an allowed endpoint"),
+    ("POST", "/swarm/init", None, None, "not an allowed endpoint"),
+    ("POST", "/containers/h15px-app/../h15px-shared/stop", None, None, "'..' in path"),
+    ("POST", "/containers/h15px-shared%2F/stop", None, None, "percent-encoding in path"),
+    ("GET", "/containers/h15px-app/logs?follow=1&stdout=1", None, None, "follow is not allowed"),
+] + [
+    (method, f"/containers/{name}/{action}", None, None, why)
+    for name, why in (("h15px-shared", "not an app container"), ("h15px-notier", "not an app container"),
+                      ("h15px-otherapp", "not an app container"), ("h15px-nothing", "no such container"))
+    for method, action in (("POST", "stop"), ("POST", "start"), ("GET", "json"), ("GET", "logs"))
+]
+
+
+def snapshot() -> dict:
+    """What a denied call might have changed: our containers, their state, their execs; the names we'd see."""
+    ids = docker("ps", "--all", "--quiet", "--filter", f"label={MARK}").split()
+    return {
+        "containers": sorted((c["Id"], c["Name"], c["State"]["Running"], c["State"]["StartedAt"],
+                              c["RestartCount"], tuple(c["ExecIDs"] or ())) for c in json.loads(docker("inspect", *ids))),
+        "created": docker("ps", "--all", "--quiet", "--filter", "name=h15px-created", "--filter", "name=h15px-renamed"),
+        "volumes": docker("volume", "ls", "--quiet", "--filter", "name=h15px"),
+        "networks": docker("network", "ls", "--quiet", "--filter", "name=h15px"),
+    }
+
+
+def test_denied_calls_are_refused_and_change_nothing(sock):
+    before = snapshot()
+    assert len(before["containers"]) == len(CONTAINERS) + 1
+    for method, target, body, headers, _ in DENIED:
+        status, answer = call(sock, method, target, body, headers)
+        assert status == 403, (method, target, answer)
+        assert json.loads(answer)["message"].startswith("onevps docker proxy: denied: ")
+    assert snapshot() == before
+    log = proxy_log()
+    for method, target, _, _, why in DENIED:
+        assert f"denied: {method} {target.split('?')[0]}: {why}" in log, (method, target, log)
+    assert SECRET not in log and "busybox" not in log and "h15px-renamed" not in log
+
+
+def test_sigterm_stops_the_proxy_cleanly(sock):
+    """Last: it stops the proxy."""
+    docker("stop", "--time", "30", "h15px-proxy")
+    state = inspect("h15px-proxy")["State"]
+    assert (state["Running"], state["ExitCode"]) == (False, 0), proxy_log()
+    assert not Path(sock).exists()
+    assert "onevps docker proxy: stopped" in proxy_log()
