@@ -94,9 +94,13 @@ def container_app(c: dict, network_suffix: str = "app-network") -> tuple[str, st
         after = parse_duration(labels[SLEEP_LABEL])
     except (KeyError, ValueError):
         return None
+    return labels.get(SERVICE_LABEL, ""), c["Id"], after, c.get("State") == "running", network_ip(c, network_suffix)
+
+
+def network_ip(c: dict, network_suffix: str = "app-network") -> str:
+    """A listed or inspected container's IP on the network whose name ends with network_suffix."""
     nets = (c.get("NetworkSettings") or {}).get("Networks") or {}
-    ip = next((n.get("IPAddress") or "" for name, n in nets.items() if name.endswith(network_suffix)), "")
-    return labels.get(SERVICE_LABEL, ""), c["Id"], after, c.get("State") == "running", ip
+    return next((n.get("IPAddress") or "" for name, n in nets.items() if name.endswith(network_suffix)), "")
 
 
 @dataclass
@@ -177,9 +181,7 @@ class Docker:
         return (await self.call("GET", "/containers/json", all="1", filters=json.dumps({"label": labels}))).json()
 
     async def ip(self, cid: str) -> str:
-        c = (await self.call("GET", f"/containers/{cid}/json")).json()
-        found = container_app({**c, "Labels": {SLEEP_LABEL: "0"}})
-        return found[4] if found else ""
+        return network_ip((await self.call("GET", f"/containers/{cid}/json")).json())
 
     async def logs(self, cid: str) -> str:
         r = await self.call("GET", f"/containers/{cid}/logs", stdout="1", stderr="1", tail=str(LOG_TAIL))
@@ -281,9 +283,9 @@ class Waker:
 
     async def forward(self, app: App, scope, body: bytes, send) -> None:
         """The request to the app, its answer streamed back."""
-        path = scope.get("raw_path") or scope["path"].encode()
-        query = b"?" + scope["query_string"] if scope.get("query_string") else b""
-        request = self.http.build_request(scope["method"], self.url(app, self.s.app_port, (path + query).decode("latin-1")),
+        target = (scope.get("raw_path") or scope["path"].encode()) + (
+            b"?" + scope["query_string"] if scope.get("query_string") else b"")
+        request = self.http.build_request(scope["method"], self.url(app, self.s.app_port, target.decode("latin-1")),
                                           headers=forwardable(scope["headers"]), content=body or None)
         try:
             answer = await self.http.send(request, stream=True)
@@ -354,8 +356,9 @@ class Waker:
             self.say(f"woke {app.name} in {app.last_wake_seconds:.2f} s ({app.held} requests held)")
             return True
         except (TimeoutError, httpx.HTTPError, DockerError) as exc:
-            why = f"did not wake in {self.s.wake_timeout:g} s" if isinstance(exc, TimeoutError) else f"failed to wake ({exc})"
-            self.say(f"{app.name} {why}; its last {LOG_TAIL} log lines:")
+            late = isinstance(exc, TimeoutError)
+            self.say(f"{app.name} {f'did not wake in {self.s.wake_timeout:g} s' if late else f'failed to wake ({exc})'}"
+                     f"; its last {LOG_TAIL} log lines:")
             app.state, app.stop_task = "stopping", asyncio.create_task(self.after_failed(app))
             return False
         finally:
@@ -368,9 +371,11 @@ class Waker:
             return False
 
     async def activity(self, app: App) -> dict | None:
+        """The app's activity answer (onevps_serve); None when it has none (it then never sleeps)."""
         try:
-            return (await self.http.get(self.url(app, self.s.activity_port, "/activity"), timeout=2.0)).json()
-        except (httpx.HTTPError, ValueError):
+            got = (await self.http.get(self.url(app, self.s.activity_port, "/activity"), timeout=2.0)).json()
+            return {k: float(got[k]) for k in ("connections", "idle", "requests")}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None
 
     async def after_failed(self, app: App) -> None:
@@ -388,14 +393,14 @@ class Waker:
         """One round of the sleep loop: the sleeps it started."""
         await self.refresh()
         seen, now, started = self.log.read(), time.time(), []
-        for app in self.apps.values():
+        for app in list(self.apps.values()):
             app.last_activity = max(app.last_activity, seen.get(app.name, 0.0))
             if app.state != "awake" or app.wake_task or app.stop_task:
                 continue
             act = await self.activity(app)
             if act is not None:
-                app.last_activity = max(app.last_activity, now - float(act["idle"]))
-                if should_sleep(now, app.last_activity, app.sleep_after, int(act["connections"])):
+                app.last_activity = max(app.last_activity, now - act["idle"])
+                if should_sleep(now, app.last_activity, app.sleep_after, act["connections"]):
                     app.stop_task = asyncio.create_task(self.put_to_sleep(app, act))
                     started.append(app.stop_task)
         return started

@@ -178,7 +178,8 @@ class Fake:
             return await waker.respond(send, 500, {"message": "asleep"})
         body = await waker.read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        await waker.respond(send, 200, {"method": scope["method"], "path": scope["path"], "query": scope["query_string"].decode(),
+        await waker.respond(send, 200, {"method": scope["method"], "path": scope["path"],
+                                        "query": scope["query_string"].decode(),
                                         "sha256": hashlib.sha256(body).hexdigest(), "host": headers.get("host"),
                                         "xff": headers.get("x-forwarded-for"), "hop": headers.get("x-hop")})
 
@@ -312,11 +313,13 @@ def test_an_idle_app_with_no_connection_is_put_to_sleep_flag_first(world):
     assert any(line.startswith("kb asleep after ") and line.endswith(" s idle") for line in said), said
 
 
-@pytest.mark.parametrize("busy", [{"connections": 1}, {"idle": 0.2}])
-def test_an_app_with_an_open_connection_or_a_recent_request_stays_awake(world, busy):
+@pytest.mark.parametrize("busy", [{"connections": 1}, {"idle": 0.2}, None])
+def test_an_app_with_an_open_connection_a_recent_request_or_no_activity_answer_stays_awake(world, busy):
     fake, settings, said = world
     fake.running, fake.ready_at = True, 0.0
-    fake.activity.update(busy)
+    if busy is None:  # an app not served by onevps_serve: what answers there is no activity answer
+        fake.activity = {"status": "ok"}
+    fake.activity.update(busy or {})
     w = waker.Waker(settings, said.append)
     asyncio.run(sleep_round(w))
     assert fake.calls == [] and not fake.flag.exists() and w.apps["kb"].state == "awake"
