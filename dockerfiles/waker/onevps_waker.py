@@ -246,7 +246,9 @@ class Waker:
         self.say = say or (lambda line: print(line, flush=True))
         self.apps: dict[str, App] = {}
         self.docker = Docker(settings.proxy_socket, settings.project)
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), trust_env=False)
+        # no keep-alive to the apps: an idle connection held here would count as the app's activity
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), trust_env=False,
+                                      limits=httpx.Limits(max_connections=None, max_keepalive_connections=0))
         self.log = AccessLog(settings.state_dir / "access.log", self.say)
 
     def flag(self, name: str) -> Path:
