@@ -1,13 +1,15 @@
-"""The waker: holds requests for a sleeping app, wakes it once, answers them all;
-puts idle sleep-enabled apps to sleep (docs: /tmp/design15.md, piece 2).
+"""The waker (issue 15): holds requests for a sleeping app, wakes it once, answers
+them all; puts idle sleep-enabled apps (label onevps.sleep_after) to sleep.
 
-    python -m onevps_waker        (or python onevps_waker.py; one process, one worker)
+    python -m onevps_waker      (one process, one worker: the state is in it; port 8080)
 
-nginx sends a request for a sleeping app here with `X-Onevps-App: NAME` (the
-flag file STATE_DIR/asleep/NAME tells nginx the app sleeps). Docker is reached
-only through the filtering proxy's socket. The log (stdout) holds one line per
-wake and per sleep, and a failed wake's last app log lines; never a request's
-headers or body.
+nginx sends a request for a sleeping app (flag file STATE_DIR/asleep/NAME) here
+with `X-Onevps-App: NAME`; GET /_onevps/state (no such header) answers the apps'
+states. Docker is reached only through the filtering proxy's socket. Env (see
+Settings.from_env): ONEVPS_PROJECT, ONEVPS_PROXY_SOCKET, ONEVPS_STATE_DIR,
+WAKE_TIMEOUT, SLEEP_CHECK_EVERY, APP_PORT, ACTIVITY_PORT, APP_HOST. stdout holds
+one line per wake and per sleep and a failed wake's last app log lines; never a
+request's headers or body.
 """
 
 from __future__ import annotations
