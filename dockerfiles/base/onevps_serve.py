@@ -20,6 +20,12 @@ retry a POST elsewhere (a 502). Here:
 4. it waits (2 s at most) until every connection has brought its first
    request, so uvicorn closes none that carries one;
 5. then uvicorn's own graceful shutdown: the requests in flight complete.
+
+It also answers GET /activity on ONEVPS_ACTIVITY_HOST:ONEVPS_ACTIVITY_PORT
+(0.0.0.0:8001; port 0: off) for the waker (dockerfiles/waker), as JSON:
+{"connections": open HTTP connections, "idle": seconds since the last request
+started or ended (0 while one is in flight), "requests": total}. Requests for
+/health (the healthcheck, the waker's probes) are not activity.
 """
 
 from __future__ import annotations
@@ -28,8 +34,11 @@ import asyncio
 import ctypes
 import os
 import socket
+import json
 import struct
 import sys
+import time
+from functools import partial
 
 from uvicorn import server as uvicorn_server
 from uvicorn.main import main
@@ -48,6 +57,9 @@ NO_NEW_CONNECTIONS = [
 ]
 _FILTER = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in NO_NEW_CONNECTIONS))
 _uvicorn_shutdown = uvicorn_server.Server.shutdown
+_uvicorn_startup = uvicorn_server.Server.startup
+NOT_ACTIVITY = "/health"  # the healthcheck's and the waker's probes
+ACTIVITY_READ = 2.0  # seconds at most for an activity request to arrive
 
 
 def _handles(srv: asyncio.base_events.Server) -> list[socket.socket]:
@@ -80,8 +92,77 @@ def _accept_queued(loop: asyncio.AbstractEventLoop, srv: asyncio.base_events.Ser
         loop.create_task(loop.connect_accepted_socket(srv._protocol_factory, conn))
 
 
+class Activity:
+    """The app's requests as the activity port tells them: in flight, the last one's time, the total."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.total = 0
+        self.last = time.monotonic()
+
+    def wrap(self, app):
+        """app, counting its HTTP and WebSocket requests (except /health)."""
+        async def tracked(scope, receive, send):
+            if scope["type"] not in ("http", "websocket") or scope.get("path") == NOT_ACTIVITY:
+                return await app(scope, receive, send)
+            self.in_flight += 1
+            self.total += 1
+            self.last = time.monotonic()
+            try:
+                return await app(scope, receive, send)
+            finally:
+                self.in_flight -= 1
+                self.last = time.monotonic()
+        return tracked
+
+    def answer(self, state: object) -> dict:
+        idle = 0.0 if self.in_flight else time.monotonic() - self.last
+        return {"connections": len(getattr(state, "connections", ())), "idle": round(idle, 3),
+                "requests": self.total}
+
+
+async def _answer_activity(activity: Activity, state: object,
+                           reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One request on the activity port: GET /activity gets the JSON, anything else 404."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ACTIVITY_READ)
+        found = head.split(b"\r\n", 1)[0].split(b" ")[:2] == [b"GET", b"/activity"]
+        body = json.dumps(activity.answer(state) if found else {"message": "only GET /activity here"}).encode()
+        status = b"200 OK" if found else b"404 Not Found"
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        await writer.drain()
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+def _activity_address() -> tuple[str, int]:
+    """Where the activity port listens (ONEVPS_ACTIVITY_HOST, ONEVPS_ACTIVITY_PORT; port 0: off)."""
+    port = os.environ.get("ONEVPS_ACTIVITY_PORT", "8001")
+    return os.environ.get("ONEVPS_ACTIVITY_HOST", "0.0.0.0"), int(port) if port.isdigit() else 0
+
+
+async def startup(self: uvicorn_server.Server, sockets: list[socket.socket] | None = None) -> None:
+    host, port = _activity_address()
+    activity = Activity()
+    if port:
+        self.config.loaded_app = activity.wrap(self.config.loaded_app)
+    await _uvicorn_startup(self, sockets)
+    if port and self.started:
+        try:
+            self.activity_server = await asyncio.start_server(
+                partial(_answer_activity, activity, self.server_state), host, port)
+        except OSError as exc:  # the app serves on; only the waker goes without its answers
+            uvicorn_server.logger.warning("activity port %s:%d: %s", host, port, exc)
+
+
 async def shutdown(self: uvicorn_server.Server, sockets: list[socket.socket] | None = None) -> None:
     loop = asyncio.get_running_loop()
+    activity_server = getattr(self, "activity_server", None)
+    if activity_server is not None:
+        activity_server.close()
     handles = [(srv, sock) for srv in self.servers for sock in _handles(srv)]
     for _, sock in handles:
         _refuse_new(sock)
@@ -103,6 +184,7 @@ def _waiting(state: object) -> int:
                if getattr(getattr(c, "conn", None), "their_http_version", "") is None)
 
 
+uvicorn_server.Server.startup = startup  # type: ignore[method-assign]
 uvicorn_server.Server.shutdown = shutdown  # type: ignore[method-assign]
 
 if __name__ == "__main__":
