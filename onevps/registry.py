@@ -164,7 +164,7 @@ def from_data(data: Any, name: str = "compose file") -> Registry:
         if isinstance(labels, list):  # ["key=value", ...] form
             labels = dict(str(item).split("=", 1) for item in labels if "=" in str(item))
         tier = labels.get(TIER_LABEL) if isinstance(labels, dict) else None
-        if tier is None:
+        if tier is None or tier == "":  # "": a service run from a tier image that is no app (the waker)
             continue
         if tier not in TIERS:
             raise ComposeFileError(

@@ -41,6 +41,9 @@ from urllib.parse import parse_qsl, urlencode
 
 PROJECT_LABEL = "com.docker.compose.project"
 TIER_LABEL = "onevps.tier"
+SERVICE_LABEL = "com.docker.compose.service"
+SLOT_LABEL = "onevps.slot"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
 MAX_PATH = 256
 MAX_QUERY = 2048
 MAX_ANSWER = 16 * 1024 * 1024
@@ -201,9 +204,18 @@ def app_problem(info, project: str) -> str | None:
     """Why an inspected container is not one of the project's app containers."""
     if not isinstance(info, dict) or not FULL_ID.fullmatch(str(info.get("Id", ""))):
         return "no such container"
-    labels = (info.get("Config") or {}).get("Labels") or {}
+    return labels_problem((info.get("Config") or {}).get("Labels") or {}, project)
+
+
+def labels_problem(labels: dict, project: str) -> str | None:
+    """Why a container with these labels is not one of the project's app containers."""
     if labels.get(PROJECT_LABEL) != project or not labels.get(TIER_LABEL):
         return "not an app container of this project"
+    # Image labels reach every container made from the image (an app image carries the
+    # compose project, service and tier): a deploy slot (`docker run`, label onevps.slot)
+    # or a one-off `compose run` container looks like the app; neither is it.
+    if not labels.get(SERVICE_LABEL) or labels.get(SLOT_LABEL) or labels.get(ONEOFF_LABEL, "False") != "False":
+        return "not an app's own container (a deploy slot or a one-off)"
     return None
 
 
@@ -226,7 +238,7 @@ def filter_list(entries, project: str) -> list:
     out = []
     for entry in entries if isinstance(entries, list) else []:
         labels = entry.get("Labels") or {}
-        if labels.get(PROJECT_LABEL) != project or not labels.get(TIER_LABEL):
+        if labels_problem(labels, project):
             continue
         networks = _ip_addresses((entry.get("NetworkSettings") or {}).get("Networks"))
         out.append({**{key: entry.get(key) for key in ("Id", "Names", "Image", "Created", "State", "Status")},

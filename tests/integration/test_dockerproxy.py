@@ -35,10 +35,15 @@ STARTED = "h15px-app-started"
 SERVE = ["python", "-c", "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
          f"print({STARTED!r}, flush=True); signal.pause()"]
 CONTAINERS = {
-    "h15px-app": {"com.docker.compose.project": PROJECT, "onevps.tier": "base"},
-    "h15px-shared": {"com.docker.compose.project": PROJECT},
-    "h15px-notier": {"com.docker.compose.project": PROJECT, "onevps.tier": ""},
-    "h15px-otherapp": {"com.docker.compose.project": "h15px-other", "onevps.tier": "base"},
+    "h15px-app": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "app", "onevps.tier": "base"},
+    "h15px-shared": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "shared"},
+    "h15px-notier": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "notier",
+                     "onevps.tier": ""},
+    "h15px-otherapp": {"com.docker.compose.project": "h15px-other", "com.docker.compose.service": "app",
+                       "onevps.tier": "base"},
+    # The app's deploy slot: `docker run` of the app image (its labels) + onevps.slot.
+    "h15px-app-next": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "app",
+                       "onevps.tier": "base", "onevps.slot": "next"},
 }
 
 
@@ -192,7 +197,8 @@ DENIED = [  # (method, target, body, extra headers, the why in the proxy's log)
 ] + [
     (method, f"/containers/{name}/{action}", None, None, why)
     for name, why in (("h15px-shared", "not an app container"), ("h15px-notier", "not an app container"),
-                      ("h15px-otherapp", "not an app container"), ("h15px-nothing", "no such container"))
+                      ("h15px-otherapp", "not an app container"), ("h15px-nothing", "no such container"),
+                      ("h15px-app-next", "not an app's own container"))
     for method, action in (("POST", "stop"), ("POST", "start"), ("GET", "json"), ("GET", "logs"))
 ]
 

@@ -262,6 +262,16 @@ def test_app_problem_needs_a_full_id_and_a_non_empty_tier():
     assert "not an app" in px.app_problem(empty_tier, P)
 
 
+@pytest.mark.parametrize("labels", [
+    {"onevps.slot": "next", "onevps.app": "blog"},  # a deploy slot: the app image's labels + its own
+    {"com.docker.compose.oneoff": "True"},  # `compose run`
+    {"com.docker.compose.service": ""},  # made from an app image outside compose
+])
+def test_a_deploy_slot_or_a_one_off_container_of_an_app_image_is_no_app(labels):
+    assert px.app_problem({"Id": APP_ID, "Config": {"Labels": {**APP_LABELS, **labels}}}, P) == \
+        "not an app's own container (a deploy slot or a one-off)"
+
+
 # --- settings ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("env,message", [
