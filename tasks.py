@@ -138,12 +138,14 @@ def settings(c, show_defaults=False):
 @task(help={"name": "The app's name: a DNS label (a-z, 0-9, '-'), also its subdomain and image name.",
             "tier": "Image tier: base (web stack) or ml (adds torch, sentence-transformers, ...). Default: base.",
             "domain": "An extra host name nginx routes to this app (besides NAME.<DOMAIN>).",
+            "sleep-after": "Let the app sleep after this long without a request (90s, 15m, 2h; label "
+                           "onevps.sleep_after); its next request wakes it. Default: always awake.",
             "dry-run": "Show what would change; change nothing."})
-def new_app(c, name, tier="base", domain=None, dry_run=False):
+def new_app(c, name, tier="base", domain=None, sleep_after=None, dry_run=False):
     """Add an app: apps/NAME from the template, its compose entry and its nginx route (all or nothing)."""
-    _positional_help(name, "inv new-app NAME [--tier base|ml] [--domain HOST] [--dry-run]")
+    _positional_help(name, "inv new-app NAME [--tier base|ml] [--domain HOST] [--sleep-after 15m] [--dry-run]")
     settings = config.load()
-    print("\n".join(stack.new_app(c, config.REPO, settings, name, tier, domain, dry_run)))
+    print("\n".join(stack.new_app(c, config.REPO, settings, name, tier, domain, dry_run, sleep_after)))
 
 
 @task(help={"name": "The app to remove.",

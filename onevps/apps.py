@@ -21,7 +21,7 @@ from ruamel.yaml.error import CommentMark
 from ruamel.yaml.mergevalue import MergeValue
 from ruamel.yaml.tokens import CommentToken
 
-from . import commands, composefile, nginx, registry as registry_mod, tiers
+from . import commands, composefile, nginx, registry as registry_mod, sleep, tiers
 from .config import Settings
 from .settings_keys import _domain
 from .errors import OnevpsError
@@ -45,7 +45,7 @@ _ENTRY = """\
       APP_TIER: {tier}
       TIER_IMAGE: ${{IMAGE_NAMESPACE:-onevps}}/{tier}:${{{tag_var}:-latest}}
   labels:
-    onevps.tier: {tier}{domain_label}
+    onevps.tier: {tier}{domain_label}{sleep_label}
   networks:
     app-network:
       ipv4_address: ${{NETWORK_PREFIX:-172.20.0}}.{host}
@@ -86,13 +86,16 @@ def _blank_line() -> CommentToken:
     return CommentToken("\n\n", CommentMark(0))
 
 
-def entry_text(name: str, tier: str, host: int, domain: str | None = None) -> str:
+def entry_text(name: str, tier: str, host: int, domain: str | None = None, sleep_after: int | None = None) -> str:
     domain_label = f'\n    {DOMAIN_LABEL}: "{domain}"' if domain else ""  # quoted: stays a string
+    sleep_label = f'\n    {sleep.SLEEP_LABEL}: "{sleep.duration_text(sleep_after)}"' if sleep_after else ""
     tag_var = tiers.tag_key(tier)
-    return _ENTRY.format(name=name, tier=tier, host=host, tag_var=tag_var, domain_label=domain_label)
+    return _ENTRY.format(name=name, tier=tier, host=host, tag_var=tag_var, domain_label=domain_label,
+                         sleep_label=sleep_label)
 
 
-def add_service(data: Any, reg: Registry, name: str, tier: str, host: int, domain: str | None = None) -> None:
+def add_service(data: Any, reg: Registry, name: str, tier: str, host: int, domain: str | None = None,
+                sleep_after: int | None = None) -> None:
     """Insert the app's service into the loaded compose data (in place)."""
     services = data["services"]
     anchor_key = TIER_ANCHOR_KEYS[tier] if isinstance(data.get(TIER_ANCHOR_KEYS[tier]), CommentedMap) else APP_ANCHOR_KEY
@@ -100,7 +103,7 @@ def add_service(data: Any, reg: Registry, name: str, tier: str, host: int, domai
     if not isinstance(anchor, CommentedMap):
         raise OnevpsError(f"the compose file has no `{APP_ANCHOR_KEY}: &app` block to merge into new apps",
                           "restore it with `git checkout -- compose/`")
-    entry = composefile.loads(entry_text(name, tier, host, domain))[name]
+    entry = composefile.loads(entry_text(name, tier, host, domain, sleep_after))[name]
     merge = MergeValue()
     merge.append(anchor)
     merge.merge_pos = 0
@@ -210,7 +213,8 @@ def _known_problems(project: Project, reg: Registry) -> None:
                           f"repair first: restore apps/{name} with git or `inv remove-app {name}`")
 
 
-def plan_new_app(project: Project, name: str, tier: str = "base", domain: str | None = None) -> Plan:
+def plan_new_app(project: Project, name: str, tier: str = "base", domain: str | None = None,
+                 sleep_after: str | None = None) -> Plan:
     root = project.root
     problem = registry_mod.name_problem(name)
     if problem:
@@ -222,6 +226,10 @@ def plan_new_app(project: Project, name: str, tier: str = "base", domain: str | 
             domain = _domain(domain)
         except ValueError as exc:
             raise OnevpsError(f"--domain {domain!r} {exc}", "give a host name such as blog.example.com") from None
+    try:
+        sleep_seconds = sleep.parse_duration(sleep_after) if sleep_after is not None else None
+    except ValueError as exc:
+        raise OnevpsError(f"--sleep-after: {exc}", "for example --sleep-after 15m") from None
     compose_path = project.compose_file
     data = composefile.load(compose_path)
     reg = registry_mod.from_data(data, name=str(compose_path))
@@ -237,12 +245,13 @@ def plan_new_app(project: Project, name: str, tier: str = "base", domain: str | 
         raise OnevpsError(f"the {tier} address pool is full ({len(registry_mod.POOLS[tier])} apps)",
                           "remove an unused app with `inv remove-app NAME`")
 
-    add_service(data, reg, name, tier, host, domain)
+    add_service(data, reg, name, tier, host, domain, sleep_seconds)
     compose_text = composefile.dumps(data)
 
     def expect(new: Registry) -> None:
         app = new.get(name)
-        if (app.tier, app.host, app.domain) != (tier, host, domain) or new.names().count(name) != 1:
+        if (app.tier, app.host, app.domain, app.sleep_after) != (tier, host, domain, sleep_seconds) \
+                or new.names().count(name) != 1:
             raise OnevpsError("internal error: the new entry did not read back as written", "nothing was changed")
 
     plan = _planned_writes(project, compose_text, expect)

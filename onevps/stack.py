@@ -305,10 +305,10 @@ def _compose_check(ctx: Context, project: Project, settings: Settings):
 
 
 def new_app(ctx: Context, project: Project, settings: Settings, name: str, tier: str, domain: str | None,
-            dry_run: bool = False) -> list[str]:
+            dry_run: bool = False, sleep_after: str | None = None) -> list[str]:
     from . import apps
 
-    plan = apps.plan_new_app(project, name, tier, domain)
+    plan = apps.plan_new_app(project, name, tier, domain, sleep_after)
     try:
         check = _compose_check(ctx, project, settings)
         if check:
@@ -322,7 +322,9 @@ def new_app(ctx: Context, project: Project, settings: Settings, name: str, tier:
     lines = [f"created apps/{name}/ from templates/app/",
              f"added service {name} ({tier} tier) at {app.address(settings.network_prefix)} "
              f"to {project.compose_file.relative_to(project.root)}",
-             f"added nginx route {name}.{settings.domain}" + (f" and {app.domain}" if app.domain else ""),
+             f"added nginx route {name}.{settings.domain}" + (f" and {app.domain}" if app.domain else "")
+             + (f"; it sleeps after {sleep.duration_text(app.sleep_after)} without a request and wakes on the next"
+                if app.sleep_after else ""),
              f"next: inv up --app {name}    (builds and starts just this app; then {settings.app_url(name)})"]
     if not check:
         lines.insert(0, "note: Docker is not available, so `docker compose config` did not check the new file")

@@ -63,9 +63,9 @@ def stray(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob(".*"))
 
 
-def new_app(project, name, tier="base", domain=None) -> None:
+def new_app(project, name, tier="base", domain=None, sleep_after=None) -> None:
     """What `inv new-app` does, minus the (Docker) compose check."""
-    plan = apps.plan_new_app(project, name, tier, domain)
+    plan = apps.plan_new_app(project, name, tier, domain, sleep_after)
     try:
         apps.apply(plan)
     finally:
@@ -354,6 +354,29 @@ def test_bad_domain_is_refused(repo, domain):
         new_app(repo, "blog", "base", domain)
     message = assert_one_line_error(err)
     assert message.startswith(f"error: --domain {domain!r} must be a host name")
+    assert snapshot(repo.root) == before
+
+
+def test_sleep_after_adds_the_label_and_the_waker_route(repo):
+    before = compose_text(repo)
+    new_app(repo, "blog", "base", None, "90m")
+    added = changed_lines(compose_diff(before, compose_text(repo)))
+    assert '+      onevps.sleep_after: "90m"\n' in added
+    assert registry.load(repo.compose_file).get("blog").sleep_after == 5400
+    routes = (repo.root / "nginx" / "templates" / "apps.conf.template").read_text()
+    blog = routes[routes.index("server_name blog."):]
+    assert "if (-f /run/onevps/asleep/blog)" in blog and "proxy_set_header X-Onevps-App blog;" in blog
+    assert checks.problems(repo) == []
+    remove_app(repo, "blog")
+    assert compose_text(repo) == before
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "15 min", "-1m"])
+def test_bad_sleep_after_is_refused_and_changes_nothing(repo, value):
+    before = snapshot(repo.root)
+    with pytest.raises(OnevpsError) as err:
+        new_app(repo, "blog", "base", None, value)
+    assert assert_one_line_error(err).startswith("error: --sleep-after: ")
     assert snapshot(repo.root) == before
 
 
