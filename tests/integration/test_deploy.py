@@ -494,7 +494,7 @@ def pebble(repo, tmp_path):
     HTTP-01 validation goes to nginx on port 80, container to container."""
     d = tmp_path / "pebble"
     d.mkdir()
-    ip = "172.27.0.7"
+    ip = "172.27.0.9"  # free: shared services take .2-.7, apps .10 and up
     subprocess.run(["openssl", "req", "-x509", "-nodes", "-newkey", "rsa:2048", "-days", "2", "-subj", "/CN=pebble",
                     "-addext", f"subjectAltName=IP:{ip},DNS:pebble", "-keyout", str(d / "key.pem"),
                     "-out", str(d / "cert.pem")], check=True, capture_output=True)
