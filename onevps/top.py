@@ -42,7 +42,7 @@ class Source:
     project_name: str
     reg: Registry
     hint: str  # what to do when the project has no container
-    created: dict[str, str] = field(default_factory=dict)
+    created: dict[str, str | None] = field(default_factory=dict)
     disk: dict[str, int] | None = None
 
 
@@ -64,7 +64,8 @@ def _cached_reads(src: Source, images: set[str]) -> None:
     """Image creation times not seen yet; the disk bytes on the first refresh."""
     missing = sorted(i for i in images if i and i not in src.created)
     if missing:
-        src.created.update(parse_created(_read(src, top_cmd.images_created(missing), "inspect the images")))
+        found = parse_created(_read(src, top_cmd.images_created(missing), "inspect the images"))
+        src.created.update({i: found.get(i) for i in missing})  # one that is gone is not asked again
     if src.disk is None:
         df = _read(src, docker_cmd.system_df(), "read docker's disk usage")
         src.disk = disk_mod.unique_sizes(df) if df.strip() else {}

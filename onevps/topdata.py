@@ -196,7 +196,7 @@ def _memory(c: dict, stats: dict[str, tuple[int | None, float | None]],
 
 
 def build_rows(containers: list[dict], stats: dict[str, tuple[int | None, float | None]],
-               created: dict[str, str], disk: dict[str, int], now: datetime,
+               created: dict[str, str | None], disk: dict[str, int], now: datetime,
                cgroup: dict[int, int] | None = None) -> list[Row]:
     """One row per container (request columns empty: add_traffic fills the apps')."""
     names = names_of(containers)

@@ -1,0 +1,131 @@
+"""`inv top` on the real test stack: its request and 5xx counts for an app equal what nginx
+logged, its memory figures match the engine's own reading taken just before and after,
+its limits are the compose file's, and the table shows a row per container."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+from onevps import accesslog
+from onevps.topdata import parse_mem_usage
+
+from .conftest import docker, http, inv, project_containers
+
+APP = "api-gw"
+# Memory moves while we read it: an idle app's resident memory changes by a few hundred kB
+# between readings seconds apart (allocator, sockets, the log), a busy one by more. The
+# two readings bracket top's, and 4 MiB + 5% more covers what an idle stack does between
+# them; an error in units (KiB vs MiB, SI vs binary: >= 2.4%, usually 1000x) or a figure
+# from the wrong container falls outside it.
+SLACK_BYTES, SLACK_SHARE = 4 * 2**20, 0.05
+
+
+def top_json(*args: str) -> dict:
+    res = inv("top", "--json", *args, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return json.loads(res.stdout)
+
+
+def nginx_requests(settings, app: str, since: datetime) -> list[accesslog.Request]:
+    """What nginx logged for the app since `since` (the test counts its own log lines)."""
+    name = f"{settings.project_name}-nginx-1"
+    lines = docker("logs", name)
+    return [r for r in accesslog.parse(lines) if r.app == app and r.time >= since]
+
+
+def send_traffic(settings) -> tuple[int, int]:
+    """20 answered 200, 5 answered 404 (a missing key), 5 answered 502 by the app (its upstream,
+    nginx's port 8000, refuses): (requests, 5xx)."""
+    statuses = [http(settings, APP, "/health").status for _ in range(20)]
+    statuses += [http(settings, APP, "/kv/h15top-missing").status for _ in range(5)]
+    statuses += [http(settings, APP, "/proxy/nginx/h15top").status for _ in range(5)]
+    assert statuses == [200] * 20 + [404] * 5 + [502] * 5, statuses
+    return 30, 5
+
+
+def engine_memory(settings) -> dict[str, tuple[int | None, int | None]]:
+    """container name -> (used, limit) as `docker stats --no-stream` reads them."""
+    out = docker("stats", "--no-stream", "--format", "{{json .}}")
+    items = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return {i["Name"]: parse_mem_usage(i["MemUsage"]) for i in items if i["Name"].startswith(settings.project_name + "-")}
+
+
+def cgroup_memory(container: str) -> int:
+    """The container's memory as its own cgroup sees it from inside (v1 or v2), counted as
+    `docker stats` counts it: usage less inactive page cache."""
+    script = ("if [ -r /sys/fs/cgroup/memory.current ]; then cat /sys/fs/cgroup/memory.current; "
+              "grep '^inactive_file ' /sys/fs/cgroup/memory.stat; else cat /sys/fs/cgroup/memory/memory.usage_in_bytes; "
+              "grep '^total_inactive_file ' /sys/fs/cgroup/memory/memory.stat; fi")
+    out = docker("exec", container, "sh", "-c", script).split()
+    usage, inactive = int(out[0]), int(out[-1]) if len(out) > 2 else 0
+    return usage - inactive if inactive < usage else usage
+
+
+def within(value: int, readings: list[int]) -> bool:
+    low, high = min(readings), max(readings)
+    slack = SLACK_BYTES + SLACK_SHARE * high
+    return low - slack <= value <= high + slack
+
+
+def expected_limits(settings, reg) -> dict[str, int]:
+    """Every service's memory limit as the settings give it to the compose file."""
+    return {"nginx": settings.nginx_mem_limit, "redis": settings.redis_mem_limit,
+            "chromadb": settings.chroma_mem_limit, "chroma-auth": settings.chroma_auth_mem_limit,
+            "ollama": settings.ollama_mem_limit,
+            **{a.name: settings.ml_app_mem_limit if a.tier == "ml" else settings.app_mem_limit for a in reg.apps}}
+
+
+def test_top_json_counts_what_nginx_logged_and_reads_memory_as_the_engine(stack_up, settings, reg):
+    since = datetime.now(timezone.utc) - timedelta(seconds=1)  # nginx logs milliseconds; our clocks are one
+    sent, errors = send_traffic(settings)
+    before = engine_memory(settings)
+    inside_before = {c["Name"].lstrip("/"): cgroup_memory(c["Id"]) for c in project_containers(settings)
+                     if c["State"]["Running"]}
+    data = top_json("--minutes", "1")
+    after = engine_memory(settings)
+    inside_after = {name: cgroup_memory(name) for name in inside_before}
+    logged = nginx_requests(settings, APP, since)
+
+    rows = {r["name"]: r for r in data["rows"]}
+    assert data["window"]["minutes"] == 1 and data["window"]["seconds"] == 60
+    assert rows[APP]["requests"] == len(logged) == sent, (rows[APP], len(logged))
+    assert rows[APP]["errors"] == sum(r.is_5xx for r in logged) == errors
+    assert rows[APP]["requests_per_min"] == sent  # a one-minute window
+    assert rows[APP]["p50_ms"] is not None and rows[APP]["p95_ms"] >= rows[APP]["p50_ms"]
+    assert data["totals"]["requests"] == sum(r["requests"] or 0 for r in data["rows"])
+
+    limits = expected_limits(settings, reg)
+    running = [r for r in data["rows"] if r["state"] == "running"]
+    assert {r["container"] for r in running} == set(inside_before)
+    for row in running:
+        assert row["memory_limit"] == limits[row["name"]], row  # exactly the compose file's
+        engine = [before[row["container"]], after[row["container"]]]
+        if all(limit for _, limit in engine):  # the engine reads the container's cgroup
+            assert row["memory_source"] == "docker stats", row
+            assert all(limit == row["memory_limit"] for _, limit in engine), (row, engine)
+            readings = [used for used, _ in engine]
+        else:  # "0B / 0B": it reads none (as on these machines): top reads the cgroup itself
+            assert row["memory_source"] == "cgroup", row
+            readings = [inside_before[row["container"]], inside_after[row["container"]]]
+        assert row["memory"] is not None and within(row["memory"], readings), (row, readings)
+    assert data["rows"] == sorted(data["rows"], key=lambda r: (r["memory"] is None, -(r["memory"] or 0), r["name"]))
+    assert data["totals"]["memory"] == sum(r["memory"] or 0 for r in data["rows"])
+
+
+def test_top_table_shows_a_row_per_running_container(stack_up, settings):
+    res = inv("top", "--minutes", "1", timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[0].split()[:5] == ["NAME", "KIND", "STATE", "MEMORY", "LIMIT"], lines[0]
+    services = {c["Config"]["Labels"]["com.docker.compose.service"] for c in project_containers(settings)
+                if c["State"]["Running"]}
+    shown = {line.split()[0] for line in lines[1:] if len(line.split()) > 2 and line.split()[2] == "running"}
+    assert shown == services, (shown, services)
+    assert any(line.startswith("TOTAL") for line in lines)
+    assert "\x1b[" not in res.stdout  # not a terminal: no screen codes
+
+
+def test_top_refuses_a_bad_window(stack_up):
+    res = inv("top", "--minutes", "0", timeout=120)
+    assert res.returncode == 1 and "--minutes=0" in res.stderr and "Traceback" not in res.stderr, res.stderr
