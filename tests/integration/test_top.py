@@ -5,12 +5,18 @@ its limits are the compose file's, and the table shows a row per container."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
 
 from onevps import accesslog
 from onevps.topdata import parse_mem_usage
 
-from .conftest import docker, http, inv, project_containers
+from .conftest import ROOT, docker, http, inv, project_containers
 
 APP = "api-gw"
 # Memory moves while we read it: an idle app's resident memory changes by a few hundred kB
@@ -129,3 +135,20 @@ def test_top_table_shows_a_row_per_running_container(stack_up, settings):
 def test_top_refuses_a_bad_window(stack_up):
     res = inv("top", "--minutes", "0", timeout=120)
     assert res.returncode == 1 and "--minutes=0" in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_top_reads_alike_with_debians_docker_cli(stack_up, settings):
+    """Debian 12's docker.io CLI (20.10, /usr/bin/docker) and the current one print what top reads alike."""
+    if not Path("/usr/bin/docker").exists():
+        pytest.fail("/usr/bin/docker (Debian's docker.io) is missing: apt-get install docker.io")
+    env = {**os.environ, "PATH": "/usr/bin:" + os.environ["PATH"]}
+    res = subprocess.run([sys.executable, "-m", "invoke", "top", "--json", "--minutes", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    old, new = json.loads(res.stdout), top_json("--minutes", "1")
+
+    def fixed(data: dict) -> set:
+        return {(r["name"], r["kind"], r["state"], r["memory_limit"], r["restarts"], r["image_created"], r["disk"],
+                 r["memory_source"], r["memory"] is None) for r in data["rows"]}
+
+    assert fixed(old) == fixed(new)
