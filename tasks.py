@@ -200,7 +200,8 @@ def top(c, minutes="5", json=False, watch=False, interval="2"):
     settings = config.load()
     runner = Runner(c)  # plain docker reads: no compose environment, nothing staged
     require_docker(runner)
-    src = top_mod.Source(runner, settings.project_name, stack.load_registry(config.REPO), hint="start it: `inv up`")
+    src = top_mod.Source(runner, settings.project_name, stack.load_registry(config.REPO), settings.domain,
+                         hint="start it: `inv up`")
     top_mod.show(src, window, as_json=json, every=every)
 
 

@@ -35,12 +35,13 @@ CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
 
 @dataclass
 class Source:
-    """Where top reads (a runner here or over SSH, the project's name and apps), and what it
-    keeps between refreshes: image creation times, and the disk bytes (read once)."""
+    """Where top reads (a runner here or over SSH, the project's name, apps and DOMAIN), and
+    what it keeps between refreshes: image creation times, and the disk bytes (read once)."""
 
     runner: Runner
     project_name: str
     reg: Registry
+    domain: str
     hint: str  # what to do when the project has no container
     created: dict[str, str | None] = field(default_factory=dict)
     disk: dict[str, int] | None = None
@@ -94,7 +95,7 @@ def collect(src: Source, minutes: float, asleep: Iterable[str] = (), now: dateti
     nginx = [c for c in containers if (c.get("Labels") or {}).get(SERVICE_LABEL) == "nginx"
              and c.get("State") == "running"]
     log = _read(src, top_cmd.logs_window(nginx[0]["Id"], int(minutes * 60)), "read nginx's access log") if nginx else ""
-    per_app, other = traffic(log, src.reg, minutes)
+    per_app, other = traffic(log, src.reg, src.domain, minutes)
     for row in rows:
         if row.kind == "app":
             add_traffic(row, per_app.get(row.name), minutes)
@@ -153,5 +154,5 @@ def show(src: Source, minutes: float, as_json: bool = False, every: float | None
 def on_server(srv: Ctx, minutes: float, as_json: bool = False, every: float | None = None) -> None:
     """`fab top`: the same table for the server's project, read over SSH."""
     require_docker_on_server(srv)
-    src = Source(srv.run, srv.rs.project_name, srv.reg, hint="deploy first: `fab deploy --all`")
+    src = Source(srv.run, srv.rs.project_name, srv.reg, srv.rs.domain, hint="deploy first: `fab deploy --all`")
     show(src, minutes, as_json, every, out=srv.run.out)  # type: ignore[arg-type]

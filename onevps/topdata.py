@@ -134,23 +134,21 @@ def age_seconds(created: str | None, now: datetime) -> int | None:
 
 # ------------------------------------------------------------------ traffic --
 
-def app_of(request: accesslog.Request, names: set[str], domains: dict[str, str]) -> str | None:
-    """The app a request was for: its extra domain, or the host's first label; None for other hosts."""
-    host = request.host.lower()
-    if host in domains:
-        return domains[host]
-    return request.app if request.app in names else None
+def app_hosts(reg: Registry, domain: str) -> dict[str, str]:
+    """Host name -> app, as nginx routes them: NAME.DOMAIN and the app's extra domain."""
+    hosts = {f"{a.name}.{domain}".lower(): a.name for a in reg.apps}
+    hosts.update({a.domain.lower(): a.name for a in reg.apps if a.domain})
+    return hosts
 
 
-def traffic(log_text: str, reg: Registry, minutes: float) -> tuple[dict[str, accesslog.Summary], int]:
+def traffic(log_text: str, reg: Registry, domain: str, minutes: float) -> tuple[dict[str, accesslog.Summary], int]:
     """Per app, its requests in nginx's log lines of the window (rates per minute over the
-    whole window, not the requests' own span); and the count of requests for no app."""
-    names = set(reg.names())
-    domains = {a.domain.lower(): a.name for a in reg.apps if a.domain}
+    whole window, not the requests' own span); and the count of requests for no app's host."""
+    hosts = app_hosts(reg, domain)
     by_app: dict[str, list[accesslog.Request]] = {}
     other = 0
     for request in accesslog.parse(log_text):
-        app = app_of(request, names, domains)
+        app = hosts.get(request.host.lower())
         if app is None:
             other += 1
         else:

@@ -37,7 +37,7 @@ def nginx_requests(settings, app: str, since: datetime) -> list[accesslog.Reques
     """What nginx logged for the app since `since` (the test counts its own log lines)."""
     name = f"{settings.project_name}-nginx-1"
     lines = docker("logs", name)
-    return [r for r in accesslog.parse(lines) if r.app == app and r.time >= since]
+    return [r for r in accesslog.parse(lines) if r.host == f"{app}.{settings.domain}" and r.time >= since]
 
 
 def send_traffic(settings) -> tuple[int, int]:

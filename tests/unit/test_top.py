@@ -68,7 +68,8 @@ def log_line(host: str, status: int = 200, seconds: float = 0.010, at: str = "20
 LOG = "\n".join([log_line("kb.example.com", seconds=s) for s in (0.010, 0.020, 0.030, 0.040)]
                 + [log_line("kb.example.com", status=502, seconds=0.5)]
                 + [log_line("gw.example.org", status=404)]  # api-gw's extra domain
-                + [log_line("127.0.0.1"), "2026/11/26 20:58:00 [notice] 1#1: start worker process 30"])
+                + [log_line("127.0.0.1"), log_line("kb.elsewhere.test", status=404)]  # no app's host
+                + ["2026/11/26 20:58:00 [notice] 1#1: start worker process 30"])
 
 
 # ------------------------------------------------------------------ parsing --
@@ -108,13 +109,13 @@ def test_image_age_from_dockers_nanosecond_times():
 # ------------------------------------------------------------------ traffic --
 
 def test_requests_per_app_over_the_whole_window():
-    per_app, other = topdata.traffic(LOG, REG, minutes=5)
+    per_app, other = topdata.traffic(LOG, REG, "example.com", minutes=5)
     kb = per_app["kb"]
     assert (kb.requests, kb.errors, kb.seconds) == (5, 1, 300)
     assert kb.per_minute == 1.0 and kb.errors_per_minute == 0.2  # 5 in 5 minutes, not in their own span
     assert (kb.p50, kb.p95) == (0.030, 0.5)
     assert per_app["api-gw"].requests == 1  # its extra domain
-    assert other == 1  # 127.0.0.1: no app; the error-log line is no request
+    assert other == 2  # 127.0.0.1 and another domain: no app; the error-log line is no request
 
 
 def test_an_app_without_requests_shows_zero_and_services_show_none():
@@ -130,7 +131,7 @@ def test_an_app_without_requests_shows_zero_and_services_show_none():
 def reading() -> dict:
     rows = topdata.build_rows(CONTAINERS, topdata.parse_stats(STATS), topdata.parse_created(CREATED),
                               {"sha256:img-kb": 4_200_000}, NOW, cgroup=topdata.parse_cgroup(CGROUP))
-    per_app, other = topdata.traffic(LOG, REG, 5)
+    per_app, other = topdata.traffic(LOG, REG, "example.com", 5)
     for row in rows:
         if row.kind == "app":
             topdata.add_traffic(row, per_app.get(row.name), 5)
@@ -157,7 +158,7 @@ def test_totals_add_up_the_rows():
     assert t["cpu"] == 2.65 and t["requests"] == 6 and t["errors"] == 1
     assert (t["containers"], t["running"]) == (5, 3)
     assert data["window"] == {"minutes": 5, "seconds": 300, "until": "2026-11-26T21:00:00+00:00",
-                              "other_requests": 1}
+                              "other_requests": 2}
 
 
 def test_two_containers_of_one_service_are_told_apart_by_name():
@@ -181,7 +182,7 @@ def test_the_table_and_the_json():
     assert lines[2].split()[:6] == ["kb", "app", "running", "35.2", "MiB", "256.0"]
     assert "1.0" in lines[2].split() and "30 ms" in lines[2] and "500 ms" in lines[2] and "4.2 MB" in lines[2]
     assert lines[6].startswith("TOTAL") and "3/5 running" in lines[6] and "2.65" in lines[6]
-    assert "last 5 min" in lines[7]
+    assert "last 5 min" in lines[7] and "2 for other hosts" in lines[7]
     assert json.loads(top.text_of(data, as_json=True)) == data
     assert "\n" not in top.text_of(data, as_json=True, compact=True)
 
@@ -197,7 +198,7 @@ def recorded() -> Server:
 
 def test_a_refresh_reads_docker_a_few_times_and_the_rest_once():
     server = recorded()
-    src = top.Source(Runner(server), "p", REG, hint="start it")  # type: ignore[arg-type]
+    src = top.Source(Runner(server), "p", REG, "example.com", hint="start it")  # type: ignore[arg-type]
     data = top.collect(src, 5, now=NOW)
     first = [" ".join(a[:3]) for a in server.argvs]
     assert first == ["docker ps --all", "docker container inspect", "docker stats --no-stream",
@@ -213,7 +214,7 @@ def test_a_refresh_reads_docker_a_few_times_and_the_rest_once():
 
 
 def test_a_project_without_containers_is_one_line():
-    src = top.Source(Runner(Server()), "p", REG, hint="start it: `inv up`")  # type: ignore[arg-type]
+    src = top.Source(Runner(Server()), "p", REG, "example.com", hint="start it: `inv up`")  # type: ignore[arg-type]
     with pytest.raises(OnevpsError, match="no containers of project p"):
         top.collect(src, 5)
 
