@@ -45,6 +45,9 @@ class Source:
     hint: str  # what to do when the project has no container
     created: dict[str, str | None] = field(default_factory=dict)
     disk: dict[str, int] | None = None
+    # The apps put to sleep (issue 15's flag files), asked at each refresh: their stopped
+    # containers show as "sleeping" (topdata.mark_sleeping). None yet.
+    sleeping: Callable[[], Iterable[str]] = lambda: ()
 
 
 def _read(src: Source, argv: list[str], step: str) -> str:
@@ -85,8 +88,8 @@ def _memory_reads(src: Source, containers: list[dict]) -> tuple[dict, dict[int, 
     return stats, parse_cgroup(_read(src, top_cmd.cgroup_memory(pids), "read the containers' memory cgroups"))
 
 
-def collect(src: Source, minutes: float, asleep: Iterable[str] = (), now: datetime | None = None) -> dict:
-    """One reading of the project: topdata.report() of its rows. asleep: the apps put to sleep."""
+def collect(src: Source, minutes: float, now: datetime | None = None) -> dict:
+    """One reading of the project: topdata.report() of its rows."""
     containers = _containers(src)
     stats, cgroup = _memory_reads(src, containers)
     _cached_reads(src, {c.get("Image", "") for c in containers})
@@ -99,7 +102,7 @@ def collect(src: Source, minutes: float, asleep: Iterable[str] = (), now: dateti
     for row in rows:
         if row.kind == "app":
             add_traffic(row, per_app.get(row.name), minutes)
-    return report(mark_sleeping(rows, asleep), minutes, other, when)
+    return report(mark_sleeping(rows, src.sleeping()), minutes, other, when)
 
 
 # ----------------------------------------------------------------- printing --

@@ -167,6 +167,12 @@ def test_two_containers_of_one_service_are_told_apart_by_name():
     assert sorted(names.values()) == ["nginx", "p-kb-1", "p-kb-run-1"]
 
 
+def test_a_source_names_the_sleeping_apps():
+    src = top.Source(Runner(recorded()), "p", REG, "example.com", hint="", sleeping=lambda: {"api-gw"})  # type: ignore[arg-type]
+    states = {r["name"]: r["state"] for r in top.collect(src, 5, now=NOW)["rows"]}
+    assert states["api-gw"] == "sleeping" and states["redis"] == "restarting"
+
+
 def test_sleeping_apps_are_marked_by_the_hook():
     rows = topdata.build_rows(CONTAINERS, {}, {}, {}, NOW)
     topdata.mark_sleeping(rows, {"api-gw", "kb"})
