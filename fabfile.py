@@ -14,6 +14,7 @@ from onevps import backup as recipes_backup, certs as recipes_certs, config, dep
 from onevps import disk as recipes_disk
 from onevps import provision as recipes_provision
 from onevps import ship as recipes_ship
+from onevps import top as recipes_top
 from onevps import commands, server, state, views
 from onevps.errors import OnevpsError, confirm, number_flag
 from onevps.registry import SHARED_SERVICES
@@ -167,6 +168,17 @@ def disk(c, json=False, budget="5"):
     """On the server: image disk use (unique/shared per image, on disk vs unlayered, savings), app layers vs budget."""
     budget_bytes = recipes_disk.budget_bytes(budget)  # a bad budget is refused before connecting
     views.disk(_ctx(c), budget_bytes, json)
+
+
+@task(help={"minutes": "Count requests, 5xx and p50/p95 latency over the last N minutes of nginx's log (default 5).",
+            "json": "Print one JSON object (rows, totals, the window) instead of the table.",
+            "watch": "Refresh in place every --interval seconds until Ctrl-C.",
+            "interval": "Seconds between refreshes with --watch (default 2)."})
+def top(c, minutes="5", json=False, watch=False, interval="2"):
+    """On the server: every app and shared service, largest memory first: state, memory/limit, CPU %, requests/min, 5xx/min, p50/p95, restarts, image age, disk (the bytes only its image holds)."""
+    window = number_flag("minutes", minutes, minimum=1)  # bad flags are refused before connecting
+    every = number_flag("interval", interval, minimum=0.5, whole=False) if watch else None
+    recipes_top.on_server(_ctx(c), window, as_json=json, every=every)
 
 
 @task(help={"app": "Build and roll out just this app (the stack must be deployed already).",

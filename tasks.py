@@ -13,8 +13,9 @@ from invoke.exceptions import Exit
 from onevps import checks, commands, config, nginx, stack, swarm
 from onevps import disk as disk_mod
 from onevps import prune as prune_mod
+from onevps import top as top_mod
 from onevps.errors import OnevpsError, number_flag
-from onevps.runner import require_docker
+from onevps.runner import Runner, require_docker
 
 
 def _positional_help(name, usage):
@@ -183,6 +184,27 @@ def prune(c, keep="3", cache_limit="2000", dry_run=False):
     runner = stack.make_runner(c, config.REPO, settings, dry_run=dry_run)
     require_docker(runner)
     prune_mod.prune(runner, config.REPO, settings, reg, int(keep_n), int(cache_mb))
+
+
+TOP_HELP = {
+    "minutes": "Count requests, 5xx and p50/p95 latency over the last N minutes of nginx's log (default 5).",
+    "json": "Print one JSON object (rows, totals, the window) instead of the table.",
+    "watch": "Refresh in place every --interval seconds until Ctrl-C.",
+    "interval": "Seconds between refreshes with --watch (default 2).",
+}
+
+
+@task(help=TOP_HELP)
+def top(c, minutes="5", json=False, watch=False, interval="2"):
+    """Every app and shared service, largest memory first: state, memory/limit, CPU %, requests/min, 5xx/min, p50/p95, restarts, image age, disk (the bytes only its image holds)."""
+    window = number_flag("minutes", minutes, minimum=1)
+    every = number_flag("interval", interval, minimum=0.5, whole=False) if watch else None
+    settings = config.load()
+    runner = Runner(c)  # plain docker reads: no compose environment, nothing staged
+    require_docker(runner)
+    src = top_mod.Source(runner, settings.project_name, stack.load_registry(config.REPO), settings.domain,
+                         hint="start it: `inv up`")
+    top_mod.show(src, window, as_json=json, every=every)
 
 
 # ------------------------------------------------------------------ swarm --
