@@ -10,7 +10,7 @@ import os
 from invoke import task
 from invoke.exceptions import Exit
 
-from onevps import checks, commands, config, nginx, stack, swarm
+from onevps import checks, commands, config, nginx, sleep, stack, swarm
 from onevps import disk as disk_mod
 from onevps import prune as prune_mod
 from onevps import top as top_mod
@@ -203,7 +203,7 @@ def top(c, minutes="5", json=False, watch=False, interval="2"):
     runner = Runner(c)  # plain docker reads: no compose environment, nothing staged
     require_docker(runner)
     src = top_mod.Source(runner, settings.project_name, stack.load_registry(config.REPO), settings.domain,
-                         hint="start it: `inv up`")
+                         hint="start it: `inv up`", sleeping=lambda: sleep.asleep(runner, settings.project_name))
     top_mod.show(src, window, as_json=json, every=every)
 
 

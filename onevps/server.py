@@ -81,18 +81,8 @@ def slot_name(srv: Ctx, name: str) -> str:
 
 
 def sleeping(srv: Ctx) -> set[str]:
-    """Apps asleep on the server: the waker holds their flag and their container does not run.
-    Empty when the waker is not running (then nginx sends it no request either)."""
-    res = srv.run.run(docker_cmd.exec_(container_name(srv, sleep.WAKER), *sleep.list_flags_argv()),
-                      "list the sleeping apps", check=False, mutates=False)
-    if not res.ok or not res.stdout.strip():
-        return set()
-    flagged = [n.strip() for n in res.stdout.splitlines() if n.strip()]
-    names = {container_name(srv, n): n for n in flagged}
-    out = srv.run.run(docker_cmd.inspect("{{.Name}} {{.State.Running}}", *names), "are the flagged apps running",
-                      check=False, mutates=False).stdout  # a missing container: no line, not running
-    running = {names.get(line.split()[0].lstrip("/"), "") for line in out.splitlines() if line.endswith(" true")}
-    return sleep.sleeping_from_listing("\n".join(flagged), running)
+    """Apps asleep on the server (sleep.asleep)."""
+    return sleep.asleep(srv.run, srv.rs.project_name)
 
 
 # ------------------------------------------------------------- questions --

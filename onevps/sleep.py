@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from .commands import docker_cmd
+
 SLEEP_LABEL = "onevps.sleep_after"
 # Where the waker and nginx see the sleep-state volume, and the flags in it.
 STATE_DIR = "/run/onevps"
@@ -58,3 +60,22 @@ def list_flags_argv() -> list[str]:
 def drop_flag_argv(app: str) -> list[str]:
     """Inside the waker's container: the app is awake again (nginx routes straight to it)."""
     return ["rm", "-f", f"{FLAG_DIR}/{app}"]
+
+
+def asleep(runner, project_name: str) -> set[str]:
+    """Apps asleep now (runner: a local Runner or the server's): the waker holds their flag
+    and their container does not run. Empty when the waker does not run (then nginx sends it
+    no request either)."""
+    def container(name: str) -> str:
+        return f"{project_name}-{name}-1"
+
+    res = runner.run(docker_cmd.exec_(container(WAKER), *list_flags_argv()), "list the sleeping apps",
+                     check=False, mutates=False)
+    flagged = [n.strip() for n in res.stdout.splitlines() if n.strip()] if res.ok else []
+    if not flagged:
+        return set()
+    names = {container(n): n for n in flagged}
+    out = runner.run(docker_cmd.inspect("{{.Name}} {{.State.Running}}", *names), "are the flagged apps running",
+                     check=False, mutates=False).stdout  # a missing container: no line, not running
+    running = {names.get(line.split()[0].lstrip("/"), "") for line in out.splitlines() if line.endswith(" true")}
+    return sleeping_from_listing("\n".join(flagged), running)

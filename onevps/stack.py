@@ -157,17 +157,6 @@ def rows(settings: Settings, reg: Registry, ps: dict[str, dict], asleep: Iterabl
     return out
 
 
-def sleeping(runner: Runner, project: Project, settings: Settings, ps: dict[str, dict]) -> set[str]:
-    """Apps asleep here: the waker holds their flag, their container does not run (empty when
-    the waker does not run)."""
-    if (ps.get(sleep.WAKER) or {}).get("State") != "running":
-        return set()
-    res = runner.run(commands.exec_in(project, settings, sleep.WAKER, sleep.list_flags_argv()),
-                     "list the sleeping apps", check=False, mutates=False)
-    running = {svc for svc, item in ps.items() if item.get("State") == "running"}
-    return sleep.sleeping_from_listing(res.stdout, running) if res.ok else set()
-
-
 def columns(rows: Sequence[Sequence[object]]) -> str:
     """Rows (the first is the header) as left-aligned columns two spaces apart."""
     widths = [max(len(str(x)) for x in col) for col in zip(*rows)]
@@ -220,7 +209,7 @@ def up(runner: Runner, project: Project, settings: Settings, reg: Registry, rebu
             ensure_tier(runner, project, settings, tier)
         todo = reg.names() if rebuild else stale_apps(runner, project, settings, reg)
         build_apps(runner, project, settings, reg, todo)
-        asleep = sleeping(runner, project, settings, containers(runner, project, settings))
+        asleep = sleep.asleep(runner, settings.project_name)
         awake = [n for n in reg.names() if n not in asleep]
         services = list(SHARED_SERVICES) + awake
         runner.say(f"==> starting {len(awake)} apps and {len(SHARED_SERVICES)} shared services "
@@ -264,8 +253,7 @@ def reload_nginx(runner: Runner, project: Project, settings: Settings) -> bool:
 
 def status(runner: Runner, project: Project, settings: Settings, reg: Registry) -> list[Row]:
     require_docker(runner)
-    ps = containers(runner, project, settings)
-    return rows(settings, reg, ps, sleeping(runner, project, settings, ps))
+    return rows(settings, reg, containers(runner, project, settings), sleep.asleep(runner, settings.project_name))
 
 
 def restart(runner: Runner, project: Project, settings: Settings, reg: Registry, app: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, TextIO
 
-from . import disk as disk_mod
+from . import disk as disk_mod, sleep
 from .commands import docker_cmd
 from .commands import top as top_cmd
 from .errors import OnevpsError
@@ -157,5 +157,6 @@ def show(src: Source, minutes: float, as_json: bool = False, every: float | None
 def on_server(srv: Ctx, minutes: float, as_json: bool = False, every: float | None = None) -> None:
     """`fab top`: the same table for the server's project, read over SSH."""
     require_docker_on_server(srv)
-    src = Source(srv.run, srv.rs.project_name, srv.reg, srv.rs.domain, hint="deploy first: `fab deploy --all`")
+    src = Source(srv.run, srv.rs.project_name, srv.reg, srv.rs.domain, hint="deploy first: `fab deploy --all`",
+                 sleeping=lambda: sleep.asleep(srv.run, srv.rs.project_name))
     show(src, minutes, as_json, every, out=srv.run.out)  # type: ignore[arg-type]

@@ -295,4 +295,5 @@ def test_fab_top_reads_the_servers_project_over_ssh():
     assert commands[:2] == ["docker info --format '{{.ServerVersion}}'",
                             "docker compose version --short"]
     assert commands[2] == "docker ps --all --quiet --filter label=com.docker.compose.project=p"
-    assert commands[-1] == f"docker logs --since 60s {CONTAINERS[2]['Id']}"
+    assert commands[-2] == f"docker logs --since 60s {CONTAINERS[2]['Id']}"
+    assert commands[-1] == "docker exec p-waker-1 ls -1 /run/onevps/asleep"  # which stopped apps sleep
