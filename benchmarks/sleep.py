@@ -27,7 +27,6 @@ import hashlib
 import http.client
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -82,20 +81,12 @@ def every_app_sleeps(repo: Path) -> list[str]:
     return names
 
 
-def memory_mib() -> dict[str, float]:
-    out = stack21.docker("stats", "--no-stream", "--format", "{{json .}}")
-    usage = {}
-    for line in out.splitlines():
-        item = json.loads(line)
-        if not item["Name"].startswith(PROJECT + "-"):
-            continue
-        used = item["MemUsage"].split("/")[0].strip()
-        match = re.fullmatch(r"([0-9.]+)\s*(B|KiB|MiB|GiB|kB|MB|GB)", used)
-        if match:
-            factor = {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024,
-                      "kB": 1000 / 2**20, "MB": 1e6 / 2**20, "GB": 1e9 / 2**20}[match.group(2)]
-            usage[item["Name"].removeprefix(PROJECT + "-").removesuffix("-1")] = round(float(match.group(1)) * factor, 1)
-    return usage
+def memory_mib(repo: Path) -> dict[str, float]:
+    """MiB per running container of the project, as `inv top --json` reads it (docker stats, or the
+    container's memory cgroup where the engine reports none: see README "inv top")."""
+    data = json.loads(stack21.run([str(BIN / "inv"), "top", "--json", "--minutes", "1"], repo, ENV, "inv top"))
+    return {r["name"]: round(r["memory"] / 2**20, 1) for r in data["rows"]
+            if r["state"] == "running" and r["memory"] is not None}
 
 
 def running_apps(names: list[str]) -> set[str]:
@@ -128,9 +119,9 @@ def wait_until(check, within: float, what: str) -> float:
     return time.monotonic() - t0
 
 
-def phase(label: str, names: list[str], result: dict) -> None:
+def phase(label: str, repo: Path, names: list[str], result: dict) -> None:
     time.sleep(5)  # settle
-    mem = memory_mib()
+    mem = memory_mib(repo)
     result["memory"][label] = {"total_mib": round(sum(mem.values()), 1), "running": len(running_apps(names)),
                                "containers": mem}
     say(f"{label}: {sum(mem.values()):,.1f} MiB over {len(mem)} running containers")
@@ -180,7 +171,7 @@ def stats(values: list[float]) -> dict:
 def measure(repo: Path, args, result: dict) -> None:
     names = every_app_sleeps(repo)
     reg = registry.load(repo / "compose" / "docker-compose.yml")
-    base, ml = reg.names() and [a.name for a in reg.by_tier("base")], [a.name for a in reg.by_tier("ml")]
+    base, ml = [a.name for a in reg.by_tier("base")], [a.name for a in reg.by_tier("ml")]
     stack21.reuse_tiers(repo, ENV)
     say("inv up: 21 apps + the shared services")
     stack21.run([str(BIN / "inv"), "up"], repo, ENV, "inv up")
@@ -188,15 +179,15 @@ def measure(repo: Path, args, result: dict) -> None:
     toucher.apps = set(names)
     try:
         time.sleep(15)
-        phase("all awake", names, result)
+        phase("all awake", repo, names, result)
         toucher.apps = set(ml)
         say("letting the 15 base apps fall asleep")
         wait_until(lambda: not running_apps(base), 180, "the base apps falling asleep")
-        phase("base apps asleep", names, result)
+        phase("base apps asleep", repo, names, result)
         toucher.apps = set()
         say("letting every app fall asleep")
         wait_until(lambda: not running_apps(names), 180, "every app falling asleep")
-        phase("all asleep", names, result)
+        phase("all asleep", repo, names, result)
     finally:
         toucher.stop.set()
     for label, app in (("base", "site00"), ("ml", "model0")):

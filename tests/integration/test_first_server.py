@@ -292,3 +292,39 @@ def test_e_a_sudo_user_is_added_to_the_docker_group_and_can_run_fab(first):
     status, body = first.get("portfolio", "/health")
     assert status == 200 and b"portfolio" in body, (status, body[:300])
     print(f"\n---- transcript ({first.file}) ----\n" + first.file.read_text())
+
+
+def test_f_a_sleeping_app_sleeps_through_an_engine_restart(first):
+    """kb gets onevps.sleep_after (deployed like any change), falls asleep; `systemctl restart
+    docker` on the server leaves it asleep (flag kept, container stopped); its next request wakes it."""
+    compose = first.root / "compose" / "docker-compose.yml"
+    text = compose.read_text()
+    entry = text.index("\n  kb:\n")
+    at = text.index("      onevps.tier: base\n", entry) + len("      onevps.tier: base\n")
+    compose.write_text(text[:at] + '      onevps.sleep_after: "3s"\n' + text[at:])
+    res = subprocess.run([str(Path(sys.executable).with_name("inv")), "routes"], cwd=first.root,
+                         env={**os.environ, **first.env}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = first.fab("deploy", "--app=kb")
+    assert res.returncode == 0, failed(res)
+    kb, waker = f"{PROJECT}-kb-1", f"{PROJECT}-waker-1"
+
+    def asleep() -> bool:
+        state = first.ssh(f"docker inspect --format '{{{{.State.Running}}}}' {kb}; "
+                          f"docker exec {waker} test -e /run/onevps/asleep/kb && echo flagged").stdout.split()
+        return state == ["false", "flagged"]
+
+    deadline = time.monotonic() + 90
+    while not asleep():
+        assert time.monotonic() < deadline, first.ssh(f"docker logs {waker} 2>&1 | tail -20").stdout
+        time.sleep(1)
+    first.on_server("systemctl restart docker")
+    deadline = time.monotonic() + 120
+    while first.ssh(f"docker inspect --format '{{{{.State.Health.Status}}}}' {waker}").stdout.strip() != "healthy":
+        assert time.monotonic() < deadline, "the waker did not come back after the engine restart"
+        time.sleep(1)
+    assert asleep()  # the engine restarted every other container; kb stayed asleep
+    status, body = first.get("kb", "/health")
+    assert status == 200 and b'"kb"' in body.replace(b" ", b""), (status, body[:300])
+    log = first.ssh(f"docker logs {waker} 2>&1 | grep -E 'asleep|woke' | tail -3").stdout
+    first.note(f"# kb slept through `systemctl restart docker`; its next request woke it:\n{log}")
