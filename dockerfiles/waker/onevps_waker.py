@@ -39,17 +39,18 @@ LOG_TAIL = 50  # app log lines printed when a wake fails
 BROWSER_WAIT = 1.5  # seconds a browser waits before it gets the "waking up" page
 WAKING_PAGE = (b"<!doctype html><meta http-equiv=refresh content=1><title>Waking up</title>"
                b"<p>Waking up the app&hellip; this page reloads by itself.")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 
 
 # --- pure parts ---------------------------------------------------------------
 
 def parse_duration(text: str) -> float:
-    """Seconds in "15m", "90s", "2h" or "45" (seconds); ValueError otherwise."""
+    """Seconds in "15m", "90s", "2h", "1d" or "45" (seconds), as onevps.sleep.parse_duration
+    writes and checks them; ValueError otherwise."""
     m = _DURATION.fullmatch(str(text).strip().lower())
     if not m:
-        raise ValueError(f"{text!r} is not a duration (15m, 90s, 2h or 45)")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+        raise ValueError(f"{text!r} is not a duration (15m, 90s, 2h, 1d or 45)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 def access_line(line: str) -> tuple[str, float] | None:

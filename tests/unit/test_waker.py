@@ -21,6 +21,8 @@ import httpx
 import pytest
 import uvicorn
 
+from onevps import sleep
+
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("onevps_waker", ROOT / "dockerfiles" / "waker" / "onevps_waker.py")
 waker = importlib.util.module_from_spec(spec)
@@ -33,12 +35,18 @@ DEADLINE = 30.0  # seconds a condition may take on a busy machine before the tes
 
 # --- pure parts ---------------------------------------------------------------
 
-@pytest.mark.parametrize("text,seconds", [("15m", 900), ("90s", 90), ("2h", 7200), ("45", 45), (" 1.5S ", 1.5)])
+@pytest.mark.parametrize("text,seconds", [("15m", 900), ("90s", 90), ("2h", 7200), ("1d", 86400), ("45", 45),
+                                          (" 1.5S ", 1.5)])
 def test_parse_duration(text, seconds):
     assert waker.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "m", "15 m", "1d", "-5", "abc", "15mm"])
+def test_the_waker_reads_every_duration_onevps_writes():
+    for seconds in (1, 59, 90, 900, 3600, 5400, 86400, 30 * 86400):
+        assert waker.parse_duration(sleep.duration_text(seconds)) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "15 m", "1w", "-5", "abc", "15mm"])
 def test_parse_duration_refuses(text):
     with pytest.raises(ValueError):
         waker.parse_duration(text)
