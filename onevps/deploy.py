@@ -235,12 +235,22 @@ def _switch_to(srv: Ctx, app: App, image: str | None, wake: bool = False) -> str
     """The app's container runs image (kept for rollback under a deploy-STAMP tag); the journal's result."""
     # A slot an earlier switch left serving went first (_deploy_one); the app's container
     # may already run this very image.
-    if image and image == inspect(srv, "{{.Image}}", container_name(srv, app.name)):
-        srv.say(f"==> {app.name} already runs this image ({image[:19]}); nothing to switch")
+    if image and image == inspect(srv, "{{.Image}}", container_name(srv, app.name)) and entry_current(srv, app):
+        srv.say(f"==> {app.name} already runs this image ({image[:19]}) and its compose entry; nothing to switch")
         return "ok (unchanged)"
     kept = f"{srv.rs.image_namespace}/{app.name}:deploy-{time.strftime('%Y%m%d%H%M%S')}"
     srv.run.run(docker_cmd.tag(image, kept), "keep the image for rollback")  # type: ignore[arg-type]
     return switch.switch(srv, app, image, wake)  # type: ignore[arg-type]
+
+
+def entry_current(srv: Ctx, app: App) -> bool:
+    """The app's container was made from its compose entry as it is now (Compose's config hash):
+    a changed label, limit or variable needs the switch even when the image is the same."""
+    res = srv.run.run(compose_cmd.config_hash(srv.vps, srv.rs, app.name), f"hash {app.name}'s compose entry",
+                      check=False, mutates=False)
+    want = res.stdout.split()[1:2] if res.ok else []
+    have = inspect(srv, '{{index .Config.Labels "com.docker.compose.config-hash"}}', container_name(srv, app.name))
+    return bool(want) and want[0] == have
 
 
 def deploy(srv: Ctx, app: str | None = None, tier: str | None = None, every: bool = False,

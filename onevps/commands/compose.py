@@ -96,6 +96,12 @@ def config_check(project: Project, settings: Settings, compose_file: Path | None
                   "--file", str(compose_file or project.compose_file), "config", "--quiet")
 
 
+def config_hash(project: Project, settings: Settings, service: str) -> list[str]:
+    """`SERVICE HASH`: the hash Compose labels the service's containers with
+    (com.docker.compose.config-hash); it differs once the service's entry changed."""
+    return compose(project, settings, "config", "--hash", service)
+
+
 def config_json(project: Project, settings: Settings) -> list[str]:
     """The resolved compose file (variables filled in), as JSON."""
     return compose(project, settings, "config", "--format", "json")

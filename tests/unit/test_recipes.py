@@ -158,6 +158,17 @@ def test_an_awake_app_that_may_sleep_gets_the_plain_switch():
     assert "docker stop --time 30 p-kb-1" in lines and not any("--no-start" in line for line in lines)
 
 
+@pytest.mark.parametrize("entry_hash, switched", [("h1", False), ("h2", True)])
+def test_the_same_image_is_switched_only_when_the_compose_entry_changed(entry_hash, switched):
+    """A new label or limit (same image) is deployed through the switch; nothing changed: no switch."""
+    server = switching(Server(), image="sha256:new")
+    server.when("config --hash kb", f"kb {entry_hash}\n")
+    server.when(lambda a: a[:3] == ["docker", "container", "inspect"] and "config-hash" in " ".join(a), "h1\n")
+    entry = deploy.deploy_app(ctx(server, server_settings(), reg=registry(), tags=TAGS), KB, image="sha256:new")
+    assert entry["result"] == ("ok" if switched else "ok (unchanged)")
+    assert ("docker stop --time 30 p-kb-1" in server.lines()) == switched
+
+
 def test_rollback():
     server = switching(Server(), image="sha256:new")
     journal = [{"app": "kb", "result": "ok", "image": "sha256:old", "previous_image": None},
