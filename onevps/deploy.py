@@ -11,13 +11,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import disk, nginx, provision, prune, remote, ship as shipping, state, switch, tiers, watch
+from . import disk, nginx, provision, prune, remote, ship as shipping, sleep, state, switch, tiers, watch
 from .commands import compose_cmd, docker_cmd, shell
 from .errors import CommandFailed, OnevpsError
 from .registry import SHARED_SERVICES, App
 from .timeline import Timeline
-from .server import (Ctx, app_ref, container_name, inspect, proof, require_docker_on_server, slot_name,
-                     snapshot, tier_ref)
+from .server import (Ctx, app_ref, container_name, inspect, proof, require_docker_on_server, sleeping,
+                     slot_name, snapshot, tier_ref)
 
 SHARED_SYNC = remote.SHARED_DIRS
 
@@ -227,6 +227,10 @@ def watch_new(srv: Ctx, app: App) -> str | None:
             f"(over DEPLOY_WATCH_5XX={srv.rs.deploy_watch_5xx:g}% rolls back; --no-watch skips this)")
     reason = watch.watch(srv, app.name, container_name(srv, app.name), seconds, srv.rs.deploy_watch_5xx,
                          srv.say, srv.rs.address(app.host))
+    if reason and app.sleep_after and app.name in sleeping(srv):  # stopped by the waker, not by a failure
+        srv.say(f"==> the new {app.name} fell asleep while watched (no request for "
+                f"{sleep.duration_text(app.sleep_after)}); its next request wakes it")
+        reason = None
     srv.lap("watch")
     return reason
 

@@ -169,6 +169,31 @@ def test_the_same_image_is_switched_only_when_the_compose_entry_changed(entry_ha
     assert ("docker stop --time 30 p-kb-1" in server.lines()) == switched
 
 
+@pytest.mark.parametrize("asleep_after_watch, result", [(True, "ok"), (False, "rolled-back")])
+def test_a_sleep_enabled_app_that_falls_asleep_during_the_watch_is_no_failure(monkeypatch, asleep_after_watch,
+                                                                              result):
+    """The waker stopping an idle app during the watch is not a failed version; a stop without
+    its flag is."""
+    server = Server()
+    containers = sleeping_kb(server, asleep=False)
+    def flags(argv: list[str]) -> tuple[int, str, str]:
+        return 0, "kb\n" if asleep_after_watch and containers.primary.startswith("exited") else "", ""
+
+    server.when(["docker", "exec", "p-waker-1", "ls", "-1", "/run/onevps/asleep"], answer=flags)
+
+    def stopped_during_the_watch(*args, **kwargs) -> str:
+        containers.set(primary="exited (0)")
+        return "the new kb turned unhealthy (exited 0)"
+
+    monkeypatch.setattr(watch, "watch", stopped_during_the_watch)
+    srv = ctx(server, server_settings(), reg=registry(), tags=TAGS)
+    if asleep_after_watch:
+        assert deploy.deploy_app(srv, SLEEPY, image="sha256:new", watch_after=True)["result"] == result
+    else:
+        with pytest.raises(OnevpsError, match="failed the watch after the switch"):
+            deploy.deploy_app(srv, SLEEPY, image="sha256:new", watch_after=True)
+
+
 def test_rollback():
     server = switching(Server(), image="sha256:new")
     journal = [{"app": "kb", "result": "ok", "image": "sha256:old", "previous_image": None},
