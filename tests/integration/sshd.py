@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pytest
+
 
 class SshdError(RuntimeError):
     pass
@@ -72,3 +74,13 @@ Subsystem sftp internal-sftp
     finally:
         proc.terminate()  # only the sshd started here, by its PID
         proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def sshd_or_fail(workdir: Path, port: int, who: str) -> Iterator[Path]:
+    """local_sshd, or the test fails (never skips) saying that `who` need one."""
+    try:
+        with local_sshd(workdir, port) as client_key:
+            yield client_key
+    except SshdError as exc:
+        pytest.fail(f"{who} need a local sshd; they never skip: {exc}", pytrace=False)

@@ -22,7 +22,7 @@ from onevps.project import Project
 from tests import loadgen
 
 from .conftest import clear_compose_project, copy_repo, docker, file_text, http
-from .sshd import SshdError, local_sshd
+from .sshd import sshd_or_fail
 
 pytestmark = pytest.mark.docker
 
@@ -48,11 +48,8 @@ PROJECT = "onevps-deploy"
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """A real sshd on 127.0.0.1 with its own host key and an authorized key made here."""
-    try:
-        with local_sshd(tmp_path_factory.mktemp("sshd"), SSH_PORT) as client_key:
-            yield client_key
-    except SshdError as exc:
-        pytest.fail(f"the deploy tests need a local sshd; they never skip: {exc}", pytrace=False)
+    with sshd_or_fail(tmp_path_factory.mktemp("sshd"), SSH_PORT, "the deploy tests") as client_key:
+        yield client_key
 
 
 # ------------------------------------------------------------ local copy --

@@ -29,7 +29,7 @@ from onevps import config, tiers
 from onevps.project import Project
 
 from .conftest import clear_compose_project, copy_repo, docker
-from .sshd import SshdError, local_sshd
+from .sshd import sshd_or_fail
 
 pytestmark = pytest.mark.docker
 
@@ -86,11 +86,8 @@ async def slow(seconds: float = 1.0) -> dict:
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    try:
-        with local_sshd(tmp_path_factory.mktemp("sshd"), SSH_PORT) as client_key:
-            yield client_key
-    except SshdError as exc:
-        pytest.fail(f"the sleep tests need a local sshd; they never skip: {exc}", pytrace=False)
+    with sshd_or_fail(tmp_path_factory.mktemp("sshd"), SSH_PORT, "the sleep tests") as client_key:
+        yield client_key
 
 
 def _tool(name: str, repo: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
