@@ -100,6 +100,11 @@ def container_app(c: dict, network_suffix: str = "app-network") -> tuple[str, st
     return labels.get(SERVICE_LABEL, ""), c["Id"], after, c.get("State") == "running", network_ip(c, network_suffix)
 
 
+def starting(c: dict) -> bool:
+    """A listed container that runs but has not passed its first Docker health check yet."""
+    return c.get("State") == "running" and "(health: starting)" in str(c.get("Status", ""))
+
+
 def network_ip(c: dict, network_suffix: str = "app-network") -> str:
     """A listed or inspected container's IP on the network whose name ends with network_suffix."""
     nets = (c.get("NetworkSettings") or {}).get("Networks") or {}
@@ -178,9 +183,9 @@ class Docker:
             raise DockerError(f"{method} {path}: {r.status_code} {r.text[:200].strip()}")
         return r
 
-    async def sleepers(self) -> list[dict]:
-        """The listed containers carrying the sleep label (the proxy limits them to app containers)."""
-        labels = [SLEEP_LABEL] + ([f"{PROJECT_LABEL}={self.project}"] if self.project else [])
+    async def apps(self) -> list[dict]:
+        """The project's app containers (the proxy lists nothing else), running or not."""
+        labels = [f"{PROJECT_LABEL}={self.project}"] if self.project else []
         return (await self.call("GET", "/containers/json", all="1", filters=json.dumps({"label": labels}))).json()
 
     async def ip(self, cid: str) -> str:
@@ -248,6 +253,7 @@ class Waker:
         self.s = settings
         self.say = say or (lambda line: print(line, flush=True))
         self.apps: dict[str, App] = {}
+        self.starting: list[str] = []  # app containers whose Docker health is still "starting"
         self.docker = Docker(settings.proxy_socket, settings.project)
         # no keep-alive to the apps: an idle connection held here would count as the app's activity
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), trust_env=False,
@@ -315,8 +321,11 @@ class Waker:
 
     async def refresh(self) -> None:
         """The sleep-enabled apps from the proxy's list; flags made true (a running app has none)."""
-        listed = {}
-        for c in await self.docker.sleepers():
+        listed, every = {}, await self.docker.apps()
+        # An app still starting (`inv up`, a deploy): no app goes to sleep meanwhile, or `compose up
+        # --wait` would see a container stop under it.
+        self.starting = sorted(c.get("Id", "")[:12] for c in every if starting(c))
+        for c in every:
             found = container_app(c)
             if found and found[0]:
                 listed[found[0]] = found
@@ -398,6 +407,8 @@ class Waker:
         """One round of the sleep loop: the sleeps it started."""
         await self.refresh()
         seen, now, started = self.log.read(), time.time(), []
+        if self.starting:
+            return started
         for app in list(self.apps.values()):
             app.last_activity = max(app.last_activity, seen.get(app.name, 0.0))
             if app.state != "awake" or app.wake_task or app.stop_task:

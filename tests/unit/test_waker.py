@@ -333,6 +333,25 @@ def test_an_app_with_an_open_connection_a_recent_request_or_no_activity_answer_s
     assert fake.calls == [] and not fake.flag.exists() and w.apps["kb"].state == "awake"
 
 
+def test_no_app_sleeps_while_an_app_is_still_starting(world, monkeypatch):
+    """`inv up` or a deploy under way (an app's Docker health still "starting"): sleeping waits."""
+    fake, settings, said = world
+    fake.running, fake.ready_at = True, 0.0
+    w = waker.Waker(settings, said.append)
+    other = {"Id": "f" * 64, "State": "running", "Status": "Up 2 seconds (health: starting)",
+             "Labels": {waker.SERVICE_LABEL: "blog"}}
+
+    async def apps() -> list[dict]:
+        return [listed(fake.running), other]
+
+    monkeypatch.setattr(w.docker, "apps", apps)
+    asyncio.run(sleep_round(w))
+    assert fake.calls == [] and not fake.flag.exists() and w.starting == ["f" * 12]
+    other["Status"] = "Up 9 seconds (healthy)"
+    asyncio.run(sleep_round(w))
+    assert fake.calls == [f"POST /containers/{CID}/stop"]
+
+
 def test_a_request_between_the_flag_and_the_stop_keeps_it_awake(world):
     fake, settings, said = world
     fake.running, fake.ready_at = True, 0.0
