@@ -170,6 +170,7 @@ def stats(values: list[float]) -> dict:
 
 def measure(repo: Path, args, result: dict) -> None:
     names = every_app_sleeps(repo)
+    result["apps"] = names
     reg = registry.load(repo / "compose" / "docker-compose.yml")
     base, ml = [a.name for a in reg.by_tier("base")], [a.name for a in reg.by_tier("ml")]
     stack21.reuse_tiers(repo, ENV)
@@ -190,7 +191,7 @@ def measure(repo: Path, args, result: dict) -> None:
         phase("all asleep", repo, names, result)
     finally:
         toucher.stop.set()
-    for label, app in (("base", "site00"), ("ml", "model0")):
+    for label, app in (("base", args.base_app), ("ml", args.ml_app)):
         say(f"{args.wakes} wakes of {app} ({label} tier)")
         result["wake"][label] = {"app": app, "seconds": wake_times(app, args.wakes, names)}
         result["wake"][label].update(stats(result["wake"][label]["seconds"]))
@@ -198,10 +199,49 @@ def measure(repo: Path, args, result: dict) -> None:
     result["first_requests"] = first_requests("portfolio", args.rounds, names)
 
 
+def chart(result: dict, path: Path) -> bool:
+    """Memory per phase (stacked: shared services, base apps, ML apps) and wake times; False
+    without matplotlib (extra `bench`)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (mem, wake) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    phases = list(result["memory"])
+    ml = {f"model{i}" for i in range(3)} | {"embedder", "classify", "summary"}
+    bottom = [0.0] * len(phases)
+    for label, pick, colour in (("shared services", lambda n: n not in result["apps"], "#9cc3e4"),
+                                ("base apps", lambda n: n in result["apps"] and n not in ml, "#2a7ab9"),
+                                ("ML apps", lambda n: n in ml, "#c0504d")):
+        values = [sum(v for n, v in result["memory"][p]["containers"].items() if pick(n)) for p in phases]
+        mem.bar(phases, values, bottom=bottom, color=colour, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    for i, total in enumerate(bottom):
+        mem.annotate(f"{total:,.0f} MiB", (i, total), ha="center", va="bottom", fontsize=9)
+    mem.axhline(1024, color="grey", linestyle="--", linewidth=1)
+    mem.axhline(0.3 * 1024, color="grey", linestyle=":", linewidth=1)
+    mem.set_ylabel("memory of the stack (MiB)")
+    mem.legend(fontsize=8)
+    names = [f"{f['app']}\n({label})" for label, f in result["wake"].items()]
+    wake.boxplot([f["seconds"] for f in result["wake"].values()], labels=names)
+    wake.axhline(2, color="grey", linestyle="--", linewidth=1)
+    wake.set_ylabel(f"seconds to the first answer ({len(next(iter(result['wake'].values()))['seconds'])} wakes)")
+    fig.suptitle("21 apps on one machine: memory awake and asleep; time to wake", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--wakes", type=int, default=20, help="wakes timed per app (default 20)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of 50 concurrent first requests (default 3)")
+    ap.add_argument("--base-app", default="site00", help="the base app whose wakes are timed (default site00)")
+    ap.add_argument("--ml-app", default="embedder",
+                    help="the ML app whose wakes are timed (default embedder: sentence-transformers, model loaded "
+                         "at start)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON only")
     args = ap.parse_args()
     result: dict = {"machine": stack21.machine(), "date": time.strftime("%Y-%m-%d"), "sleep_after": SLEEP_AFTER,
@@ -222,6 +262,7 @@ def main() -> int:
                            capture_output=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sleep.json").write_text(json.dumps(result, indent=2) + "\n")
+    drew = chart(result, RESULTS / "sleep.png")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -233,6 +274,7 @@ def main() -> int:
     fr = result["first_requests"]
     print(f"first requests: GET {fr['failed']['GET']} of {fr['requests']['GET']} failed, "
           f"POST {fr['failed']['POST']} of {fr['requests']['POST']} failed")
+    print(f"figures: {RESULTS / 'sleep.json'}" + (f", chart: {RESULTS / 'sleep.png'}" if drew else ""))
     return 0
 
 
