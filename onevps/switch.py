@@ -15,6 +15,10 @@ connections an app could close under a request nginx is sending). The switch:
      address, ready when its health probe answers;
   4. drain: wait out nginx's fail_timeout so the primary is trusted again;
   5. cleanup: stop and remove the slot container.
+
+A sleeping app (onevps.sleep_after, asleep now) gets step 1 only, then its
+container is made anew from the new image and left stopped: its next request
+wakes the new version (sleep_on); `--wake` starts it at once (wake_up).
 """
 
 from __future__ import annotations
@@ -207,10 +211,9 @@ def switch(srv: Ctx, app: App, image: str, wake: bool = False) -> str:
     service, network = _service_config(srv, app.name)
     start_slot(srv, app, image, service, network)  # a sleeping app too: it must wake into a version that works
     if app.sleep_after and app.name in sleeping(srv):
-        sleep_on(srv, app)
-        if not wake:
+        if sleep_on(srv, app) and not wake:
             return "ok (asleep)"
-        wake_up(srv, app, service)
+        wake_up(srv, app, service)  # --wake, or a request woke the old version during the deploy
         return "ok"
     stop_primary(srv, app)
     start_primary(srv, app, service)
@@ -218,16 +221,21 @@ def switch(srv: Ctx, app: App, image: str, wake: bool = False) -> str:
     return "ok"
 
 
-def sleep_on(srv: Ctx, app: App) -> str:
+def sleep_on(srv: Ctx, app: App) -> bool:
     """A sleeping app: the new version answered its probe in the slot (no request reached it:
     nginx sends the app's requests to the waker); the slot goes and the app's container is
-    made anew from the new image, not started. Its next request wakes the new version."""
+    made anew from the new image, not started. Its next request wakes the new version.
+    False when a request woke the old container meanwhile (its flag is gone): start it then."""
     slot = slot_name(srv, app.name)
     srv.run.run(docker_cmd.rm(slot, force=True), "remove the deploy slot (the app sleeps)")
     srv.run.run(compose_cmd.create(srv.vps, srv.rs, [app.name]), f"give the sleeping {app.name} its new image")
     srv.lap("cleanup")
+    if app.name not in sleeping(srv):
+        srv.say(f"==> {app.name} woke during the deploy: starting the new version at its address")
+        return False
     srv.say(f"==> {app.name} is asleep: it keeps sleeping and wakes on its next request with the new version "
             f"(`fab deploy --app={app.name} --wake` starts it now)")
+    return True
 
 
 def wake_up(srv: Ctx, app: App, service: dict) -> None:

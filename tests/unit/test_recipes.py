@@ -150,6 +150,20 @@ def test_deploy_wake_starts_a_sleeping_app_and_drops_its_flag():
     assert lines.index("docker start p-kb-1") < lines.index("docker exec p-waker-1 rm -f /run/onevps/asleep/kb")
 
 
+def test_a_sleeping_app_woken_during_its_deploy_is_started_with_the_new_version():
+    """A request woke the old container between the check and the new container: its flag is
+    gone, so the new (stopped) container is started at once; nothing is left down."""
+    server = Server()
+    containers = sleeping_kb(server, asleep=True)
+    created = []
+    server.when(lambda a: "--no-start" in a, answer=lambda a: created.append(1) or containers.set(primary="exited (0)"))
+    server.when(["docker", "exec", "p-waker-1", "ls", "-1", "/run/onevps/asleep"],
+                answer=lambda a: (0, "" if created else "kb\n", ""))
+    entry = deploy.deploy_app(ctx(server, server_settings(), reg=registry(), tags=TAGS), SLEEPY, image="sha256:new")
+    assert entry["result"] == "ok" and containers.primary == "running healthy"
+    assert "docker start p-kb-1" in server.lines()
+
+
 def test_an_awake_app_that_may_sleep_gets_the_plain_switch():
     server = Server()
     sleeping_kb(server, asleep=False)
