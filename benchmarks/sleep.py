@@ -95,18 +95,20 @@ def running_apps(names: list[str]) -> set[str]:
 
 
 class Toucher:
-    """Asks each app in `apps` for /health through nginx every second (keeps them awake)."""
+    """Asks each app in `apps` for /health through nginx every second, one thread per app (a
+    slow wake of one app must not leave the others untouched): keeps them awake."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: list[str]) -> None:
         self.apps: set[str] = set()
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.loop, daemon=True)
-        self.thread.start()
+        self.threads = [threading.Thread(target=self.loop, args=(name,), daemon=True) for name in names]
+        for thread in self.threads:
+            thread.start()
 
-    def loop(self) -> None:
+    def loop(self, name: str) -> None:
         while not self.stop.is_set():
-            for app in list(self.apps):
-                get(app)
+            if name in self.apps:
+                get(name)
             self.stop.wait(1)
 
 
@@ -176,10 +178,11 @@ def measure(repo: Path, args, result: dict) -> None:
     stack21.reuse_tiers(repo, ENV)
     say("inv up: 21 apps + the shared services")
     stack21.run([str(BIN / "inv"), "up"], repo, ENV, "inv up")
-    toucher = Toucher()
+    toucher = Toucher(names)
     toucher.apps = set(names)
     try:
-        time.sleep(15)
+        wait_until(lambda: running_apps(names) == set(names), 180, "every app awake")
+        time.sleep(10)
         phase("all awake", repo, names, result)
         toucher.apps = set(ml)
         say("letting the 15 base apps fall asleep")
