@@ -89,8 +89,10 @@ def memory_mib(repo: Path) -> dict[str, float]:
             if r["state"] == "running" and r["memory"] is not None}
 
 
-def running_apps(names: list[str]) -> set[str]:
-    out = stack21.docker("ps", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format", "{{.Names}}")
+def running_apps(names: list[str], healthy: bool = False) -> set[str]:
+    """The apps whose container runs (with healthy: and has passed its Docker health check)."""
+    out = stack21.docker("ps", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                         *(["--filter", "health=healthy"] if healthy else []), "--format", "{{.Names}}")
     return {n for n in names if f"{PROJECT}-{n}-1" in out.split()}
 
 
@@ -181,8 +183,9 @@ def measure(repo: Path, args, result: dict) -> None:
     toucher = Toucher(names)
     toucher.apps = set(names)
     try:
-        wait_until(lambda: running_apps(names) == set(names), 180, "every app awake")
-        time.sleep(10)
+        # Every app awake and healthy (the ML apps have loaded their models), then settled.
+        wait_until(lambda: running_apps(names, healthy=True) == set(names), 300, "every app awake and healthy")
+        time.sleep(20)
         phase("all awake", repo, names, result)
         toucher.apps = set(ml)
         say("letting the 15 base apps fall asleep")
