@@ -614,7 +614,7 @@ def test_inv_remove_app_without_yes_and_no_tty_refuses(tmp_path, real_repo_uncha
 def test_inv_new_app_help(tmp_path, real_repo_unchanged):
     res = run_inv(["new-app", "--help"], ROOT, _inv_env(tmp_path))
     assert res.returncode == 0, res
-    assert res.stdout.startswith("usage: inv new-app NAME [--tier base|ml] [--domain HOST] [--dry-run]")
+    assert res.stdout.startswith("usage: inv new-app NAME [--tier base|ml] [--domain HOST] [--sleep-after 15m] [--dry-run]")
     assert res.stderr == ""
 
 
