@@ -161,7 +161,7 @@ def test_setup_makes_the_server_ready_and_is_idempotent(repo):
 def test_first_deploy_of_everything(repo):
     res = fab(repo, "deploy", "--all")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
-    assert len(containers()) == 12  # 7 apps, nginx, chroma-auth, chromadb, redis, ollama
+    assert len(containers()) == 14  # 7 apps, nginx, chroma-auth, chromadb, redis, ollama, waker, docker-proxy
     for app in ("portfolio", "kb", "embedder"):
         assert http(Server, app, "/health").json()["app"] == app
 
@@ -183,7 +183,7 @@ def test_deploy_a_code_change_under_load_fails_no_request(repo):
     entry = journal(repo)[-1]
     assert entry["result"] == "ok" and {"build", "healthy", "switch", "watch"} <= set(entry["steps"]), entry
     assert 0 < entry["switched_after"] < entry["seconds"] + 60
-    assert "11 other containers kept their ID and start time" in res.stdout
+    assert "13 other containers kept their ID and start time" in res.stdout
     after = containers()
     name = f"{PROJECT}-portfolio-1"
     assert after[name][0] != before[name][0]
