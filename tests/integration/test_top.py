@@ -79,7 +79,8 @@ def expected_limits(settings, reg) -> dict[str, int]:
     """Every service's memory limit as the settings give it to the compose file."""
     return {"nginx": settings.nginx_mem_limit, "redis": settings.redis_mem_limit,
             "chromadb": settings.chroma_mem_limit, "chroma-auth": settings.chroma_auth_mem_limit,
-            "ollama": settings.ollama_mem_limit,
+            "ollama": settings.ollama_mem_limit, "waker": settings.waker_mem_limit,
+            "docker-proxy": settings.docker_proxy_mem_limit,
             **{a.name: settings.ml_app_mem_limit if a.tier == "ml" else settings.app_mem_limit for a in reg.apps}}
 
 
