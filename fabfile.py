@@ -19,11 +19,18 @@ from onevps import commands, server, state, views
 from onevps.errors import OnevpsError, confirm, number_flag
 from onevps.registry import SHARED_SERVICES
 from onevps.registry import load as load_registry
+from onevps.swarm import cluster as swarm_cluster
 from onevps.swarm import server as swarm_server
 
 
 def _ctx(c, dry_run=False, secrets=False):
     return server.open_ctx(config.REPO, config.load(), c, dry_run, secrets=secrets)
+
+
+def _manager_ctx(c, dry_run=False, secrets=False):
+    """The swarm's manager: `fab -H`, else SWARM_MANAGER, else VPS_HOST."""
+    local = config.load()
+    return server.open_ctx(config.REPO, local, swarm_cluster.manager_connection(local, c), dry_run, secrets=secrets)
 
 
 def _check_target(app=None, tier=None):
@@ -188,14 +195,31 @@ def swarm_deploy(c, app=None, services=None, dry_run=False):
     """On the server's swarm: send the files, build, tag (push to REGISTRY), `docker stack deploy`, wait; Swarm rolls back a failure."""
     _check_target(app)
     only = [s.strip() for s in services.split(",") if s.strip()] if services else None
-    result = swarm_server.deploy_on_server(_ctx(c, dry_run, secrets=True), app, only)
+    result = swarm_server.deploy_on_server(_manager_ctx(c, dry_run, secrets=True), app, only)
     print("\n".join(f"{svc}: {outcome}" for svc, outcome in result.outcome.items()))
 
 
 @task
 def swarm_status(c):
     """Every service of the stack on the server's swarm: replicas, image, last update."""
-    print(swarm_server.status_on_server(_ctx(c)))
+    print(swarm_server.status_on_server(_manager_ctx(c)))
+
+
+@task(help={"ship": "Send the tiers, the upstream images and the registry's image to the manager from this machine "
+                    "over SSH instead of pulling and building them there.",
+            "swap": "Make sure every server has a swap file /swapfile of this SIZE (e.g. 2G).",
+            "dry-run": "Print every remote command that would change something on each server; change nothing."})
+def swarm_setup(c, ship=False, swap=None, dry_run=False):
+    """Make SWARM_MANAGER and SWARM_WORKERS one swarm: fab setup's steps, swarm init/join, node labels, a registry (idempotent)."""
+    if swap is not None:
+        recipes_provision.parse_size(swap)
+    swarm_cluster.setup(config.REPO, config.load(), dry_run=dry_run, ship=ship, swap=swap)
+
+
+@task
+def swarm_nodes(c):
+    """The swarm's nodes: role, state, availability, address, onevps labels and the services running there."""
+    print(swarm_cluster.show_nodes(config.REPO, config.load()))
 
 
 @task(help={"tiers": "Ship the base and ML tier images (built here first when missing).",

@@ -97,6 +97,10 @@ class Settings:
     # Swarm.
     registry: str
     swarm_subnet: str
+    swarm_manager: str  # [user@]host[:port] or "" (VPS_HOST)
+    swarm_workers: tuple[str, ...]
+    swarm_advertise_addr: str
+    swarm_registry_port: int
     raw: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Sequence
 
 from . import disk, nginx, provision, prune, remote, ship as shipping, sleep, state, switch, tiers, watch
 from .commands import compose_cmd, docker_cmd, shell
@@ -339,9 +340,11 @@ def rollback_target(srv: Ctx, app: str) -> str:
     return target
 
 
-def setup(srv: Ctx, ship: bool = False, swap: str | None = None) -> None:
+def setup(srv: Ctx, ship: bool = False, swap: str | None = None, swarm_extra: Sequence[str] | None = None) -> None:
     """Make the server ready, idempotently: Docker and Compose v2 (onevps.provision),
-    VPS_PATH, the files, .env, the tiers (shipped from here with ship), shared services."""
+    VPS_PATH, the files, .env, the tiers (shipped from here with ship), shared services.
+    swarm_extra (a swarm's manager): ship these images too and start no Compose services
+    (the stack runs them)."""
     srv.say(f"==> checking the server {srv.rs.vps_host or ''}".rstrip())
     report = provision.provision(provision.CtxHost(srv), srv.local.docker_install, srv.rs.vps_path, swap=swap)
     if srv.run.dry_run and not report.docker_usable:
@@ -349,7 +352,7 @@ def setup(srv: Ctx, ship: bool = False, swap: str | None = None) -> None:
                 "planned by a dry run once `fab setup` has prepared Docker")
         return
     if ship:
-        shipped = shipping.ship(srv, tiers=True, upstream=True)
+        shipped = shipping.ship(srv, tiers=True, upstream=True, extra=swarm_extra or ())
         if srv.run.dry_run:
             srv.planned |= set(shipped.shipped)
     to_build = missing_tiers(srv, set(tiers.TIER_ORDER))
@@ -363,6 +366,8 @@ def setup(srv: Ctx, ship: bool = False, swap: str | None = None) -> None:
         srv.say(warning)
     for tier in tiers.TIER_ORDER:
         ensure_tier(srv, tier)
+    if swarm_extra is not None:
+        return
     srv.say("==> starting the shared services (a changed entry is applied now)")
     ensure_shared(srv, recreate_changed=True)
     srv.say("==> the server is ready; next: fab deploy --all")

@@ -96,7 +96,11 @@ def remote_settings(project: Project, local: Settings) -> Settings:
     server = config.load(project, environ={}, env_file=env_file)
     return dataclasses.replace(server, env_file=server_project(local).env_file,
                                vps_host=local.vps_host, vps_user=local.vps_user, vps_port=local.vps_port,
-                               vps_path=local.vps_path, vps_ssh_key=local.vps_ssh_key)
+                               vps_path=local.vps_path, vps_ssh_key=local.vps_ssh_key,
+                               # which servers make the swarm is said here, like VPS_HOST
+                               swarm_manager=local.swarm_manager, swarm_workers=local.swarm_workers,
+                               swarm_advertise_addr=local.swarm_advertise_addr,
+                               swarm_registry_port=local.swarm_registry_port)
 
 
 class RemoteRunner(Runner):

@@ -163,6 +163,39 @@ def _optional_registry(raw: str) -> str:
     return value
 
 
+_NODE = re.compile(r"^(?:([a-z_][a-z0-9_.-]{0,31})@)?([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])(?::([0-9]{1,5}))?$")
+
+
+def _node(raw: str) -> str:
+    """One server as [user@]host[:port] (its normal form)."""
+    match = _NODE.match(raw.strip())
+    if not match or (match.group(3) and not 1 <= int(match.group(3)) <= 65535):
+        raise ValueError(f"{raw.strip()!r} is not a server such as root@10.0.0.2 or deploy@node2.example.com:2222")
+    user, host, port = match.groups()
+    host = _optional_host(host.strip("[]"))
+    return (f"{user}@" if user else "") + host + (f":{port}" if port else "")
+
+
+def _optional_node(raw: str) -> str:
+    return _node(raw) if raw.strip() else ""
+
+
+def _node_list(raw: str) -> str:
+    """Servers separated by commas or spaces, each [user@]host[:port]; no server twice."""
+    nodes = [_node(part) for part in re.split(r"[\s,]+", raw.strip()) if part]
+    if len(set(nodes)) != len(nodes):
+        raise ValueError("names a server twice")
+    return ",".join(nodes)
+
+
+def _node_tuple(value: str) -> tuple[str, ...]:
+    return tuple(v for v in value.split(",") if v)
+
+
+def _optional_ip(raw: str) -> str:
+    return _ip(raw.strip()) if raw.strip() else ""
+
+
 def _optional_subnet(raw: str) -> str:
     value = raw.strip()
     if not value:
@@ -364,6 +397,17 @@ KEYS: tuple[Key, ...] = (
         "Swarm: registry the app images are pushed to and pulled from (empty: local images, one node only)."),
     Key("SWARM_SUBNET", "", _optional_subnet,
         "Swarm: private range the overlay networks take their /24s from, in file order (empty: Docker picks)."),
+    Key("SWARM_MANAGER", "", _optional_node,
+        "Swarm: the manager as [user@]host[:port] (user and port default to VPS_USER and VPS_PORT); "
+        "empty: VPS_HOST. It keeps the data (Redis, ChromaDB, Ollama, nginx) and the registry."),
+    Key("SWARM_WORKERS", "", _node_list,
+        "Swarm: the worker servers, comma-separated, each [user@]host[:port]; the apps run there. "
+        "Add one and run `fab swarm-setup` again.", typed=_node_tuple),
+    Key("SWARM_ADVERTISE_ADDR", "", _optional_ip,
+        "Swarm: the manager's address the workers reach it at (empty: SWARM_MANAGER's host when it is an IP)."),
+    Key("SWARM_REGISTRY_PORT", "5000", _port,
+        "Swarm with workers and no REGISTRY: the port of the registry onevps runs on the manager (TLS, "
+        "only onevps's nodes hold a client certificate).", typed=int),
 )
 KEY_NAMES = frozenset(k.name for k in KEYS)
 SECRET_KEYS = ("REDIS_PASSWORD", "CHROMA_TOKEN")

@@ -82,10 +82,12 @@ def format_counts(counts: Counter) -> str:
 
 
 class Client:
-    """One keep-alive connection to 127.0.0.1:port for one Host; one request at a time, never retried."""
+    """One keep-alive connection to address:port (127.0.0.1, or a test's own server) for one Host;
+    one request at a time, never retried."""
 
-    def __init__(self, port: int, host: str, timeout: float = 30, resend_on_idle_close: bool = False):
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    def __init__(self, port: int, host: str, timeout: float = 30, resend_on_idle_close: bool = False,
+                 address: str = "127.0.0.1"):
+        self.conn = http.client.HTTPConnection(address, port, timeout=timeout)
         self.host = host
         self.resend_on_idle_close = resend_on_idle_close
         self.connections = 0  # connections opened
@@ -162,8 +164,10 @@ class Load:
     """`with Load(port, host) as load:` loads the app for the block's duration (plus `settle` s each side)."""
 
     def __init__(self, port: int, host: str, path: str = "/health", threads: int = 3, timeout: float = 30,
-                 post_path: str | None = "/api/echo", settle: float = 1.0, resend_on_idle_close: bool = False):
+                 post_path: str | None = "/api/echo", settle: float = 1.0, resend_on_idle_close: bool = False,
+                 address: str = "127.0.0.1"):
         self.port, self.host, self.path, self.post_path = port, host, path, post_path
+        self.address = address
         self.resend_on_idle_close = resend_on_idle_close
         self.resent = 0  # requests sent again after a reused connection closed with no answer
         self.timeout, self.settle = timeout, settle
@@ -199,7 +203,7 @@ class Load:
                 self.errors.append(error)
 
     def _run(self, index: int) -> None:
-        client = Client(self.port, self.host, self.timeout, self.resend_on_idle_close)
+        client = Client(self.port, self.host, self.timeout, self.resend_on_idle_close, self.address)
         n = index  # threads start on alternate methods
         while not self.stop.is_set():
             if self.post_path and n % 2:

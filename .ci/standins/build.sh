@@ -6,7 +6,7 @@
 #
 #   bash .ci/standins/build.sh [--force] [--serial] [NAME...]
 #
-# NAME is one of: debian python nginx redis chroma ollama certbot pebble bare (default: all; the
+# NAME is one of: debian python nginx redis chroma ollama certbot pebble bare registry (default: all; the
 # images a NAME is built FROM are built too). An image whose label
 # onevps.standin.hash already equals the hash of its build inputs is skipped,
 # unless --force, which rebuilds without the layer cache (as on a new machine).
@@ -29,7 +29,7 @@ for arg in "$@"; do
         --force) FORCE=1 ;;
         --serial) PARALLEL=0 ;;
         -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        debian|python|nginx|redis|chroma|ollama|certbot|pebble|bare) WANT+=("$arg") ;;
+        debian|python|nginx|redis|chroma|ollama|certbot|pebble|bare|registry) WANT+=("$arg") ;;
         *) echo "[standins] unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -45,6 +45,7 @@ declare -A TAGS=(
     [certbot]="certbot/certbot:v2.11.0"
     [pebble]="onevps-standin/pebble:2.4.0"
     [bare]="onevps-standin/bare-server:bookworm"
+    [registry]="registry:2"
 )
 declare -A PARENT=(
     [debian]=""
@@ -56,6 +57,7 @@ declare -A PARENT=(
     [certbot]="debian"
     [pebble]="debian"
     [bare]="debian"
+    [registry]="debian"
 )
 
 log() { echo "[standins] $*"; }
@@ -192,7 +194,7 @@ select_with_parents() {
     local n=$1
     while [ -n "$n" ]; do SELECTED[$n]=1; n=${PARENT[$n]}; done
 }
-if [ ${#WANT[@]} -eq 0 ]; then WANT=(debian python nginx redis chroma ollama certbot pebble bare); fi
+if [ ${#WANT[@]} -eq 0 ]; then WANT=(debian python nginx redis chroma ollama certbot pebble bare registry); fi
 for n in "${WANT[@]}"; do select_with_parents "$n"; done
 sel() { [ -n "${SELECTED[$1]:-}" ]; }
 
@@ -206,7 +208,7 @@ if [ "$PARALLEL" = 1 ]; then
     # Mostly network-bound (apt, PyPI): overlap the independent branches.
     pids=()
     chain python chroma & pids+=($!)
-    chain nginx redis certbot pebble & pids+=($!)
+    chain nginx redis certbot pebble registry & pids+=($!)
     chain bare & pids+=($!)   # apt only (~25-40 s); needs nothing but debian
     fail=0
     for p in "${pids[@]}"; do wait "$p" || fail=1; done
@@ -214,7 +216,7 @@ if [ "$PARALLEL" = 1 ]; then
     [ "$fail" = 0 ] || die "some stand-in images failed to build"
     chain ollama
 else
-    chain python nginx redis chroma ollama certbot pebble bare
+    chain python nginx redis chroma ollama certbot pebble bare registry
 fi
 # Stand-ins replaced by a rebuild are left untagged: remove them by id once no
 # container or image uses them (docker refuses until then; the ids wait in

@@ -7,10 +7,12 @@ from typing import Sequence
 from .docker import docker
 
 
-def stack_deploy_argv(stack_file: str, stack: str, registry: bool) -> list[str]:
-    """`docker stack deploy`; with a registry every node pulls the exact digest."""
+def stack_deploy_argv(stack_file: str, stack: str, registry: bool, resolve: bool | None = None) -> list[str]:
+    """`docker stack deploy`; with a registry every node pulls (by digest when resolve: an outside
+    registry; onevps's own one serves content tags, which never move)."""
+    resolve = registry if resolve is None else resolve
     return docker("stack", "deploy", "--compose-file", stack_file,
-                  "--resolve-image", "always" if registry else "never",
+                  "--resolve-image", "always" if resolve else "never",
                   "--with-registry-auth" if registry else None, stack)
 
 

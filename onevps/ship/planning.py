@@ -98,8 +98,10 @@ def upstream_images(compose_data: object) -> dict[str, list[str]]:
 
 
 def select(project: Project, local: Settings, server: Settings, tags: dict[str, str], compose_data: object, *,
-           tiers_: bool = False, upstream: bool = False, app: str | None = None) -> list[Wanted]:
-    """What the server should end up with (pure). Server names use the server's namespace."""
+           tiers_: bool = False, upstream: bool = False, app: str | None = None,
+           extra: Sequence[str] = ()) -> list[Wanted]:
+    """What the server should end up with (pure). Server names use the server's namespace;
+    extra: more upstream images by name (e.g. the swarm's registry:2)."""
     wanted: list[Wanted] = []
     if tiers_:
         here = tiers.tag_env(project, local)
@@ -120,6 +122,8 @@ def select(project: Project, local: Settings, server: Settings, tags: dict[str, 
     if upstream:
         for image, services in upstream_images(compose_data).items():
             wanted.append(Wanted(image, (image,), "upstream", ", ".join(services)))
+    for image in extra:
+        wanted.append(Wanted(image, (image,), "upstream", "onevps"))
     if app:
         wanted.append(Wanted(tiers.image(local, app), (f"{server.image_namespace}/{app}:latest",), "app", app))
     return wanted

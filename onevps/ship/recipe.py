@@ -22,12 +22,12 @@ from .planning import (LocalImage, Plan, ServerImages, ShipReport, Wanted, arch_
 from .transfer import Channel
 
 
-def ship(c: Ctx, *, tiers: bool = False, upstream: bool = False, app: str | None = None,
+def ship(c: Ctx, *, tiers: bool = False, upstream: bool = False, app: str | None = None, extra: Sequence[str] = (),
          local_runner: Runner | None = None, open_channel: Callable[[Ctx], Channel] | None = None,
          start_save: Callable[[list[str]], object] | None = None) -> ShipReport:
     """Ship the chosen images to the server (see onevps.ship)."""
     t0 = time.monotonic()
-    wanted = _wanted(c, tiers, upstream, app)
+    wanted = _wanted(c, tiers, upstream, app, extra)
     server.require_docker_on_server(c)  # e.g. a user outside the docker group: told so in one line
     here = local_runner or stack.make_runner(Context(), c.project, c.local, dry_run=c.run.dry_run)
     # 1. the server: which images it has (one listing, one inspect), its architecture
@@ -52,13 +52,13 @@ def ship(c: Ctx, *, tiers: bool = False, upstream: bool = False, app: str | None
     return report
 
 
-def _wanted(c: Ctx, tiers: bool, upstream: bool, app: str | None) -> list[Wanted]:
-    if not (tiers or upstream or app):
+def _wanted(c: Ctx, tiers: bool, upstream: bool, app: str | None, extra: Sequence[str] = ()) -> list[Wanted]:
+    if not (tiers or upstream or app or extra):
         raise OnevpsError("nothing to ship", "choose at least one of --tiers, --upstream, --app NAME")
     if app:
         c.reg.get(app)
     return select(c.project, c.local, c.rs, c.tags, composefile.load(c.project.compose_file),
-                  tiers_=tiers, upstream=upstream, app=app)
+                  tiers_=tiers, upstream=upstream, app=app, extra=extra)
 
 
 def _server_images(c: Ctx, extra: Sequence[str] = ()) -> ServerImages:

@@ -20,6 +20,7 @@ from ..config import Settings
 from ..errors import ComposeFileError, OnevpsError
 from ..registry import TIER_LABEL
 from .keys import KEPT, RULES, check_keys
+from .nodes import APPS_CONSTRAINT, SPREAD_LABEL
 
 STACK_DIR = Path("compose/swarm")  # generated, git-ignored, sent to the server with compose/
 STACK_FILE = STACK_DIR / "docker-stack.yml"
@@ -171,7 +172,8 @@ def convert(place: Place, name: str, svc: dict) -> Service:
         spec["ports"] = published
     spec["networks"], addressed = networks(svc)
     stateful = bool(mounts.named)
-    spec["deploy"], bad_deploy = deploy_block(name, svc, app, stateful=stateful, published=bool(published))
+    spec["deploy"], bad_deploy = deploy_block(name, svc, app, stateful=stateful, published=bool(published),
+                                              workers=bool(place.settings.swarm_workers))
     bad_interpolation = interpolation(name, spec)
     _add(notes, *env_notes, *mounts.notes, *(["ports"] if published else []), *(["ipv4_address"] if addressed else []),
          *(["interpolation"] if bad_interpolation else []))
@@ -298,8 +300,10 @@ def networks(svc: dict) -> tuple[list[str], bool]:
     return [str(n) for n in nets], False
 
 
-def deploy_block(name: str, svc: dict, app: bool, stateful: bool, published: bool) -> tuple[dict, list[OnevpsError]]:
-    """deploy: replicas, resources, restart policy, rolling updates and rollbacks, placement."""
+def deploy_block(name: str, svc: dict, app: bool, stateful: bool, published: bool,
+                 workers: bool = False) -> tuple[dict, list[OnevpsError]]:
+    """deploy: replicas, resources, restart policy, rolling updates and rollbacks, placement
+    (with SWARM_WORKERS an app runs on the workers, spread over them)."""
     replicas, refused = _replicas(name, labels(svc).get(REPLICAS_LABEL, "1"), pinned=stateful or published)
     out: dict[str, Any] = {"mode": "replicated", "replicas": replicas, "endpoint_mode": "dnsrr"}
     limits = {}
@@ -322,6 +326,8 @@ def deploy_block(name: str, svc: dict, app: bool, stateful: bool, published: boo
                               "monitor": SERVICE_MONITOR, "max_failure_ratio": 0}
     if stateful:
         out["placement"] = {"constraints": ["node.role == manager"]}
+    elif app and workers:
+        out["placement"] = {"constraints": [APPS_CONSTRAINT], "preferences": [{"spread": SPREAD_LABEL}]}
     out.update(dict(svc.get("deploy") or {}))  # a hand-written deploy: block wins
     return out, refused
 

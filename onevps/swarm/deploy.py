@@ -20,6 +20,7 @@ from ..registry import Registry
 from ..runner import Runner
 from .convert import ROUTES_FILE, STACK_FILE, tag_var
 from .render import Rendered, render, write
+from .nodes import with_registry
 from .status import ServiceState, service_states, wait
 
 SETTLED = ("completed", "created", "unchanged", "dry-run")
@@ -140,6 +141,8 @@ def deploy(runner: Runner, project: Project, settings: Settings, reg: Registry, 
     for fab); `target` sends, builds and runs the deploy there.
     """
     only = list(only) if only is not None else None
+    outside = bool(settings.registry)  # an outside registry resolves digests; onevps's own: content tags
+    settings = with_registry(settings)
     if app is not None:
         reg.get(app)
         if only is not None and app not in only:
@@ -162,7 +165,7 @@ def deploy(runner: Runner, project: Project, settings: Settings, reg: Registry, 
     tags = tag_images(runner, settings, rendered.apps, before, rebuild=todo)
     runner.say(f"==> docker stack deploy {stack} ({len(rendered.services)} services"
                + (f"; updating {app}" if app else "") + ")")
-    argv, env = target.command(stack_deploy_argv(target.stack_file, stack, bool(settings.registry)))
+    argv, env = target.command(stack_deploy_argv(target.stack_file, stack, bool(settings.registry), resolve=outside))
     runner.run(argv, "docker stack deploy", env={**env, **tags}, hint="the services keep running their previous version")
     outcome = wait(runner, stack, before, [app] if app else list(rendered.services), settings.deploy_timeout + 60)
     bad = {s: o for s, o in outcome.items() if o not in SETTLED}

@@ -21,6 +21,7 @@ from ..config import Settings
 from ..errors import OnevpsError
 from ..project import Project
 from ..registry import from_data
+from .nodes import with_registry
 from .convert import ROUTES_FILE, STACK_DIR, STACK_FILE, Place, Service, convert, plain
 from .keys import RULES, Rule
 
@@ -77,6 +78,7 @@ def render(project: Project, settings: Settings, only: Iterable[str] | None = No
 
 def examine(project: Project, settings: Settings, only: Iterable[str] | None = None, data: Any = None) -> Rendered:
     """render() without raising: every refused construct is in `refused` (the stack is then not usable)."""
+    settings = with_registry(settings)  # with workers: the registry on the manager
     data = composefile.load(project.compose_file) if data is None else data
     reg, doc = from_data(data), plain(data)
     services = doc["services"]

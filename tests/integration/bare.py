@@ -88,8 +88,10 @@ def remove(name: str) -> None:
         _docker("volume", "rm", "--force", vol)
 
 
-def start(name: str, authorized_pubkey: str, *, key: Path | None = None, timeout: float = 90) -> BareServer:
-    """Start a fresh bare server NAME (a leftover of the same name is removed first)."""
+def start(name: str, authorized_pubkey: str, *, key: Path | None = None, timeout: float = 90,
+          network: str | None = None, ip: str | None = None) -> BareServer:
+    """Start a fresh bare server NAME (a leftover of the same name is removed first); on the
+    default bridge, or on NETWORK at the fixed address IP (it keeps it across restarts)."""
     why = problem()
     if why:
         raise BareServerError(why)
@@ -98,14 +100,15 @@ def start(name: str, authorized_pubkey: str, *, key: Path | None = None, timeout
     _docker("volume", "create", "--label", f"{LABEL}=true", vol)
     t0 = time.monotonic()
     cid = _docker("run", "--detach", "--name", name, "--hostname", name.replace("_", "-")[:63],
-                  "--label", f"{LABEL}=true", *RUN_FLAGS, "-v", f"{vol}:/var/lib/docker", IMAGE).strip()
+                  "--label", f"{LABEL}=true", *RUN_FLAGS, "-v", f"{vol}:/var/lib/docker",
+                  *(["--network", network] if network else []), *(["--ip", ip] if ip else []), IMAGE).strip()
     try:
         # As a provider's console would: root's authorized key.
         _docker("exec", "-i", name, "sh", "-c",
                 "umask 077 && mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys",
                 input=authorized_pubkey.strip() + "\n")
         info = json.loads(_docker("container", "inspect", name))[0]
-        ip = info["NetworkSettings"]["Networks"].get("bridge", {}).get("IPAddress") or \
+        ip = info["NetworkSettings"]["Networks"].get(network or "bridge", {}).get("IPAddress") or \
             info["NetworkSettings"].get("IPAddress")
         if not ip:
             raise BareServerError(f"{name} has no address on the default bridge")

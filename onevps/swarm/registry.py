@@ -1,0 +1,90 @@
+"""The registry onevps runs on a swarm's manager when there are workers and no
+REGISTRY: Docker's registry:2 (Debian's docker-registry in tests) in a plain
+container published on the manager's swarm address only, TLS with a CA onevps
+makes on the manager (its key never leaves it), and client certificates
+required: each node makes its own key, the manager signs its request, and
+the node's engine presents it from /etc/docker/certs.d/<address:port>/.
+Nothing else can pull or push, even where the port is reachable."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Sequence
+
+from .. import remote
+from ..commands import nodes as cmd, shell
+from ..errors import OnevpsError
+from ..server import Ctx
+
+CONFIG = f"{cmd.REGISTRY_DIR}/config.yml"
+
+
+def ensure(mc: Ctx, wcs: Sequence[Ctx], address: str, port: int) -> str:
+    """CA, certificate, config and container on the manager; CA and client certificate on every
+    node; then every node must get 200 from /v2/. Returns address:port."""
+    registry = f"{address}:{port}"
+    mc.say(f"==> registry {registry} on the manager (TLS, client certificates)")
+    mc.run.run(cmd.make_ca(), "make the registry's CA (once)")
+    mc.run.run(cmd.make_server_cert(address), "make the registry's certificate")
+    _write_if_changed(mc, CONFIG, cmd.registry_config(), "600")
+    _container(mc, address, port)
+    ca = mc.run.run(shell.cat(f"{cmd.REGISTRY_DIR}/ca.crt"), "read the registry's CA certificate",
+                    mutates=False).stdout
+    for c in (mc, *wcs):
+        _trust(mc, c, registry, ca)
+    if not mc.run.dry_run:
+        for c in (mc, *wcs):
+            _probe(c, registry)
+    return registry
+
+
+def _write_if_changed(c: Ctx, path: str, text: str, mode: str) -> bool:
+    now = c.run.run(shell.cat(path), f"read {path}", check=False, mutates=False)
+    if now.ok and now.stdout == text:
+        return False
+    c.run.run(shell.mkdir_p(path.rsplit("/", 1)[0]), f"create the folder of {path}")
+    remote.put_text(c.conn, c.run, path, text, mode=mode)
+    return True
+
+
+def _container(mc: Ctx, address: str, port: int) -> None:
+    """The container, published at address:port; replaced when it is published elsewhere."""
+    res = mc.run.run(cmd.registry_state(), "inspect the registry container", check=False, mutates=False)
+    state, _, published = res.stdout.strip().partition(" ")
+    if res.ok and published.strip() == f"{address}:{port}":
+        if state != "running":
+            mc.run.run(["docker", "start", cmd.REGISTRY_CONTAINER], "start the registry")
+        return
+    if res.ok:
+        mc.run.run(["docker", "rm", "--force", cmd.REGISTRY_CONTAINER], "remove the registry published elsewhere")
+    mc.run.run(cmd.registry_run(address, port), "start the registry",
+               hint=f"is {cmd.REGISTRY_IMAGE} on the manager (fab swarm-setup --ship) and {address}:{port} free?")
+
+
+def _trust(mc: Ctx, c: Ctx, registry: str, ca: str) -> None:
+    """The node trusts the CA and holds a client certificate the manager signed (its key stays there)."""
+    folder = cmd.certs_dir(registry)
+    _write_if_changed(c, f"{folder}/ca.crt", ca, "644")
+    if c.run.run(cmd.client_cert_valid(folder), "check the node's client certificate", check=False,
+                 mutates=False).ok:
+        return
+    csr = c.run.run(cmd.client_csr(folder), "make the node's key and certificate request").stdout
+    if c.run.dry_run:
+        return
+    request = f"{cmd.REGISTRY_DIR}/node-{secrets.token_hex(4)}.csr"
+    remote.put_text(mc.conn, mc.run, request, csr, mode="600")
+    cert = mc.run.run(cmd.sign_client(request), "sign the node's certificate").stdout
+    if "BEGIN CERTIFICATE" not in cert:
+        raise OnevpsError("the manager did not sign the node's registry certificate",
+                          "check openssl on the manager and run fab swarm-setup again")
+    remote.put_text(c.conn, c.run, f"{folder}/client.cert", cert, mode="644")
+
+
+def _probe(c: Ctx, registry: str) -> None:
+    res = c.run.run(cmd.registry_probe(registry, cmd.certs_dir(registry)), f"reach the registry {registry}",
+                    check=False, mutates=False)
+    if res.stdout.strip() != "200":
+        where = c.conn.host
+        raise OnevpsError(f"the registry {registry} does not answer {where} (HTTP {res.stdout.strip() or '-'}"
+                          f"{': ' + res.stderr.strip()[:160] if res.stderr.strip() else ''})",
+                          f"check that {where} reaches {registry} (TCP) and run fab swarm-setup again")

@@ -1,0 +1,324 @@
+"""From one server to three, for real: three bare Debian 12 servers (systemd,
+sshd, nothing of Docker: tests/integration/bare.py), one manager and two
+workers, on a bridge network of this test's own with fixed addresses, and a
+temporary copy of the repository as the user's machine.
+
+    a. bad input is one line and changes nothing: a worker that cannot be
+       reached, a worker of another architecture
+    b. fab swarm-setup --ship makes them one swarm: Docker on each, the
+       manager's files and images, swarm init/join, labels, the registry on
+       the manager (TLS, client certificates: a client without one is refused)
+    c. fab swarm-deploy: nginx, Redis, ChromaDB behind its gate, three base
+       apps; portfolio at 2 replicas, one per worker; every app answers
+       through nginx at the manager's address; data written to Redis and ChromaDB
+    d. a rolling update of portfolio under GET+POST keep-alive load: 0 failed
+    e. one worker stopped under load (`docker stop` of the whole server):
+       what failed is counted; portfolio is back at 2 replicas on what remains
+    f. the worker comes back: fab swarm-nodes shows it ready; Redis and
+       ChromaDB data unchanged throughout
+
+Figures (setup time, update time, failures when a node dies) are printed at
+the end for the README. Only the test's own servers are contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from onevps import config, tiers
+from onevps.project import Project
+from tests import loadgen
+
+from . import bare
+from .conftest import copy_repo
+
+pytestmark = pytest.mark.docker
+
+STACK = "onevps-nodes"
+NAMESPACE = "onevps-nodes"
+DOMAIN = "onevps.test"
+VPS_PATH = "/srv/onevps"
+NETWORK = os.environ.get("ONEVPS_TEST_NODES_NETWORK", "onevps-test-nodes")
+SUBNET = os.environ.get("ONEVPS_TEST_NODES_SUBNET", "172.31.90.0/24")
+PREFIX = SUBNET.rsplit(".", 1)[0]
+NAMES = {"manager": f"{NETWORK}-manager", "w1": f"{NETWORK}-w1", "w2": f"{NETWORK}-w2"}
+ADDRS = {"manager": f"{PREFIX}.11", "w1": f"{PREFIX}.12", "w2": f"{PREFIX}.13"}
+SERVICES = "nginx,chroma-auth,chromadb,redis,portfolio,api-gw,kb"
+APPS = ("portfolio", "api-gw", "kb")
+FIGURES: dict[str, str] = {}
+
+
+class Cluster:
+    """The user's machine (a repo copy + env) and the three servers."""
+
+    def __init__(self, base: Path, servers: dict[str, bare.BareServer], key: Path):
+        self.base, self.servers, self.key = base, servers, key
+        self.root = base / "onevps"
+        self.secrets = {"REDIS_PASSWORD": secrets.token_urlsafe(24), "CHROMA_TOKEN": secrets.token_urlsafe(24)}
+        self.server_env = (
+            f"COMPOSE_PROJECT_NAME={STACK}\nBIND_ADDRESS=0.0.0.0\nHTTP_PORT=80\nHTTPS_PORT=443\n"
+            f"DOMAIN={DOMAIN}\nIMAGE_NAMESPACE={NAMESPACE}\nDEPLOY_TIMEOUT=240\nSWARM_SUBNET=10.232.0.0/23\n"
+            + "".join(f"{k}={v}\n" for k, v in self.secrets.items())
+            + "".join(f"{k}={os.environ[k]}\n" for k in ("TORCH_INDEX_URL", "TORCH_CUDA") if os.environ.get(k)))
+        self.env = {"VPS_HOST": ADDRS["manager"], "VPS_USER": "root", "VPS_PORT": "22", "VPS_SSH_KEY": str(key),
+                    "VPS_PATH": VPS_PATH, "VPS_ENV_FILE": ".env.server", "DOCKER_INSTALL": "distro",
+                    "SWARM_MANAGER": f"root@{ADDRS['manager']}",
+                    "SWARM_WORKERS": f"root@{ADDRS['w1']},root@{ADDRS['w2']}"}
+
+    def fab(self, *args: str, timeout: float = 1500, **env: str) -> subprocess.CompletedProcess:
+        res = subprocess.run([str(Path(sys.executable).with_name("fab")), *args], cwd=self.root,
+                             env={**os.environ, **self.env, **env}, capture_output=True, text=True, timeout=timeout)
+        for value in self.secrets.values():
+            assert value not in res.stdout + res.stderr, "a secret value was printed"
+        return res
+
+    def ssh(self, node: str, command: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(bare.ssh_argv(self.servers[node], "root", command, key=self.key), capture_output=True,
+                              text=True, timeout=timeout)
+
+    def on(self, node: str, command: str) -> str:
+        res = self.ssh(node, command)
+        assert res.returncode == 0, f"on {node}: {command}: {res.stdout}{res.stderr}"
+        return res.stdout
+
+    def http(self, app: str, path: str, method: str = "GET", payload: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(f"http://{ADDRS['manager']}{path}", data=data, method=method,
+                                     headers={"Host": f"{app}.{DOMAIN}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as res:
+                return res.status, json.loads(res.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            return err.code, {}
+
+    def tasks(self, service: str) -> list[tuple[str, str]]:
+        """(node hostname, state) of the service's tasks that should run."""
+        out = self.on("manager", f"docker service ps --filter desired-state=running --format "
+                                 f"'{{{{.Node}}}} {{{{.CurrentState}}}}' {STACK}_{service}")
+        return [(line.split()[0], line.split()[1]) for line in out.splitlines() if line.strip()]
+
+
+def failed(res: subprocess.CompletedProcess) -> str:
+    return f"exit {res.returncode}\n{res.stdout[-5000:]}\n[stderr]\n{res.stderr[-3000:]}"
+
+
+def one_error_line(res: subprocess.CompletedProcess) -> str:
+    """The error of a refused command: exactly one line on stderr, no traceback."""
+    assert res.returncode != 0, res.stdout
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    return lines[0]
+
+
+def wait_for(what: str, check, timeout: float = 180, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every)
+
+
+def _start(results: dict, errors: list, role: str, pub: str, key: Path) -> None:
+    try:
+        results[role] = bare.start(NAMES[role], pub, key=key, network=NETWORK, ip=ADDRS[role])
+    except BaseException as exc:  # noqa: BLE001 - reported by the fixture
+        errors.append(f"{role}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, built_images, settings):
+    problem = bare.problem()
+    if problem:
+        pytest.fail(f"the three-node test needs bare servers; it never skips: {problem}", pytrace=False)
+    if subprocess.run(["docker", "image", "inspect", "registry:2"], capture_output=True).returncode:
+        pytest.fail("registry:2 is missing here (bash .ci/standins/build.sh registry)", pytrace=False)
+    base = tmp_path_factory.mktemp("three-nodes")
+    copy_repo(base / "onevps")
+    key, pub = bare.make_key(base / "ssh")
+    for name in NAMES.values():
+        bare.remove(name)
+    subprocess.run(["docker", "network", "rm", NETWORK], capture_output=True)
+    subprocess.run(["docker", "network", "create", "--label", f"{bare.LABEL}=true", "--subnet", SUBNET, NETWORK],
+                   check=True, capture_output=True)
+    results: dict[str, bare.BareServer] = {}
+    errors: list[str] = []
+    threads = [threading.Thread(target=_start, args=(results, errors, r, pub, key)) for r in NAMES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        c = Cluster(base, results, key)
+        (c.root / ".env.server").write_text(c.server_env)
+        compose = c.root / "compose" / "docker-compose.yml"
+        text = compose.read_text()
+        entry = text.index("\n  portfolio:\n")
+        at = text.index("      onevps.tier: base\n", entry) + len("      onevps.tier: base\n")
+        compose.write_text(text[:at] + '      onevps.replicas: "2"\n' + text[at:])
+        here = Project(c.root)
+        local = config.load(here, environ={**os.environ, **c.env})
+        for tier in tiers.TIER_ORDER:
+            tiers.stage_inputs(here, local, tier)
+        yield c
+    finally:
+        for name in NAMES.values():
+            bare.remove(name)
+        subprocess.run(["docker", "network", "rm", NETWORK], capture_output=True)
+        print("\n---- figures (three nodes) ----\n" + "\n".join(f"{k}: {v}" for k, v in FIGURES.items()))
+
+
+# ------------------------------------------------------------------- tests --
+
+def _bare(c: Cluster) -> bool:
+    return all(c.ssh(n, "command -v dockerd").returncode != 0 for n in NAMES)
+
+
+def test_a_bad_input_is_one_line_and_changes_nothing(cluster):
+    c = cluster
+    assert _bare(c)
+    res = c.fab("swarm-setup", SWARM_WORKERS=f"root@{ADDRS['w1']}:2999,root@{ADDRS['w2']}")
+    line = one_error_line(res)
+    assert "cannot reach" in line and f"{ADDRS['w1']}:2999" in line and "worker" in line, line
+    # A worker of another architecture (its `uname -m` says so).
+    c.on("w2", "printf '#!/bin/sh\\n[ \"$1\" = -m ] && echo aarch64 || exec /bin/uname \"$@\"\\n' "
+               "> /usr/local/bin/uname && chmod 755 /usr/local/bin/uname")
+    try:
+        line = one_error_line(c.fab("swarm-setup"))
+        assert "aarch64" in line and "x86_64" in line and ADDRS["w2"] in line, line
+    finally:
+        c.on("w2", "rm -f /usr/local/bin/uname")
+    assert _bare(c), "a refused swarm-setup changed a server"
+    assert c.ssh("manager", f"test -e {VPS_PATH}").returncode != 0
+
+
+def test_b_swarm_setup_from_bare_servers(cluster):
+    c = cluster
+    t0 = time.monotonic()
+    res = c.fab("swarm-setup", "--ship")
+    FIGURES["fab swarm-setup --ship, three bare servers"] = f"{time.monotonic() - t0:.0f} s"
+    assert res.returncode == 0, failed(res)
+    nodes = [json.loads(line) for line in c.on("manager", "docker node ls --format '{{json .}}'").splitlines()]
+    assert sorted(n["Hostname"] for n in nodes) == sorted(NAMES.values()), nodes
+    assert all(n["Status"] == "Ready" for n in nodes), nodes
+    for role in ("w1", "w2"):
+        labels = json.loads(c.on("manager", f"docker node inspect --format '{{{{json .Spec.Labels}}}}' {NAMES[role]}"))
+        assert labels.get("onevps.apps") == "true" and labels.get("onevps.swarm") == STACK, labels
+    assert "onevps.data=true" in res.stdout + c.on("manager", "docker node inspect --format "
+                                                             "'{{json .Spec.Labels}}' self").replace('":"', "=")
+    # The registry: TLS from onevps's CA, and nobody without a node's client certificate.
+    registry = f"{ADDRS['manager']}:5000"
+    for role in NAMES:
+        assert c.on(role, f"curl -s -o /dev/null -w '%{{http_code}}' --cacert /etc/docker/certs.d/{registry}/ca.crt "
+                          f"--cert /etc/docker/certs.d/{registry}/client.cert "
+                          f"--key /etc/docker/certs.d/{registry}/client.key https://{registry}/v2/") == "200"
+        assert c.on(role, f"stat -c %a /etc/docker/certs.d/{registry}/client.key").strip() == "600"
+    ca = c.on("manager", f"cat /etc/docker/certs.d/{registry}/ca.crt")
+    ctx = ssl.create_default_context(cadata=ca)
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"https://{registry}/v2/", context=ctx, timeout=10).read()
+    # Again: nothing to do.
+    res = c.fab("swarm-setup", "--ship")
+    assert res.returncode == 0, failed(res)
+    assert "joins the swarm" not in res.stdout and "docker swarm init" not in res.stdout, res.stdout
+    nodes = c.fab("swarm-nodes")
+    assert nodes.returncode == 0 and nodes.stdout.count("Ready") == 3, failed(nodes)
+
+
+def test_c_swarm_deploy_spreads_the_apps_over_the_workers(cluster):
+    c = cluster
+    t0 = time.monotonic()
+    res = c.fab("swarm-deploy", f"--services={SERVICES}")
+    FIGURES["fab swarm-deploy, first (nginx, Redis, ChromaDB + gate, 3 base apps)"] = f"{time.monotonic() - t0:.0f} s"
+    assert res.returncode == 0, failed(res)
+    where = sorted(node for node, _ in c.tasks("portfolio"))
+    assert where == sorted([NAMES["w1"], NAMES["w2"]]), where
+    for svc in ("redis", "chromadb", "nginx"):
+        assert [n for n, _ in c.tasks(svc)] == [NAMES["manager"]], (svc, c.tasks(svc))
+    for app in APPS:
+        status, body = wait_for(f"{app} through nginx", lambda app=app: (lambda r: r if r[0] == 200 else None)(
+            c.http(app, "/health")), timeout=120)
+        assert body.get("app") == app, body
+    assert c.http("api-gw", "/kv/nodes", "POST", {"value": "kept"})[0] == 200
+    status, body = wait_for("kb stores a document", lambda: (lambda r: r if r[0] == 201 else None)(
+        c.http("kb", "/documents", "POST", {"id": "nodes-1", "text": "three servers one swarm"})), timeout=120)
+    assert body["id"] == "nodes-1"
+
+
+def _data(c: Cluster) -> tuple[str, int]:
+    return c.http("api-gw", "/kv/nodes")[1].get("value"), c.http("kb", "/documents/count")[1].get("count")
+
+
+def test_d_rolling_update_under_load_fails_no_request(cluster):
+    c = cluster
+    before = _data(c)
+    assert before == ("kept", 1), before
+    main = c.root / "apps" / "portfolio" / "main.py"
+    main.write_text(re.sub(r'os\.getenv\("APP_VERSION", "[^"]*"\)', 'os.getenv("APP_VERSION", "2.0-nodes")',
+                           main.read_text()))
+    with loadgen.Load(80, f"portfolio.{DOMAIN}", threads=3, address=ADDRS["manager"]) as load:
+        t0 = time.monotonic()
+        res = c.fab("swarm-deploy", "--app=portfolio", f"--services={SERVICES}")
+        FIGURES["rolling update of portfolio (2 replicas)"] = f"{time.monotonic() - t0:.0f} s"
+    assert res.returncode == 0, failed(res)
+    FIGURES["requests during the update"] = load.summary() if hasattr(load, "summary") else str(load.status)
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert sum(load.by_method["POST"].values()) > 20 and sum(load.by_method["GET"].values()) > 20, load.status
+    assert "2.0-nodes" in load.versions, set(load.versions)
+    assert _data(c) == before
+
+
+def test_e_a_worker_lost_under_load(cluster):
+    c = cluster
+    before = _data(c)
+    with loadgen.Load(80, f"portfolio.{DOMAIN}", threads=3, address=ADDRS["manager"], timeout=60) as load:
+        time.sleep(2)
+        t0 = time.monotonic()
+        subprocess.run(["docker", "stop", NAMES["w1"]], check=True, capture_output=True, timeout=120)
+
+        def moved():
+            tasks = c.tasks("portfolio")
+            running = [n for n, state in tasks if state == "Running" and n != NAMES["w1"]]
+            return len(running) == 2 and all(n != NAMES["w1"] for n, _ in tasks)
+
+        wait_for("portfolio back at 2 replicas without w1", moved, timeout=240, every=2)
+        FIGURES["worker stopped -> portfolio at 2 replicas again"] = f"{time.monotonic() - t0:.0f} s"
+        time.sleep(3)
+    FIGURES["requests while a worker died"] = f"{sum(load.status.values())} sent, {load.failed} failed " \
+                                              f"({dict(load.status)})"
+    assert sum(load.by_method["POST"].values()) > 20 and sum(load.by_method["GET"].values()) > 20, load.status
+    assert load.failed == 0, (load.status, load.errors[:5])
+    assert _data(c) == before
+
+
+def test_f_the_worker_returns_and_the_data_never_changed(cluster):
+    c = cluster
+    before = _data(c)
+    subprocess.run(["docker", "start", NAMES["w1"]], check=True, capture_output=True, timeout=120)
+
+    def ready():
+        res = c.fab("swarm-nodes")
+        line = next((ln for ln in res.stdout.splitlines() if ln.startswith(NAMES["w1"])), "")
+        return line if res.returncode == 0 and " ready " in f" {line.lower()} " else None
+
+    line = wait_for("w1 ready again", ready, timeout=240, every=3)
+    assert "worker" in line and "onevps.apps=true" in line, line
+    assert _data(c) == before == ("kept", 1)
+    print(f"\n$ fab swarm-nodes\n{c.fab('swarm-nodes').stdout}")
+    print("figures: " + shlex.join(f"{k}={v}" for k, v in FIGURES.items()))
