@@ -62,10 +62,10 @@ def node_label_add(node_id: str, labels: Sequence[str]) -> list[str]:
     return argv + [node_id]
 
 
-def node_tasks(*ids: str) -> list[str]:
-    """What runs on these nodes now: task name, node, state."""
-    return docker("node", "ps", "--filter", "desired-state=running", "--format",
-                  "{{.Name}}\t{{.Node}}\t{{.CurrentState}}", *ids)
+def stack_tasks(stack: str) -> list[str]:
+    """The stack's tasks that should run: task name, node, state."""
+    return docker("stack", "ps", "--filter", "desired-state=running", "--format",
+                  "{{.Name}}\t{{.Node}}\t{{.CurrentState}}", stack)
 
 
 def uname_m() -> list[str]:
@@ -163,7 +163,9 @@ def registry_state() -> list[str]:
 def registry_probe(registry: str, folder: str) -> list[str]:
     """`GET /v2/` with the node's client certificate: the HTTP status on stdout."""
     return ["curl", "--silent", "--show-error", "--max-time", "10", "--output", "/dev/null",
-            "--write-out", "%{http_code}", "--cacert", f"{folder}/ca.crt", "--cert", f"{folder}/client.cert",
+            "--write-out", "%{http_code}", "--cacert", f"{folder}/ca.crt",
+            # curl reads --cert as FILE[:PASSWORD]: the colon of host:port is escaped
+            "--cert", f"{folder}/client.cert".replace(":", "\\:"),
             "--key", f"{folder}/client.key", f"https://{registry}/v2/"]
 
 

@@ -232,8 +232,8 @@ def table(mc: Ctx) -> str:
                       hint="is this server a swarm manager? run `fab swarm-setup`").stdout.splitlines()
            if line.startswith("{")]
     inspected = parse_inspect(mc.run.run(cmd.node_inspect(*ids), "inspect the nodes", mutates=False).stdout)
-    tasks = parse_tasks(mc.run.run(cmd.node_tasks(*ids), "what runs where", check=False, mutates=False).stdout,
-                        mc.rs.project_name)
+    tasks = parse_tasks(mc.run.run(cmd.stack_tasks(mc.rs.project_name), "what runs where", check=False,
+                                   mutates=False).stdout, mc.rs.project_name)
     rows = node_rows(inspected, tasks)
     return columns([("NODE", "ROLE", "STATE", "AVAILABILITY", "ADDRESS", "LABELS", "RUNNING")]
                    + [(r.name, r.role, r.state, r.availability, r.address, r.labels, r.tasks) for r in rows])

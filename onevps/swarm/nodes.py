@@ -199,13 +199,14 @@ def node_rows(inspected: Sequence[Mapping], tasks: Mapping[str, list[str]]) -> l
         role = spec.get("Role", "?") + (" (leader)" if (node.get("ManagerStatus") or {}).get("Leader") else "")
         rows.append(NodeRow(name, role, status.get("State", "?"), spec.get("Availability", "?"),
                             status.get("Addr", "?"),
-                            ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k.startswith("onevps.")) or "-",
+                            ",".join(f"{k}={v}" for k, v in sorted(labels.items())
+                                     if k.startswith("onevps.") and k != "onevps.node") or "-",
                             ", ".join(sorted(tasks.get(name, []))) or "-"))
     return sorted(rows, key=lambda r: (not r.role.startswith("manager"), r.name))
 
 
 def parse_tasks(text: str, stack: str) -> dict[str, list[str]]:
-    """`docker node ps` lines (name, node, state) -> node -> running services of the stack."""
+    """`docker stack ps` lines (name, node, state) -> node -> running tasks of the stack."""
     out: dict[str, list[str]] = {}
     for line in text.splitlines():
         parts = line.split("\t")

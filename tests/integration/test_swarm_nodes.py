@@ -4,7 +4,8 @@ workers, on a bridge network of this test's own with fixed addresses, and a
 temporary copy of the repository as the user's machine.
 
     a. bad input is one line and changes nothing: a worker that cannot be
-       reached, a worker of another architecture
+       reached, a registry that does not answer, a worker of another
+       architecture; a dry run changes nothing either
     b. fab swarm-setup --ship makes them one swarm: Docker on each, the
        manager's files and images, swarm init/join, labels, the registry on
        the manager (TLS, client certificates: a client without one is refused)
@@ -196,6 +197,9 @@ def test_a_bad_input_is_one_line_and_changes_nothing(cluster):
     res = c.fab("swarm-setup", SWARM_WORKERS=f"root@{ADDRS['w1']}:2999,root@{ADDRS['w2']}")
     line = one_error_line(res)
     assert "cannot reach" in line and f"{ADDRS['w1']}:2999" in line and "worker" in line, line
+    # An outside REGISTRY that does not answer (nothing listens there on the test's own server).
+    line = one_error_line(c.fab("swarm-setup", REGISTRY=f"{ADDRS['manager']}:5999"))
+    assert f"REGISTRY {ADDRS['manager']}:5999 does not answer" in line, line
     # A worker of another architecture (its `uname -m` says so).
     c.on("w2", "printf '#!/bin/sh\\n[ \"$1\" = -m ] && echo aarch64 || exec /bin/uname \"$@\"\\n' "
                "> /usr/local/bin/uname && chmod 755 /usr/local/bin/uname")
@@ -206,6 +210,11 @@ def test_a_bad_input_is_one_line_and_changes_nothing(cluster):
         c.on("w2", "rm -f /usr/local/bin/uname")
     assert _bare(c), "a refused swarm-setup changed a server"
     assert c.ssh("manager", f"test -e {VPS_PATH}").returncode != 0
+    # Look first: a dry run names the installs on every server and changes nothing.
+    res = c.fab("swarm-setup", "--ship", "--dry-run")
+    assert res.returncode == 0, failed(res)
+    assert res.stdout.count("apt packages docker.io") == 3 and "[dry-run]" in res.stdout, res.stdout
+    assert _bare(c), "the dry run installed Docker"
 
 
 def test_b_swarm_setup_from_bare_servers(cluster):
@@ -224,9 +233,10 @@ def test_b_swarm_setup_from_bare_servers(cluster):
                                                              "'{{json .Spec.Labels}}' self").replace('":"', "=")
     # The registry: TLS from onevps's CA, and nobody without a node's client certificate.
     registry = f"{ADDRS['manager']}:5000"
+    escaped = registry.replace(":", "\\:")  # curl reads --cert as FILE[:PASSWORD]
     for role in NAMES:
         assert c.on(role, f"curl -s -o /dev/null -w '%{{http_code}}' --cacert /etc/docker/certs.d/{registry}/ca.crt "
-                          f"--cert /etc/docker/certs.d/{registry}/client.cert "
+                          f"--cert '/etc/docker/certs.d/{escaped}/client.cert' "
                           f"--key /etc/docker/certs.d/{registry}/client.key https://{registry}/v2/") == "200"
         assert c.on(role, f"stat -c %a /etc/docker/certs.d/{registry}/client.key").strip() == "600"
     ca = c.on("manager", f"cat /etc/docker/certs.d/{registry}/ca.crt")
@@ -238,7 +248,7 @@ def test_b_swarm_setup_from_bare_servers(cluster):
     assert res.returncode == 0, failed(res)
     assert "joins the swarm" not in res.stdout and "docker swarm init" not in res.stdout, res.stdout
     nodes = c.fab("swarm-nodes")
-    assert nodes.returncode == 0 and nodes.stdout.count("Ready") == 3, failed(nodes)
+    assert nodes.returncode == 0 and nodes.stdout.count(" ready ") == 3, failed(nodes)
 
 
 def test_c_swarm_deploy_spreads_the_apps_over_the_workers(cluster):
@@ -302,6 +312,10 @@ def test_e_a_worker_lost_under_load(cluster):
         time.sleep(3)
     FIGURES["requests while a worker died"] = f"{sum(load.status.values())} sent, {load.failed} failed " \
                                               f"({dict(load.status)})"
+    # How nginx got there: its error log names every upstream it gave up on and passed on from.
+    log = c.ssh("manager", f"docker service logs --since 5m {STACK}_nginx 2>&1 | grep -i upstream | tail -n 400").stdout
+    kinds = sorted(set(re.findall(r"\*\d+ (.+?) while", log)))
+    FIGURES["nginx upstream errors while a worker died"] = f"{len(log.splitlines())} ({'; '.join(kinds)[:300]})"
     assert sum(load.by_method["POST"].values()) > 20 and sum(load.by_method["GET"].values()) > 20, load.status
     assert load.failed == 0, (load.status, load.errors[:5])
     assert _data(c) == before

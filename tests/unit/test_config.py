@@ -243,6 +243,7 @@ KEY_TYPES = {
     "PRUNE_ON_DEPLOY": bool, "BUILD_FREE_MB": int, "PRUNE_KEEP": int, "PRUNE_CACHE_MB": int,
     "VPS_HOST": str, "VPS_USER": str, "VPS_PORT": int, "VPS_PATH": str, "VPS_SSH_KEY": (Path, type(None)),
     "VPS_ENV_FILE": Path, "DOCKER_INSTALL": str, "DEPLOY_TIMEOUT": int, "REGISTRY": str, "SWARM_SUBNET": str,
+    "SWARM_MANAGER": str, "SWARM_WORKERS": tuple, "SWARM_ADVERTISE_ADDR": str, "SWARM_REGISTRY_PORT": int,
 }
 
 

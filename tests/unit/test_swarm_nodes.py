@@ -16,7 +16,7 @@ from onevps.commands import nodes as cmd
 from onevps.commands import swarm as swarm_commands
 from onevps.errors import ConfigError, OnevpsError
 from onevps.project import Project
-from onevps.swarm import nodes
+from onevps.swarm import cluster, nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = Project(ROOT)
@@ -190,7 +190,7 @@ def test_keys_are_made_private_and_the_ca_key_is_never_printed():
 
 def test_node_rows_and_tasks():
     inspected = [
-        {"ID": "w" * 25, "Spec": {"Role": "worker", "Availability": "active", "Labels": {"onevps.apps": "true",
+        {"ID": "w" * 25, "Spec": {"Role": "worker", "Availability": "active", "Labels": {"onevps.apps": "true", "onevps.node": "w1",
                                                                                           "other": "x"}},
          "Description": {"Hostname": "w1"}, "Status": {"State": "down", "Addr": "10.0.0.3"}},
         {"ID": "m" * 25, "Spec": {"Role": "manager", "Availability": "active", "Labels": {"onevps.data": "true"}},
@@ -204,3 +204,8 @@ def test_node_rows_and_tasks():
     assert [(r.name, r.role, r.state, r.labels, r.tasks) for r in rows] == [
         ("mgr", "manager (leader)", "ready", "onevps.data=true", "portfolio.2, redis.1"),
         ("w1", "worker", "down", "onevps.apps=true", "-")]
+
+
+def test_an_outside_registry_that_does_not_answer_is_one_line():
+    with pytest.raises(OnevpsError, match=r"REGISTRY 127.0.0.1:1 does not answer \(https://127.0.0.1:1/v2/"):
+        cluster.check_outside_registry("127.0.0.1:1")
