@@ -10,7 +10,12 @@
   report a rollback; on a Target (LocalTarget here, server.ServerTarget for
   `fab`, imported from onevps.swarm.server).
 
-The argv lists are built in onevps.commands.swarm.
+* nodes, cluster, registry: several servers (SWARM_MANAGER, SWARM_WORKERS):
+  the pure decisions and the `fab swarm-nodes` table (nodes), `fab
+  swarm-setup` (cluster), the registry with client certificates the manager
+  runs for the workers (registry).
+
+The argv lists are built in onevps.commands.swarm and onevps.commands.nodes.
 """
 
 from .check import check, findings, report

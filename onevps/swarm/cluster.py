@@ -34,7 +34,6 @@ from .nodes import (Node, SwarmState, advertise_address, join_body, labels_for, 
                     nodes, parse_swarm, parse_tasks, route_source, same_arch, worker_plan)
 
 
-
 def manager_connection(local: Settings, connection: object | None) -> object | None:
     """The manager to connect to: `fab -H` (a Connection with a host) first, else SWARM_MANAGER, else
     None (VPS_HOST)."""

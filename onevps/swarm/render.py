@@ -21,9 +21,9 @@ from ..config import Settings
 from ..errors import OnevpsError
 from ..project import Project
 from ..registry import from_data
-from .nodes import with_registry
 from .convert import ROUTES_FILE, STACK_DIR, STACK_FILE, Place, Service, convert, plain
 from .keys import RULES, Rule
+from .nodes import with_registry
 
 # Services that only make sense with Compose (they stop and start containers by hand).
 COMPOSE_ONLY = (sleep.WAKER, sleep.DOCKER_PROXY)

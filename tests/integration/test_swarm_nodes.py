@@ -17,6 +17,8 @@ temporary copy of the repository as the user's machine.
        what failed is counted; portfolio is back at 2 replicas on what remains
     f. the worker comes back: fab swarm-nodes shows it ready; Redis and
        ChromaDB data unchanged throughout
+    g. a manager in another swarm (a worker of ours; ours for another
+       project) is one line and changes nothing
 
 Figures (setup time, update time, failures when a node dies) are printed at
 the end for the README. Only the test's own servers are contacted.
@@ -223,6 +225,9 @@ def test_b_swarm_setup_from_bare_servers(cluster):
     res = c.fab("swarm-setup", "--ship")
     FIGURES["fab swarm-setup --ship, three bare servers"] = f"{time.monotonic() - t0:.0f} s"
     assert res.returncode == 0, failed(res)
+    shipped = re.search(r"shipped \d+ image\(s\) \(([^)]+)\) in ([\d.]+) s", res.stdout)
+    assert shipped, res.stdout[-3000:]
+    FIGURES["of which shipping the images to the manager"] = f"{shipped.group(2)} s ({shipped.group(1)})"
     nodes = [json.loads(line) for line in c.on("manager", "docker node ls --format '{{json .}}'").splitlines()]
     assert sorted(n["Hostname"] for n in nodes) == sorted(NAMES.values()), nodes
     assert all(n["Status"] == "Ready" for n in nodes), nodes
@@ -336,3 +341,20 @@ def test_f_the_worker_returns_and_the_data_never_changed(cluster):
     assert _data(c) == before == ("kept", 1)
     print(f"\n$ fab swarm-nodes\n{c.fab('swarm-nodes').stdout}")
     print("figures: " + shlex.join(f"{k}={v}" for k, v in FIGURES.items()))
+
+
+def test_g_a_manager_in_another_swarm_is_refused_and_nothing_changes(cluster):
+    c = cluster
+    before = c.on("manager", "docker node ls --format '{{.ID}} {{.Status}}'; "
+                             "docker node inspect --format '{{json .Spec.Labels}}' $(docker node ls -q)")
+    # A worker of our swarm named as the manager of another one.
+    line = one_error_line(c.fab("swarm-setup", SWARM_MANAGER=f"root@{ADDRS['w2']}",
+                                SWARM_WORKERS=f"root@{ADDRS['w1']}"))
+    assert "is a worker of another swarm" in line and ADDRS["w2"] in line, line
+    # Our manager, for another project: its swarm was made for this one.
+    (c.root / ".env.other").write_text(c.server_env.replace(f"COMPOSE_PROJECT_NAME={STACK}",
+                                                            "COMPOSE_PROJECT_NAME=another"))
+    line = one_error_line(c.fab("swarm-setup", VPS_ENV_FILE=".env.other"))
+    assert "already in another swarm (3 nodes, made for onevps-nodes)" in line, line
+    assert c.on("manager", "docker node ls --format '{{.ID}} {{.Status}}'; "
+                           "docker node inspect --format '{{json .Spec.Labels}}' $(docker node ls -q)") == before
