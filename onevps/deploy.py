@@ -92,6 +92,13 @@ def ensure_tier(srv: Ctx, tier: str, force: bool = False) -> None:
                 hide=False)
 
 
+def tiers_in_use(srv: Ctx) -> list[str]:
+    """The tiers the server needs, in build order: base (every app and the waker run on it), and
+    ml when an app is built on it (a stack without ML apps never gets the ~1.5 GB tier)."""
+    used = {"base"} | {app.tier for app in srv.reg.apps}
+    return [t for t in tiers.TIER_ORDER if t in used]
+
+
 def missing_tiers(srv: Ctx, wanted: set[str]) -> list[str]:
     """Tiers (in build order) the apps need that are not on the server yet."""
     if "ml" in wanted:
@@ -347,15 +354,16 @@ def setup(srv: Ctx, ship: bool = False, swap: str | None = None, swarm_extra: Se
     (the stack runs them)."""
     srv.say(f"==> checking the server {srv.rs.vps_host or ''}".rstrip())
     report = provision.provision(provision.CtxHost(srv), srv.local.docker_install, srv.rs.vps_path, swap=swap)
+    used = tiers_in_use(srv)
     if srv.run.dry_run and not report.docker_usable:
         srv.say("[dry-run] Docker is not ready on the server yet: the files, tiers and shared services are "
                 "planned by a dry run once `fab setup` has prepared Docker")
         return
     if ship:
-        shipped = shipping.ship(srv, tiers=True, upstream=True, extra=swarm_extra or ())
+        shipped = shipping.ship(srv, tiers=used, upstream=True, extra=swarm_extra or ())
         if srv.run.dry_run:
             srv.planned |= set(shipped.shipped)
-    to_build = missing_tiers(srv, set(tiers.TIER_ORDER))
+    to_build = missing_tiers(srv, set(used))
     require_room(srv, to_build, "setting up the server")
     state_dir = f"{srv.rs.vps_path}/{remote.STATE_DIR}"
     if not srv.run.run(shell.is_dir(state_dir), f"is there a {state_dir}", check=False, mutates=False).ok:
@@ -364,7 +372,7 @@ def setup(srv: Ctx, ship: bool = False, swap: str | None = None, swarm_extra: Se
     sync_env(srv)
     if "ml" in to_build and (warning := provision.memory_warning(report.memory)):
         srv.say(warning)
-    for tier in tiers.TIER_ORDER:
+    for tier in used:
         ensure_tier(srv, tier)
     if swarm_extra is not None:
         return

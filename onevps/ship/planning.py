@@ -98,14 +98,15 @@ def upstream_images(compose_data: object) -> dict[str, list[str]]:
 
 
 def select(project: Project, local: Settings, server: Settings, tags: dict[str, str], compose_data: object, *,
-           tiers_: bool = False, upstream: bool = False, app: str | None = None,
+           tiers_: bool | Sequence[str] = False, upstream: bool = False, app: str | None = None,
            extra: Sequence[str] = ()) -> list[Wanted]:
     """What the server should end up with (pure). Server names use the server's namespace;
-    extra: more upstream images by name (e.g. the swarm's registry:2)."""
+    tiers_: True (every tier) or the tiers' names; extra: more upstream images by name (e.g.
+    the swarm's registry:2)."""
     wanted: list[Wanted] = []
     if tiers_:
         here = tiers.tag_env(project, local)
-        for tier in tiers.TIER_ORDER:
+        for tier in [t for t in tiers.TIER_ORDER if tiers_ is True or t in tiers_]:
             key = tiers.tag_key(tier)
             tag = tags[key]
             if here[key] != tag:

@@ -22,7 +22,7 @@ from .planning import (LocalImage, Plan, ServerImages, ShipReport, Wanted, arch_
 from .transfer import Channel
 
 
-def ship(c: Ctx, *, tiers: bool = False, upstream: bool = False, app: str | None = None, extra: Sequence[str] = (),
+def ship(c: Ctx, *, tiers: bool | Sequence[str] = False, upstream: bool = False, app: str | None = None, extra: Sequence[str] = (),
          local_runner: Runner | None = None, open_channel: Callable[[Ctx], Channel] | None = None,
          start_save: Callable[[list[str]], object] | None = None) -> ShipReport:
     """Ship the chosen images to the server (see onevps.ship)."""
@@ -52,7 +52,7 @@ def ship(c: Ctx, *, tiers: bool = False, upstream: bool = False, app: str | None
     return report
 
 
-def _wanted(c: Ctx, tiers: bool, upstream: bool, app: str | None, extra: Sequence[str] = ()) -> list[Wanted]:
+def _wanted(c: Ctx, tiers: bool | Sequence[str], upstream: bool, app: str | None, extra: Sequence[str] = ()) -> list[Wanted]:
     if not (tiers or upstream or app or extra):
         raise OnevpsError("nothing to ship", "choose at least one of --tiers, --upstream, --app NAME")
     if app:

@@ -14,7 +14,7 @@ import fabfile
 from onevps import config, deploy, remote, server, state, switch
 from onevps.errors import OnevpsError
 from onevps.project import Project
-from onevps.registry import App
+from onevps.registry import App, Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,3 +144,13 @@ def test_deploy_needs_exactly_one_target():
         deploy.deploy(object(), app="kb", every=True)  # type: ignore[arg-type]
     with pytest.raises(OnevpsError, match="exactly one"):
         deploy.deploy(object())  # type: ignore[arg-type]
+
+
+def test_a_server_gets_only_the_tiers_its_apps_use():
+    def srv(*tiers_):
+        reg = Registry(apps=tuple(App(f"a{i}", t, 10 + i) for i, t in enumerate(tiers_)), services=(), hosts={})
+        return type("Srv", (), {"reg": reg})()
+
+    assert deploy.tiers_in_use(srv("base", "base")) == ["base"]
+    assert deploy.tiers_in_use(srv()) == ["base"]  # the waker and docker-proxy run on the base tier
+    assert deploy.tiers_in_use(srv("ml", "base")) == ["base", "ml"]
