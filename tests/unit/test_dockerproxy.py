@@ -5,7 +5,7 @@ call reaching it). The real engine: tests/integration/test_dockerproxy.py."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import signal
@@ -21,11 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-FILE = Path(__file__).resolve().parents[2] / "dockerfiles" / "waker" / "onevps_dockerproxy.py"
-_spec = importlib.util.spec_from_file_location("onevps_dockerproxy", FILE)
-px = importlib.util.module_from_spec(_spec)
-sys.modules["onevps_dockerproxy"] = px
-_spec.loader.exec_module(px)
+WAKER_DIR = Path(__file__).resolve().parents[2] / "dockerfiles" / "waker"
+FILE = WAKER_DIR / "onevps_dockerproxy.py"
+sys.path.insert(0, str(WAKER_DIR))  # the proxy imports its policy module from beside it
+px = importlib.import_module("onevps_dockerproxy")
+pol = importlib.import_module("onevps_dockerpolicy")
 
 P = "h15"
 APP_ID, SHARED_ID, OTHER_ID = "a" * 64, "b" * 64, "c" * 64
@@ -34,7 +34,7 @@ SECRET = "s3cr3t-value-never-seen"
 
 def decide(method, target, headers=None):
     path, _, query = target.partition("?")
-    return px.decide(method, path, query, headers or {}, P)
+    return pol.decide(method, path, query, headers or {}, P)
 
 
 # --- the policy table ----------------------------------------------------------
@@ -178,8 +178,8 @@ def test_the_why_never_echoes_query_values():
 
 def test_forward_target_names_the_full_id_and_keeps_the_prefix():
     d = decide("POST", "/v1.41/containers/blog/stop?t=5")
-    assert px.forward_target(d, APP_ID) == f"/v1.41/containers/{APP_ID}/stop?t=5"
-    assert px.forward_target(decide("GET", "/_ping")) == "/_ping"
+    assert pol.forward_target(d, APP_ID) == f"/v1.41/containers/{APP_ID}/stop?t=5"
+    assert pol.forward_target(decide("GET", "/_ping")) == "/_ping"
 
 
 # --- the list filter merge -------------------------------------------------------
@@ -195,7 +195,7 @@ def test_list_forces_the_project_and_tier_labels():
 
 def test_list_merges_the_clients_filters_and_keeps_the_proxys():
     raw = json.dumps({"label": ["onevps.sleep_after", "com.docker.compose.project=other"], "status": ["running"]})
-    got = json.loads(px.merge_filters(raw, P))
+    got = json.loads(pol.merge_filters(raw, P))
     assert got["status"] == ["running"]
     assert got["label"] == ["onevps.sleep_after", "com.docker.compose.project=other",
                             f"com.docker.compose.project={P}", "onevps.tier"]
@@ -203,7 +203,7 @@ def test_list_merges_the_clients_filters_and_keeps_the_proxys():
 
 def test_list_merge_takes_the_older_map_form_and_adds_nothing_twice():
     raw = json.dumps({"label": {"onevps.tier": True, "x=y": False}})
-    assert json.loads(px.merge_filters(raw, P))["label"] == ["onevps.tier", f"com.docker.compose.project={P}"]
+    assert json.loads(pol.merge_filters(raw, P))["label"] == ["onevps.tier", f"com.docker.compose.project={P}"]
 
 
 # --- the answer whitelists ---------------------------------------------------------
@@ -228,7 +228,7 @@ CONTAINERS = {
 
 
 def test_inspect_whitelist_drops_env_and_everything_else():
-    out = px.filter_inspect(CONTAINERS["h15-blog-1"])
+    out = pol.filter_inspect(CONTAINERS["h15-blog-1"])
     assert SECRET not in json.dumps(out)
     assert out == {"Id": APP_ID, "Name": "/h15-blog-1", "Created": "2026-11-26T00:00:00Z",
                    "State": {"Status": "running", "Running": True}, "RestartCount": 0,
@@ -242,7 +242,7 @@ def test_list_filter_keeps_only_the_projects_apps():
                 "Mounts": [], "State": "running", "NetworkSettings": c["NetworkSettings"]}
                for c in CONTAINERS.values()]
     entries.append({**entries[0], "Id": "e" * 64, "Labels": {**APP_LABELS, "onevps.tier": ""}})
-    out = px.filter_list(entries, P)
+    out = pol.filter_list(entries, P)
     assert [e["Id"] for e in out] == [APP_ID]
     assert SECRET not in json.dumps(out) and "Command" not in out[0] and "Mounts" not in out[0]
     assert out[0]["NetworkSettings"]["Networks"][f"{P}_app-network"] == {"IPAddress": "172.26.0.10"}
@@ -251,15 +251,15 @@ def test_list_filter_keeps_only_the_projects_apps():
 @pytest.mark.parametrize("name,problem", [
     ("h15-blog-1", None), ("h15-redis-1", "not an app"), ("other-blog-1", "not an app")])
 def test_app_problem(name, problem):
-    got = px.app_problem(CONTAINERS[name], P)
+    got = pol.app_problem(CONTAINERS[name], P)
     assert (got is None) if problem is None else (problem in got)
 
 
 def test_app_problem_needs_a_full_id_and_a_non_empty_tier():
-    assert px.app_problem(None, P) == "no such container"
-    assert px.app_problem({**CONTAINERS["h15-blog-1"], "Id": "abc"}, P) == "no such container"
+    assert pol.app_problem(None, P) == "no such container"
+    assert pol.app_problem({**CONTAINERS["h15-blog-1"], "Id": "abc"}, P) == "no such container"
     empty_tier = {"Id": APP_ID, "Config": {"Labels": {**APP_LABELS, "onevps.tier": ""}}}
-    assert "not an app" in px.app_problem(empty_tier, P)
+    assert "not an app" in pol.app_problem(empty_tier, P)
 
 
 @pytest.mark.parametrize("labels", [
@@ -268,7 +268,7 @@ def test_app_problem_needs_a_full_id_and_a_non_empty_tier():
     {"com.docker.compose.service": ""},  # made from an app image outside compose
 ])
 def test_a_deploy_slot_or_a_one_off_container_of_an_app_image_is_no_app(labels):
-    assert px.app_problem({"Id": APP_ID, "Config": {"Labels": {**APP_LABELS, **labels}}}, P) == \
+    assert pol.app_problem({"Id": APP_ID, "Config": {"Labels": {**APP_LABELS, **labels}}}, P) == \
         "not an app's own container (a deploy slot or a one-off)"
 
 
@@ -420,7 +420,7 @@ def test_inspect_answers_the_whitelist(stand):
     cfg, calls = stand
     status, answer = call(cfg.socket_path, "GET", "/v1.41/containers/h15-blog-1/json")
     assert status == 200 and SECRET not in answer.decode()
-    assert json.loads(answer) == px.filter_inspect(CONTAINERS["h15-blog-1"])
+    assert json.loads(answer) == pol.filter_inspect(CONTAINERS["h15-blog-1"])
     assert calls[-1] == ("GET", f"/v1.41/containers/{APP_ID}/json")
 
 
