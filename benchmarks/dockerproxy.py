@@ -29,7 +29,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 PROXY = ROOT / "dockerfiles" / "waker" / "onevps_dockerproxy.py"
 sys.path.insert(0, str(PROXY.parent))
-from onevps_dockerproxy import UnixHTTPConnection  # noqa: E402
+from onevps_unixhttp import UnixHTTPConnection  # noqa: E402
 ENGINE = "/var/run/docker.sock"
 NAME = "h15px-bench-app"
 # Prints "ready" once its SIGTERM handler is set: a stop sent before that waits the full t.

@@ -16,16 +16,18 @@ cannot retarget it. No upgrades (attach/exec), no request bodies.
 
 Design: the policy is the pure `decide()`, then `app_problem()` on the
 inspected container (both in onevps_dockerpolicy.py beside this file).
-Threads (ThreadingUnixStreamServer + http.server), not asyncio: the stdlib's HTTP server and client are blocking, the callers are
-few (the waker), every allowed call is short and bounded, and answers are
-read whole and sent with Content-Length and `Connection: close`. Small and
-obvious code is what a security boundary needs.
+Threads (ThreadingUnixStreamServer), not asyncio: the callers are few (the
+waker), every allowed call is short and bounded. One call per connection:
+the request's head is read (no body is ever accepted), the engine's answer
+read whole (the proxy asks it for `Connection: close`) and sent with
+Content-Length and `Connection: close`. No http.server or http.client: the
+little HTTP this needs is here, which keeps the process small (it runs all
+the time). Small and obvious code is what a security boundary needs.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import re
@@ -36,39 +38,90 @@ import stat
 import sys
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
+from http import HTTPStatus
 
 from onevps_dockerpolicy import MAX_ANSWER, PASS_HEADERS, app_problem, decide, filter_answer, forward_target
 
 ENGINE_TIMEOUT = 180.0
+MAX_LINE = 8192  # bytes of a request line or a header line
+MAX_HEADERS = 100
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a unix socket (the engine's, or this proxy's for its callers)."""
+class BadRequest(Exception):
+    """A request this proxy cannot read as HTTP/1.x."""
 
-    def __init__(self, path: str, timeout: float = ENGINE_TIMEOUT):
-        super().__init__("docker", timeout=timeout)
-        self.unix_path = path
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
+class Headers(list):
+    """A request's headers in order, duplicates kept: (name, value) pairs."""
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return next((v for k, v in self if k.lower() == name.lower()), default)
+
+
+def read_request(rfile) -> tuple[str, str, Headers]:
+    """(method, target, headers) of a request's head; EOFError when the client sent nothing."""
+    line = rfile.readline(MAX_LINE + 1)
+    if not line:
+        raise EOFError
+    parts = line.decode("latin-1").rstrip("\r\n").split(" ")
+    if len(line) > MAX_LINE or len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1") or not parts[0].isalpha():
+        raise BadRequest("malformed request line")
+    headers = Headers()
+    while len(headers) <= MAX_HEADERS:
+        line = rfile.readline(MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):
+            return parts[0], parts[1], headers
+        name, colon, value = line.decode("latin-1").partition(":")
+        if len(line) > MAX_LINE or not colon or not name or name != name.strip():
+            raise BadRequest("malformed header line")
+        headers.append((name, value.strip()))
+    raise BadRequest("too many headers")
+
+
+def parse_answer(raw: bytes) -> tuple[int, dict, bytes]:
+    """(status, the headers passed on, body) of an engine's whole answer (it closed the connection)."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if not sep or len(status) < 2 or not status[0].startswith("HTTP/1.") or not status[1].isdigit():
+        raise ValueError("malformed engine answer")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = dechunk(body)
+    elif headers.get("content-length", "").isdigit():
+        body = body[:int(headers["content-length"])]
+    return int(status[1]), {h: headers[h.lower()] for h in PASS_HEADERS if headers.get(h.lower())}, body
+
+
+def dechunk(data: bytes) -> bytes:
+    out, i = [], 0
+    while True:
+        end = data.index(b"\r\n", i)
+        size = int(data[i:end].split(b";", 1)[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2:end + 2 + size])
+        i = end + 4 + size
 
 
 def engine_call(engine: str, method: str, target: str) -> tuple[int, dict, bytes]:
     """(status, passed headers, body) of one call to the real engine; no client headers pass."""
-    conn = UnixHTTPConnection(engine)
-    try:
-        conn.request(method, target, headers={"Host": "docker"})
-        res = conn.getresponse()
-        body = res.read(MAX_ANSWER + 1)
-        if len(body) > MAX_ANSWER:
-            raise OSError("engine answer too large")
-        return res.status, {h: res.getheader(h) for h in PASS_HEADERS if res.getheader(h)}, body
-    finally:
-        conn.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(ENGINE_TIMEOUT)
+        sock.connect(engine)
+        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+        raw = bytearray()
+        while data := sock.recv(65536):
+            raw += data
+            if len(raw) > MAX_ANSWER + MAX_LINE * MAX_HEADERS:
+                raise OSError("engine answer too large")
+    status, headers, body = parse_answer(bytes(raw))
+    if len(body) > MAX_ANSWER:
+        raise OSError("engine answer too large")
+    return status, headers, body
 
 
 def engine_inspect(engine: str, ref: str):
@@ -76,20 +129,21 @@ def engine_inspect(engine: str, ref: str):
     return json.loads(body) if status == 200 else None
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(socketserver.StreamRequestHandler):
+    """One call per connection: read, decide, forward or deny, answer (Connection: close)."""
+
     timeout = 30  # a client that sends nothing does not hold a thread
 
-    def __getattr__(self, name: str):
-        if name.startswith("do_"):  # every method goes through the policy
-            return self.handle_call
-        raise AttributeError(name)
-
-    def log_message(self, format, *args) -> None:
-        """Quiet: only denied calls and engine failures are logged."""
-
-    def handle_expect_100(self) -> bool:
-        return True
+    def handle(self) -> None:
+        self.command, self.headers = "GET", Headers()
+        try:
+            self.command, self.path, self.headers = read_request(self.rfile)
+        except BadRequest as err:
+            return self.answer(400, {"Content-Type": "application/json"},
+                               json.dumps({"message": f"onevps docker proxy: {err}"}).encode())
+        except (EOFError, OSError):
+            return  # the client went away, or sent nothing in time
+        self.handle_call()
 
     def handle_call(self) -> None:
         path, _, query = self.path.partition("?")
@@ -108,7 +162,7 @@ class Handler(BaseHTTPRequestHandler):
             target = forward_target(decision, container_id)
             status, headers, body = engine_call(cfg.engine, self.command, target)
             body = filter_answer(decision.route, status, body, cfg.project)
-        except (OSError, ValueError, http.client.HTTPException) as err:
+        except (OSError, ValueError) as err:
             print(f"error: {self.command} {_printable(path)}: engine: {type(err).__name__}", file=sys.stderr, flush=True)
             return self.answer(502, {"Content-Type": "application/json"},
                                json.dumps({"message": "onevps docker proxy: the engine failed"}).encode())
@@ -127,14 +181,10 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.read(int(length))
 
     def answer(self, status: int, headers: dict, body: bytes) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        lines = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in headers.items()),
+                 f"Content-Length: {len(body)}", "Connection: close"]
+        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (b"" if self.command == "HEAD" else body))
 
 
 def _printable(text: str) -> str:

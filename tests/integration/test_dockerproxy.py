@@ -24,7 +24,7 @@ import pytest
 from .conftest import ROOT, docker, docker_problem
 
 sys.path.insert(0, str(ROOT / "dockerfiles" / "waker"))
-UnixHTTPConnection = importlib.import_module("onevps_dockerproxy").UnixHTTPConnection
+UnixHTTPConnection = importlib.import_module("onevps_unixhttp").UnixHTTPConnection
 
 pytestmark = pytest.mark.docker
 

@@ -243,7 +243,7 @@ def test_a_request_in_flight_keeps_the_app_awake(server):
 PROXY_CALL = r'''
 import json, sys
 sys.path.insert(0, "/opt/onevps/waker")
-from onevps_dockerproxy import UnixHTTPConnection
+from onevps_unixhttp import UnixHTTPConnection
 out = {}
 for method, path in json.loads(sys.argv[1]):
     c = UnixHTTPConnection("/run/onevps-docker/docker.sock", timeout=30); c.request(method, path, body=b"" if method == "POST" else None)

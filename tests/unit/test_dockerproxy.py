@@ -26,6 +26,7 @@ FILE = WAKER_DIR / "onevps_dockerproxy.py"
 sys.path.insert(0, str(WAKER_DIR))  # the proxy imports its policy module from beside it
 px = importlib.import_module("onevps_dockerproxy")
 pol = importlib.import_module("onevps_dockerpolicy")
+UnixHTTPConnection = importlib.import_module("onevps_unixhttp").UnixHTTPConnection
 
 P = "h15"
 APP_ID, SHARED_ID, OTHER_ID = "a" * 64, "b" * 64, "c" * 64
@@ -354,7 +355,7 @@ def stand(tmp_path):
 
 
 def call(sock, method, target, headers=None, body=None, chunked=False):
-    conn = px.UnixHTTPConnection(sock, timeout=30)
+    conn = UnixHTTPConnection(sock, timeout=30)
     try:
         conn.request(method, target, body=body, headers=headers or {}, encode_chunked=chunked)
         res = conn.getresponse()
@@ -442,6 +443,50 @@ def test_logs_ping_and_head(stand):
     assert call(cfg.socket_path, "GET", "/_ping") == (200, b"OK")
     assert call(cfg.socket_path, "HEAD", "/v1.41/_ping") == (204, b"")
     assert calls[-1] == ("HEAD", "/v1.41/_ping")
+
+
+def raw_call(sock_path: str, data: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        sock.connect(sock_path)
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+@pytest.mark.parametrize("data", [b"GARBAGE\r\n\r\n", b"GET /_ping HTTP/2\r\n\r\n", b"GET /_ping HTTP/1.1\r\nNo colon\r\n\r\n",
+                                  b"GET /_ping HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n",
+                                  b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n"])
+def test_a_malformed_request_is_400_and_never_reaches_the_engine(stand, data):
+    cfg, calls = stand
+    answer = raw_call(cfg.socket_path, data)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in answer, answer[:200]
+    assert calls == []
+
+
+def test_every_duplicate_header_is_checked(stand):
+    cfg, calls = stand
+    answer = raw_call(cfg.socket_path, b"POST /containers/h15-blog-1/start HTTP/1.1\r\nContent-Length: 0\r\n"
+                                       b"Content-Length: 5\r\n\r\nhello")
+    assert answer.startswith(b"HTTP/1.1 403 ") and calls == []
+
+
+@pytest.mark.parametrize("raw,body", [
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOKtrailing", b"OK"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n"
+     b"5;x=1\r\nline \r\n4\r\none\n\r\n0\r\n\r\n", b"line one\n"),
+    (b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil close", b"until close"),
+])
+def test_engine_answers_are_read_in_every_framing(raw, body):
+    assert px.parse_answer(raw) == (200, {"Content-Type": "text/plain"}, body)
+
+
+@pytest.mark.parametrize("raw", [b"", b"HTTP/1.1 200 OK\r\n", b"SSH-2.0\r\n\r\n", b"HTTP/1.1 OK\r\n\r\n"])
+def test_a_broken_engine_answer_is_an_error(raw):
+    with pytest.raises(ValueError):
+        px.parse_answer(raw)
 
 
 def test_the_socket_mode(stand):
