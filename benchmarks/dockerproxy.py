@@ -93,7 +93,8 @@ def main() -> int:
     sock = os.path.join(run_dir, "docker.sock")
     subprocess.run(["docker", "rm", "--force", NAME], capture_output=True)
     subprocess.run(["docker", "run", "--detach", "--name", NAME, "--label", "h15px=bench",
-                    "--label", "com.docker.compose.project=h15px-bench", "--label", "onevps.tier=base",
+                    "--label", "com.docker.compose.project=h15px-bench", "--label", "com.docker.compose.service=app",
+                    "--label", "onevps.tier=base",
                     "python:3.11-slim", *SERVE], check=True, capture_output=True)
     proxy = subprocess.Popen([sys.executable, str(PROXY)], stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "ONEVPS_PROJECT": "h15px-bench", "ONEVPS_PROXY_SOCKET": sock})
