@@ -15,11 +15,9 @@ the engine and through the proxy: /_ping, the app's inspect, the list, and
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +28,8 @@ from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 PROXY = ROOT / "dockerfiles" / "waker" / "onevps_dockerproxy.py"
+sys.path.insert(0, str(PROXY.parent))
+from onevps_unixhttp import UnixHTTPConnection  # noqa: E402
 ENGINE = "/var/run/docker.sock"
 NAME = "h15px-bench-app"
 # Prints "ready" once its SIGTERM handler is set: a stop sent before that waits the full t.
@@ -39,19 +39,9 @@ LIST = "/containers/json?all=1&filters=" + quote(json.dumps({"label": ["com.dock
                                                                         "onevps.tier"]}))
 
 
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=120)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.unix_path)
-
-
 def timed(sock: str, method: str, target: str, expect: tuple[int, ...]) -> float:
     start = time.perf_counter()
-    conn = UnixConnection(sock)
+    conn = UnixHTTPConnection(sock, timeout=120)
     conn.request(method, target)
     res = conn.getresponse()
     res.read()
@@ -103,7 +93,8 @@ def main() -> int:
     sock = os.path.join(run_dir, "docker.sock")
     subprocess.run(["docker", "rm", "--force", NAME], capture_output=True)
     subprocess.run(["docker", "run", "--detach", "--name", NAME, "--label", "h15px=bench",
-                    "--label", "com.docker.compose.project=h15px-bench", "--label", "onevps.tier=base",
+                    "--label", "com.docker.compose.project=h15px-bench", "--label", "com.docker.compose.service=app",
+                    "--label", "onevps.tier=base",
                     "python:3.11-slim", *SERVE], check=True, capture_output=True)
     proxy = subprocess.Popen([sys.executable, str(PROXY)], stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "ONEVPS_PROJECT": "h15px-bench", "ONEVPS_PROXY_SOCKET": sock})

@@ -15,17 +15,19 @@ the engine's inspect, checked, and the call forwarded by that Id: a name swap
 cannot retarget it. No upgrades (attach/exec), no request bodies.
 
 Design: the policy is the pure `decide()`, then `app_problem()` on the
-inspected container. Threads (ThreadingUnixStreamServer + http.server), not
-asyncio: the stdlib's HTTP server and client are blocking, the callers are
-few (the waker), every allowed call is short and bounded, and answers are
-read whole and sent with Content-Length and `Connection: close`. Small and
-obvious code is what a security boundary needs.
+inspected container (both in onevps_dockerpolicy.py beside this file).
+Threads (ThreadingUnixStreamServer), not asyncio: the callers are few (the
+waker), every allowed call is short and bounded. One call per connection:
+the request's head is read (no body is ever accepted), the engine's answer
+read whole (the proxy asks it for `Connection: close`) and sent with
+Content-Length and `Connection: close`. No http.server or http.client: the
+little HTTP this needs is here, which keeps the process small (it runs all
+the time). Small and obvious code is what a security boundary needs.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import re
@@ -36,240 +38,90 @@ import stat
 import sys
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qsl, urlencode
+from http import HTTPStatus
 
-PROJECT_LABEL = "com.docker.compose.project"
-TIER_LABEL = "onevps.tier"
-SERVICE_LABEL = "com.docker.compose.service"
-SLOT_LABEL = "onevps.slot"
-ONEOFF_LABEL = "com.docker.compose.oneoff"
-MAX_PATH = 256
-MAX_QUERY = 2048
-MAX_ANSWER = 16 * 1024 * 1024
-MAX_LOG_TAIL = 200
-MAX_STOP_TIMEOUT = 120
+from onevps_dockerpolicy import MAX_ANSWER, PASS_HEADERS, app_problem, decide, filter_answer, forward_target
+
 ENGINE_TIMEOUT = 180.0
-VERSION_PREFIX = re.compile(r"/v[0-9]{1,2}\.[0-9]{1,3}(?=/)")
-CONTAINER_ROUTE = re.compile(r"/containers/([A-Za-z0-9][A-Za-z0-9_.-]*)/(json|start|stop|logs)")
-FULL_ID = re.compile(r"[0-9a-f]{64}")
-PATH_CHARS = re.compile(r"[A-Za-z0-9/_.-]*")
-SAFE_NAME = re.compile(r"[A-Za-z_]{1,32}")
-PLAIN_ROUTES = {("GET", "/_ping"): "ping", ("HEAD", "/_ping"): "ping",
-                ("GET", "/version"): "version", ("GET", "/containers/json"): "list"}
-CONTAINER_ROUTES = {("GET", "json"): "inspect", ("POST", "start"): "start",
-                    ("POST", "stop"): "stop", ("GET", "logs"): "logs"}
-LIST_FILTER_KEYS = frozenset({"id", "name", "label", "status", "health", "network"})
-QUERY_RULES = {  # per route: parameter -> bool, an int maximum, "off" (only false, dropped), "json"
-    "ping": {}, "version": {}, "inspect": {}, "start": {}, "stop": {"t": MAX_STOP_TIMEOUT},
-    "logs": {"stdout": bool, "stderr": bool, "timestamps": bool, "tail": MAX_LOG_TAIL, "follow": "off"},
-    "list": {"all": bool, "limit": 10000, "filters": "json"}}
-BOOLS = frozenset({"0", "1", "true", "false", "True", "False"})
-FALSE = frozenset({"", "0", "false", "False"})
-PATH_RULES = ((lambda p: len(p) > MAX_PATH, "path too long"), (lambda p: "\x00" in p, "NUL in path"),
-              (lambda p: "%" in p, "percent-encoding in path"),
-              (lambda p: not p.startswith("/") or not PATH_CHARS.fullmatch(p), "unexpected character in path"),
-              (lambda p: "//" in p, "empty path segment"), (lambda p: ".." in p, "'..' in path"))
-PASS_HEADERS = ("Content-Type", "Api-Version", "Ostype", "Docker-Experimental")
+MAX_LINE = 8192  # bytes of a request line or a header line
+MAX_HEADERS = 100
 
 
-class Denied(Exception):
-    """A call the policy refuses; the message is the why (never client data)."""
+class BadRequest(Exception):
+    """A request this proxy cannot read as HTTP/1.x."""
 
 
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    why: str
-    route: str = ""              # ping, version, list, inspect, start, stop, logs
-    prefix: str = ""             # the /vX.YY version prefix, kept when forwarding
-    endpoint: str = ""           # the path after the prefix, or the container action (json, start...)
-    container_ref: str | None = None  # name or id to resolve before forwarding
-    rewrite: str = ""            # the query string to forward (already rewritten)
+class Headers(list):
+    """A request's headers in order, duplicates kept: (name, value) pairs."""
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return next((v for k, v in self if k.lower() == name.lower()), default)
 
 
-def split_path(path: str) -> tuple[str, str]:
-    """(version prefix, the rest) of a request path, or Denied."""
-    for broken, why in PATH_RULES:
-        if broken(path):
-            raise Denied(why)
-    m = VERSION_PREFIX.match(path)
-    return (m.group(0), path[m.end():]) if m else ("", path)
+def read_request(rfile) -> tuple[str, str, Headers]:
+    """(method, target, headers) of a request's head; EOFError when the client sent nothing."""
+    line = rfile.readline(MAX_LINE + 1)
+    if not line:
+        raise EOFError
+    parts = line.decode("latin-1").rstrip("\r\n").split(" ")
+    if len(line) > MAX_LINE or len(parts) != 3 or parts[2] not in ("HTTP/1.0", "HTTP/1.1") or not parts[0].isalpha():
+        raise BadRequest("malformed request line")
+    headers = Headers()
+    while len(headers) <= MAX_HEADERS:
+        line = rfile.readline(MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):
+            return parts[0], parts[1], headers
+        name, colon, value = line.decode("latin-1").partition(":")
+        if len(line) > MAX_LINE or not colon or not name or name != name.strip():
+            raise BadRequest("malformed header line")
+        headers.append((name, value.strip()))
+    raise BadRequest("too many headers")
 
 
-def parse_query(query: str) -> dict[str, str]:
-    """The query's parameters (each at most once), or Denied."""
-    if len(query) > MAX_QUERY:
-        raise Denied("query too long")
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, max_num_fields=16)
-    except ValueError:
-        raise Denied("malformed query") from None
-    params: dict[str, str] = {}
-    for key, value in pairs:
-        if key in params:
-            raise Denied(f"query parameter {_name(key)} given twice")
-        if "\x00" in key or "\x00" in value:
-            raise Denied("NUL in query")
-        params[key] = value
-    return params
+def parse_answer(raw: bytes) -> tuple[int, dict, bytes]:
+    """(status, the headers passed on, body) of an engine's whole answer (it closed the connection)."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = lines[0].split(" ", 2)
+    if not sep or len(status) < 2 or not status[0].startswith("HTTP/1.") or not status[1].isdigit():
+        raise ValueError("malformed engine answer")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = dechunk(body)
+    elif headers.get("content-length", "").isdigit():
+        body = body[:int(headers["content-length"])]
+    return int(status[1]), {h: headers[h.lower()] for h in PASS_HEADERS if headers.get(h.lower())}, body
 
 
-def _name(key: str) -> str:
-    return repr(key) if SAFE_NAME.fullmatch(key) else "(unprintable)"
-
-
-def check_headers(headers) -> None:
-    """No upgrade/hijack, no request body of any kind."""
-    for name, value in headers.items():
-        name = name.lower()
-        if name == "upgrade" or (name == "connection" and "upgrade" in value.lower()):
-            raise Denied("connection upgrade (attach/exec/hijack) is not allowed")
-        if name == "transfer-encoding":
-            raise Denied("request bodies are not allowed (Transfer-Encoding)")
-        if name == "content-length" and value.strip() != "0":
-            raise Denied("request bodies are not allowed")
-
-
-def rewrite_query(route: str, params: dict[str, str], project: str) -> str:
-    """The query string forwarded for a route (QUERY_RULES), or Denied."""
-    rules = QUERY_RULES[route]
-    for key, value in params.items():
-        rule = rules.get(key)
-        if rule is None:
-            raise Denied(f"query parameter {_name(key)} is not allowed here")
-        if rule is bool and value not in BOOLS:
-            raise Denied(f"query parameter {_name(key)} must be a boolean")
-        if rule == "off" and value not in FALSE:
-            raise Denied(f"{key} is not allowed")
-        if isinstance(rule, int) and not (value.isdigit() and len(value) <= 5 and int(value) <= rule):
-            raise Denied(f"query parameter {_name(key)} must be an integer 0..{rule}")
-    out = {key: value for key, value in params.items() if rules[key] != "off"}
-    if route == "logs":
-        out.setdefault("tail", str(MAX_LOG_TAIL))
-    if route == "list":
-        out["filters"] = merge_filters(out.get("filters", ""), project)
-    return urlencode(out)
-
-
-def merge_filters(raw: str, project: str) -> str:
-    """The client's list filters (JSON) AND the proxy's: project + onevps.tier."""
-    try:
-        client = json.loads(raw) if raw else {}
-    except ValueError:
-        raise Denied("filters is not JSON") from None
-    if not isinstance(client, dict):
-        raise Denied("filters is not a JSON object")
-    merged: dict[str, list[str]] = {}
-    for key, value in client.items():
-        if key not in LIST_FILTER_KEYS:
-            raise Denied("a list filter is not allowed (allowed: " + ", ".join(sorted(LIST_FILTER_KEYS)) + ")")
-        if isinstance(value, dict):  # the older form {"label": {"a=b": true}}
-            value = [k for k, on in value.items() if on is True]
-        if not isinstance(value, list) or not all(isinstance(v, str) and "\x00" not in v for v in value):
-            raise Denied("a list filter must be a list of strings")
-        merged[key] = list(value)
-    labels = merged.setdefault("label", [])
-    for required in (f"{PROJECT_LABEL}={project}", TIER_LABEL):
-        if required not in labels:
-            labels.append(required)
-    return json.dumps(merged, separators=(",", ":"), sort_keys=True)
-
-
-def decide(method: str, path: str, query: str, headers, project: str) -> Decision:
-    """Whether a call may pass, and how it is forwarded. Pure: no I/O."""
-    try:
-        prefix, rest = split_path(path)
-        check_headers(headers)
-        params = parse_query(query)
-        route, endpoint, ref = PLAIN_ROUTES.get((method, rest)), rest, None
-        m = CONTAINER_ROUTE.fullmatch(rest)
-        if route is None and m:
-            route, endpoint, ref = CONTAINER_ROUTES.get((method, m.group(2))), m.group(2), m.group(1)
-        if route is None:
-            raise Denied("not an allowed endpoint")
-        rewrite = rewrite_query(route, params, project)
-    except Denied as err:
-        return Decision(False, str(err))
-    return Decision(True, "allowed", route, prefix, endpoint, ref, rewrite)
-
-
-def forward_target(decision: Decision, container_id: str | None = None) -> str:
-    """The path and query sent to the engine: a container call names the resolved full Id."""
-    path = decision.endpoint if container_id is None else f"/containers/{container_id}/{decision.endpoint}"
-    return decision.prefix + path + (f"?{decision.rewrite}" if decision.rewrite else "")
-
-
-def app_problem(info, project: str) -> str | None:
-    """Why an inspected container is not one of the project's app containers."""
-    if not isinstance(info, dict) or not FULL_ID.fullmatch(str(info.get("Id", ""))):
-        return "no such container"
-    return labels_problem((info.get("Config") or {}).get("Labels") or {}, project)
-
-
-def labels_problem(labels: dict, project: str) -> str | None:
-    """Why a container with these labels is not one of the project's app containers."""
-    if labels.get(PROJECT_LABEL) != project or not labels.get(TIER_LABEL):
-        return "not an app container of this project"
-    # Image labels reach every container made from the image (an app image carries the
-    # compose project, service and tier): a deploy slot (`docker run`, label onevps.slot)
-    # or a one-off `compose run` container looks like the app; neither is it.
-    if not labels.get(SERVICE_LABEL) or labels.get(SLOT_LABEL) or labels.get(ONEOFF_LABEL, "False") != "False":
-        return "not an app's own container (a deploy slot or a one-off)"
-    return None
-
-
-def _ip_addresses(networks) -> dict:
-    return {name: {"IPAddress": (net or {}).get("IPAddress", "")}
-            for name, net in (networks or {}).items()}
-
-
-def filter_inspect(info: dict) -> dict:
-    """The whitelisted fields of an inspect answer (never Config.Env)."""
-    out = {key: info.get(key) for key in ("Id", "Name", "Created", "State", "RestartCount", "Image")}
-    config = info.get("Config") or {}
-    out["Config"] = {"Image": config.get("Image"), "Labels": config.get("Labels") or {}}
-    out["NetworkSettings"] = {"Networks": _ip_addresses((info.get("NetworkSettings") or {}).get("Networks"))}
-    return out
-
-
-def filter_list(entries, project: str) -> list:
-    """The project's app containers of a list answer, whitelisted fields only."""
-    out = []
-    for entry in entries if isinstance(entries, list) else []:
-        labels = entry.get("Labels") or {}
-        if labels_problem(labels, project):
-            continue
-        networks = _ip_addresses((entry.get("NetworkSettings") or {}).get("Networks"))
-        out.append({**{key: entry.get(key) for key in ("Id", "Names", "Image", "Created", "State", "Status")},
-                    "Labels": labels, "NetworkSettings": {"Networks": networks}})
-    return out
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = ENGINE_TIMEOUT):
-        super().__init__("docker", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
+def dechunk(data: bytes) -> bytes:
+    out, i = [], 0
+    while True:
+        end = data.index(b"\r\n", i)
+        size = int(data[i:end].split(b";", 1)[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2:end + 2 + size])
+        i = end + 4 + size
 
 
 def engine_call(engine: str, method: str, target: str) -> tuple[int, dict, bytes]:
     """(status, passed headers, body) of one call to the real engine; no client headers pass."""
-    conn = UnixHTTPConnection(engine)
-    try:
-        conn.request(method, target, headers={"Host": "docker"})
-        res = conn.getresponse()
-        body = res.read(MAX_ANSWER + 1)
-        if len(body) > MAX_ANSWER:
-            raise OSError("engine answer too large")
-        return res.status, {h: res.getheader(h) for h in PASS_HEADERS if res.getheader(h)}, body
-    finally:
-        conn.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(ENGINE_TIMEOUT)
+        sock.connect(engine)
+        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+        raw = bytearray()
+        while data := sock.recv(65536):
+            raw += data
+            if len(raw) > MAX_ANSWER + MAX_LINE * MAX_HEADERS:
+                raise OSError("engine answer too large")
+    status, headers, body = parse_answer(bytes(raw))
+    if len(body) > MAX_ANSWER:
+        raise OSError("engine answer too large")
+    return status, headers, body
 
 
 def engine_inspect(engine: str, ref: str):
@@ -277,20 +129,21 @@ def engine_inspect(engine: str, ref: str):
     return json.loads(body) if status == 200 else None
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(socketserver.StreamRequestHandler):
+    """One call per connection: read, decide, forward or deny, answer (Connection: close)."""
+
     timeout = 30  # a client that sends nothing does not hold a thread
 
-    def __getattr__(self, name: str):
-        if name.startswith("do_"):  # every method goes through the policy
-            return self.handle_call
-        raise AttributeError(name)
-
-    def log_message(self, format, *args) -> None:
-        """Quiet: only denied calls and engine failures are logged."""
-
-    def handle_expect_100(self) -> bool:
-        return True
+    def handle(self) -> None:
+        self.command, self.headers = "GET", Headers()
+        try:
+            self.command, self.path, self.headers = read_request(self.rfile)
+        except BadRequest as err:
+            return self.answer(400, {"Content-Type": "application/json"},
+                               json.dumps({"message": f"onevps docker proxy: {err}"}).encode())
+        except (EOFError, OSError):
+            return  # the client went away, or sent nothing in time
+        self.handle_call()
 
     def handle_call(self) -> None:
         path, _, query = self.path.partition("?")
@@ -309,7 +162,7 @@ class Handler(BaseHTTPRequestHandler):
             target = forward_target(decision, container_id)
             status, headers, body = engine_call(cfg.engine, self.command, target)
             body = filter_answer(decision.route, status, body, cfg.project)
-        except (OSError, ValueError, http.client.HTTPException) as err:
+        except (OSError, ValueError) as err:
             print(f"error: {self.command} {_printable(path)}: engine: {type(err).__name__}", file=sys.stderr, flush=True)
             return self.answer(502, {"Content-Type": "application/json"},
                                json.dumps({"message": "onevps docker proxy: the engine failed"}).encode())
@@ -328,22 +181,10 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.read(int(length))
 
     def answer(self, status: int, headers: dict, body: bytes) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-
-def filter_answer(route: str, status: int, body: bytes, project: str) -> bytes:
-    if status != 200 or route not in ("inspect", "list"):
-        return body
-    data = json.loads(body)
-    kept = filter_inspect(data) if route == "inspect" else filter_list(data, project)
-    return json.dumps(kept).encode()
+        reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        lines = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in headers.items()),
+                 f"Content-Length: {len(body)}", "Connection: close"]
+        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (b"" if self.command == "HEAD" else body))
 
 
 def _printable(text: str) -> str:

@@ -1,6 +1,6 @@
 """The Docker API proxy (dockerfiles/waker/onevps_dockerproxy.py) in front of
-the REAL engine, run as a real container (the python:3.11-slim stand-in, the
-file bind-mounted read-only, /var/run/docker.sock mounted, no network), with
+the REAL engine, run as a real container (the python:3.11-slim stand-in, its
+folder bind-mounted read-only, /var/run/docker.sock mounted, no network), with
 throwaway containers: an app of the project, a shared service of the same
 project, an app of another project. Allowed calls work and change what they
 should; denied calls get 403 and change nothing; the app's environment never
@@ -8,13 +8,13 @@ leaves the proxy. Needs no test stack: only its own h15px* containers."""
 
 from __future__ import annotations
 
-import http.client
+import importlib
 import json
 import os
 import secrets
-import socket
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -23,9 +23,12 @@ import pytest
 
 from .conftest import ROOT, docker, docker_problem
 
+sys.path.insert(0, str(ROOT / "dockerfiles" / "waker"))
+UnixHTTPConnection = importlib.import_module("onevps_unixhttp").UnixHTTPConnection
+
 pytestmark = pytest.mark.docker
 
-PROXY_FILE = ROOT / "dockerfiles" / "waker" / "onevps_dockerproxy.py"
+PROXY_DIR = ROOT / "dockerfiles" / "waker"
 IMAGE = "python:3.11-slim"
 PROJECT = "h15px"
 MARK = "h15px"  # every container this module creates carries this label
@@ -47,20 +50,9 @@ CONTAINERS = {
 }
 
 
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str):
-        super().__init__("localhost", timeout=60)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
-
-
 def call(sock: str, method: str, target: str, body: bytes | None = None,
          headers: dict | None = None) -> tuple[int, bytes]:
-    conn = UnixConnection(sock)
+    conn = UnixHTTPConnection(sock, timeout=60)
     try:
         conn.request(method, target, body=body, headers=headers or {})
         res = conn.getresponse()
@@ -115,7 +107,7 @@ def sock(tmp_path_factory):
             docker("run", "--detach", "--name", name, "--label", MARK, *label_args,
                    "--env", f"SECRET_X={SECRET}", IMAGE, *SERVE)
         docker("run", "--detach", "--name", "h15px-proxy", "--label", MARK, "--network", "none",
-               "--volume", f"{PROXY_FILE}:/srv/onevps_dockerproxy.py:ro",
+               "--volume", f"{PROXY_DIR}:/srv:ro",
                "--volume", "/var/run/docker.sock:/var/run/docker.sock",
                "--volume", f"{run_dir}:/run/onevps-docker",
                "--env", f"ONEVPS_PROJECT={PROJECT}", IMAGE, "python", "/srv/onevps_dockerproxy.py")

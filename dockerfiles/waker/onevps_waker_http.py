@@ -1,0 +1,289 @@
+"""HTTP/1.1 on asyncio streams for the waker (standard library only): the server
+that holds requests (keep-alive, bodies by Content-Length or chunked, Expect:
+100-continue), one-request client connections (to the apps over TCP, to the
+Docker proxy over its unix socket) and the relay of an answer back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from http import HTTPStatus
+
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+                        b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
+MAX_HEAD = 64 * 1024  # bytes of a head (start line + headers), and of a chunk-size line
+IDLE = 75.0  # seconds a kept-alive connection may wait for its next request
+READ = 64 * 1024
+HEX = frozenset(b"0123456789abcdefABCDEF")
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# What a failed connection, a broken or malformed message or a timeout raises.
+FAILURES = (OSError, EOFError, ValueError, asyncio.LimitOverrunError)
+
+
+class BadMessage(ValueError):
+    """A request or answer that is not HTTP/1.x as this reads it."""
+
+
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of a header (name in lower case), or None."""
+    return next((v for k, v in headers if k.lower() == name), None)
+
+
+def tokens(headers: list[tuple[bytes, bytes]], name: bytes) -> set[bytes]:
+    """The comma-separated tokens of every such header, lower case."""
+    return {t.strip().lower() for k, v in headers if k.lower() == name for t in v.split(b",")}
+
+
+def parse_headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    out = []
+    for line in lines:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or b" " in name or b"\t" in name:
+            raise BadMessage("malformed header line")
+        out.append((name, value.strip()))
+    return out
+
+
+def body_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A request's body length: Content-Length, 0 without one, None when chunked."""
+    if header(headers, b"transfer-encoding") is not None:
+        if tokens(headers, b"transfer-encoding") != {b"chunked"} or header(headers, b"content-length"):
+            raise BadMessage("unsupported Transfer-Encoding")
+        return None
+    lengths = {v for k, v in headers if k.lower() == b"content-length"}
+    if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
+        raise BadMessage("bad Content-Length")
+    return int(lengths.pop()) if lengths else 0
+
+
+async def read_head(reader: asyncio.StreamReader) -> list[bytes] | None:
+    """A message's head as lines (start line first); None at a clean end of the stream."""
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial.strip():
+            return None
+        raise BadMessage("the stream ended inside a head") from None
+    except asyncio.LimitOverrunError:
+        raise BadMessage("head too large") from None
+    return raw.lstrip(b"\r\n")[:-4].split(b"\r\n")
+
+
+async def read_chunks(reader: asyncio.StreamReader):
+    """The data of a chunked body, chunk by chunk (extensions and trailers dropped)."""
+    while True:
+        size = (await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip()
+        if not size or not set(size) <= HEX or len(size) > 15:
+            raise BadMessage("bad chunk size")
+        if int(size, 16) == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass
+            return
+        yield await reader.readexactly(int(size, 16))
+        if await reader.readexactly(2) != b"\r\n":
+            raise BadMessage("a chunk does not end with CRLF")
+
+
+@dataclass
+class Request:
+    """One request as the server read it, its body whole."""
+
+    method: str
+    target: bytes
+    version: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+
+    @property
+    def path(self) -> str:
+        return self.target.split(b"?", 1)[0].decode("latin-1")
+
+    @property
+    def keep_alive(self) -> bool:
+        connection = tokens(self.headers, b"connection")
+        return b"close" not in connection if self.version == b"HTTP/1.1" else b"keep-alive" in connection
+
+    @property
+    def websocket(self) -> bool:
+        return b"websocket" in tokens(self.headers, b"upgrade")
+
+
+async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       idle: float = IDLE) -> Request | None:
+    """The next request of a connection; None when the client closed it or stayed idle too long."""
+    try:
+        lines = await asyncio.wait_for(read_head(reader), idle)
+    except TimeoutError:
+        return None
+    if lines is None:
+        return None
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[0].isalpha() or not parts[1]:
+        raise BadMessage("malformed request line")
+    request = Request(parts[0].decode("ascii"), parts[1], parts[2], parse_headers(lines[1:]))
+    length = body_length(request.headers)
+    if length != 0 and b"100-continue" in tokens(request.headers, b"expect") and request.version == b"HTTP/1.1":
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    if length is None:
+        request.body = b"".join([chunk async for chunk in read_chunks(reader)])
+    elif length:
+        request.body = await reader.readexactly(length)
+    return request
+
+
+def head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """An answer's status line and headers."""
+    reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    lines = [b"HTTP/1.1 %d %s" % (status, reason.encode()), *(k + b": " + v for k, v in headers)]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def respond(writer: asyncio.StreamWriter, request: Request, status: int, body: bytes | dict,
+                  headers: list[tuple[bytes, bytes]] = ()) -> bool:
+    """A whole answer (JSON for a dict); whether the connection stays open."""
+    if isinstance(body, dict):
+        body, headers = json.dumps(body).encode(), [(b"content-type", b"application/json"), *headers]
+    keep = request.keep_alive
+    framing = [(b"content-length", b"%d" % len(body))] + ([] if keep else [(b"connection", b"close")])
+    writer.write(head(status, [*headers, *framing]) + (b"" if request.method == "HEAD" else body))
+    await writer.drain()
+    return keep
+
+
+def websocket_close(key: bytes, code: int) -> bytes:
+    """The 101 answer to a WebSocket handshake and at once a close frame with `code`."""
+    accept = base64.b64encode(hashlib.sha1(key.strip() + WS_GUID).digest())
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + b"\x88\x02" + code.to_bytes(2, "big"))
+
+
+async def serve(handle, host: str, port: int) -> asyncio.Server:
+    """A listening server: each connection's requests, one after another, go to
+    `await handle(request, writer)`, which answers and says whether to keep the connection."""
+
+    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    request = await read_request(reader, writer)
+                except BadMessage as exc:
+                    bad = Request("GET", b"/", b"HTTP/1.0", [])
+                    await respond(writer, bad, 400, {"message": f"bad request: {exc}"})
+                    break
+                if request is None or not await handle(request, writer):
+                    break
+        except FAILURES:
+            pass  # the client went away, or an app's answer broke off after its head was sent
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(connection, host, port, limit=MAX_HEAD, reuse_address=True)
+
+
+# --- the client side: one request per connection --------------------------------
+
+@dataclass
+class Answer:
+    """An answer whose head is read; its body is read from `reader`."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    length: int | None  # the body's length; None: chunked; -1: until the connection closes
+
+    async def chunks(self):
+        """The body's data as it comes (chunked framing removed)."""
+        if self.length is None:
+            async for chunk in read_chunks(self.reader):
+                yield chunk
+            return
+        left = self.length
+        while left:
+            data = await self.reader.read(READ if left < 0 else min(left, READ))
+            if not data:
+                if left > 0:
+                    raise BadMessage("the answer ended before its Content-Length")
+                return
+            left = left if left < 0 else left - len(data)
+            yield data
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def answer_length(method: str, status: int, headers: list[tuple[bytes, bytes]]) -> int | None:
+    if method == "HEAD" or status in (204, 304) or status < 200:
+        return 0
+    if header(headers, b"transfer-encoding") is not None:
+        return None if tokens(headers, b"transfer-encoding") & {b"chunked"} else -1
+    length = header(headers, b"content-length")
+    if length is None:
+        return -1
+    if not length.isdigit():
+        raise BadMessage("bad Content-Length in an answer")
+    return int(length)
+
+
+async def open_answer(connect, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
+                      body: bytes = b"", connect_timeout: float = 10.0) -> Answer:
+    """Send one request on a new connection (`await connect()` opens it; Connection: close)
+    and read the answer's head (informational 1xx answers skipped)."""
+    reader, writer = await asyncio.wait_for(connect(), connect_timeout)
+    try:
+        sized = bool(body) or method in ("POST", "PUT", "PATCH")
+        lines = [method.encode() + b" " + target + b" HTTP/1.1", *(k + b": " + v for k, v in headers),
+                 b"Connection: close", *([b"Content-Length: %d" % len(body)] if sized else [])]
+        writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        await writer.drain()
+        while True:
+            lines = await read_head(reader)
+            parts = (lines or [b""])[0].split(b" ", 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+                raise BadMessage("malformed status line")
+            status, answer_headers = int(parts[1]), parse_headers(lines[1:])
+            if status >= 200 or status == 101:
+                return Answer(status, answer_headers, reader, writer, answer_length(method, status, answer_headers))
+    except BaseException:
+        writer.close()
+        raise
+
+
+async def fetch(connect, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                timeout: float) -> tuple[int, bytes]:
+    """(status, body) of one whole call within `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        answer = await open_answer(connect, method, target.encode("latin-1"), headers, connect_timeout=timeout)
+        try:
+            return answer.status, await answer.read()
+        finally:
+            answer.close()
+
+
+async def relay(answer: Answer, request: Request, writer: asyncio.StreamWriter) -> bool:
+    """An app's answer to the client, streamed: hop-by-hop headers dropped, framed anew;
+    whether the client's connection stays open."""
+    keep, chunked = request.keep_alive, False
+    kept = [(k, v) for k, v in answer.headers if k.lower() not in HOP_BY_HOP]
+    if answer.length is None or answer.length < 0:  # chunked or until close: framed anew
+        kept = [(k, v) for k, v in kept if k.lower() != b"content-length"]
+        if request.version == b"HTTP/1.1":
+            kept, chunked = [*kept, (b"transfer-encoding", b"chunked")], True
+        else:
+            keep = False
+    writer.write(head(answer.status, kept + ([] if keep else [(b"connection", b"close")])))
+    if answer.length != 0:  # HEAD, 204, 304: the app's Content-Length stays, no body
+        async for data in answer.chunks():
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            await writer.drain()
+    if chunked:
+        writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    return keep

@@ -1,0 +1,168 @@
+"""The waker's HTTP/1.1 (dockerfiles/waker/onevps_waker_http.py) on raw sockets and
+http.client: keep-alive, chunked and Content-Length bodies, Expect: 100-continue,
+HTTP/1.0, streamed answers, HEAD, WebSocket handshakes, malformed requests; the
+fakes (Docker API, app) are tests/unit/waker_fakes.py's."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import http.client
+import json
+import socket
+from urllib.parse import urlsplit
+
+import pytest
+
+from .waker_fakes import CID, DEADLINE, fake_world, waker, waker_served, wh
+
+KB = {"X-Onevps-App": "kb", "Host": "kb.example.com"}
+
+
+@pytest.fixture
+def world():
+    """(fake, settings, said): see waker_fakes.fake_world."""
+    with fake_world() as made:
+        yield made
+
+
+def awake(world):
+    fake, settings, said = world
+    fake.running, fake.ready_at = True, 0.0
+    return fake, waker.Waker(settings, said.append)
+
+
+def raw(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=DEADLINE)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    out = b""
+    while data := sock.recv(65536):
+        out += data
+    return out
+
+
+def test_one_connection_carries_chunked_sized_and_empty_bodies(world):
+    fake, w = awake(world)
+    chunked = [b"first part;", b"x" * 70000, b"last"]
+    with waker_served(w) as url:
+        conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=DEADLINE)
+        conn.request("POST", "/a?q=1", body=iter(chunked), headers=KB, encode_chunked=True)
+        first = conn.getresponse()
+        a = json.loads(first.read())
+        local = conn.sock.getsockname()
+        conn.request("PUT", "/b", body=b"sized body", headers=KB)
+        b = json.loads(conn.getresponse().read())
+        conn.request("DELETE", "/c", headers=KB)
+        c = json.loads(conn.getresponse().read())
+        same = conn.sock.getsockname() == local
+        conn.close()
+    assert first.status == 200 and first.getheader("connection") is None
+    assert a == {"method": "POST", "path": "/a", "query": "q=1", "sha256": hashlib.sha256(b"".join(chunked)).hexdigest(),
+                 "host": "kb.example.com", "xff": None, "hop": None}
+    assert (b["method"], b["sha256"]) == ("PUT", hashlib.sha256(b"sized body").hexdigest())
+    assert (c["method"], c["sha256"]) == ("DELETE", hashlib.sha256(b"").hexdigest())
+    assert same, "the three requests went over one kept-alive connection"
+
+
+def exchange(world, data: bytes) -> tuple[bytes, bytes]:
+    """(head, the rest) of what the waker sends back, until it closes, to raw request bytes."""
+    fake, w = awake(world)
+    with waker_served(w) as url, raw(url) as sock:
+        sock.sendall(data)
+        answer = read_until_closed(sock)
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def test_a_chunked_body_with_extensions_and_trailers(world):
+    head, body = exchange(world, b"POST /t HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\nTransfer-Encoding: chunked\r\n"
+                          b"Connection: close\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head.lower()
+    assert json.loads(body)["sha256"] == hashlib.sha256(b"hello world").hexdigest()
+
+
+def test_expect_100_continue_is_answered_before_the_body(world):
+    fake, w = awake(world)
+    with waker_served(w) as url, raw(url) as sock:
+        sock.sendall(b"POST /e HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\nContent-Length: 4\r\n"
+                     b"Expect: 100-continue\r\nConnection: close\r\n\r\n")
+        interim = sock.recv(100)
+        sock.sendall(b"body")
+        answer = read_until_closed(sock)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["sha256"] == hashlib.sha256(b"body").hexdigest()
+
+
+@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
+def test_a_streamed_answer_is_relayed_chunked_or_until_close(world, version):
+    fake, w = awake(world)
+    with waker_served(w) as url, raw(url) as sock:
+        sock.sendall(b"GET /stream " + version + b"\r\nHost: kb\r\nX-Onevps-App: kb\r\n\r\n")
+        if version == b"HTTP/1.1":  # kept open: read the chunked answer's end
+            answer = b""
+            while not answer.endswith(b"0\r\n\r\n"):
+                answer += sock.recv(65536)
+        else:
+            answer = read_until_closed(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"x-app: kb" in head.lower()
+    if version == b"HTTP/1.1":
+        assert b"transfer-encoding: chunked" in head.lower() and b"connection: close" not in head.lower()
+        assert body.replace(b"\r\n", b"").replace(b"4one,", b"").replace(b"4two,", b"").replace(b"5three", b"") == b"0"
+    else:
+        assert b"connection: close" in head.lower() and b"transfer-encoding" not in head.lower()
+        assert body == b"one,two,three"
+
+
+def test_head_is_forwarded_without_a_body(world):
+    first, rest = exchange(world, b"HEAD /h HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\n\r\n"
+                           b"GET /_onevps/state HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200 "), first
+    assert b"content-length: " in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200 "), "no body after HEAD: the next answer follows at once"
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["apps"]["kb"]["state"] == "awake"
+
+
+@pytest.mark.parametrize("app,code", [("kb", 1013), ("nope", 1011)])
+def test_a_websocket_handshake_wakes_the_app_and_is_closed_with_try_again(world, app, code):
+    fake, settings, said = world
+    fake.flag.touch()
+    key = base64.b64encode(b"0123456789abcdef")
+    with waker_served(waker.Waker(settings, said.append)) as url, raw(url) as sock:
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: " + app.encode() + b"\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n")
+        answer = read_until_closed(sock)
+    head, _, frame = answer.partition(b"\r\n\r\n")
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    assert head.startswith(b"HTTP/1.1 101 ") and b"Sec-WebSocket-Accept: " + accept in head
+    assert frame == b"\x88\x02" + code.to_bytes(2, "big")
+    started = [c for c in fake.calls if c.endswith("/start")]
+    assert started == ([f"POST /containers/{CID}/start"] if app == "kb" else [])
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/2.0\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab",
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_a_malformed_request_is_400_and_closed(world, request_bytes):
+    head, _ = exchange(world, request_bytes)
+    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    assert world[0].calls == []
+
+
+def test_a_head_too_large_is_400():
+    async def scenario() -> bytes:
+        server = await wh.serve(lambda request, writer: None, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        writer.write(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (wh.MAX_HEAD + 10) + b"\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        server.close()
+        return answer
+
+    assert asyncio.run(scenario()).startswith(b"HTTP/1.1 400 ")
