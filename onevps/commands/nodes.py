@@ -36,10 +36,11 @@ def join_token() -> list[str]:
 
 
 def join_via_api(body_file: str) -> list[str]:
-    """`POST /swarm/join` with the body (holding the token) read from a file."""
-    return ["curl", "--silent", "--show-error", "--fail-with-body", "--unix-socket", "/var/run/docker.sock",
+    """`POST /swarm/join` with the body (holding the token) read from a file; prints the engine's
+    answer, then its HTTP status on a line of its own (curl 7.68+, no --fail-with-body)."""
+    return ["curl", "--silent", "--show-error", "--unix-socket", "/var/run/docker.sock",
             "--header", "Content-Type: application/json", "--data-binary", f"@{body_file}",
-            f"http://localhost/{API_VERSION}/swarm/join"]
+            "--write-out", "\n%{http_code}", f"http://localhost/{API_VERSION}/swarm/join"]
 
 
 def route_source(address: str) -> list[str]:

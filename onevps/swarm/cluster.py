@@ -106,13 +106,17 @@ def setup(project: Project, local: Settings, dry_run: bool = False, ship: bool =
     members = nodes(local)
     workers = members[1:]
     advertise = advertise_address(local)
-    if local.registry:
-        check_outside_registry(local.registry)
+    outside = remote.remote_settings(project, local).registry  # REGISTRY of the server's settings
+    if outside:
+        check_outside_registry(outside)
+    elif workers and (others := [n.label for n in members if n.server.user != "root"]):
+        raise OnevpsError(f"the registry onevps runs for the workers keeps its certificates under /etc, which "
+                          f"needs root on every server, but {', '.join(others)} logs in as another user",
+                          "name root@ in SWARM_MANAGER/SWARM_WORKERS (or VPS_USER=root), or set REGISTRY "
+                          "to a registry of your own")
     with connected(project, local, members, dry_run) as ctxs:
         mc, wcs = ctxs[0], ctxs[1:]
         rs = mc.rs
-        if rs.registry and rs.registry != local.registry:
-            check_outside_registry(rs.registry)
         plans = _plan(mc, wcs, members, advertise)
         mc.say(f"==> swarm: manager {members[0].server.host} ({plans[0]}), "
                + (", ".join(f"worker {n.server.host} ({p})" for n, p in zip(workers, plans[1:])) or "no workers"))
@@ -216,10 +220,21 @@ def _join_one(c: Ctx, node: Node, advertise: str, token: str) -> None:
         res = c.run.run(cmd.join_via_api(body), "join the swarm", check=False)
     finally:
         c.run.run(shell.rm_f(body), "remove the join file", check=False)
-    if not res.ok and not c.run.dry_run:
-        why = (res.stdout + res.stderr).strip().splitlines()[-1:] or [f"exit {res.exited}"]
-        raise OnevpsError(f"the {node.label} could not join the swarm: {why[0][:200]}",
+    if c.run.dry_run:
+        return
+    answer, _, status = res.stdout.rstrip("\n").rpartition("\n")
+    if not res.ok or status.strip() != "200":
+        why = join_error(answer) or res.stderr.strip() or f"exit {res.exited}, HTTP {status.strip() or '-'}"
+        raise OnevpsError(f"the {node.label} could not join the swarm: {why[:200]}",
                           f"check that it reaches {advertise} on TCP 2377, 7946 and UDP 7946, 4789")
+
+
+def join_error(answer: str) -> str:
+    """The engine's error message in a `POST /swarm/join` answer ({"message": ...})."""
+    try:
+        return str((json.loads(answer) or {}).get("message") or "")
+    except (ValueError, AttributeError):
+        return answer.strip()
 
 
 # ------------------------------------------------------------------ nodes --

@@ -26,8 +26,8 @@ def ensure(mc: Ctx, wcs: Sequence[Ctx], address: str, port: int) -> str:
     mc.say(f"==> registry {registry} on the manager (TLS, client certificates)")
     mc.run.run(cmd.make_ca(), "make the registry's CA (once)")
     mc.run.run(cmd.make_server_cert(address), "make the registry's certificate")
-    _write_if_changed(mc, CONFIG, cmd.registry_config(), "600")
-    _container(mc, address, port)
+    changed = _write_if_changed(mc, CONFIG, cmd.registry_config(), "600")
+    _container(mc, address, port, fresh=changed)
     read = mc.run.run(shell.cat(f"{cmd.REGISTRY_DIR}/ca.crt"), "read the registry's CA certificate",
                       check=not mc.run.dry_run, mutates=False)
     if not read.ok:
@@ -51,16 +51,17 @@ def _write_if_changed(c: Ctx, path: str, text: str, mode: str) -> bool:
     return True
 
 
-def _container(mc: Ctx, address: str, port: int) -> None:
-    """The container, published at address:port; replaced when it is published elsewhere."""
+def _container(mc: Ctx, address: str, port: int, fresh: bool = False) -> None:
+    """The container, published at address:port; replaced when it is published elsewhere or its
+    config changed (fresh: a bind-mounted file replaced by a new one is not seen by a running one)."""
     res = mc.run.run(cmd.registry_state(), "inspect the registry container", check=False, mutates=False)
     state, _, published = res.stdout.strip().partition(" ")
-    if res.ok and published.strip() == f"{address}:{port}":
+    if res.ok and published.strip() == f"{address}:{port}" and not fresh:
         if state != "running":
             mc.run.run(["docker", "start", cmd.REGISTRY_CONTAINER], "start the registry")
         return
     if res.ok:
-        mc.run.run(["docker", "rm", "--force", cmd.REGISTRY_CONTAINER], "remove the registry published elsewhere")
+        mc.run.run(["docker", "rm", "--force", cmd.REGISTRY_CONTAINER], "replace the registry container")
     mc.run.run(cmd.registry_run(address, port), "start the registry",
                hint=f"is {cmd.REGISTRY_IMAGE} on the manager (fab swarm-setup --ship) and {address}:{port} free?")
 

@@ -207,7 +207,8 @@ def test_a_bad_input_is_one_line_and_changes_nothing(cluster):
     line = one_error_line(res)
     assert "cannot reach" in line and f"{ADDRS['w1']}:2999" in line and "worker" in line, line
     # An outside REGISTRY that does not answer (nothing listens there on the test's own server).
-    line = one_error_line(c.fab("swarm-setup", REGISTRY=f"{ADDRS['manager']}:5999"))
+    (c.root / ".env.registry").write_text(c.server_env + f"REGISTRY={ADDRS['manager']}:5999\n")
+    line = one_error_line(c.fab("swarm-setup", VPS_ENV_FILE=".env.registry"))
     assert f"REGISTRY {ADDRS['manager']}:5999 does not answer" in line, line
     # A worker of another architecture (its `uname -m` says so).
     c.on("w2", "printf '#!/bin/sh\\n[ \"$1\" = -m ] && echo aarch64 || exec /bin/uname \"$@\"\\n' "

@@ -209,3 +209,17 @@ def test_node_rows_and_tasks():
 def test_an_outside_registry_that_does_not_answer_is_one_line():
     with pytest.raises(OnevpsError, match=r"REGISTRY 127.0.0.1:1 does not answer \(https://127.0.0.1:1/v2/"):
         cluster.check_outside_registry("127.0.0.1:1")
+
+
+def test_a_refused_join_says_the_engines_reason():
+    assert cluster.join_error('{"message":"This node is already part of a swarm."}') == \
+        "This node is already part of a swarm."
+    assert cluster.join_error("") == "" and cluster.join_error("<html>bad gateway") == "<html>bad gateway"
+    assert cmd.join_via_api("/tmp/j.json")[-3:-1] == ["--write-out", "\n%{http_code}"]
+
+
+def test_the_own_registry_needs_root_on_every_server_and_says_so_before_connecting(tmp_path):
+    (tmp_path / "server.env").write_text("COMPOSE_PROJECT_NAME=p\n")
+    with pytest.raises(OnevpsError, match=r"needs root on every server, but worker deploy@10.0.0.4 logs in"):
+        # nothing is connected (10.0.0.x is never reached): the refusal comes first
+        cluster.setup(PROJECT, settings(**TWO, VPS_ENV_FILE=str(tmp_path / "server.env")))
