@@ -6,9 +6,11 @@ temporary copy of the repository as the user's machine.
     a. bad input is one line and changes nothing: a worker that cannot be
        reached, a registry that does not answer, a worker of another
        architecture; a dry run changes nothing either
-    b. fab swarm-setup --ship makes them one swarm: Docker on each, the
-       manager's files and images, swarm init/join, labels, the registry on
-       the manager (TLS, client certificates: a client without one is refused)
+    b. fab swarm-setup --ship makes the manager and one worker a swarm: Docker
+       on each, the manager's files and images, swarm init/join, labels, the
+       registry on the manager (TLS, client certificates: a client without one
+       is refused); the second worker is added by naming it and running it
+       again; a third run changes nothing
     c. fab swarm-deploy: nginx, Redis, ChromaDB behind its gate, three base
        apps (the ML apps are removed from the copy first: no ML tier anywhere); portfolio at 2 replicas, one per worker; every app answers
        through nginx at the manager's address; data written to Redis and ChromaDB
@@ -229,14 +231,23 @@ def test_a_bad_input_is_one_line_and_changes_nothing(cluster):
 
 def test_b_swarm_setup_from_bare_servers(cluster):
     c = cluster
+    # The manager and one worker first; the second worker is added later, as a user grows.
     t0 = time.monotonic()
-    res = c.fab("swarm-setup", "--ship")
-    FIGURES["fab swarm-setup --ship, three bare servers"] = f"{time.monotonic() - t0:.0f} s"
+    res = c.fab("swarm-setup", "--ship", SWARM_WORKERS=f"root@{ADDRS['w1']}")
+    FIGURES["fab swarm-setup --ship, manager + 1 worker from bare servers"] = f"{time.monotonic() - t0:.0f} s"
     assert res.returncode == 0, failed(res)
+    assert "docker swarm init" in res.stdout and res.stdout.count("joins the swarm") == 1, res.stdout[-3000:]
     shipped = re.search(r"shipped \d+ image\(s\) \(([^)]+)\) in ([\d.]+) s", res.stdout)
     assert shipped, res.stdout[-3000:]
     assert "/ml:" not in c.on("manager", "docker images --format '{{.Repository}}:{{.Tag}}'")  # no ML app, no ML tier
     FIGURES["of which shipping the images to the manager"] = f"{shipped.group(2)} s ({shipped.group(1)})"
+    # Adding a server: name it in SWARM_WORKERS, run swarm-setup again; only the new one joins.
+    t0 = time.monotonic()
+    res = c.fab("swarm-setup", "--ship")
+    FIGURES["fab swarm-setup --ship again with a new worker added"] = f"{time.monotonic() - t0:.0f} s"
+    assert res.returncode == 0, failed(res)
+    assert "docker swarm init" not in res.stdout and res.stdout.count("joins the swarm") == 1, res.stdout[-3000:]
+    assert f"worker root@{ADDRS['w2']} joins the swarm" in res.stdout, res.stdout[-3000:]
     nodes = [json.loads(line) for line in c.on("manager", "docker node ls --format '{{json .}}'").splitlines()]
     assert sorted(n["Hostname"] for n in nodes) == sorted(NAMES.values()), nodes
     assert all(n["Status"] == "Ready" for n in nodes), nodes
@@ -258,9 +269,12 @@ def test_b_swarm_setup_from_bare_servers(cluster):
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError, OSError)):
         urllib.request.urlopen(f"https://{registry}/v2/", context=ctx, timeout=10).read()
     # Again: nothing to do.
+    t0 = time.monotonic()
     res = c.fab("swarm-setup", "--ship")
+    FIGURES["fab swarm-setup --ship, nothing to do"] = f"{time.monotonic() - t0:.0f} s"
     assert res.returncode == 0, failed(res)
     assert "joins the swarm" not in res.stdout and "docker swarm init" not in res.stdout, res.stdout
+    assert "labelled" not in res.stdout and "shipped 0 image(s)" in res.stdout, res.stdout[-3000:]
     nodes = c.fab("swarm-nodes")
     assert nodes.returncode == 0 and nodes.stdout.count(" ready ") == 3, failed(nodes)
 
