@@ -33,6 +33,7 @@ HEALTH_EVERY = 0.05  # seconds between /health probes while waking
 LOG_TAIL = 50  # app log lines printed when a wake fails
 BROWSER_WAIT = 1.5  # seconds a browser waits before it gets the "waking up" page
 DOCKER_TIMEOUT = 30.0  # seconds one call through the proxy may take
+ANSWER_WAIT = 75.0  # seconds an app may take to send its answer's head (nginx: proxy_read_timeout 75s)
 WAKING_PAGE = (b"<!doctype html><meta http-equiv=refresh content=1><title>Waking up</title>"
                b"<p>Waking up the app&hellip; this page reloads by itself.")
 
@@ -127,13 +128,17 @@ class Waker:
         return False
 
     async def forward(self, app: App, request: Request, writer) -> bool:
-        """The request to the app (its body whole), the answer streamed back."""
+        """The request to the app (its body whole), the answer's head within ANSWER_WAIT seconds
+        (else 504), its body streamed back (a stalled step closes the connection: see relay)."""
         host, port, connect = self.address(app, self.s.app_port)
         headers = forwardable(request.headers)
         if header(headers, b"host") is None:
             headers.insert(0, (b"Host", f"{host}:{port}".encode()))
         try:
-            answer = await open_answer(connect, request.method, request.target, headers, request.body)
+            async with asyncio.timeout(ANSWER_WAIT):
+                answer = await open_answer(connect, request.method, request.target, headers, request.body)
+        except TimeoutError:
+            return await respond(writer, request, 504, {"message": f"{app.name} did not answer in time"})
         except FAILURES:
             return await respond(writer, request, 502, {"message": f"{app.name} did not answer"})
         try:

@@ -260,8 +260,9 @@ def test_a_request_during_the_stop_waits_and_wakes_it_again(world):
 
     async def scenario():
         sleeping = await w.check_sleep()
-        while not fake.calls:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(DEADLINE):
+            while not fake.calls:
+                await asyncio.sleep(0.01)
         server = await wh.serve(w.handle, "127.0.0.1", 0)
         url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/late"
         async with httpx.AsyncClient(timeout=DEADLINE) as client:
