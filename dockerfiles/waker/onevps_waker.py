@@ -106,8 +106,15 @@ class Waker:
         app = await self.find(name)
         if app is None:
             return await respond(writer, request, 404, {"message": f"no sleep-enabled app named {name!r}"})
-        wake = asyncio.ensure_future(self.ensure_awake(app))
-        done, _ = await asyncio.wait([wake], timeout=BROWSER_WAIT if wants_page(request.method, request.headers) else None)
+        wake, gone = asyncio.ensure_future(self.ensure_awake(app)), asyncio.ensure_future(request.client_gone())
+        try:
+            done, _ = await asyncio.wait([wake, gone], return_when=asyncio.FIRST_COMPLETED,
+                                         timeout=BROWSER_WAIT if wants_page(request.method, request.headers) else None)
+        finally:
+            gone.cancel()
+        if gone in done:  # held, then the client went away: the wake goes on, the request is dropped
+            self.say(f"a client went away while {name} woke: its request dropped")
+            return False
         if not done:  # a browser: the page reloads itself while the wake goes on
             return await respond(writer, request, 503, WAKING_PAGE, [
                 (b"content-type", b"text/html"), (b"retry-after", b"1"), (b"cache-control", b"no-store")])

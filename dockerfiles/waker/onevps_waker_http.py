@@ -127,6 +127,13 @@ class Request:
     version: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytes = b""
+    reader: asyncio.StreamReader | None = None  # the client's connection
+
+    async def client_gone(self, every: float = 0.25) -> None:
+        """Returns once the client closed its connection (nothing left to read from it).
+        A client that only half-closes looks gone too: nginx and browsers never do."""
+        while self.reader is None or not self.reader.at_eof():
+            await asyncio.sleep(every)
 
     @property
     def path(self) -> str:
@@ -157,7 +164,7 @@ async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     if (len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[0].isalpha() or not parts[1]
             or has_control(parts[1])):
         raise BadMessage("malformed request line")
-    request = Request(parts[0].decode("ascii"), parts[1], parts[2], parse_headers(lines[1:]))
+    request = Request(parts[0].decode("ascii"), parts[1], parts[2], parse_headers(lines[1:]), reader=reader)
     length = body_length(request.headers)
     if length != 0 and b"100-continue" in tokens(request.headers, b"expect") and request.version == b"HTTP/1.1":
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
