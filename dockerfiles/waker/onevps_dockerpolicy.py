@@ -18,7 +18,7 @@ SLOT_LABEL = "onevps.slot"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 MAX_PATH = 256
 MAX_QUERY = 2048
-MAX_ANSWER = 16 * 1024 * 1024
+MAX_ANSWER = 4 * 1024 * 1024  # bytes of an engine answer's body: its few copies stay far below the 48m mem_limit
 MAX_LOG_TAIL = 200
 MAX_STOP_TIMEOUT = 120
 VERSION_PREFIX = re.compile(r"/v[0-9]{1,2}\.[0-9]{1,3}(?=/)")

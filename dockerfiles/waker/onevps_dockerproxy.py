@@ -81,23 +81,27 @@ def read_request(rfile) -> tuple[str, str, Headers]:
     raise BadRequest("too many headers")
 
 
-def parse_answer(raw: bytes) -> tuple[int, dict, bytes]:
-    """(status, the headers passed on, body) of an engine's whole answer (it closed the connection)."""
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+def parse_answer(raw: bytes | bytearray) -> tuple[int, dict, bytes]:
+    """(status, the headers passed on, body) of an engine's whole answer (it closed the connection);
+    the body is the one copy made of `raw`'s."""
+    end = raw.find(b"\r\n\r\n")
+    lines = bytes(raw[:end]).decode("latin-1").split("\r\n") if end >= 0 else [""]
     status = lines[0].split(" ", 2)
-    if not sep or len(status) < 2 or not status[0].startswith("HTTP/1.") or not status[1].isdigit():
+    if end < 0 or len(status) < 2 or not status[0].startswith("HTTP/1.") or not status[1].isdigit():
         raise ValueError("malformed engine answer")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        body = dechunk(body)
+        body = dechunk(raw, end + 4)
     elif headers.get("content-length", "").isdigit():
-        body = body[:int(headers["content-length"])]
+        body = bytes(raw[end + 4:end + 4 + int(headers["content-length"])])
+    else:
+        body = bytes(raw[end + 4:])
     return int(status[1]), {h: headers[h.lower()] for h in PASS_HEADERS if headers.get(h.lower())}, body
 
 
-def dechunk(data: bytes) -> bytes:
-    out, i = [], 0
+def dechunk(data: bytes | bytearray, i: int = 0) -> bytes:
+    """The data of the chunked body that starts at data[i]."""
+    out = []
     while True:
         end = data.index(b"\r\n", i)
         size = int(data[i:end].split(b";", 1)[0], 16)
@@ -118,7 +122,7 @@ def engine_call(engine: str, method: str, target: str) -> tuple[int, dict, bytes
             raw += data
             if len(raw) > MAX_ANSWER + MAX_LINE * MAX_HEADERS:
                 raise OSError("engine answer too large")
-    status, headers, body = parse_answer(bytes(raw))
+    status, headers, body = parse_answer(raw)
     if len(body) > MAX_ANSWER:
         raise OSError("engine answer too large")
     return status, headers, body
@@ -184,7 +188,9 @@ class Handler(socketserver.StreamRequestHandler):
         reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
         lines = [f"HTTP/1.1 {status} {reason}", *(f"{k}: {v}" for k, v in headers.items()),
                  f"Content-Length: {len(body)}", "Connection: close"]
-        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (b"" if self.command == "HEAD" else body))
+        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n")
+        if body and self.command != "HEAD":
+            self.wfile.write(body)  # apart from the head: no second copy of a large body
 
 
 def _printable(text: str) -> str:

@@ -33,6 +33,7 @@ HEALTH_EVERY = 0.05  # seconds between /health probes while waking
 LOG_TAIL = 50  # app log lines printed when a wake fails
 BROWSER_WAIT = 1.5  # seconds a browser waits before it gets the "waking up" page
 DOCKER_TIMEOUT = 30.0  # seconds one call through the proxy may take
+ANSWER_WAIT = 75.0  # seconds an app may take to send its answer's head (nginx: proxy_read_timeout 75s)
 WAKING_PAGE = (b"<!doctype html><meta http-equiv=refresh content=1><title>Waking up</title>"
                b"<p>Waking up the app&hellip; this page reloads by itself.")
 
@@ -105,8 +106,15 @@ class Waker:
         app = await self.find(name)
         if app is None:
             return await respond(writer, request, 404, {"message": f"no sleep-enabled app named {name!r}"})
-        wake = asyncio.ensure_future(self.ensure_awake(app))
-        done, _ = await asyncio.wait([wake], timeout=BROWSER_WAIT if wants_page(request.method, request.headers) else None)
+        wake, gone = asyncio.ensure_future(self.ensure_awake(app)), asyncio.ensure_future(request.client_gone())
+        try:
+            done, _ = await asyncio.wait([wake, gone], return_when=asyncio.FIRST_COMPLETED,
+                                         timeout=BROWSER_WAIT if wants_page(request.method, request.headers) else None)
+        finally:
+            gone.cancel()
+        if gone in done:  # held, then the client went away: the wake goes on, the request is dropped
+            self.say(f"a client went away while {name} woke: its request dropped")
+            return False
         if not done:  # a browser: the page reloads itself while the wake goes on
             return await respond(writer, request, 503, WAKING_PAGE, [
                 (b"content-type", b"text/html"), (b"retry-after", b"1"), (b"cache-control", b"no-store")])
@@ -127,13 +135,17 @@ class Waker:
         return False
 
     async def forward(self, app: App, request: Request, writer) -> bool:
-        """The request to the app (its body whole), the answer streamed back."""
+        """The request to the app (its body whole), the answer's head within ANSWER_WAIT seconds
+        (else 504), its body streamed back (a stalled step closes the connection: see relay)."""
         host, port, connect = self.address(app, self.s.app_port)
         headers = forwardable(request.headers)
         if header(headers, b"host") is None:
             headers.insert(0, (b"Host", f"{host}:{port}".encode()))
         try:
-            answer = await open_answer(connect, request.method, request.target, headers, request.body)
+            async with asyncio.timeout(ANSWER_WAIT):
+                answer = await open_answer(connect, request.method, request.target, headers, request.body)
+        except TimeoutError:
+            return await respond(writer, request, 504, {"message": f"{app.name} did not answer in time"})
         except FAILURES:
             return await respond(writer, request, 502, {"message": f"{app.name} did not answer"})
         try:

@@ -16,16 +16,36 @@ from http import HTTPStatus
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
                         b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
 MAX_HEAD = 64 * 1024  # bytes of a head (start line + headers), and of a chunk-size line
-IDLE = 75.0  # seconds a kept-alive connection may wait for its next request
+MAX_BODY = 20 * 1024 * 1024  # bytes of a request body: nginx's client_max_body_size 20m
+IDLE = 75.0  # seconds a kept-alive connection may wait for its next request; one body read or relay step too
 READ = 64 * 1024
 HEX = frozenset(b"0123456789abcdefABCDEF")
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # What a failed connection, a broken or malformed message or a timeout raises.
 FAILURES = (OSError, EOFError, ValueError, asyncio.LimitOverrunError)
+CONTROL = (b"\r", b"\n", b"\0")  # never inside a target, a header name or a header value
 
 
 class BadMessage(ValueError):
-    """A request or answer that is not HTTP/1.x as this reads it."""
+    """A request or answer that is not HTTP/1.x as this reads it; `status` is the answer to it."""
+
+    status = 400
+
+
+class TooLarge(BadMessage):
+    """A request body over MAX_BODY."""
+
+    status = 413
+
+
+class SlowClient(BadMessage):
+    """A request body that did not come within IDLE seconds."""
+
+    status = 408
+
+
+def has_control(text: bytes) -> bool:
+    return any(c in text for c in CONTROL)
 
 
 def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -42,7 +62,7 @@ def parse_headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     out = []
     for line in lines:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b" " in name or b"\t" in name:
+        if not sep or not name or name != name.strip() or b" " in name or b"\t" in name or has_control(line):
             raise BadMessage("malformed header line")
         out.append((name, value.strip()))
     return out
@@ -51,13 +71,16 @@ def parse_headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
 def body_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     """A request's body length: Content-Length, 0 without one, None when chunked."""
     if header(headers, b"transfer-encoding") is not None:
-        if tokens(headers, b"transfer-encoding") != {b"chunked"} or header(headers, b"content-length"):
+        if tokens(headers, b"transfer-encoding") != {b"chunked"} or header(headers, b"content-length") is not None:
             raise BadMessage("unsupported Transfer-Encoding")
         return None
     lengths = {v for k, v in headers if k.lower() == b"content-length"}
     if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
         raise BadMessage("bad Content-Length")
-    return int(lengths.pop()) if lengths else 0
+    length = int(lengths.pop()) if lengths else 0
+    if length > MAX_BODY:
+        raise TooLarge(f"body over {MAX_BODY} bytes")
+    return length
 
 
 async def read_head(reader: asyncio.StreamReader) -> list[bytes] | None:
@@ -73,19 +96,26 @@ async def read_head(reader: asyncio.StreamReader) -> list[bytes] | None:
     return raw.lstrip(b"\r\n")[:-4].split(b"\r\n")
 
 
-async def read_chunks(reader: asyncio.StreamReader):
-    """The data of a chunked body, chunk by chunk (extensions and trailers dropped)."""
+async def read_chunks(reader: asyncio.StreamReader, idle: float | None = None, limit: int | None = None):
+    """The data of a chunked body, chunk by chunk (extensions and trailers dropped): each
+    chunk within `idle` seconds; TooLarge once the total would pass `limit` bytes."""
+    total = 0
     while True:
-        size = (await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip()
-        if not size or not set(size) <= HEX or len(size) > 15:
-            raise BadMessage("bad chunk size")
-        if int(size, 16) == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":
-                pass
-            return
-        yield await reader.readexactly(int(size, 16))
-        if await reader.readexactly(2) != b"\r\n":
-            raise BadMessage("a chunk does not end with CRLF")
+        async with asyncio.timeout(idle):
+            size = (await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip()
+            if not size or not set(size) <= HEX or len(size) > 15:
+                raise BadMessage("bad chunk size")
+            total += int(size, 16)
+            if limit is not None and total > limit:
+                raise TooLarge(f"body over {limit} bytes")
+            if int(size, 16) == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":
+                    pass
+                return
+            data = await reader.readexactly(int(size, 16))
+            if await reader.readexactly(2) != b"\r\n":
+                raise BadMessage("a chunk does not end with CRLF")
+        yield data
 
 
 @dataclass
@@ -97,6 +127,13 @@ class Request:
     version: bytes
     headers: list[tuple[bytes, bytes]]
     body: bytes = b""
+    reader: asyncio.StreamReader | None = None  # the client's connection
+
+    async def client_gone(self, every: float = 0.25) -> None:
+        """Returns once the client closed its connection (nothing left to read from it).
+        A client that only half-closes looks gone too: nginx and browsers never do."""
+        while self.reader is None or not self.reader.at_eof():
+            await asyncio.sleep(every)
 
     @property
     def path(self) -> str:
@@ -113,8 +150,10 @@ class Request:
 
 
 async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       idle: float = IDLE) -> Request | None:
-    """The next request of a connection; None when the client closed it or stayed idle too long."""
+                       idle: float | None = None) -> Request | None:
+    """The next request of a connection, its body at most MAX_BODY bytes, each read within
+    `idle` seconds (IDLE); None when the client closed it or stayed idle too long."""
+    idle = IDLE if idle is None else idle
     try:
         lines = await asyncio.wait_for(read_head(reader), idle)
     except TimeoutError:
@@ -122,16 +161,20 @@ async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     if lines is None:
         return None
     parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[0].isalpha() or not parts[1]:
+    if (len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[0].isalpha() or not parts[1]
+            or has_control(parts[1])):
         raise BadMessage("malformed request line")
-    request = Request(parts[0].decode("ascii"), parts[1], parts[2], parse_headers(lines[1:]))
+    request = Request(parts[0].decode("ascii"), parts[1], parts[2], parse_headers(lines[1:]), reader=reader)
     length = body_length(request.headers)
     if length != 0 and b"100-continue" in tokens(request.headers, b"expect") and request.version == b"HTTP/1.1":
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    if length is None:
-        request.body = b"".join([chunk async for chunk in read_chunks(reader)])
-    elif length:
-        request.body = await reader.readexactly(length)
+    try:
+        if length is None:
+            request.body = b"".join([chunk async for chunk in read_chunks(reader, idle, MAX_BODY)])
+        elif length:
+            request.body = await asyncio.wait_for(reader.readexactly(length), idle)
+    except TimeoutError:
+        raise SlowClient(f"the body did not come within {idle:g} s") from None
     return request
 
 
@@ -149,7 +192,9 @@ async def respond(writer: asyncio.StreamWriter, request: Request, status: int, b
         body, headers = json.dumps(body).encode(), [(b"content-type", b"application/json"), *headers]
     keep = request.keep_alive
     framing = [(b"content-length", b"%d" % len(body))] + ([] if keep else [(b"connection", b"close")])
-    writer.write(head(status, [*headers, *framing]) + (b"" if request.method == "HEAD" else body))
+    writer.write(head(status, [*headers, *framing]))
+    if body and request.method != "HEAD":
+        writer.write(body)
     await writer.drain()
     return keep
 
@@ -172,7 +217,7 @@ async def serve(handle, host: str, port: int) -> asyncio.Server:
                     request = await read_request(reader, writer)
                 except BadMessage as exc:
                     bad = Request("GET", b"/", b"HTTP/1.0", [])
-                    await respond(writer, bad, 400, {"message": f"bad request: {exc}"})
+                    await respond(writer, bad, exc.status, {"message": f"{HTTPStatus(exc.status).phrase}: {exc}"})
                     break
                 if request is None or not await handle(request, writer):
                     break
@@ -241,7 +286,9 @@ async def open_answer(connect, method: str, target: bytes, headers: list[tuple[b
         sized = bool(body) or method in ("POST", "PUT", "PATCH")
         lines = [method.encode() + b" " + target + b" HTTP/1.1", *(k + b": " + v for k, v in headers),
                  b"Connection: close", *([b"Content-Length: %d" % len(body)] if sized else [])]
-        writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        if body:
+            writer.write(body)
         await writer.drain()
         while True:
             lines = await read_head(reader)
@@ -279,9 +326,13 @@ async def relay(answer: Answer, request: Request, writer: asyncio.StreamWriter) 
         else:
             keep = False
     writer.write(head(answer.status, kept + ([] if keep else [(b"connection", b"close")])))
-    if answer.length != 0:  # HEAD, 204, 304: the app's Content-Length stays, no body
-        async for data in answer.chunks():
-            writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+    chunks = answer.chunks() if answer.length != 0 else None  # HEAD, 204, 304: the app's Content-Length stays
+    while chunks is not None:  # each step (read from the app, write to the client) within IDLE seconds
+        async with asyncio.timeout(IDLE):
+            data = await anext(chunks, None)
+            if data is None:
+                break
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)  # a chunk is READ bytes at most
             await writer.drain()
     if chunked:
         writer.write(b"0\r\n\r\n")

@@ -4,7 +4,7 @@ folder bind-mounted read-only, /var/run/docker.sock mounted, no network), with
 throwaway containers: an app of the project, a shared service of the same
 project, an app of another project. Allowed calls work and change what they
 should; denied calls get 403 and change nothing; the app's environment never
-leaves the proxy. Needs no test stack: only its own h15px* containers."""
+leaves the proxy. Needs no test stack: only its own h15px* containers (ONEVPS_TEST_PROXY_PROJECT)."""
 
 from __future__ import annotations
 
@@ -30,22 +30,24 @@ pytestmark = pytest.mark.docker
 
 PROXY_DIR = ROOT / "dockerfiles" / "waker"
 IMAGE = "python:3.11-slim"
-PROJECT = "h15px"
-MARK = "h15px"  # every container this module creates carries this label
-SECRET = "h15px-secret-" + secrets.token_hex(16)
-STARTED = "h15px-app-started"
+# A second checkout runs this module beside the first with its own ONEVPS_TEST_PROXY_PROJECT.
+PROJECT = os.environ.get("ONEVPS_TEST_PROXY_PROJECT", "h15px")
+MARK = PROJECT  # every container this module creates carries this label
+SECRET = f"{PROJECT}-secret-" + secrets.token_hex(16)
+STARTED = f"{PROJECT}-app-started"
 # PID 1 with a SIGTERM handler: a stop is quick, and it prints a line to find in the logs.
 SERVE = ["python", "-c", "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
          f"print({STARTED!r}, flush=True); signal.pause()"]
 CONTAINERS = {
-    "h15px-app": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "app", "onevps.tier": "base"},
-    "h15px-shared": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "shared"},
-    "h15px-notier": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "notier",
+    f"{PROJECT}-app": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "app",
+                       "onevps.tier": "base"},
+    f"{PROJECT}-shared": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "shared"},
+    f"{PROJECT}-notier": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "notier",
                      "onevps.tier": ""},
-    "h15px-otherapp": {"com.docker.compose.project": "h15px-other", "com.docker.compose.service": "app",
+    f"{PROJECT}-otherapp": {"com.docker.compose.project": f"{PROJECT}-other", "com.docker.compose.service": "app",
                        "onevps.tier": "base"},
     # The app's deploy slot: `docker run` of the app image (its labels) + onevps.slot.
-    "h15px-app-next": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "app",
+    f"{PROJECT}-app-next": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "app",
                        "onevps.tier": "base", "onevps.slot": "next"},
 }
 
@@ -67,7 +69,8 @@ def inspect(name: str) -> dict:
 
 def remove_ours() -> None:
     ids = docker("ps", "--all", "--quiet", "--filter", f"label={MARK}").split()
-    ids += docker("ps", "--all", "--quiet", "--filter", "name=h15px-created", "--filter", "name=h15px-renamed").split()
+    ids += docker("ps", "--all", "--quiet", "--filter", f"name={PROJECT}-created",
+                  "--filter", f"name={PROJECT}-renamed").split()
     if ids:
         subprocess.run(["docker", "rm", "--force", "--volumes", *ids], capture_output=True, timeout=120)
 
@@ -81,7 +84,7 @@ def wait_for(check, what: str, tries: int = 600) -> None:
 
 
 def proxy_log() -> str:
-    res = subprocess.run(["docker", "logs", "h15px-proxy"], capture_output=True, text=True, timeout=60)
+    res = subprocess.run(["docker", "logs", f"{PROJECT}-proxy"], capture_output=True, text=True, timeout=60)
     return res.stdout + res.stderr
 
 
@@ -99,21 +102,21 @@ def sock(tmp_path_factory):
     if problem:
         pytest.fail(f"integration tests need Docker: {problem}. They never skip; "
                     "`make unit` runs the tests that need no Docker.", pytrace=False)
-    run_dir = tmp_path_factory.mktemp("h15px-proxy")
+    run_dir = tmp_path_factory.mktemp(f"{PROJECT}-proxy")
     remove_ours()
     try:
         for name, labels in CONTAINERS.items():
             label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
             docker("run", "--detach", "--name", name, "--label", MARK, *label_args,
                    "--env", f"SECRET_X={SECRET}", IMAGE, *SERVE)
-        docker("run", "--detach", "--name", "h15px-proxy", "--label", MARK, "--network", "none",
+        docker("run", "--detach", "--name", f"{PROJECT}-proxy", "--label", MARK, "--network", "none",
                "--volume", f"{PROXY_DIR}:/srv:ro",
                "--volume", "/var/run/docker.sock:/var/run/docker.sock",
                "--volume", f"{run_dir}:/run/onevps-docker",
                "--env", f"ONEVPS_PROJECT={PROJECT}", IMAGE, "python", "/srv/onevps_dockerproxy.py")
         path = str(run_dir / "docker.sock")
         wait_for(lambda: _pings(path), "the proxy's /_ping")
-        wait_for(lambda: STARTED in docker("logs", "h15px-app"), "the app's first line")
+        wait_for(lambda: STARTED in docker("logs", f"{PROJECT}-app"), "the app's first line")
         yield path
     finally:
         remove_ours()
@@ -126,7 +129,7 @@ def test_the_socket_is_0660(sock):
 def test_list_shows_only_the_projects_apps(sock):
     status, body = call(sock, "GET", "/containers/json?all=1")
     assert status == 200
-    assert [c["Names"] for c in json.loads(body)] == [["/h15px-app"]]
+    assert [c["Names"] for c in json.loads(body)] == [[f"/{PROJECT}-app"]]
     assert SECRET not in body.decode()
     # A client's filters narrow the list; they never widen it.
     wider = quote(json.dumps({"label": [f"com.docker.compose.project={PROJECT}-other"]}))
@@ -134,10 +137,10 @@ def test_list_shows_only_the_projects_apps(sock):
 
 
 def test_inspect_of_the_app_never_shows_its_environment(sock):
-    status, body = call(sock, "GET", "/containers/h15px-app/json")
+    status, body = call(sock, "GET", f"/containers/{PROJECT}-app/json")
     assert status == 200
     answer = json.loads(body)
-    assert answer["Id"] == inspect("h15px-app")["Id"]
+    assert answer["Id"] == inspect(f"{PROJECT}-app")["Id"]
     assert answer["Config"]["Labels"]["onevps.tier"] == "base" and answer["State"]["Running"] is True
     assert SECRET not in body.decode() and "Env" not in body.decode()
 
@@ -146,36 +149,36 @@ def test_stop_then_start_the_app(sock):
     status, body = call(sock, "GET", "/version")
     assert status == 200
     prefix = "/v" + json.loads(body)["ApiVersion"]
-    assert call(sock, "POST", f"{prefix}/containers/h15px-app/stop?t=10")[0] == 204
-    assert inspect("h15px-app")["State"]["Running"] is False
-    assert call(sock, "POST", "/containers/h15px-app/start")[0] == 204
-    assert inspect("h15px-app")["State"]["Running"] is True
-    assert call(sock, "POST", "/containers/h15px-app/start")[0] == 304  # already started: the engine's answer
+    assert call(sock, "POST", f"{prefix}/containers/{PROJECT}-app/stop?t=10")[0] == 204
+    assert inspect(f"{PROJECT}-app")["State"]["Running"] is False
+    assert call(sock, "POST", f"/containers/{PROJECT}-app/start")[0] == 204
+    assert inspect(f"{PROJECT}-app")["State"]["Running"] is True
+    assert call(sock, "POST", f"/containers/{PROJECT}-app/start")[0] == 304  # already started: the engine's answer
 
 
 def test_logs_of_the_app(sock):
-    status, body = call(sock, "GET", "/containers/h15px-app/logs?stdout=1&stderr=1&tail=20")
+    status, body = call(sock, "GET", f"/containers/{PROJECT}-app/logs?stdout=1&stderr=1&tail=20")
     assert status == 200 and STARTED.encode() in body
 
 
 CREATE_BODY = json.dumps({"Image": IMAGE, "Cmd": ["true"], "Labels": {MARK: ""}}).encode()
 DENIED = [  # (method, target, body, extra headers, the why in the proxy's log)
-    ("POST", "/containers/create?name=h15px-created", CREATE_BODY, {"Content-Type": "application/json"},
+    ("POST", f"/containers/create?name={PROJECT}-created", CREATE_BODY, {"Content-Type": "application/json"},
      "request bodies are not allowed"),
-    ("POST", "/containers/create?name=h15px-created", None, None, "not an allowed endpoint"),
-    ("POST", "/containers/h15px-app/exec", json.dumps({"Cmd": ["env"], "AttachStdout": True}).encode(),
+    ("POST", f"/containers/create?name={PROJECT}-created", None, None, "not an allowed endpoint"),
+    ("POST", f"/containers/{PROJECT}-app/exec", json.dumps({"Cmd": ["env"], "AttachStdout": True}).encode(),
      {"Content-Type": "application/json"}, "request bodies are not allowed"),
-    ("POST", "/containers/h15px-app/exec", None, None, "not an allowed endpoint"),
+    ("POST", f"/containers/{PROJECT}-app/exec", None, None, "not an allowed endpoint"),
     ("POST", "/images/create?fromImage=busybox&tag=latest", None, None, "not an allowed endpoint"),
-    ("DELETE", "/containers/h15px-app?force=1", None, None, "not an allowed endpoint"),
-    ("POST", "/containers/h15px-app/kill", None, None, "not an allowed endpoint"),
-    ("POST", "/containers/h15px-app/restart", None, None, "not an allowed endpoint"),
-    ("POST", "/containers/h15px-app/rename?name=h15px-renamed", None, None, "not an allowed endpoint"),
-    ("POST", "/containers/h15px-app/attach?stream=1&stdout=1", None,
+    ("DELETE", f"/containers/{PROJECT}-app?force=1", None, None, "not an allowed endpoint"),
+    ("POST", f"/containers/{PROJECT}-app/kill", None, None, "not an allowed endpoint"),
+    ("POST", f"/containers/{PROJECT}-app/restart", None, None, "not an allowed endpoint"),
+    ("POST", f"/containers/{PROJECT}-app/rename?name={PROJECT}-renamed", None, None, "not an allowed endpoint"),
+    ("POST", f"/containers/{PROJECT}-app/attach?stream=1&stdout=1", None,
      {"Upgrade": "tcp", "Connection": "Upgrade"}, "connection upgrade"),
-    ("GET", "/containers/h15px-app/archive?path=/etc/hostname", None, None, "not an allowed endpoint"),
-    ("GET", "/containers/h15px-app/export", None, None, "not an allowed endpoint"),
-    ("POST", "/containers/h15px-app/update", None, None, "not an allowed endpoint"),
+    ("GET", f"/containers/{PROJECT}-app/archive?path=/etc/hostname", None, None, "not an allowed endpoint"),
+    ("GET", f"/containers/{PROJECT}-app/export", None, None, "not an allowed endpoint"),
+    ("POST", f"/containers/{PROJECT}-app/update", None, None, "not an allowed endpoint"),
     ("GET", "/volumes", None, None, "not an allowed endpoint"),
     ("POST", "/volumes/create", None, None, "not an allowed endpoint"),
     ("GET", "/networks", None, None, "not an allowed endpoint"),
@@ -183,14 +186,14 @@ DENIED = [  # (method, target, body, extra headers, the why in the proxy's log)
     ("GET", "/info", None, None, "not an allowed endpoint"),
     ("GET", "/secrets", None, None, "not an allowed endpoint"),
     ("POST", "/swarm/init", None, None, "not an allowed endpoint"),
-    ("POST", "/containers/h15px-app/../h15px-shared/stop", None, None, "'..' in path"),
-    ("POST", "/containers/h15px-shared%2F/stop", None, None, "percent-encoding in path"),
-    ("GET", "/containers/h15px-app/logs?follow=1&stdout=1", None, None, "follow is not allowed"),
+    ("POST", f"/containers/{PROJECT}-app/../{PROJECT}-shared/stop", None, None, "'..' in path"),
+    ("POST", f"/containers/{PROJECT}-shared%2F/stop", None, None, "percent-encoding in path"),
+    ("GET", f"/containers/{PROJECT}-app/logs?follow=1&stdout=1", None, None, "follow is not allowed"),
 ] + [
     (method, f"/containers/{name}/{action}", None, None, why)
-    for name, why in (("h15px-shared", "not an app container"), ("h15px-notier", "not an app container"),
-                      ("h15px-otherapp", "not an app container"), ("h15px-nothing", "no such container"),
-                      ("h15px-app-next", "not an app's own container"))
+    for name, why in ((f"{PROJECT}-shared", "not an app container"), (f"{PROJECT}-notier", "not an app container"),
+                      (f"{PROJECT}-otherapp", "not an app container"), (f"{PROJECT}-nothing", "no such container"),
+                      (f"{PROJECT}-app-next", "not an app's own container"))
     for method, action in (("POST", "stop"), ("POST", "start"), ("GET", "json"), ("GET", "logs"))
 ]
 
@@ -201,9 +204,10 @@ def snapshot() -> dict:
     return {
         "containers": sorted((c["Id"], c["Name"], c["State"]["Running"], c["State"]["StartedAt"],
                               c["RestartCount"], tuple(c["ExecIDs"] or ())) for c in json.loads(docker("inspect", *ids))),
-        "created": docker("ps", "--all", "--quiet", "--filter", "name=h15px-created", "--filter", "name=h15px-renamed"),
-        "volumes": docker("volume", "ls", "--quiet", "--filter", "name=h15px"),
-        "networks": docker("network", "ls", "--quiet", "--filter", "name=h15px"),
+        "created": docker("ps", "--all", "--quiet", "--filter", f"name={PROJECT}-created",
+                          "--filter", f"name={PROJECT}-renamed"),
+        "volumes": docker("volume", "ls", "--quiet", "--filter", f"name={PROJECT}"),
+        "networks": docker("network", "ls", "--quiet", "--filter", f"name={PROJECT}"),
     }
 
 
@@ -218,13 +222,13 @@ def test_denied_calls_are_refused_and_change_nothing(sock):
     log = proxy_log()
     for method, target, _, _, why in DENIED:
         assert f"denied: {method} {target.split('?')[0]}: {why}" in log, (method, target, log)
-    assert SECRET not in log and "busybox" not in log and "h15px-renamed" not in log
+    assert SECRET not in log and "busybox" not in log and f"{PROJECT}-renamed" not in log
 
 
 def test_sigterm_stops_the_proxy_cleanly(sock):
     """Last: it stops the proxy."""
-    docker("stop", "--time", "30", "h15px-proxy")
-    state = inspect("h15px-proxy")["State"]
+    docker("stop", "--time", "30", f"{PROJECT}-proxy")
+    state = inspect(f"{PROJECT}-proxy")["State"]
     assert (state["Running"], state["ExitCode"]) == (False, 0), proxy_log()
     assert not Path(sock).exists()
     assert "onevps docker proxy: stopped" in proxy_log()

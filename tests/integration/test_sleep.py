@@ -34,15 +34,16 @@ from .sshd import sshd_or_fail
 pytestmark = pytest.mark.docker
 
 SSH_PORT = int(os.environ.get("ONEVPS_TEST_SLEEP_SSH_PORT", "2232"))
-PROJECT = "onevps-sleep"
-HTTP_PORT = 18680
+# A second checkout runs these beside the first with its own ONEVPS_TEST_SLEEP_* name, ports and subnets.
+PROJECT = os.environ.get("ONEVPS_TEST_SLEEP_PROJECT", "onevps-sleep")
+HTTP_PORT = int(os.environ.get("ONEVPS_TEST_SLEEP_HTTP_PORT", "18680"))
 DOMAIN = "onevps.test"
 SERVER_ENV = f"""\
 COMPOSE_PROJECT_NAME={PROJECT}
 HTTP_PORT={HTTP_PORT}
-HTTPS_PORT=18681
-NETWORK_PREFIX=172.22.0
-CHROMA_SUBNET=172.22.1.0/28
+HTTPS_PORT={os.environ.get("ONEVPS_TEST_SLEEP_HTTPS_PORT", "18681")}
+NETWORK_PREFIX={os.environ.get("ONEVPS_TEST_SLEEP_NETWORK_PREFIX", "172.22.0")}
+CHROMA_SUBNET={os.environ.get("ONEVPS_TEST_SLEEP_CHROMA_SUBNET", "172.22.1.0/28")}
 IMAGE_NAMESPACE={PROJECT}
 REDIS_PASSWORD=sleep-test-secret-0123456789
 CHROMA_TOKEN=sleep-test-chroma-token-0123456789

@@ -32,30 +32,37 @@ def decide(method, target, headers=None):
 
 # --- the policy table ----------------------------------------------------------
 
+# The parameters forwarded (parse_qs of the rewrite, filters apart: a list is always forced to the project's apps).
 ALLOWED = [
-    ("GET", "/_ping", "ping", None, ""),
-    ("HEAD", "/_ping", "ping", None, ""),
-    ("GET", "/v1.41/_ping", "ping", None, ""),
-    ("GET", "/version", "version", None, ""),
-    ("GET", "/containers/json", "list", None, "filters"),
-    ("GET", "/v1.43/containers/json?all=1", "list", None, "filters"),
-    ("GET", "/containers/web-1/json", "inspect", "web-1", ""),
-    ("GET", f"/v1.41/containers/{APP_ID}/json", "inspect", APP_ID, ""),
-    ("POST", "/containers/h15-blog-1/start", "start", "h15-blog-1", ""),
-    ("POST", "/containers/blog/stop", "stop", "blog", ""),
-    ("POST", "/v1.41/containers/blog/stop?t=10", "stop", "blog", "t=10"),
-    ("GET", "/containers/blog/logs?stdout=1&stderr=1&tail=50", "logs", "blog", "tail=50"),
-    ("GET", "/containers/blog/logs?stdout=1&follow=0", "logs", "blog", "tail=200"),
+    ("GET", "/_ping", "ping", None, {}),
+    ("HEAD", "/_ping", "ping", None, {}),
+    ("GET", "/v1.41/_ping", "ping", None, {}),
+    ("GET", "/version", "version", None, {}),
+    ("GET", "/containers/json", "list", None, {}),
+    ("GET", "/v1.43/containers/json?all=1", "list", None, {"all": "1"}),
+    ("GET", "/containers/web-1/json", "inspect", "web-1", {}),
+    ("GET", f"/v1.41/containers/{APP_ID}/json", "inspect", APP_ID, {}),
+    ("POST", "/containers/h15-blog-1/start", "start", "h15-blog-1", {}),
+    ("POST", "/containers/blog/stop", "stop", "blog", {}),
+    ("POST", "/v1.41/containers/blog/stop?t=10", "stop", "blog", {"t": "10"}),
+    ("GET", "/containers/blog/logs?stdout=1&stderr=1&tail=50", "logs", "blog",
+     {"stdout": "1", "stderr": "1", "tail": "50"}),
+    ("GET", "/containers/blog/logs?stdout=1&follow=0", "logs", "blog", {"stdout": "1", "tail": "200"}),
 ]
 
 
-@pytest.mark.parametrize("method,target,route,ref,in_rewrite", ALLOWED)
-def test_allowed_calls(method, target, route, ref, in_rewrite):
+@pytest.mark.parametrize("method,target,route,ref,forwarded", ALLOWED)
+def test_allowed_calls(method, target, route, ref, forwarded):
     d = decide(method, target)
     assert d.allowed, d.why
     assert (d.route, d.container_ref) == (route, ref)
-    assert in_rewrite in d.rewrite
-    assert "follow" not in d.rewrite
+    params = {k: v[0] for k, v in parse_qs(d.rewrite, keep_blank_values=True, strict_parsing=False).items()}
+    filters = params.pop("filters", None)
+    assert params == forwarded
+    if route == "list":
+        assert f"{pol.PROJECT_LABEL}={P}" in json.loads(filters)["label"]
+    else:
+        assert filters is None
 
 
 DENIED = [

@@ -217,6 +217,50 @@ def test_a_broken_engine_answer_is_an_error(raw):
         px.parse_answer(raw)
 
 
+class BigEngine(socketserver.StreamRequestHandler):
+    """An engine whose every answer has a body of server.size bytes."""
+
+    def handle(self):
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        size = self.server.size
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % size)
+        self.wfile.write(b"x" * size)
+
+
+@pytest.mark.parametrize("mib,fits", [(3, True), (5, False)])
+def test_an_engine_answer_over_4_mib_is_refused(tmp_path, mib, fits):
+    """The proxy holds an answer whole, in a few copies: 4 MiB keeps them far below its 48m mem_limit."""
+    engine = socketserver.UnixStreamServer(str(tmp_path / "big.sock"), BigEngine)
+    engine.size = mib * 1024 * 1024
+    _serve(engine)
+    try:
+        if fits:
+            assert px.engine_call(str(tmp_path / "big.sock"), "GET", "/_ping")[2] == b"x" * engine.size
+        else:
+            with pytest.raises(OSError, match="too large"):
+                px.engine_call(str(tmp_path / "big.sock"), "GET", "/_ping")
+    finally:
+        engine.shutdown()
+        engine.server_close()
+
+
+class Written(list):
+    def write(self, data):
+        self.append(data)
+
+
+@pytest.mark.parametrize("method,sent", [("GET", True), ("HEAD", False)])
+def test_an_answer_body_is_written_apart_from_its_head(method, sent):
+    """No concatenated copy of a body of up to MAX_ANSWER bytes: the same object goes to write()."""
+    handler, body = object.__new__(px.Handler), b"y" * 100_000
+    handler.command, handler.wfile = method, Written()
+    handler.answer(200, {"Content-Type": "text/plain"}, body)
+    assert handler.wfile[0].startswith(b"HTTP/1.1 200 OK\r\n") and handler.wfile[0].endswith(b"\r\n\r\n")
+    assert b"Content-Length: 100000\r\n" in handler.wfile[0]
+    assert handler.wfile[1:] == ([body] if sent else []) and (not sent or handler.wfile[1] is body)
+
+
 def test_the_socket_mode(stand):
     cfg, _ = stand
     assert stat.S_IMODE(os.stat(cfg.socket_path).st_mode) == 0o660

@@ -9,7 +9,9 @@ import asyncio
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -198,6 +200,25 @@ def test_a_browser_gets_the_waking_page_when_the_wake_is_slow(world, monkeypatch
     assert after.status_code == 200 and after.json()["path"] == "/"
 
 
+def test_a_held_request_whose_client_went_away_is_dropped(world):
+    fake, settings, said = world
+    fake.flag.touch()
+    fake.start_delay = float("inf")  # healthy only once the test says so
+    w = waker.Waker(settings, said.append)
+    forwarded = []
+    forward = w.forward
+    w.forward = lambda app, request, writer: forwarded.append(request.path) or forward(app, request, writer)
+    with waker_served(w) as base:
+        with socket.create_connection((urlsplit(base).hostname, urlsplit(base).port), timeout=DEADLINE) as sock:
+            sock.sendall(b"POST /gone HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\nContent-Length: 2\r\n\r\nab")
+            until(lambda: f"POST /containers/{CID}/start" in fake.calls)
+        until(lambda: "a client went away while kb woke: its request dropped" in said)
+        fake.ready_at = 0.0
+        after = httpx.post(f"{base}/after", content=b"cd", headers={"X-Onevps-App": "kb"}, timeout=DEADLINE)
+    assert after.status_code == 200 and after.json()["path"] == "/after"
+    assert forwarded == ["/after"], "the request of the client that went away never reached the app"
+
+
 async def sleep_round(w) -> None:
     await asyncio.gather(*await w.check_sleep())
 
@@ -260,8 +281,9 @@ def test_a_request_during_the_stop_waits_and_wakes_it_again(world):
 
     async def scenario():
         sleeping = await w.check_sleep()
-        while not fake.calls:
-            await asyncio.sleep(0.01)
+        async with asyncio.timeout(DEADLINE):
+            while not fake.calls:
+                await asyncio.sleep(0.01)
         server = await wh.serve(w.handle, "127.0.0.1", 0)
         url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/late"
         async with httpx.AsyncClient(timeout=DEADLINE) as client:

@@ -105,7 +105,9 @@ def test_a_streamed_answer_is_relayed_chunked_or_until_close(world, version):
         if version == b"HTTP/1.1":  # kept open: read the chunked answer's end
             answer = b""
             while not answer.endswith(b"0\r\n\r\n"):
-                answer += sock.recv(65536)
+                data = sock.recv(65536)
+                assert data, answer  # closed before the last chunk
+                answer += data
         else:
             answer = read_until_closed(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -144,15 +146,102 @@ def test_a_websocket_handshake_wakes_the_app_and_is_closed_with_try_again(world,
     assert started == ([f"POST /containers/{CID}/start"] if app == "kb" else [])
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"NOT HTTP AT ALL\r\n\r\n", b"GET / HTTP/2.0\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-    b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab",
-    b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+APP = b"Host: kb\r\nX-Onevps-App: kb\r\n"
+
+
+@pytest.mark.parametrize("request_bytes,status", [
+    (b"NOT HTTP AT ALL\r\n\r\n", 400), (b"GET / HTTP/2.0\r\n\r\n", 400), (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"POST / HTTP/1.1\r\n" + APP + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n" + APP + b"X-A: one\nX-Injected: two\r\n\r\n", 400),  # bare LF in a value
+    (b"GET / HTTP/1.1\r\n" + APP + b"X-A: one\rX-Injected: two\r\n\r\n", 400),  # bare CR in a value
+    (b"GET / HTTP/1.1\r\n" + APP + b"X-A: one\0two\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\n" + APP + b"X\nA: one\r\n\r\n", 400),  # bare LF in a name
+    (b"GET /a\rb HTTP/1.1\r\n" + APP + b"\r\n", 400), (b"GET /a\nb HTTP/1.1\r\n" + APP + b"\r\n", 400),
+    (b"GET /a\0b HTTP/1.1\r\n" + APP + b"\r\n", 400),
+    (b"POST / HTTP/1.1\r\n" + APP + b"Content-Length: %d\r\n\r\n" % (20 * 1024 * 1024 + 1), 413),  # nginx's 20m
 ])
-def test_a_malformed_request_is_400_and_closed(world, request_bytes):
+def test_a_malformed_request_is_refused_and_closed(world, request_bytes, status):
     head, _ = exchange(world, request_bytes)
-    assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower()
+    assert head.startswith(b"HTTP/1.1 %d " % status) and b"connection: close" in head.lower(), head
     assert world[0].calls == []
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_never_forwarded(world, monkeypatch):
+    monkeypatch.setattr(wh, "MAX_BODY", 100)
+    fake, w = awake(world)
+    hits = []
+    forward = w.forward
+    w.forward = lambda *args: hits.append(args) or forward(*args)
+    with waker_served(w) as url, raw(url) as sock:
+        sock.sendall(b"POST /big HTTP/1.1\r\n" + APP + b"Transfer-Encoding: chunked\r\n\r\n"
+                     b"50\r\n" + b"a" * 80 + b"\r\n50\r\n" + b"b" * 80 + b"\r\n0\r\n\r\n")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 413 ") and hits == [], answer[:300]
+
+
+@pytest.mark.parametrize("body", [b"Content-Length: 10\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhel"])
+def test_a_body_that_stops_coming_is_408_and_closed(world, monkeypatch, body):
+    monkeypatch.setattr(wh, "IDLE", 0.3)
+    fake, w = awake(world)
+    with waker_served(w) as url, raw(url) as sock:
+        sock.sendall(b"POST /slow HTTP/1.1\r\n" + APP + body)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower(), answer[:300]
+
+
+def test_an_app_that_sends_no_answer_is_504(world, monkeypatch):
+    monkeypatch.setattr(waker, "ANSWER_WAIT", 0.3)
+    head, body = exchange(world, b"GET /hang HTTP/1.1\r\n" + APP + b"Connection: close\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 504 "), head
+    assert "did not answer in time" in json.loads(body)["message"]
+
+
+def test_an_answer_that_stalls_closes_the_connection(world, monkeypatch):
+    monkeypatch.setattr(wh, "IDLE", 0.3)
+    head, body = exchange(world, b"GET /stall HTTP/1.1\r\n" + APP + b"\r\n")  # kept alive, were it not stalled
+    assert head.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in head.lower(), head
+    assert body == b"4\r\none,\r\n", "the part sent, then the connection closed without the last chunk"
+
+
+class Recorder:
+    """A StreamWriter's writing end: what was written, call by call."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_body_is_written_apart_from_its_head():
+    """No concatenated copy of a (large) body: the same object goes to write()."""
+    body = b"x" * 100_000
+
+    async def scenario() -> tuple[Recorder, Recorder]:
+        answered = Recorder()
+        await wh.respond(answered, wh.Request("GET", b"/", b"HTTP/1.1", []), 200, body)
+        reader, sent = asyncio.StreamReader(), Recorder()
+        reader.feed_data(b"HTTP/1.1 204 No Content\r\n\r\n")
+        reader.feed_eof()
+
+        async def connect():
+            return reader, sent
+        answer = await wh.open_answer(connect, "POST", b"/up", [(b"Host", b"app")], body)
+        assert answer.status == 204
+        return answered, sent
+
+    answered, sent = asyncio.run(scenario())
+    assert answered.writes[-1] is body and answered.writes[0].startswith(b"HTTP/1.1 200 ")
+    assert sent.writes[-1] is body and sent.writes[0].endswith(b"Content-Length: 100000\r\n\r\n")
 
 
 def test_a_head_too_large_is_400():

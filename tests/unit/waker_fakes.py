@@ -102,6 +102,13 @@ class Fake:
             if self.activity_asked == 2 and self.on_second_activity:
                 self.on_second_activity(self)
             return await asgi_respond(send, 200, dict(self.activity))
+        if scope["path"] in ("/hang", "/stall"):  # no head / a head and one part, then nothing until the waker hangs up
+            if scope["path"] == "/stall":
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"one,", "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
         if scope["path"] == "/stream":  # no Content-Length: uvicorn sends it chunked
             await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"kb")]})
             for part in (b"one,", b"two,", b"three"):
