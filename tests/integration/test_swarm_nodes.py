@@ -325,6 +325,8 @@ def test_d_rolling_update_under_load_fails_no_request(cluster):
 def test_e_a_worker_lost_under_load(cluster):
     c = cluster
     before = _data(c)
+    placed = sorted(node for node, _ in c.tasks("portfolio"))  # where the rolling update left the replicas
+    FIGURES["portfolio's tasks when w1 was stopped"] = ", ".join(placed)
     with loadgen.Load(80, f"portfolio.{DOMAIN}", threads=3, address=ADDRS["manager"], timeout=60) as load:
         time.sleep(2)
         t0 = time.monotonic()
@@ -341,13 +343,19 @@ def test_e_a_worker_lost_under_load(cluster):
         time.sleep(3)
     FIGURES["requests while a worker died"] = f"{sum(load.status.values())} sent, {load.failed} failed " \
                                               f"({dict(load.status)})"
-    # How nginx got there: its error log names every upstream it gave up on and passed on from.
-    log = c.ssh("manager", f"docker service logs --raw --since {since} {STACK}_nginx 2>&1 "
-                           "| grep -E '\\[(error|warn)\\]' | grep upstream").stdout
-    kinds = sorted(set(re.findall(r"\*\d+ (.+?) while", log)))
-    FIGURES["nginx upstream errors while a worker died"] = f"{len(log.splitlines())} ({'; '.join(kinds)[:300]})"
+    # How nginx got there: its error log names every upstream it gave up on or passed on from.
+    log = c.ssh("manager", f"docker logs --since {since} $(docker ps -q --filter name={STACK}_nginx) 2>&1 "
+                           "| grep -E '\\[(error|warn)\\]'").stdout
+    kinds = sorted(set(re.sub(r"\d+\.\d+\.\d+\.\d+(:\d+)?", "ADDR", m) for m in re.findall(r"\*\d+ (.+?),", log)))
+    FIGURES["nginx errors while a worker died"] = f"{len(log.splitlines())} ({'; '.join(kinds)[:600]})"
     assert sum(load.by_method["POST"].values()) > 20 and sum(load.by_method["GET"].values()) > 20, load.status
-    assert load.failed == 0, (load.status, load.errors[:5])
+    if NAMES["w2"] in placed:
+        # A replica lived on a node that stayed: nginx's retries must hide the loss completely.
+        assert load.failed == 0, (placed, load.status, load.errors[:5])
+    # After Swarm and nginx moved on, every request succeeds.
+    with loadgen.Load(80, f"portfolio.{DOMAIN}", threads=3, address=ADDRS["manager"]) as after:
+        time.sleep(3)
+    assert after.failed == 0 and sum(after.status.values()) > 20, (after.status, after.errors[:5])
     assert _data(c) == before
 
 
