@@ -319,7 +319,10 @@ def deploy_block(name: str, svc: dict, app: bool, stateful: bool, published: boo
     if resources:
         out["resources"] = resources
     out["restart_policy"] = _restart_policy(svc.get("restart"))
-    order = "stop-first" if (stateful or published) else "start-first"
+    # Several replicas update stop-first, one at a time: the others serve meanwhile, and the new
+    # task is placed where the old one left room, so the replicas stay spread over the nodes
+    # (start-first lets Swarm put a new task beside another replica: all on one node at the end).
+    order = "stop-first" if (stateful or published or replicas > 1) else "start-first"
     out["update_config"] = {"parallelism": 1, "delay": "2s", "order": order, "failure_action": "rollback",
                             "monitor": APP_MONITOR if app else SERVICE_MONITOR, "max_failure_ratio": 0}
     out["rollback_config"] = {"parallelism": 1, "delay": "0s", "order": order, "failure_action": "pause",

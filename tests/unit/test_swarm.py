@@ -180,6 +180,9 @@ def test_replicas_come_from_the_app_label():
     d["services"]["kb"]["labels"]["onevps.replicas"] = "3"
     doc = load_stack(swarm.render(PROJECT, settings(), data=d).stack)
     assert doc["services"]["kb"]["deploy"]["replicas"] == 3
+    # several replicas update stop-first (they stay spread); one replica start-first
+    assert doc["services"]["kb"]["deploy"]["update_config"]["order"] == "stop-first"
+    assert doc["services"]["portfolio"]["deploy"]["update_config"]["order"] == "start-first"
     d["services"]["kb"]["labels"]["onevps.replicas"] = "many"
     with pytest.raises(OnevpsError, match="onevps.replicas='many'"):
         swarm.render(PROJECT, settings(), data=d)
