@@ -51,10 +51,8 @@ def sync_env(srv: Ctx) -> bool:
     """Upload VPS_ENV_FILE as the server's .env (mode 600) when it differs."""
     text = srv.local.vps_env_file.read_text(encoding="utf-8")  # type: ignore[union-attr]
     target = f"{srv.rs.vps_path}/.env"
-    current = srv.run.run(shell.cat(target), "read the server's .env", check=False, mutates=False)
-    if current.ok and current.stdout == text:
+    if not remote.put_text_if_changed(srv.conn, srv.run, target, text, mode="600", step="read the server's .env"):
         return False
-    remote.put_text(srv.conn, srv.run, target, text, mode="600")
     srv.say(f"==> uploaded {srv.local.vps_env_file.name} as {target} (mode 600)")
     return True
 

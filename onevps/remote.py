@@ -207,6 +207,19 @@ def apply_sync(conn: Connection, runner: Runner, root: str, local: dict[str, Pat
         runner.run(shell.rm_f(*[posixpath.join(root, rel) for rel in plan.delete]), "delete removed files")
 
 
+def put_text_if_changed(conn: Connection, runner: Runner, target: str, text: str, mode: str = "600",
+                        step: str | None = None, make_folder: bool = False) -> bool:
+    """put_text unless the server's file already holds exactly TEXT (make_folder: its folder is
+    created first, when writing); True when it was written."""
+    current = runner.run(shell.cat(target), step or f"read {target}", check=False, mutates=False)
+    if current.ok and current.stdout == text:
+        return False
+    if make_folder:
+        runner.run(shell.mkdir_p(posixpath.dirname(target)), f"create the folder of {target}")
+    put_text(conn, runner, target, text, mode=mode)
+    return True
+
+
 def put_text(conn: Connection, runner: Runner, target: str, text: str, mode: str = "600") -> None:
     """Write a small file on the server atomically with the given mode."""
     if runner.dry_run:

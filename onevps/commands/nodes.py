@@ -169,9 +169,3 @@ def registry_probe(registry: str, folder: str) -> list[str]:
             "--cert", f"{folder}/client.cert".replace(":", "\\:"),
             "--key", f"{folder}/client.key", f"https://{registry}/v2/"]
 
-
-def outside_registry_probe(registry: str) -> list[str]:
-    """`GET /v2/` of an outside registry: 200 or 401 means it answers."""
-    host = registry.split("/")[0]
-    return ["curl", "--silent", "--show-error", "--max-time", "10", "--output", "/dev/null",
-            "--write-out", "%{http_code}", f"https://{host}/v2/"]

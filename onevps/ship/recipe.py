@@ -22,9 +22,9 @@ from .planning import (LocalImage, Plan, ServerImages, ShipReport, Wanted, arch_
 from .transfer import Channel
 
 
-def ship(c: Ctx, *, tiers: bool | Sequence[str] = False, upstream: bool = False, app: str | None = None, extra: Sequence[str] = (),
-         local_runner: Runner | None = None, open_channel: Callable[[Ctx], Channel] | None = None,
-         start_save: Callable[[list[str]], object] | None = None) -> ShipReport:
+def ship(c: Ctx, *, tiers: bool | Sequence[str] = False, upstream: bool = False, app: str | None = None,
+         extra: Sequence[str] = (), local_runner: Runner | None = None,
+         open_channel: Callable[[Ctx], Channel] | None = None, start_save: Callable[[list[str]], object] | None = None) -> ShipReport:
     """Ship the chosen images to the server (see onevps.ship)."""
     t0 = time.monotonic()
     wanted = _wanted(c, tiers, upstream, app, extra)
@@ -52,7 +52,8 @@ def ship(c: Ctx, *, tiers: bool | Sequence[str] = False, upstream: bool = False,
     return report
 
 
-def _wanted(c: Ctx, tiers: bool | Sequence[str], upstream: bool, app: str | None, extra: Sequence[str] = ()) -> list[Wanted]:
+def _wanted(c: Ctx, tiers: bool | Sequence[str], upstream: bool, app: str | None,
+            extra: Sequence[str] = ()) -> list[Wanted]:
     if not (tiers or upstream or app or extra):
         raise OnevpsError("nothing to ship", "choose at least one of --tiers, --upstream, --app NAME")
     if app:

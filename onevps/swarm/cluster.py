@@ -79,7 +79,7 @@ def node_labels(c: Ctx, node_id: str) -> dict[str, str]:
 
 
 def parse_inspect(text: str) -> list[dict]:
-    """`docker node inspect --format '{{json .}}'`: one object per line."""
+    """`docker node ls|inspect --format '{{json .}}'`: one object per line."""
     return [json.loads(line) for line in text.splitlines() if line.strip().startswith("{")]
 
 
@@ -145,7 +145,7 @@ def _plan(mc: Ctx, wcs: Sequence[Ctx], members: Sequence[Node], advertise: str) 
     known: list[str] = []
     if plans[0] == "ours":
         res = mc.run.run(cmd.node_ls(), "list the swarm's nodes", check=False, mutates=False)
-        known = [json.loads(line).get("ID", "") for line in res.stdout.splitlines() if line.startswith("{")]
+        known = [n.get("ID", "") for n in parse_inspect(res.stdout)]
     for node, (_, state) in zip(members[1:], seen[1:]):
         plans.append(worker_plan(state, advertise, known, node.label))
     return plans
@@ -241,10 +241,9 @@ def join_error(answer: str) -> str:
 
 def table(mc: Ctx) -> str:
     """NODE, ROLE, STATE, AVAILABILITY, ADDRESS, LABELS, RUNNING: what `fab swarm-nodes` prints."""
-    ids = [json.loads(line).get("ID", "") for line in
-           mc.run.run(cmd.node_ls(), "list the swarm's nodes", mutates=False,
-                      hint="is this server a swarm manager? run `fab swarm-setup`").stdout.splitlines()
-           if line.startswith("{")]
+    listed = mc.run.run(cmd.node_ls(), "list the swarm's nodes", mutates=False,
+                        hint="is this server a swarm manager? run `fab swarm-setup`")
+    ids = [n.get("ID", "") for n in parse_inspect(listed.stdout)]
     inspected = parse_inspect(mc.run.run(cmd.node_inspect(*ids), "inspect the nodes", mutates=False).stdout)
     tasks = parse_tasks(mc.run.run(cmd.stack_tasks(mc.rs.project_name), "what runs where", check=False,
                                    mutates=False).stdout, mc.rs.project_name)

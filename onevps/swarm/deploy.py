@@ -19,8 +19,8 @@ from ..project import Project
 from ..registry import Registry
 from ..runner import Runner
 from .convert import ROUTES_FILE, STACK_FILE, tag_var
-from .render import Rendered, render, write
 from .nodes import with_registry
+from .render import Rendered, render, write
 from .status import ServiceState, service_states, wait
 
 SETTLED = ("completed", "created", "unchanged", "dry-run")

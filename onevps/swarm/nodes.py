@@ -95,7 +95,6 @@ class SwarmState:
 
     state: str  # inactive, pending, active, locked, error, or ""
     node_id: str = ""
-    node_addr: str = ""
     manager: bool = False
     managers: tuple[str, ...] = ()  # addresses of the managers it knows (host:2377)
     nodes: int = 0  # managers only: how many nodes the swarm has
@@ -113,7 +112,7 @@ def parse_swarm(text: str) -> SwarmState:
         data = {}
     managers = tuple(m.get("Addr", "") for m in data.get("RemoteManagers") or [] if isinstance(m, dict))
     return SwarmState(str(data.get("LocalNodeState") or ""), str(data.get("NodeID") or ""),
-                      str(data.get("NodeAddr") or ""), bool(data.get("ControlAvailable")), managers,
+                      bool(data.get("ControlAvailable")), managers,
                       int(data.get("Nodes") or 0))
 
 

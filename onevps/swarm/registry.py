@@ -26,7 +26,7 @@ def ensure(mc: Ctx, wcs: Sequence[Ctx], address: str, port: int) -> str:
     mc.say(f"==> registry {registry} on the manager (TLS, client certificates)")
     mc.run.run(cmd.make_ca(), "make the registry's CA (once)")
     mc.run.run(cmd.make_server_cert(address), "make the registry's certificate")
-    changed = _write_if_changed(mc, CONFIG, cmd.registry_config(), "600")
+    changed = remote.put_text_if_changed(mc.conn, mc.run, CONFIG, cmd.registry_config(), "600", make_folder=True)
     _container(mc, address, port, fresh=changed)
     read = mc.run.run(shell.cat(f"{cmd.REGISTRY_DIR}/ca.crt"), "read the registry's CA certificate",
                       check=not mc.run.dry_run, mutates=False)
@@ -40,15 +40,6 @@ def ensure(mc: Ctx, wcs: Sequence[Ctx], address: str, port: int) -> str:
         for c in (mc, *wcs):
             _probe(c, registry)
     return registry
-
-
-def _write_if_changed(c: Ctx, path: str, text: str, mode: str) -> bool:
-    now = c.run.run(shell.cat(path), f"read {path}", check=False, mutates=False)
-    if now.ok and now.stdout == text:
-        return False
-    c.run.run(shell.mkdir_p(path.rsplit("/", 1)[0]), f"create the folder of {path}")
-    remote.put_text(c.conn, c.run, path, text, mode=mode)
-    return True
 
 
 def _container(mc: Ctx, address: str, port: int, fresh: bool = False) -> None:
@@ -69,7 +60,7 @@ def _container(mc: Ctx, address: str, port: int, fresh: bool = False) -> None:
 def _trust(mc: Ctx, c: Ctx, registry: str, ca: str) -> None:
     """The node trusts the CA and holds a client certificate the manager signed (its key stays there)."""
     folder = cmd.certs_dir(registry)
-    _write_if_changed(c, f"{folder}/ca.crt", ca, "644")
+    remote.put_text_if_changed(c.conn, c.run, f"{folder}/ca.crt", ca, "644", make_folder=True)
     if c.run.run(cmd.client_cert_valid(folder), "check the node's client certificate", check=False,
                  mutates=False).ok:
         return
