@@ -24,7 +24,8 @@ from .transfer import Channel
 
 def ship(c: Ctx, *, tiers: bool | Sequence[str] = False, upstream: bool = False, app: str | None = None,
          extra: Sequence[str] = (), local_runner: Runner | None = None,
-         open_channel: Callable[[Ctx], Channel] | None = None, start_save: Callable[[list[str]], object] | None = None) -> ShipReport:
+         open_channel: Callable[[Ctx], Channel] | None = None,
+         start_save: Callable[[list[str]], object] | None = None) -> ShipReport:
     """Ship the chosen images to the server (see onevps.ship)."""
     t0 = time.monotonic()
     wanted = _wanted(c, tiers, upstream, app, extra)
