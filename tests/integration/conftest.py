@@ -52,6 +52,42 @@ os.environ.update(TEST_ENV)
 os.environ.setdefault("ONEVPS_ENV_FILE", str(ROOT / ".env") if (ROOT / ".env").exists() else str(ROOT / ".env.absent"))
 
 
+# --- tests that build on each other -------------------------------------------
+# A module marked `ordered` is a story: each test builds on what the ones before
+# it left (a server set up, a version deployed). pytest runs a module's tests in
+# file order; these hooks make the dependency explicit: a test of such a module
+# runs only when every test above it in the file ran in this session and passed,
+# otherwise it fails at once with one line naming the first that did not.
+
+_passed: set[str] = set()
+
+
+def _earlier_tests(item) -> list[str]:
+    """The names of the test functions above this one in its module, in file order."""
+    funcs = sorted((f.__code__.co_firstlineno, name) for name, f in vars(item.module).items()
+                   if name.startswith("test_") and callable(f) and hasattr(f, "__code__"))
+    own = item.originalname if hasattr(item, "originalname") else item.name
+    names = [name for _, name in funcs]
+    return names[:names.index(own)] if own in names else []
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("ordered") is None:
+        return
+    for name in _earlier_tests(item):
+        if f"{item.module.__name__}::{name}" not in _passed:
+            pytest.fail(f"not run: the tests of {item.module.__name__.rsplit('.', 1)[-1]} build on each other "
+                        f"and {name} did not run and pass before it (run the whole module)", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if item.get_closest_marker("ordered") is not None and report.when == "call" and report.passed:
+        _passed.add(f"{item.module.__name__}::{getattr(item, 'originalname', item.name)}")
+
+
 def docker_problem() -> str | None:
     if shutil.which("docker") is None:
         return "the docker command is not installed"

@@ -24,7 +24,7 @@ from tests import loadgen
 from .conftest import clear_compose_project, copy_repo, docker, file_text, http
 from .sshd import sshd_or_fail
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.server, pytest.mark.ordered]
 
 SSH_PORT = int(os.environ.get("ONEVPS_TEST_SSH_PORT", "2223"))
 SERVER_ENV = """\

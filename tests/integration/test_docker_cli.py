@@ -23,7 +23,7 @@ from onevps import disk, tiers
 
 from .conftest import ROOT, docker
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.stack]
 
 CLIS = {"current": os.environ["PATH"], "debian-20.10": "/usr/bin:" + os.environ["PATH"]}
 

@@ -26,7 +26,7 @@ from .conftest import ROOT, docker, docker_problem
 sys.path.insert(0, str(ROOT / "dockerfiles" / "waker"))
 UnixHTTPConnection = importlib.import_module("onevps_unixhttp").UnixHTTPConnection
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.stack]
 
 PROXY_DIR = ROOT / "dockerfiles" / "waker"
 IMAGE = "python:3.11-slim"

@@ -38,7 +38,7 @@ from onevps.project import Project
 from . import bare
 from .conftest import ROOT, copy_repo
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.bare, pytest.mark.ordered]
 
 SERVER_NAME = "onevps-first-server"
 PROJECT = f"onevps-first-{secrets.token_hex(3)}"  # a compose project of its own (on its own server anyway)

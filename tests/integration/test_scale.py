@@ -22,7 +22,7 @@ from onevps.registry import SHARED, SHARED_SERVICES
 
 from .conftest import copy_repo, docker, http
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.stack]
 
 SCALE_ENV = {
     "COMPOSE_PROJECT_NAME": "onevps-scale",

@@ -48,7 +48,7 @@ from onevps.project import Project
 from .conftest import clear_compose_project, copy_repo, docker, file_text, http
 from .sshd import SshdError, local_sshd
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.server, pytest.mark.ordered]
 
 SSH_PORT = int(os.environ.get("ONEVPS_TEST_SECRETS_SSH_PORT", "2224"))
 PROJECT = "onevps-secrets"

@@ -18,7 +18,7 @@ from onevps.registry import SHARED_SERVICES
 
 from .conftest import docker, http, inv, project_containers
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.stack]
 
 
 def by_service(settings) -> dict[str, dict]:

@@ -31,7 +31,7 @@ from onevps.project import Project
 from .conftest import clear_compose_project, copy_repo, docker
 from .sshd import sshd_or_fail
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.server, pytest.mark.ordered]
 
 SSH_PORT = int(os.environ.get("ONEVPS_TEST_SLEEP_SSH_PORT", "2232"))
 # A second checkout runs these beside the first with its own ONEVPS_TEST_SLEEP_* name, ports and subnets.

@@ -13,7 +13,7 @@ from onevps.registry import PRIVATE, SHARED, SHARED_SERVICES
 
 from .conftest import docker, http, inv, project_containers
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.stack]
 
 
 def test_every_app_answers_through_nginx_with_its_identity(stack_up, settings, reg):

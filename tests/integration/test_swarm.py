@@ -35,7 +35,7 @@ from tests import loadgen
 from .conftest import ROOT, docker, docker_problem, file_text, http
 from .sshd import SshdError, local_sshd
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.cluster, pytest.mark.ordered]
 
 STACK = "onevps-swarm"
 SSH_PORT = int(os.environ.get("ONEVPS_TEST_SWARM_SSH_PORT", "2231"))

@@ -19,7 +19,7 @@ from onevps import tiers
 from .conftest import docker
 from .test_docker_cli import CLIS, inv, ok
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.cluster]
 
 PROBE = "probe"  # the one service this module puts on a swarm
 

@@ -51,7 +51,7 @@ from tests import loadgen
 from . import bare
 from .conftest import copy_repo
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.cluster, pytest.mark.bare, pytest.mark.ordered]
 
 STACK = "onevps-nodes"
 NAMESPACE = "onevps-nodes"
@@ -319,6 +319,11 @@ def test_d_rolling_update_under_load_fails_no_request(cluster):
     assert load.failed == 0, (load.status, load.errors[:5])
     assert sum(load.by_method["POST"].values()) > 20 and sum(load.by_method["GET"].values()) > 20, load.status
     assert "2.0-nodes" in load.versions, set(load.versions)
+    # The update must leave the replicas spread: one on each worker (stop-first, one at a time).
+    wait_for("portfolio's 2 replicas running after the update",
+             lambda: [n for n, state in c.tasks("portfolio") if state == "Running"][1:], timeout=120, every=2)
+    running = sorted(node for node, state in c.tasks("portfolio") if state == "Running")
+    assert running == sorted([NAMES["w1"], NAMES["w2"]]), f"portfolio's replicas after the update: {running}"
     assert _data(c) == before
 
 
@@ -349,9 +354,10 @@ def test_e_a_worker_lost_under_load(cluster):
     kinds = sorted(set(re.sub(r"\d+\.\d+\.\d+\.\d+(:\d+)?", "ADDR", m) for m in re.findall(r"\*\d+ (.+?),", log)))
     FIGURES["nginx errors while a worker died"] = f"{len(log.splitlines())} ({'; '.join(kinds)[:600]})"
     assert sum(load.by_method["POST"].values()) > 20 and sum(load.by_method["GET"].values()) > 20, load.status
-    if NAMES["w2"] in placed:
-        # A replica lived on a node that stayed: nginx's retries must hide the loss completely.
-        assert load.failed == 0, (placed, load.status, load.errors[:5])
+    # test_d left a replica on each worker, so one lived on the node that stayed: nginx's
+    # retries must hide the loss completely.
+    assert placed == sorted([NAMES["w1"], NAMES["w2"]]), f"portfolio's replicas before w1 stopped: {placed}"
+    assert load.failed == 0, (placed, load.status, load.errors[:5])
     # After Swarm and nginx moved on, every request succeeds.
     with loadgen.Load(80, f"portfolio.{DOMAIN}", threads=3, address=ADDRS["manager"]) as after:
         time.sleep(3)

@@ -18,6 +18,8 @@ from onevps.topdata import parse_mem_usage
 
 from .conftest import ROOT, docker, http, inv, project_containers
 
+pytestmark = [pytest.mark.docker, pytest.mark.stack]
+
 APP = "api-gw"
 # Memory moves while we read it. Idle, a container moves by a few kB to 0.5 MiB in 5 s
 # (measured on the test stack), but each health check runs a process inside the container
