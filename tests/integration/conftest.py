@@ -52,6 +52,25 @@ os.environ.update(TEST_ENV)
 os.environ.setdefault("ONEVPS_ENV_FILE", str(ROOT / ".env") if (ROOT / ".env").exists() else str(ROOT / ".env.absent"))
 
 
+# --- the order of the modules ---------------------------------------------------
+# Modules run grouped by what they stand on, so each shared thing is made once and
+# gone when its last user is done: the local test stack (and throwaway containers),
+# then the shared test server over SSH (server.py), then bare servers, then this
+# engine's single-node swarm (test_swarm_cli last: nothing runs on an engine that
+# was switched into swarm mode and out again). Within a group, file order.
+MODULE_ORDER = ["test_stack", "test_security", "test_top", "test_docker_cli", "test_dockerproxy", "test_scale",
+                "test_deploy", "test_secrets", "test_sleep",
+                "test_first_server", "test_swarm_nodes",
+                "test_swarm", "test_swarm_cli"]
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
+    items.sort(key=rank)  # stable: file order within a module
+
+
 # --- tests that build on each other -------------------------------------------
 # A module marked `ordered` is a story: each test builds on what the ones before
 # it left (a server set up, a version deployed). pytest runs a module's tests in
@@ -171,6 +190,28 @@ def _ok(fn) -> bool:
         return bool(fn())
     except Exception:
         return False
+
+
+# --- the shared test server (server.py) ----------------------------------------
+
+@pytest.fixture(scope="session")
+def vps(tmp_path_factory, built_images, settings, project):
+    """The shared test server, set up with every app deployed; see server.py."""
+    from . import server
+    try:
+        yield server.start(tmp_path_factory, project, settings)
+    finally:
+        server.stop()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """The shared server goes as soon as no test after this one uses it."""
+    if "vps" not in getattr(item, "fixturenames", ()):
+        return
+    items = item.session.items
+    if not any("vps" in getattr(later, "fixturenames", ()) for later in items[items.index(item) + 1:]):
+        from . import server
+        server.stop()
 
 
 # --- HTTP through nginx on 127.0.0.1 ----------------------------------------

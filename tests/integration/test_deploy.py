@@ -1,5 +1,7 @@
 """`fab` against a real sshd on 127.0.0.1: the "VPS" is this machine, reached
-over real SSH; its stack is a Compose project of its own (onevps-deploy).
+over real SSH; its stack is a Compose project of its own. The server is the
+shared test server (server.py): set up and deployed once for this module,
+test_secrets and test_sleep, and every task run here is also a leak test.
 
 The local side is a temporary copy of the repository, so code changes made
 by these tests never touch the working tree.
@@ -11,98 +13,27 @@ import json
 import os
 import re
 import subprocess
-import sys
+import tarfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from onevps import config, tiers
+from onevps import config
 from onevps.project import Project
 from tests import loadgen
 
-from .conftest import clear_compose_project, copy_repo, docker, file_text, http
-from .sshd import sshd_or_fail
+from .conftest import docker, file_text, http
+from .leakcheck import SECRETS, archive_leaks, assert_slot_env_file_used, check, cli, watch
+from .server import NETWORK_PREFIX, PROJECT, SERVER_ENV, Server, fab, set_version
 
 pytestmark = [pytest.mark.docker, pytest.mark.server, pytest.mark.ordered]
 
-SSH_PORT = int(os.environ.get("ONEVPS_TEST_SSH_PORT", "2223"))
-SERVER_ENV = """\
-COMPOSE_PROJECT_NAME=onevps-deploy
-HTTP_PORT=18280
-HTTPS_PORT=18643
-NETWORK_PREFIX=172.27.0
-CHROMA_SUBNET=172.27.1.0/28
-IMAGE_NAMESPACE=onevps-deploy
-REDIS_PASSWORD=deploy-test-secret-0123456789
-CHROMA_TOKEN=deploy-test-chroma-token-0123456789
-DOMAIN=onevps.test
-ACME_EMAIL=ops@onevps.test
-DEPLOY_WATCH=2
-"""
-PROJECT = "onevps-deploy"
-
-
-# ------------------------------------------------------------------ sshd --
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """A real sshd on 127.0.0.1 with its own host key and an authorized key made here."""
-    with sshd_or_fail(tmp_path_factory.mktemp("sshd"), SSH_PORT, "the deploy tests") as client_key:
-        yield client_key
-
-
-# ------------------------------------------------------------ local copy --
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, built_images, settings, project, sshd):
-    base = tmp_path_factory.mktemp("deploy")
-    copy = base / "onevps"
-    copy_repo(copy)
-    (copy / ".env.vps").write_text(SERVER_ENV)
-    clear_compose_project(PROJECT, volumes_only=True)
-    # The "server" shares this machine's engine: give it the tier images the
-    # session built (through Compose), as a server that ran `fab setup` before
-    # has them, under the tags the server's own settings give them (the ML tag
-    # covers the server's TORCH_INDEX_URL). Building torch there would need
-    # PyTorch's index, out of reach here.
-    server_settings = config.load(Project(copy), environ={}, env_file=copy / ".env.vps")
-    tags = tiers.tag_env(Project(copy), server_settings)
-    for tier, tag in (("base", tags["BASE_TAG"]), ("ml", tags["ML_TAG"])):
-        docker("tag", tiers.tier_image(project, settings, tier), f"onevps-deploy/{tier}:{tag}")
-        docker("tag", tiers.tier_image(project, settings, tier), f"onevps-deploy/{tier}:latest")
-    env = {
-        "VPS_HOST": "127.0.0.1", "VPS_PORT": str(SSH_PORT), "VPS_USER": "root", "VPS_SSH_KEY": str(sshd),
-        "VPS_PATH": str(base / "vps"), "VPS_ENV_FILE": ".env.vps", "TORCH_WHEEL_DIR": "",
-        "DEPLOY_TIMEOUT": "120",
-    }
-    yield {"root": copy, "vps": base / "vps", "env": env}
-    compose = base / "vps" / "compose" / "docker-compose.yml"
-    if compose.exists():
-        subprocess.run(["docker", "compose", "-p", PROJECT, "-f", str(compose), "--profile", "*", "down",
-                        "--volumes", "--remove-orphans"], capture_output=True)
-    clear_compose_project(PROJECT, volumes_only=True)
-    for name in docker("ps", "--all", "--format", "{{.Names}}").split():
-        if name.startswith(PROJECT + "-") and name.endswith("-next"):
-            docker("rm", "--force", name)
-    # The "server's" image names go too (the session's tier images keep their own names;
-    # `docker system df` names an image by one of its tags, so stray ones mislead `inv disk`).
-    refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={PROJECT}/*").split()
-    if refs:
-        subprocess.run(["docker", "image", "rm", *refs], capture_output=True)
-
-
-def fab(repo, *args, env=None, timeout=900) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **repo["env"], **(env or {})}
-    fab_bin = str(Path(sys.executable).with_name("fab"))
-    return subprocess.run([fab_bin, *args], cwd=repo["root"], env=full_env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-class Server:
-    domain = "onevps.test"
-    http_port = 18280
-    https_port = 18643
+def repo(vps):
+    return vps
 
 
 def containers() -> dict[str, tuple[str, str]]:
@@ -132,23 +63,13 @@ def Load(app: str) -> loadgen.Load:
     return loadgen.Load(Server.http_port, f"{app}.{Server.domain}", threads=3)
 
 
-def set_version(repo, app: str, version: str) -> None:
-    """Change the app's code: its default APP_VERSION."""
-    path = repo["root"] / "apps" / app / "main.py"
-    text = path.read_text()
-    import re
-
-    new = re.sub(r'os\.getenv\("APP_VERSION", "[^"]*"\)', f'os.getenv("APP_VERSION", "{version}")', text)
-    assert new != text or f'"{version}"' in text
-    path.write_text(new)
-
-
 # ------------------------------------------------------------------ tests --
 
 def test_setup_makes_the_server_ready_and_is_idempotent(repo):
-    res = fab(repo, "setup")
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    res = repo["first_runs"][0]  # the server's first `fab setup` (server.start; watched for leaks)
+    assert res.returncode == 0, res.output
     assert "the server is ready" in res.stdout
+    assert "unknown key LEAKCHECK_API_KEY" in res.stderr  # the key is named, its value never
     env_file = repo["vps"] / ".env"
     assert env_file.read_text() == SERVER_ENV
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
@@ -159,8 +80,9 @@ def test_setup_makes_the_server_ready_and_is_idempotent(repo):
 
 
 def test_first_deploy_of_everything(repo):
-    res = fab(repo, "deploy", "--all")
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    res = repo["first_runs"][1]  # `fab deploy --all` right after the first setup (server.start)
+    assert res.returncode == 0, res.output
+    assert "portfolio has no container yet: starting it" in res.stdout
     assert len(containers()) == 14  # 7 apps, nginx, chroma-auth, chromadb, redis, ollama, waker, docker-proxy
     for app in ("portfolio", "kb", "embedder"):
         assert http(Server, app, "/health").json()["app"] == app
@@ -176,6 +98,7 @@ def test_deploy_a_code_change_under_load_fails_no_request(repo):
     assert load.total_of("GET") > 100 and load.total_of("POST") > 100, load.summary()
     assert "dev" in load.versions and load.versions[-1] == "v2"  # responses switched to the new version
     assert "sent 1 changed file(s)" in res.stdout
+    assert_slot_env_file_used(repo, res)  # the new version's environment came from a 600 file
     # The timeline: each step with its seconds, printed and in the journal.
     for step in ("connect", "checks", "send", "build", "start", "healthy", "switch", "home", "drain", "cleanup",
                  "watch"):
@@ -209,20 +132,25 @@ def test_a_crashing_version_is_removed_and_the_old_one_keeps_serving(repo):
 
 
 def test_two_deploys_at_once_one_is_refused(repo):
+    """Both runs under one watch, checked for leaks once both ended (the slot env file of
+    the first exists, by design, while the second runs)."""
     set_version(repo, "kb", "kb-v2")
-    env = {**os.environ, **repo["env"]}
-    first = subprocess.Popen([str(Path(sys.executable).with_name("fab")), "deploy", "--app=kb"],
-                             cwd=repo["root"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lock = repo["vps"] / ".onevps" / "deploy.lock" / "holder"
-    deadline = time.time() + 60
-    while not lock.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    assert lock.exists(), "the first deploy never took the lock"
-    second = fab(repo, "deploy", "--app=portfolio")
-    out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, out[-2000:] + err
+    runs: list = []
+    with watch(repo) as watching:
+        first = threading.Thread(target=lambda: runs.append(
+            cli(repo, "fab", "deploy", "--app=kb", scenario="first of two deploys", watching=watching)))
+        first.start()
+        lock = repo["vps"] / ".onevps" / "deploy.lock" / "holder"
+        while not lock.exists() and first.is_alive():
+            time.sleep(0.1)
+        assert lock.exists(), "the first deploy never took the lock"
+        second = cli(repo, "fab", "deploy", "--app=portfolio", scenario="second of two deploys", watching=watching)
+        first.join()
+    assert runs and runs[0].returncode == 0, runs[0].output if runs else "the first deploy failed (see above)"
+    check(repo, runs[0])
+    check(repo, second)
     assert second.returncode == 1
-    assert second.stderr.startswith("error: another deploy is running: the deploy lock is held by ")
+    assert second.err.startswith("error: another deploy is running: the deploy lock is held by ")
     assert "since 20" in second.stderr and "deploy kb" in second.stderr
     assert http(Server, "kb", "/health").json()["version"] == "kb-v2"
 
@@ -245,6 +173,7 @@ def test_rollback_returns_the_previous_image_without_failed_requests(repo):
         res = fab(repo, "rollback", "--app=portfolio")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr
     assert "building" not in res.stdout  # no rebuild
+    assert_slot_env_file_used(repo, res)
     assert load.failed == 0, load.summary()
     assert load.versions[0] == "v2" and load.versions[-1] == "dev"
     hist = fab(repo, "history", "--app=portfolio")
@@ -282,7 +211,7 @@ def test_a_build_is_refused_when_the_server_disk_is_too_full(repo):
         env_file.write_text(SERVER_ENV)
         main_py.write_text(code)
     assert res.returncode == 1
-    lines = res.stderr.strip().splitlines()
+    lines = res.err.splitlines()
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert re.match(r"error: only [0-9,]+ MB free on the server's Docker disk \(/\S+\); building 1 app needs about "
                     r"900,000,000 MB \(hint: `fab prune` ", lines[0]), lines[0]
@@ -299,14 +228,14 @@ def test_fab_disk_reports_the_server_images(repo):
                                                 "summary"]
     assert all(0 < a["own"] < 5_000_000 for a in data["apps"]) and data["over_budget"] == []
     assert data["savings_ratio"] > 1 and data["free_mb"] > 0 and data["docker_root"].startswith("/")
-    assert all(r["image"].startswith("onevps-deploy/") for r in data["images"])
+    assert all(r["image"].startswith(f"{PROJECT}/") for r in data["images"])
     res = fab(repo, "disk", "--budget=0.001")
     assert res.returncode == 1
     assert res.stdout.splitlines()[0].split() == ["IMAGE", "SIZE", "UNIQUE", "SHARED"]
     assert "free on the server's Docker disk" in res.stdout
-    assert res.stderr.startswith("error: over the 0.001 MB budget: portfolio, chatbot")
+    assert res.err.startswith("error: over the 0.001 MB budget: portfolio, chatbot")
     res = fab(repo, "disk", "--budget=nope", env={"VPS_PORT": "1"})  # refused before connecting
-    assert res.returncode == 1 and res.stderr.startswith("error: --budget=nope is not a positive number of MB")
+    assert res.returncode == 1 and res.err.startswith("error: --budget=nope is not a positive number of MB")
 
 
 def test_status_logs_and_user_errors(repo):
@@ -318,12 +247,12 @@ def test_status_logs_and_user_errors(repo):
     assert res.returncode == 0 and "portfolio" in res.stdout
     res = fab(repo, "deploy", "--app=nope")
     assert res.returncode == 1
-    assert res.stderr.strip() == ("error: unknown app 'nope' (hint: known apps: portfolio, chatbot, kb, api-gw, "
+    assert res.err == ("error: unknown app 'nope' (hint: known apps: portfolio, chatbot, kb, api-gw, "
                                   "embedder, classify, summary)")
     res = fab(repo, "status", env={"VPS_PORT": "1"})
     assert res.returncode == 1
-    assert res.stderr.startswith("error: cannot reach root@127.0.0.1:1") and "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    assert res.err.startswith("error: cannot reach root@127.0.0.1:1") and "Traceback" not in res.stderr
+    assert len(res.err.splitlines()) == 1
 
 
 def test_backup_and_restore_round_trip(repo):
@@ -342,6 +271,9 @@ def test_backup_and_restore_round_trip(repo):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr
     archive = Path(res.stdout.split("downloaded ", 1)[1].split(" (", 1)[0])
     assert archive.is_file() and oct(archive.stat().st_mode & 0o777) == "0o600"
+    assert not archive_leaks(archive, "the downloaded backup")  # the server's .env is in ./env only
+    with tarfile.open(archive) as tar:
+        assert SECRETS["REDIS_PASSWORD"].encode() in tar.extractfile("./env").read()  # type: ignore[union-attr]
 
     kv("after")  # change the data
     assert http(Server, "kb", "/documents", "POST", {"id": "lost", "text": "written after the backup"}).status == 201
@@ -359,7 +291,7 @@ def test_backup_and_restore_round_trip(repo):
 
     res = fab(repo, "restore", "/etc/hostname", "--yes")
     assert res.returncode == 1
-    assert res.stderr.strip() == ("error: /etc/hostname is not an onevps backup archive "
+    assert res.err == ("error: /etc/hostname is not an onevps backup archive "
                                   "(hint: give a file made by `fab backup`)")
 
 
@@ -491,7 +423,7 @@ def pebble(repo, tmp_path):
     HTTP-01 validation goes to nginx on port 80, container to container."""
     d = tmp_path / "pebble"
     d.mkdir()
-    ip = "172.27.0.9"  # free: shared services take .2-.7, apps .10 and up
+    ip = f"{NETWORK_PREFIX}.9"  # free: shared services take .2-.7, apps .10 and up
     subprocess.run(["openssl", "req", "-x509", "-nodes", "-newkey", "rsa:2048", "-days", "2", "-subj", "/CN=pebble",
                     "-addext", f"subjectAltName=IP:{ip},DNS:pebble", "-keyout", str(d / "key.pem"),
                     "-out", str(d / "cert.pem")], check=True, capture_output=True)
@@ -502,7 +434,7 @@ def pebble(repo, tmp_path):
     name = f"{PROJECT}-pebble"
     docker("rm", "--force", name)
     docker("run", "--detach", "--name", name, "--network", f"{PROJECT}_app-network", "--ip", ip,
-           "--env", "NGINX_IP=172.27.0.2", "--env", "PEBBLE_WFE_NONCEREJECT=0",
+           "--env", f"NGINX_IP={NETWORK_PREFIX}.2", "--env", "PEBBLE_WFE_NONCEREJECT=0",
            "--volume", f"{d}:/pebble:ro", "onevps-standin/pebble:2.4.0")
     deadline = time.time() + 30
     while "Listening on: 0.0.0.0:14000" not in docker("logs", name) + subprocess.run(
@@ -552,4 +484,9 @@ def test_https_redirect_and_hsts_when_switched_on(repo):
     assert secure.status == 200 and secure.headers["strict-transport-security"].startswith("max-age=63072000")
     challenge = http(Server, "portfolio", "/.well-known/acme-challenge/none")
     assert challenge.status == 404  # challenges are answered on plain HTTP, never redirected
+    # Back to the server's settings for the tests that follow on this server: plain HTTP answers.
+    (repo["root"] / ".env.vps").write_text(SERVER_ENV)
+    res = fab(repo, "setup")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert http(Server, "portfolio", "/health").status == 200
 

@@ -1,5 +1,5 @@
-"""Issue 15: sleeping apps, on a real "server" (this machine over a local sshd,
-its own Compose project): an app with a short onevps.sleep_after goes to sleep;
+"""Issue 15: sleeping apps, on the shared test server (server.py: this machine
+over a local sshd, its own Compose project), where an app is added for them: an app with a short onevps.sleep_after goes to sleep;
 its first GET and first POST (body intact) are answered by it; 50 concurrent
 first requests start it once; a request in flight keeps it awake; the waker's
 Docker access is limited to starting, stopping and inspecting apps; `fab
@@ -15,42 +15,20 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from onevps import config, tiers
-from onevps.project import Project
-
-from .conftest import clear_compose_project, copy_repo, docker
-from .sshd import sshd_or_fail
+from .conftest import docker
+from .leakcheck import has_secret
+from .server import DOMAIN, PROJECT, Server, fab, inv
 
 pytestmark = [pytest.mark.docker, pytest.mark.server, pytest.mark.ordered]
 
-SSH_PORT = int(os.environ.get("ONEVPS_TEST_SLEEP_SSH_PORT", "2232"))
-# A second checkout runs these beside the first with its own ONEVPS_TEST_SLEEP_* name, ports and subnets.
-PROJECT = os.environ.get("ONEVPS_TEST_SLEEP_PROJECT", "onevps-sleep")
-HTTP_PORT = int(os.environ.get("ONEVPS_TEST_SLEEP_HTTP_PORT", "18680"))
-DOMAIN = "onevps.test"
-SERVER_ENV = f"""\
-COMPOSE_PROJECT_NAME={PROJECT}
-HTTP_PORT={HTTP_PORT}
-HTTPS_PORT={os.environ.get("ONEVPS_TEST_SLEEP_HTTPS_PORT", "18681")}
-NETWORK_PREFIX={os.environ.get("ONEVPS_TEST_SLEEP_NETWORK_PREFIX", "172.22.0")}
-CHROMA_SUBNET={os.environ.get("ONEVPS_TEST_SLEEP_CHROMA_SUBNET", "172.22.1.0/28")}
-IMAGE_NAMESPACE={PROJECT}
-REDIS_PASSWORD=sleep-test-secret-0123456789
-CHROMA_TOKEN=sleep-test-chroma-token-0123456789
-DOMAIN={DOMAIN}
-DEPLOY_WATCH=0
-WAKE_TIMEOUT=60
-"""
+HTTP_PORT = Server.http_port
 SLEEP_AFTER = "4s"
 APP = "sleepy"
 CONTAINER = f"{PROJECT}-{APP}-1"
@@ -86,51 +64,16 @@ async def slow(seconds: float = 1.0) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    with sshd_or_fail(tmp_path_factory.mktemp("sshd"), SSH_PORT, "the sleep tests") as client_key:
-        yield client_key
-
-
-def _tool(name: str, repo: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name(name)), *args], cwd=repo["root"],
-                          env={**os.environ, **repo["env"]}, capture_output=True, text=True, timeout=timeout)
-
-
-def fab(repo: dict, *args: str) -> subprocess.CompletedProcess:
-    return _tool("fab", repo, *args)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, built_images, settings, project, sshd):
-    """A copy with the app `sleepy` (inv new-app --sleep-after 4s), set up and deployed."""
-    base = tmp_path_factory.mktemp("sleep")
-    copy = base / "onevps"
-    copy_repo(copy)
-    (copy / ".env.vps").write_text(SERVER_ENV)
-    clear_compose_project(PROJECT)
-    repo = {"root": copy, "vps": base / "vps", "env": {
-        "VPS_HOST": "127.0.0.1", "VPS_PORT": str(SSH_PORT), "VPS_USER": "root", "VPS_SSH_KEY": str(sshd),
-        "VPS_PATH": str(base / "vps"), "VPS_ENV_FILE": ".env.vps", "TORCH_WHEEL_DIR": "", "DEPLOY_TIMEOUT": "120"}}
-    res = _tool("inv", repo, "new-app", APP, "--sleep-after", SLEEP_AFTER)
-    assert res.returncode == 0, res.stdout + res.stderr
-    (copy / "apps" / APP / "main.py").write_text(MAIN_PY)
-    # The session's tier images under the tags the server's settings give them (as test_deploy).
-    server_settings = config.load(Project(copy), environ={}, env_file=copy / ".env.vps")
-    for tier, tag in tiers.tag_env(Project(copy), server_settings).items():
-        name = "base" if tier == "BASE_TAG" else "ml"
-        docker("tag", tiers.tier_image(project, settings, name), f"{PROJECT}/{name}:{tag}")
-    for args in (("setup",), ("deploy", f"--app={APP}")):
-        res = fab(repo, *args)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr
-    yield repo
-    compose = base / "vps" / "compose" / "docker-compose.yml"
-    if compose.exists():
-        subprocess.run(["docker", "compose", "-p", PROJECT, "-f", str(compose), "down", "--volumes",
-                        "--remove-orphans"], capture_output=True)
-    clear_compose_project(PROJECT)
-    refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={PROJECT}/*").split()
-    if refs:
-        subprocess.run(["docker", "image", "rm", *refs], capture_output=True)
+def server(vps):
+    """The shared test server with the app `sleepy` added as a user adds one: `inv new-app
+    sleepy --sleep-after 4s` (its code replaced by MAIN_PY), then `fab deploy --app=sleepy`."""
+    if not (vps["root"] / "apps" / APP).exists():
+        res = inv(vps, "new-app", APP, "--sleep-after", SLEEP_AFTER)
+        assert res.returncode == 0, res.output
+    (vps["root"] / "apps" / APP / "main.py").write_text(MAIN_PY)
+    res = fab(vps, "deploy", f"--app={APP}")
+    assert res.returncode == 0, res.output
+    return vps
 
 
 # ----------------------------------------------------------------- helpers --
@@ -266,7 +209,7 @@ def test_the_waker_reaches_docker_only_to_start_stop_and_inspect_apps(server):
     answers = json.loads(res.stdout)
     status, text = answers[f"GET /containers/{CONTAINER}/json"]
     assert status == 200 and json.loads(text)["Name"] == f"/{CONTAINER}"
-    assert "Env" not in json.loads(text)["Config"] and "REDIS_URL" not in text and "sleep-test-secret" not in text
+    assert "Env" not in json.loads(text)["Config"] and "REDIS_URL" not in text and not has_secret(text)
     refused = {call: answer[0] for call, answer in answers.items() if call != f"GET /containers/{CONTAINER}/json"}
     assert set(refused.values()) == {403}, refused
     assert docker("inspect", "--format", "{{.State.Running}}", redis).strip() == "true"  # untouched
