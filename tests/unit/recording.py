@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Union
 
 from onevps import remote
+from onevps.commands.docker import WAIT_READY
 from onevps.config import Settings
 from onevps.project import Project
 from onevps.runner import Result
@@ -32,6 +33,10 @@ from onevps.timeline import Timeline
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden" / "recipes"
 REGENERATE = "regenerate with: ONEVPS_UPDATE_GOLDEN=1 pytest tests/unit/test_recipes.py (then read the diff)"
+# The shared wait script stands in many recipes: their goldens name it, and its text is
+# compared once (wait-script.sh). Replaced exactly as it stands on a command line.
+WAIT_SCRIPT = "<WAIT_SCRIPT>"
+WAIT_ARG = shlex.quote(WAIT_READY)
 
 Answer = tuple[int, str, str]
 Match = Union[str, list, Callable[[list[str]], bool]]
@@ -121,11 +126,17 @@ def ctx(server: Server, rs: Settings, local: Settings | None = None, reg=None, t
 
 
 def assert_golden(name: str, lines: list[str]) -> None:
-    """lines equal tests/golden/recipes/<name>.txt (one command a line); ONEVPS_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / f"{name}.txt"
-    text = "".join(line + "\n" for line in lines)
+    """lines equal tests/golden/recipes/<name>.txt (one command a line), the wait script named
+    WAIT_SCRIPT there; ONEVPS_UPDATE_GOLDEN=1 rewrites it."""
+    assert not any(WAIT_SCRIPT in line for line in lines), f"a command says {WAIT_SCRIPT} itself"
+    compare(f"{name}.txt", "".join(line.replace(WAIT_ARG, WAIT_SCRIPT) + "\n" for line in lines))
+
+
+def compare(file: str, text: str, what: str = "the commands") -> None:
+    """text equals tests/golden/recipes/<file>; ONEVPS_UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN / file
     if os.environ.get("ONEVPS_UPDATE_GOLDEN"):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     assert path.exists(), f"{path} is missing; {REGENERATE}"
-    assert text == path.read_text(), f"{name}: the commands differ from {path.name}; {REGENERATE}"
+    assert text == path.read_text(), f"{path.stem}: {what} differ from {path.name}; {REGENERATE}"

@@ -8,7 +8,8 @@ no `docker` (stack._compose_check then skips `docker compose config`); the
 ones that use the real repository only make refusals and dry runs, and check
 that the repository is unchanged afterwards.
 
-Golden files live in tests/golden/. Regenerate them with
+Golden files live in tests/golden/; the copy they are made on has the frozen
+compose file of tests/unit/goldens.py, not the live one. Regenerate them with
 `ONEVPS_UPDATE_GOLDEN=1 pytest tests/unit/test_new_app.py` and review the diff.
 """
 
@@ -29,6 +30,8 @@ from hypothesis import HealthCheck, assume, given, settings as hsettings, strate
 from onevps import apps, checks, composefile, config, nginx, registry
 from onevps.errors import OnevpsError
 from onevps.project import Project
+
+from . import goldens
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"
@@ -116,7 +119,8 @@ GOLDEN_CASES = [
 
 
 @pytest.mark.parametrize("golden, args", GOLDEN_CASES, ids=[c[0] for c in GOLDEN_CASES])
-def test_new_app_compose_diff_matches_golden(repo, golden, args):
+def test_new_app_compose_diff_matches_golden(tmp_path, golden, args):
+    repo = goldens.repository(tmp_path, ("nginx", "apps", "templates"))
     name, tier, domain = args
     before = compose_text(repo)
     new_app(repo, name, tier, domain)

@@ -1,7 +1,11 @@
 """Whole recipes as ordered command lists, against a recording server (tests/unit/recording.py):
 the switch, rollback, setup after provisioning, prune, certs, restore. Each list is a golden
 file in tests/golden/recipes/ (one command or upload a line): a step swapped, added or lost
-fails. Regenerate with ONEVPS_UPDATE_GOLDEN=1 and read the diff."""
+fails. Regenerate with ONEVPS_UPDATE_GOLDEN=1 and read the diff.
+
+The app registry is the frozen compose file's (tests/unit/goldens.py), not the live one's. The
+shared wait script (onevps.commands.docker.WAIT_READY) stands in the goldens as <WAIT_SCRIPT>;
+its text is compared once, with tests/golden/recipes/wait-script.sh."""
 
 from __future__ import annotations
 
@@ -15,11 +19,12 @@ import pytest
 from onevps import backup, certs, config, deploy, provision, remote, state, switch, watch
 from onevps.errors import OnevpsError
 from onevps.commands import shell
+from onevps.commands.docker import WAIT_READY
 from onevps.project import Project
 from onevps.registry import App
-from onevps.registry import load as load_registry
 
-from .recording import ROOT, Server, assert_golden, ctx
+from .goldens import registry  # the frozen compose file's, not the live one's
+from .recording import GOLDEN, ROOT, WAIT_SCRIPT, Server, assert_golden, compare, ctx
 from .test_backup import archive
 
 TAGS = {"BASE_TAG": "c-6f91ef1596ce", "ML_TAG": "c-b58f04ca7e0c"}
@@ -49,10 +54,6 @@ def local_settings(**env) -> config.Settings:
 def server_settings(**env) -> config.Settings:
     """As on the server: its .env under VPS_PATH (remote.remote_settings)."""
     return dataclasses.replace(local_settings(**env), env_file=Path("/srv/apps/.env"))
-
-
-def registry():
-    return load_registry(ROOT / "compose" / "docker-compose.yml")
 
 
 class Containers:
@@ -288,6 +289,14 @@ def test_restore(tmp_path):
     server = Server()
     backup.restore(ctx(server, server_settings(), reg=registry(), tags=TAGS), path, with_env=True)
     assert_golden("restore", server.lines())
+
+
+def test_the_wait_script_is_its_golden_file_and_the_recipes_only_name_it():
+    """The one place the shared wait script's text is compared; the recipe goldens say WAIT_SCRIPT."""
+    compare("wait-script.sh", WAIT_READY + "\n", what="the script's lines")
+    recipes = [path.read_text() for path in sorted(GOLDEN.glob("*.txt"))]
+    assert any(WAIT_SCRIPT in text for text in recipes)
+    assert not any(WAIT_READY in text for text in recipes)
 
 
 def test_two_steps_swapped_fail_the_comparison(monkeypatch):

@@ -22,6 +22,8 @@ from onevps.errors import CommandFailed, OnevpsError
 from onevps.registry import load as load_registry
 from onevps.runner import Result
 
+from . import goldens
+
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = Project(ROOT)
 ID = {k: "sha256:" + k * 64 for k in "abcdef"}  # this machine's image IDs (e.g. a classic store: config digests)
@@ -160,10 +162,10 @@ class FakeServer(Recorder):
         return [x for x in self.calls if x.startswith(prefix)]
 
 
-def ctx(tmp_path, run, local_ns="onevps", server_ns="prod"):
+def ctx(tmp_path, run, local_ns="onevps", server_ns="prod", project=PROJECT):
     local, rs = settings(tmp_path, local_ns, server_ns)
-    c = SimpleNamespace(local=local, project=PROJECT, rs=rs, reg=load_registry(PROJECT.compose_file), conn=None,
-                        run=run, tags=tiers.tag_env(PROJECT, local))
+    c = SimpleNamespace(local=local, project=project, rs=rs, reg=load_registry(project.compose_file), conn=None,
+                        run=run, tags=tiers.tag_env(project, local))
     c.say = run.say if run else None
     return c
 
@@ -681,7 +683,8 @@ def tap(recorder, side, log):
 
 def test_a_whole_ship_is_its_golden_list_of_commands(tmp_path):
     """`fab ship --upstream` to a server that has two of the four images (under its own IDs, one
-    unnamed): every command in order, on this machine and on the server. Regenerate with
+    unnamed): every command in order, on this machine and on the server. The upstream images are
+    those of the frozen compose file (tests/unit/goldens.py), not the live one. Regenerate with
     `ONEVPS_UPDATE_GOLDEN=1 pytest tests/unit/test_ship.py` and review the diff."""
     log = []
     here = upstream_here()
@@ -699,7 +702,8 @@ def test_a_whole_ship_is_its_golden_list_of_commands(tmp_path):
         log.append(f"here: {shlex.join(argv)}  # streamed into docker load")
         return save(argv)
 
-    ship.ship(ctx(tmp_path, run), upstream=True, local_runner=here, open_channel=open_channel, start_save=start_save)
+    ship.ship(ctx(tmp_path, run, project=goldens.GoldenProject(ROOT)), upstream=True, local_runner=here,
+              open_channel=open_channel, start_save=start_save)
     text = "".join(line + "\n" for line in [
         "# `fab ship --upstream`: every command in order, here and on the server (tests/unit/test_ship.py).",
         "# The server has chromadb/chroma and, under another name (other/ollama:x), ollama/ollama: both under its own IDs.", *log])

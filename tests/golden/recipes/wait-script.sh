@@ -1,0 +1,1 @@
+c=$1; end=$(( $(date +%s) + $2 )); pause=$3; shift 3; while :; do timeout 10 docker exec "$c" "$@" >/dev/null 2>&1 && exit 0; [ "$(docker inspect --format "{{.State.Running}}" "$c" 2>/dev/null)" = true ] || exit 3; [ "$(date +%s)" -lt "$end" ] || exit 1; sleep "$pause"; done
