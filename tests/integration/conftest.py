@@ -99,12 +99,27 @@ def pytest_runtest_setup(item):
                         f"and {name} did not run and pass before it (run the whole module)", pytrace=False)
 
 
+_module_seconds: dict[str, float] = {}
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    module = item.module.__name__.rsplit(".", 1)[-1]  # setup + call + teardown, its fixtures included
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
     if item.get_closest_marker("ordered") is not None and report.when == "call" and report.passed:
         _passed.add(f"{item.module.__name__}::{getattr(item, 'originalname', item.name)}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The time of each module (its tests and the stacks they bring up): the README's table."""
+    if not _module_seconds:
+        return
+    terminalreporter.write_sep("=", "time per integration module")
+    for module, seconds in sorted(_module_seconds.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {module}")
+    terminalreporter.write_line(f"{sum(_module_seconds.values()):8.1f} s  in all")
 
 
 def docker_problem() -> str | None:
