@@ -14,7 +14,11 @@ Every answer that is not 2xx, every bad echo and every exception (refused,
 reset, EOF after the request was sent, timeout...) counts as a failed request,
 per method and under its status code or exception class name. A request is
 never retried; after an exception its connection is closed and the next
-request opens a new one.
+request opens a new one. A server may answer before it has read a request's
+body (a 413, a 403) and close: sending the rest then fails (EPIPE, ECONNRESET)
+while its answer waits in the socket; that answer is read and counted as what
+it is, and only a send failure with no answer behind it counts as the
+exception.
 
 Like every HTTP/1.1 client library (urllib3, browsers), a connection the
 server closed while it was idle is not reused: before each request the
@@ -134,8 +138,16 @@ class Client:
         return res.status, data, None
 
     def _send(self, method: str, path: str, body: bytes | None, headers: dict) -> http.client.HTTPResponse:
-        """The request sent and the answer's status line and headers read (not its body)."""
-        self.conn.request(method, path, body=body, headers=headers)
+        """The request sent and the answer's status line and headers read (not its body). A send
+        that fails may have met an early answer: http.client still reads it (the request counts as
+        sent from endheaders on); with none there, the send's own error is raised."""
+        try:
+            self.conn.request(method, path, body=body, headers=headers)
+        except (BrokenPipeError, ConnectionResetError) as sent:
+            try:
+                return self.conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                raise sent from None
         return self.conn.getresponse()
 
     def close(self) -> None:

@@ -25,7 +25,9 @@ It also answers GET /activity on ONEVPS_ACTIVITY_HOST:ONEVPS_ACTIVITY_PORT
 (0.0.0.0:8001; port 0: off) for the waker (dockerfiles/waker), as JSON:
 {"connections": open HTTP connections, "idle": seconds since the last request
 started or ended (0 while one is in flight), "requests": total}. Requests for
-/health (the healthcheck, the waker's probes) are not activity.
+/health (the healthcheck, the waker's probes) are not activity. It answers
+from a request's head alone, so its connection closes the lingering way
+(`_linger`): a body sent along never turns the answer into a reset.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ _uvicorn_shutdown = uvicorn_server.Server.shutdown
 _uvicorn_startup = uvicorn_server.Server.startup
 NOT_ACTIVITY = "/health"  # the healthcheck's and the waker's probes
 ACTIVITY_READ = 2.0  # seconds at most for an activity request to arrive
+LINGER_BYTES = 1 << 20  # what a lingering close reads and drops at most...
+LINGER_SECONDS = 2.0  # ...and for how long
 
 
 def _handles(srv: asyncio.base_events.Server) -> list[socket.socket]:
@@ -121,6 +125,22 @@ class Activity:
                 "requests": self.total}
 
 
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """nginx's lingering close after an answer sent with the request's body unread: closing with
+    unread data sends a TCP reset, which can destroy the answer before the client read it. The
+    write side is shut (the client reads the answer, then EOF), what the client still sends is
+    read and dropped (LINGER_BYTES, LINGER_SECONDS at most) until it closes; the caller closes."""
+    left = LINGER_BYTES
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER_SECONDS):
+            while left > 0 and (data := await reader.read(min(left, 65536))):
+                left -= len(data)
+    except OSError:  # a reset, or the time is up (TimeoutError is an OSError)
+        pass
+
+
 async def _answer_activity(activity: Activity, state: object,
                            reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """One request on the activity port: GET /activity gets the JSON, anything else 404."""
@@ -132,6 +152,7 @@ async def _answer_activity(activity: Activity, state: object,
         writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
                      + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
         await writer.drain()
+        await _linger(reader, writer)  # only the head was read
     except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
         pass
     finally:

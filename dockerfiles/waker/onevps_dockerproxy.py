@@ -20,7 +20,10 @@ Threads (ThreadingUnixStreamServer), not asyncio: the callers are few (the
 waker), every allowed call is short and bounded. One call per connection:
 the request's head is read (no body is ever accepted), the engine's answer
 read whole (the proxy asks it for `Connection: close`) and sent with
-Content-Length and `Connection: close`. No http.server or http.client: the
+Content-Length and `Connection: close`. A 403 or a 400 is answered before what
+the client still sends (a body) is read: its connection then closes the way
+nginx's lingering_close does (`linger`), so the answer reaches the client
+instead of being lost to a reset. No http.server or http.client: the
 little HTTP this needs is here, which keeps the process small (it runs all
 the time). Small and obvious code is what a security boundary needs.
 """
@@ -37,6 +40,7 @@ import socketserver
 import stat
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -45,6 +49,8 @@ from onevps_dockerpolicy import MAX_ANSWER, PASS_HEADERS, app_problem, decide, f
 ENGINE_TIMEOUT = 180.0
 MAX_LINE = 8192  # bytes of a request line or a header line
 MAX_HEADERS = 100
+LINGER_BYTES = 1 << 20  # what a lingering close reads and drops at most...
+LINGER_SECONDS = 2.0  # ...and for how long: a client that sends on and on is cut off
 
 
 class BadRequest(Exception):
@@ -111,6 +117,27 @@ def dechunk(data: bytes | bytearray, i: int = 0) -> bytes:
         i = end + 4 + size
 
 
+def linger(sock: socket.socket) -> None:
+    """nginx's lingering close, for an answer sent before the request was read whole (its body
+    unread). Closing a socket with unread data resets the connection: the client's next send
+    fails (EPIPE) and, over TCP, the reset can destroy the answer in the client's receive
+    buffer. So: shut the write side (the client reads the answer, then EOF), then read and
+    drop what the client still sends, LINGER_BYTES and LINGER_SECONDS at most, until it
+    closes; the caller then closes. One small scratch buffer: nothing discarded is kept."""
+    scratch, left = memoryview(bytearray(65536)), LINGER_BYTES
+    deadline = time.monotonic() + LINGER_SECONDS
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while left > 0 and (wait := deadline - time.monotonic()) > 0:
+            sock.settimeout(wait)
+            got = sock.recv_into(scratch, min(left, len(scratch)))
+            if not got:
+                return  # the client closed: a clean close, no reset
+            left -= got
+    except OSError:  # the client reset the connection, or the time is up (TimeoutError)
+        pass
+
+
 def engine_call(engine: str, method: str, target: str) -> tuple[int, dict, bytes]:
     """(status, passed headers, body) of one call to the real engine; no client headers pass."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -143,8 +170,9 @@ class Handler(socketserver.StreamRequestHandler):
         try:
             self.command, self.path, self.headers = read_request(self.rfile)
         except BadRequest as err:
-            return self.answer(400, {"Content-Type": "application/json"},
-                               json.dumps({"message": f"onevps docker proxy: {err}"}).encode())
+            self.answer(400, {"Content-Type": "application/json"},
+                        json.dumps({"message": f"onevps docker proxy: {err}"}).encode())
+            return linger(self.connection)  # the rest of the request is unread
         except (EOFError, OSError):
             return  # the client went away, or sent nothing in time
         self.handle_call()
@@ -173,16 +201,11 @@ class Handler(socketserver.StreamRequestHandler):
         self.answer(status, headers, body)
 
     def deny(self, path: str, why: str) -> None:
+        """403, then a lingering close: a denied request's body (the policy allows none) is unread."""
         print(f"denied: {_printable(self.command)} {_printable(path)}: {why}", file=sys.stderr, flush=True)
-        self.drain()
         body = json.dumps({"message": f"onevps docker proxy: denied: {why}"}).encode()
         self.answer(403, {"Content-Type": "application/json"}, body)
-
-    def drain(self) -> None:
-        """Read (and drop) a small body so the 403 reaches the client."""
-        length = self.headers.get("Content-Length", "0").strip()
-        if length.isdigit() and 0 < int(length) <= 1 << 20 and not self.headers.get("Transfer-Encoding"):
-            self.rfile.read(int(length))
+        linger(self.connection)
 
     def answer(self, status: int, headers: dict, body: bytes) -> None:
         reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""

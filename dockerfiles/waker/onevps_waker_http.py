@@ -1,7 +1,8 @@
 """HTTP/1.1 on asyncio streams for the waker (standard library only): the server
 that holds requests (keep-alive, bodies by Content-Length or chunked, Expect:
-100-continue), one-request client connections (to the apps over TCP, to the
-Docker proxy over its unix socket) and the relay of an answer back.
+100-continue; a refused request's connection closed the lingering way), one-request
+client connections (to the apps over TCP, to the Docker proxy over its unix socket)
+and the relay of an answer back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ MAX_HEAD = 64 * 1024  # bytes of a head (start line + headers), and of a chunk-s
 MAX_BODY = 20 * 1024 * 1024  # bytes of a request body: nginx's client_max_body_size 20m
 IDLE = 75.0  # seconds a kept-alive connection may wait for its next request; one body read or relay step too
 READ = 64 * 1024
+LINGER_BYTES = 1 << 20  # what a lingering close reads and drops at most...
+LINGER_SECONDS = 2.0  # ...and for how long: a client that sends on and on is cut off
 HEX = frozenset(b"0123456789abcdefABCDEF")
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # What a failed connection, a broken or malformed message or a timeout raises.
@@ -206,6 +209,25 @@ def websocket_close(key: bytes, code: int) -> bytes:
             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + b"\x88\x02" + code.to_bytes(2, "big"))
 
 
+async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """nginx's lingering close, for an answer sent before the request was read whole (a 400,
+    413 or 408: its body, or the rest of it, unread). Closing a socket with unread data sends a
+    TCP reset, which fails the client's send and can destroy the answer in its receive buffer.
+    So: shut the write side (the client reads the answer, then EOF), then read and drop what
+    the client still sends, LINGER_BYTES and LINGER_SECONDS at most, until it closes; the
+    caller then closes. The reader holds at most 2 * its limit (MAX_HEAD) bytes: nothing
+    discarded is buffered beyond that."""
+    left = LINGER_BYTES
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()  # after what is queued: the answer goes out whole first
+        async with asyncio.timeout(LINGER_SECONDS):
+            while left > 0 and (data := await reader.read(min(left, READ))):
+                left -= len(data)
+    except FAILURES:  # the client reset the connection, or the time is up (TimeoutError)
+        pass
+
+
 async def serve(handle, host: str, port: int) -> asyncio.Server:
     """A listening server: each connection's requests, one after another, go to
     `await handle(request, writer)`, which answers and says whether to keep the connection."""
@@ -218,6 +240,7 @@ async def serve(handle, host: str, port: int) -> asyncio.Server:
                 except BadMessage as exc:
                     bad = Request("GET", b"/", b"HTTP/1.0", [])
                     await respond(writer, bad, exc.status, {"message": f"{HTTPStatus(exc.status).phrase}: {exc}"})
+                    await linger(reader, writer)  # answered before the request was read whole
                     break
                 if request is None or not await handle(request, writer):
                     break

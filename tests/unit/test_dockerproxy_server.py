@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -19,7 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from . import rawhttp
 from .test_dockerproxy import APP_ID, CONTAINERS, FILE, P, SECRET, SHARED_ID, UnixHTTPConnection, pol, px
+
+DEADLINE = 30.0  # seconds a socket operation may take on a busy machine before the test fails
 
 # --- end to end against a fake engine ----------------------------------------------------
 
@@ -83,10 +87,10 @@ def stand(tmp_path):
 
 
 def call(sock, method, target, headers=None, body=None, chunked=False):
-    conn = UnixHTTPConnection(sock, timeout=30)
+    """(status, body) of one call; a deny answered before the body was sent is read all the same."""
+    conn = UnixHTTPConnection(sock, timeout=DEADLINE)
     try:
-        conn.request(method, target, body=body, headers=headers or {}, encode_chunked=chunked)
-        res = conn.getresponse()
+        res = rawhttp.getresponse(conn, method, target, body=body, headers=headers or {}, encode_chunked=chunked)
         return res.status, res.read()
     finally:
         conn.close()
@@ -173,15 +177,17 @@ def test_logs_ping_and_head(stand):
     assert calls[-1] == ("HEAD", "/v1.41/_ping")
 
 
-def raw_call(sock_path: str, data: bytes) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(30)
-        sock.connect(sock_path)
-        sock.sendall(data)
-        out = b""
-        while chunk := sock.recv(65536):
-            out += chunk
-    return out
+def connect(sock_path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(DEADLINE)
+    sock.connect(sock_path)
+    return sock
+
+
+def raw_call(sock_path: str, *data: bytes) -> bytes:
+    """The whole answer to raw request bytes (a send cut short by an early answer is no error)."""
+    with connect(sock_path) as sock:
+        return rawhttp.exchange(sock, *data)
 
 
 @pytest.mark.parametrize("data", [b"GARBAGE\r\n\r\n", b"GET /_ping HTTP/2\r\n\r\n", b"GET /_ping HTTP/1.1\r\nNo colon\r\n\r\n",
@@ -199,6 +205,57 @@ def test_every_duplicate_header_is_checked(stand):
     answer = raw_call(cfg.socket_path, b"POST /containers/h15-blog-1/start HTTP/1.1\r\nContent-Length: 0\r\n"
                                        b"Content-Length: 5\r\n\r\nhello")
     assert answer.startswith(b"HTTP/1.1 403 ") and calls == []
+
+
+BIG = 512 * 1024  # over what a unix socket buffers, under LINGER_BYTES: still being sent when the 403 comes
+START = "/containers/h15-blog-1/start"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_denied_call_with_a_body_gets_its_403_every_time(stand, monkeypatch, chunked):
+    """Denied from its head, answered before its body is read: the lingering close reads the body
+    and drops it, so even a strict client (plain http.client raises when a send fails, the
+    race CI met) sends it whole and reads the 403. Without it: EPIPE."""
+    monkeypatch.setattr(px, "LINGER_SECONDS", DEADLINE)  # only the byte bound: no race with a busy clock
+    cfg, calls = stand
+    why = "request bodies are not allowed" + (" (Transfer-Encoding)" if chunked else "")
+    for _ in range(50):
+        conn = UnixHTTPConnection(cfg.socket_path, timeout=DEADLINE)
+        try:
+            conn.request("POST", START, body=iter([b"x" * 32768] * (BIG // 32768)) if chunked else b"x" * BIG)
+            res = conn.getresponse()
+            assert (res.status, json.loads(res.read())) == (403, {"message": f"onevps docker proxy: denied: {why}"})
+        finally:
+            conn.close()
+    assert calls == []
+
+
+def test_a_client_that_sends_on_and_on_is_cut_off_after_linger_bytes(stand, monkeypatch):
+    """The lingering read is bounded: past LINGER_BYTES the proxy closes, the client's send fails,
+    and the 403 still waits in its socket."""
+    monkeypatch.setattr(px, "LINGER_SECONDS", DEADLINE)  # the byte bound is the one that ends it
+    cfg, calls = stand
+    chunk, sent, cap = b"x" * 65536, 0, 64 * px.LINGER_BYTES  # cap: a failure bound, never reached when it works
+    with connect(cfg.socket_path) as sock:
+        assert rawhttp.send(sock, f"POST {START} HTTP/1.1\r\nContent-Length: {1 << 40}\r\n\r\n".encode())
+        while sent < cap and rawhttp.send(sock, chunk):
+            sent += len(chunk)
+        answer = rawhttp.read_until_closed(sock)
+    assert px.LINGER_BYTES <= sent < cap, "the proxy read and dropped LINGER_BYTES, then closed"
+    assert rawhttp.status_of(answer) == 403 and calls == []
+
+
+def test_a_client_that_sends_nothing_more_is_closed_after_linger_seconds(stand, monkeypatch):
+    """The lingering read is bounded in time too: a client that declares a body, never sends it
+    and never closes is closed (POLLHUP: the proxy closed its end, not only shut its writing)."""
+    monkeypatch.setattr(px, "LINGER_SECONDS", 0.2)
+    cfg, _ = stand
+    with connect(cfg.socket_path) as sock:
+        assert rawhttp.send(sock, f"POST {START} HTTP/1.1\r\nContent-Length: 10\r\n\r\n".encode())
+        assert rawhttp.status_of(rawhttp.read_until_closed(sock)) == 403  # the answer, then EOF (SHUT_WR)
+        poller = select.poll()
+        poller.register(sock, select.POLLHUP)
+        assert [event for _, event in poller.poll(DEADLINE * 1000) if event & select.POLLHUP]
 
 
 @pytest.mark.parametrize("raw,body", [

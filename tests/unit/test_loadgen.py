@@ -8,6 +8,7 @@ import importlib.util
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from tests import loadgen
 
 HOST = "app.test"
+DEADLINE = 30.0  # seconds a condition or a socket operation may take on a busy machine before the test fails
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "deploy.py"
 
 
@@ -32,11 +34,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def _answer(self, code: int, payload: dict) -> None:
+    def _answer(self, code: int, payload: dict, close: bool = False) -> None:
         data = json.dumps(payload).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")  # and close_connection: closed after the answer
         self.end_headers()
         self.wfile.write(data)
 
@@ -47,6 +51,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # closed after the answer, without a "Connection: close"
 
     def do_POST(self) -> None:
+        if self.server.mode == "early-413":  # refused from the head, closed with the body unread: a reset
+            return self._answer(413, {"message": "too large"}, close=True)
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if self.server.mode == "close-after-post":
             self.close_connection = True  # read the body, then close without an answer
@@ -79,15 +85,16 @@ def server():
     srv.server_close()
 
 
-def load(server: Server, mode: str, **kw) -> loadgen.Load:
+def load(server: Server, mode: str, enough: Callable[[loadgen.Load], bool], **kw) -> loadgen.Load:
+    """A 2-thread load that runs until enough(load) holds (counts, not seconds: a busy machine is slow)."""
     server.mode = mode
-    with loadgen.Load(server.server_address[1], HOST, threads=2, timeout=5, settle=0.3, **kw) as run:
-        pass
+    with loadgen.Load(server.server_address[1], HOST, threads=2, timeout=DEADLINE, settle=0, **kw) as run:
+        assert wait_until(lambda: enough(run), DEADLINE), run.summary()
     return run
 
 
 def test_a_healthy_app_gets_gets_and_posts_on_one_keepalive_connection_per_thread(server):
-    run = load(server, "ok")
+    run = load(server, "ok", lambda r: r.total_of("GET") > 10 and r.total_of("POST") > 10 and server.accepted == 2)
     get, post = run.by_method["GET"], run.by_method["POST"]
     assert run.failed == 0, run.summary()
     assert set(get) == {200} and set(post) == {200}
@@ -101,13 +108,13 @@ def test_a_healthy_app_gets_gets_and_posts_on_one_keepalive_connection_per_threa
 
 
 def test_get_only(server):
-    run = load(server, "ok", post_path=None)
+    run = load(server, "ok", lambda r: r.total_of("GET") > 10, post_path=None)
     assert run.failed == 0 and run.by_method["GET"][200] > 10
     assert run.total_of("POST") == 0 and "POST" not in run.summary()
 
 
 def test_a_500_counts_as_failed(server):
-    run = load(server, "get-500")
+    run = load(server, "get-500", lambda r: r.total_of("GET") > 0 and r.total_of("POST") > 0)
     assert run.failed == run.failed_of("GET") == run.by_method["GET"][500] > 0
     assert run.failed_of("POST") == 0 and run.total_of("POST") > 0
     assert run.versions == []
@@ -116,7 +123,7 @@ def test_a_500_counts_as_failed(server):
 
 
 def test_a_post_whose_echo_does_not_match_counts_as_failed(server):
-    run = load(server, "bad-hash")
+    run = load(server, "bad-hash", lambda r: r.total_of("GET") > 0 and r.total_of("POST") > 0)
     assert set(run.by_method["POST"]) == {loadgen.BAD_ECHO}
     assert run.failed == run.failed_of("POST") == run.total_of("POST") > 0
     assert run.failed_of("GET") == 0
@@ -124,7 +131,7 @@ def test_a_post_whose_echo_does_not_match_counts_as_failed(server):
 
 
 def test_a_connection_closed_after_the_post_was_read_is_a_socket_error(server):
-    run = load(server, "close-after-post")
+    run = load(server, "close-after-post", lambda r: r.total_of("GET") > 0 and r.failed > loadgen.MAX_ERRORS)
     assert set(run.by_method["POST"]) == {"RemoteDisconnected"}
     assert run.failed == run.failed_of("POST") > 0
     assert run.failed_of("GET") == 0 and run.total_of("GET") > 0  # a new connection after each failure
@@ -132,7 +139,7 @@ def test_a_connection_closed_after_the_post_was_read_is_a_socket_error(server):
     assert len(run.errors) == loadgen.MAX_ERRORS < run.failed
 
 
-def wait_until(condition, seconds: float = 5) -> bool:
+def wait_until(condition, seconds: float = DEADLINE) -> bool:
     deadline = time.monotonic() + seconds
     while not condition():
         if time.monotonic() > deadline:
@@ -143,12 +150,12 @@ def wait_until(condition, seconds: float = 5) -> bool:
 
 def test_an_idle_connection_the_server_closed_is_not_reused(server):
     server.mode = "close-idle"
-    client = loadgen.Client(server.server_address[1], HOST, timeout=5)
+    client = loadgen.Client(server.server_address[1], HOST, timeout=DEADLINE)
     status, data, error = client.request("GET", "/health")
     assert (status, error) == (200, None)
     sock = client.conn.sock
     assert sock is not None  # no "Connection: close": kept for the next request
-    assert server.closed.wait(5) and wait_until(lambda: loadgen.peer_closed(sock))
+    assert server.closed.wait(DEADLINE) and wait_until(lambda: loadgen.peer_closed(sock))
     status, data, error = client.request("GET", "/health")  # sent on the old socket, this would fail
     assert (status, error) == (200, None)
     assert client.reconnects == 1 and client.connections == 2
@@ -156,7 +163,7 @@ def test_an_idle_connection_the_server_closed_is_not_reused(server):
 
 
 def test_a_connection_in_use_is_not_reported_closed(server):
-    client = loadgen.Client(server.server_address[1], HOST, timeout=5)
+    client = loadgen.Client(server.server_address[1], HOST, timeout=DEADLINE)
     assert client.request("GET", "/health")[0] == 200
     assert not loadgen.peer_closed(client.conn.sock)
     assert client.request("POST", "/api/echo", loadgen.post_body(1))[0] == 200
@@ -164,11 +171,28 @@ def test_a_connection_in_use_is_not_reported_closed(server):
     client.close()
 
 
+BIG = 8 * 1024 * 1024  # far more than TCP takes in unread: the client is still sending when the 413 comes
+
+
+def test_an_early_answer_counts_as_itself_not_as_a_socket_error(server):
+    """A server that refuses a POST from its head and closes with the body unread resets the
+    connection: the client's send fails (EPIPE, ECONNRESET), the 413 waits in its socket. It is
+    counted as the 413 it is; a send failure with no answer behind it stays an error (below)."""
+    server.mode = "early-413"
+    client = loadgen.Client(server.server_address[1], HOST, timeout=DEADLINE)
+    for _ in range(20):
+        status, data, error = client.request("POST", "/api/echo", b"x" * BIG)
+        assert status == 413, error
+        assert json.loads(data) == {"message": "too large"} and error.startswith("POST /api/echo: 413: ")
+    assert client.connections == 20 and client.conn.sock is None  # Connection: close each time
+    client.close()
+
+
 def test_refused_connections_count_per_exception_class():
     srv = Server()
     port = srv.server_address[1]
     srv.server_close()  # nobody listens there now
-    client = loadgen.Client(port, HOST, timeout=5)
+    client = loadgen.Client(port, HOST, timeout=DEADLINE)
     status, _, error = client.request("GET", "/health")
     assert status == "ConnectionRefusedError" and error.startswith("GET /health: ConnectionRefusedError(")
 
@@ -227,14 +251,14 @@ def test_resend_on_idle_close_sends_once_more_only_on_a_reused_connection(server
     """A reused connection closed with no answer: the request goes once more on a new connection
     (as browsers do on an nginx reload); on a new connection, or a second time, it fails."""
     server.mode = "close-after-post"  # every POST: read, then the connection closes without an answer
-    client = loadgen.Client(server.server_address[1], HOST, timeout=5, resend_on_idle_close=True)
+    client = loadgen.Client(server.server_address[1], HOST, timeout=DEADLINE, resend_on_idle_close=True)
     assert client.request("POST", "/api/echo", b"{}")[0] == "RemoteDisconnected"  # a new connection
     assert client.resent == 0
     assert client.request("GET", "/health")[0] == 200  # the connection now carried a request
     status, _, error = client.request("POST", "/api/echo", b"{}")
     assert status == "RemoteDisconnected" and error.startswith("POST /api/echo")  # the resend failed too
     assert client.resent == 1 and client.connections == 3
-    plain = loadgen.Client(server.server_address[1], HOST, timeout=5)
+    plain = loadgen.Client(server.server_address[1], HOST, timeout=DEADLINE)
     assert plain.request("GET", "/health")[0] == 200
     assert plain.request("POST", "/api/echo", b"{}")[0] == "RemoteDisconnected" and plain.resent == 0
     client.close()

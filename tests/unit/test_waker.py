@@ -141,7 +141,7 @@ def test_fifty_first_requests_start_it_once_and_all_are_answered_intact(world):
     w = waker.Waker(settings, said.append)
     with waker_served(w) as url:
         answers = asyncio.run(fifty_first_requests(url))
-        state = httpx.get(f"{url}/_onevps/state").json()
+        state = httpx.get(f"{url}/_onevps/state", timeout=DEADLINE).json()
     assert [c for c in fake.calls if c.endswith("/start")] == [f"POST /containers/{CID}/start"]
     for i, (body, r) in enumerate(answers):
         assert r.status_code == 200, r.text
@@ -161,8 +161,8 @@ def test_an_awake_app_is_forwarded_to_and_an_unknown_one_is_404(world):
     w = waker.Waker(settings, said.append)
     with waker_served(w) as base:
         url = f"{base}/x"
-        ok = httpx.post(url, content=b"abc", headers={"X-Onevps-App": "kb"})
-        unknown = httpx.get(url, headers={"X-Onevps-App": "nope"})
+        ok = httpx.post(url, content=b"abc", headers={"X-Onevps-App": "kb"}, timeout=DEADLINE)
+        unknown = httpx.get(url, headers={"X-Onevps-App": "nope"}, timeout=DEADLINE)
     assert ok.status_code == 200 and ok.json()["sha256"] == hashlib.sha256(b"abc").hexdigest()
     assert unknown.status_code == 404 and "nope" in unknown.json()["message"]
     assert not [c for c in fake.calls if c.endswith("/start")]
@@ -193,9 +193,9 @@ def test_a_browser_gets_the_waking_page_when_the_wake_is_slow(world, monkeypatch
     w = waker.Waker(settings, said.append)
     with waker_served(w) as base:
         url = f"{base}/"
-        page = httpx.get(url, headers={"X-Onevps-App": "kb", "Accept": "text/html"})
+        page = httpx.get(url, headers={"X-Onevps-App": "kb", "Accept": "text/html"}, timeout=DEADLINE)
         until(lambda: not fake.flag.exists())
-        after = httpx.get(url, headers={"X-Onevps-App": "kb", "Accept": "text/html"})
+        after = httpx.get(url, headers={"X-Onevps-App": "kb", "Accept": "text/html"}, timeout=DEADLINE)
     assert page.status_code == 503 and b"http-equiv=refresh" in page.content
     assert after.status_code == 200 and after.json()["path"] == "/"
 

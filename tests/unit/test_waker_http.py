@@ -10,11 +10,15 @@ import base64
 import hashlib
 import http.client
 import json
+import select
 import socket
+import threading
 from urllib.parse import urlsplit
 
 import pytest
 
+from . import rawhttp
+from .rawhttp import read_until_closed
 from .waker_fakes import CID, DEADLINE, fake_world, waker, waker_served, wh
 
 KB = {"X-Onevps-App": "kb", "Host": "kb.example.com"}
@@ -36,13 +40,6 @@ def awake(world):
 def raw(url: str) -> socket.socket:
     parts = urlsplit(url)
     return socket.create_connection((parts.hostname, parts.port), timeout=DEADLINE)
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    out = b""
-    while data := sock.recv(65536):
-        out += data
-    return out
 
 
 def test_one_connection_carries_chunked_sized_and_empty_bodies(world):
@@ -72,8 +69,7 @@ def exchange(world, data: bytes) -> tuple[bytes, bytes]:
     """(head, the rest) of what the waker sends back, until it closes, to raw request bytes."""
     fake, w = awake(world)
     with waker_served(w) as url, raw(url) as sock:
-        sock.sendall(data)
-        answer = read_until_closed(sock)
+        answer = rawhttp.exchange(sock, data)  # a refusal may come before all is sent
     head, _, rest = answer.partition(b"\r\n\r\n")
     return head, rest
 
@@ -176,9 +172,8 @@ def test_a_chunked_body_over_the_limit_is_413_and_never_forwarded(world, monkeyp
     forward = w.forward
     w.forward = lambda *args: hits.append(args) or forward(*args)
     with waker_served(w) as url, raw(url) as sock:
-        sock.sendall(b"POST /big HTTP/1.1\r\n" + APP + b"Transfer-Encoding: chunked\r\n\r\n"
-                     b"50\r\n" + b"a" * 80 + b"\r\n50\r\n" + b"b" * 80 + b"\r\n0\r\n\r\n")
-        answer = read_until_closed(sock)
+        answer = rawhttp.exchange(sock, b"POST /big HTTP/1.1\r\n" + APP + b"Transfer-Encoding: chunked\r\n\r\n"
+                                  b"50\r\n" + b"a" * 80 + b"\r\n50\r\n" + b"b" * 80 + b"\r\n0\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 413 ") and hits == [], answer[:300]
 
 
@@ -187,9 +182,71 @@ def test_a_body_that_stops_coming_is_408_and_closed(world, monkeypatch, body):
     monkeypatch.setattr(wh, "IDLE", 0.3)
     fake, w = awake(world)
     with waker_served(w) as url, raw(url) as sock:
-        sock.sendall(b"POST /slow HTTP/1.1\r\n" + APP + body)
-        answer = read_until_closed(sock)
+        answer = rawhttp.exchange(sock, b"POST /slow HTTP/1.1\r\n" + APP + body)
     assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower(), answer[:300]
+
+
+BIG = 768 * 1024  # more than TCP takes in unread, less than LINGER_BYTES: still being sent when the 413 comes
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_the_limit_gets_its_413_every_time(world, monkeypatch, chunked):
+    """413 from the declared Content-Length (or once the chunks pass MAX_BODY), the rest of the body
+    unread: the lingering close reads and drops it, so even a strict client (plain http.client
+    raises when a send fails) sends it whole and reads the 413. Without it: a reset."""
+    monkeypatch.setattr(wh, "MAX_BODY", 1000)
+    monkeypatch.setattr(wh, "LINGER_SECONDS", DEADLINE)  # only the byte bound: no race with a busy clock
+    fake, w = awake(world)
+    with waker_served(w) as url:
+        for _ in range(50):
+            conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=DEADLINE)
+            try:
+                conn.request("POST", "/big", body=iter([b"x" * 32768] * (BIG // 32768)) if chunked else b"x" * BIG,
+                             headers=KB)
+                res = conn.getresponse()
+                assert (res.status, res.getheader("connection")) == (413, "close")
+                assert json.loads(res.read())["message"] == "Request Entity Too Large: body over 1000 bytes"
+            finally:
+                conn.close()
+    assert fake.calls == []
+
+
+def test_a_client_that_sends_on_and_on_is_cut_off_after_linger_bytes(world, monkeypatch):
+    """The lingering read is bounded: past LINGER_BYTES the waker closes, the client's send fails,
+    and the 413 still waits in its socket."""
+    monkeypatch.setattr(wh, "LINGER_SECONDS", DEADLINE)  # the byte bound is the one that ends it
+    fake, w = awake(world)
+    chunk, sent, cap = b"x" * 65536, 0, 64 * wh.LINGER_BYTES  # cap: a failure bound, never reached when it works
+    with waker_served(w) as url, raw(url) as sock:
+        assert rawhttp.send(sock, b"POST /big HTTP/1.1\r\n" + APP + b"Content-Length: %d\r\n\r\n" % (wh.MAX_BODY + 1))
+        while sent < cap and rawhttp.send(sock, chunk):
+            sent += len(chunk)
+        answer = read_until_closed(sock)
+    assert wh.LINGER_BYTES <= sent < cap, "the waker read and dropped LINGER_BYTES, then closed"
+    assert rawhttp.status_of(answer) == 413 and fake.calls == []
+
+
+def test_a_client_that_sends_nothing_more_is_closed_after_linger_seconds(world, monkeypatch):
+    """The lingering read is bounded in time too: a client that declares a body, never sends it and
+    never closes is closed. Seen from the client: a byte it sends then meets a reset (POLLERR, and
+    POLLHUP once the kernel has marked the connection closed: poll may come between the two)."""
+    monkeypatch.setattr(wh, "LINGER_SECONDS", 0.2)
+    lingered, linger = threading.Event(), wh.linger
+
+    async def observed(reader, writer) -> None:
+        await linger(reader, writer)
+        lingered.set()
+
+    monkeypatch.setattr(wh, "linger", observed)
+    fake, w = awake(world)
+    with waker_served(w) as url, raw(url) as sock:
+        assert rawhttp.send(sock, b"POST /big HTTP/1.1\r\n" + APP + b"Content-Length: %d\r\n\r\n" % (wh.MAX_BODY + 1))
+        assert rawhttp.status_of(read_until_closed(sock)) == 413  # the answer, then EOF (its write side shut)
+        assert lingered.wait(DEADLINE), "the lingering read never ended"
+        rawhttp.send(sock, b"x")  # to a closed socket (or unread there when it closes): a reset comes back
+        poller = select.poll()
+        poller.register(sock, select.POLLHUP | select.POLLERR)
+        assert [event for _, event in poller.poll(DEADLINE * 1000) if event & (select.POLLHUP | select.POLLERR)]
 
 
 def test_an_app_that_sends_no_answer_is_504(world, monkeypatch):
