@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import pytest
 from invoke import Context
 
-from onevps import config, registry as registry_mod, stack
+from onevps import config, registry as registry_mod, stack, tiers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -145,6 +145,10 @@ def settings(project):
         pytest.fail(f"integration tests need Docker: {problem}. They never skip; "
                     "`make unit` runs the tests that need no Docker.", pytrace=False)
     s = config.load(project)
+    # Outside build inputs (EXTRA_CA_DIR, TORCH_WHEEL_DIR) are staged first, as the runner's
+    # builds stage them: the tier tags cover them, so these are the tags the builds give.
+    for tier in tiers.TIER_ORDER:
+        tiers.stage_inputs(project, s, tier)
     os.environ.update(stack.compose_env(project, s))  # what pytest-docker's compose calls interpolate
     return s
 
