@@ -33,6 +33,17 @@ def redact(text: str) -> str:
     return text
 
 
+# Whether the output a command streamed (runner.RedactingStream) last ended inside a line:
+# a remote command cut off mid-line (a dropped SSH connection) leaves it so.
+_OUTPUT = {"mid_line": False}
+
+
+def output_ends(text: str) -> None:
+    """Note where streamed output stopped (called with what was just written)."""
+    if text:
+        _OUTPUT["mid_line"] = not text.endswith("\n")
+
+
 class OnevpsError(Exit):
     """What failed, and what to do about it, in one line. Secret values are masked."""
 
@@ -45,8 +56,17 @@ class OnevpsError(Exit):
             line += f" (hint: {hint})"
         super().__init__(message=line, code=code)
 
+    @property
+    def message(self) -> str:
+        """The line invoke prints; on a line of its own even after output cut off mid-line."""
+        return ("\n" if _OUTPUT["mid_line"] else "") + self.line
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self.line = value
+
     def __str__(self) -> str:  # pragma: no cover - trivial
-        return self.message
+        return self.line
 
 
 class ConfigError(OnevpsError):

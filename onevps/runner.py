@@ -15,7 +15,7 @@ from invoke.context import Context
 from invoke.runners import Runner as InvokeRunner
 
 from . import commands
-from .errors import CommandFailed, OnevpsError, redact
+from .errors import CommandFailed, OnevpsError, output_ends, redact
 
 _TAIL_LINES = 20
 
@@ -54,11 +54,13 @@ class RedactingStream:
         if "\n" in self._pending:
             done, _, self._pending = self._pending.rpartition("\n")
             self.target.write(redact(done + "\n"))  # type: ignore[attr-defined]
+            output_ends("\n")
         return len(text)
 
     def flush(self) -> None:
         if self._pending:
             self.target.write(redact(self._pending))  # type: ignore[attr-defined]
+            output_ends(self._pending)
             self._pending = ""
         self.target.flush()  # type: ignore[attr-defined]
 

@@ -23,7 +23,7 @@ import pytest
 from . import rawhttp
 from .test_dockerproxy import APP_ID, CONTAINERS, FILE, P, SECRET, SHARED_ID, UnixHTTPConnection, pol, px
 
-DEADLINE = 30.0  # seconds a socket operation may take on a busy machine before the test fails
+DEADLINE = 120.0  # seconds a socket operation may take on a busy machine before the test fails
 
 # --- end to end against a fake engine ----------------------------------------------------
 

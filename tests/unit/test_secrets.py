@@ -102,6 +102,20 @@ def test_streamed_output_is_masked_line_by_line():
     assert sink.getvalue() == "line one\nthe password is ***\nlast ***"
 
 
+def test_an_error_after_output_cut_mid_line_starts_a_line_of_its_own():
+    """A remote command cut off mid-line (SSH dropped): the error line invoke prints
+    still begins with `error:` on a line of its own."""
+    stream = RedactingStream(io.StringIO())
+    stream.write("level=warning msg=\"Docker Compose is configured to build using ")
+    stream.flush()
+    cut = OnevpsError("build portfolio on the server: the SSH connection to the server was lost")
+    assert cut.message == "\nerror: build portfolio on the server: the SSH connection to the server was lost"
+    assert str(cut) == cut.message.lstrip("\n")  # what a journal keeps: the line alone
+    stream.write("done\n")
+    stream.flush()
+    assert OnevpsError("x").message == "error: x"
+
+
 def test_say_masks(capsys):
     Runner(Scripted(lambda cmd: (0, "", ""))).say(f"token {TOKEN}")  # type: ignore[arg-type]
     assert capsys.readouterr().out == "token ***\n"

@@ -20,7 +20,7 @@ import pytest
 from . import rawhttp
 
 ROOT = Path(__file__).resolve().parents[2]
-DEADLINE = 30.0  # seconds a condition may take on a busy machine before the test fails
+DEADLINE = 120.0  # seconds a condition may take on a busy machine before the test fails
 TINY_APP = '''
 import asyncio, os
 
