@@ -205,6 +205,8 @@ class Waker:
                 await self.docker.call("POST", f"/containers/{app.id}/start")
                 app.ip = app.ip if self.s.app_host else await self.docker.ip(app.id)
                 while not await self.healthy(app):
+                    if time.monotonic() - started > self.s.wake_timeout:  # even if a cancellation was lost
+                        raise TimeoutError
                     await asyncio.sleep(HEALTH_EVERY)
             app.state, app.wakes, app.last_activity = "awake", app.wakes + 1, time.time()
             app.last_wake_seconds = time.monotonic() - started

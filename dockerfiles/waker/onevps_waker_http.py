@@ -158,7 +158,8 @@ async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     `idle` seconds (IDLE); None when the client closed it or stayed idle too long."""
     idle = IDLE if idle is None else idle
     try:
-        lines = await asyncio.wait_for(read_head(reader), idle)
+        async with asyncio.timeout(idle):  # not wait_for: see open_answer
+            lines = await read_head(reader)
     except TimeoutError:
         return None
     if lines is None:
@@ -175,7 +176,8 @@ async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         if length is None:
             request.body = b"".join([chunk async for chunk in read_chunks(reader, idle, MAX_BODY)])
         elif length:
-            request.body = await asyncio.wait_for(reader.readexactly(length), idle)
+            async with asyncio.timeout(idle):
+                request.body = await reader.readexactly(length)
     except TimeoutError:
         raise SlowClient(f"the body did not come within {idle:g} s") from None
     return request
@@ -304,7 +306,11 @@ async def open_answer(connect, method: str, target: bytes, headers: list[tuple[b
                       body: bytes = b"", connect_timeout: float = 10.0) -> Answer:
     """Send one request on a new connection (`await connect()` opens it; Connection: close)
     and read the answer's head (informational 1xx answers skipped)."""
-    reader, writer = await asyncio.wait_for(connect(), connect_timeout)
+    # asyncio.timeout, never wait_for: Python 3.11's wait_for loses a cancellation that
+    # arrives as the awaited call completes, and so would a caller's own timeout (a wake
+    # held a request for ever, seen beside CPU burners); asyncio.timeout keeps it.
+    async with asyncio.timeout(connect_timeout):
+        reader, writer = await connect()
     try:
         sized = bool(body) or method in ("POST", "PUT", "PATCH")
         lines = [method.encode() + b" " + target + b" HTTP/1.1", *(k + b": " + v for k, v in headers),

@@ -185,6 +185,30 @@ def test_a_wake_that_never_gets_healthy_is_503_and_the_app_logs_are_printed(worl
     assert fake.flag.exists(), "it sleeps again: the next request wakes it anew"
 
 
+def test_a_wake_ends_at_wake_timeout_even_when_a_cancellation_is_lost(world):
+    """Python 3.11's wait_for can swallow the cancellation a timeout sends (when the awaited call
+    completes as it arrives). A health probe that swallows every cancellation stands for it: the
+    wake still ends at WAKE_TIMEOUT with a 503, instead of holding the request for ever."""
+    fake, settings, said = world
+    fake.healthy = False
+    fake.flag.touch()
+    settings.wake_timeout = 0.5
+    w = waker.Waker(settings, said.append)
+
+    async def swallowing_probe(app):
+        try:
+            await asyncio.sleep(1.0)  # longer than WAKE_TIMEOUT: the timeout's cancellation lands here
+        except asyncio.CancelledError:
+            pass  # and is lost
+        return False
+
+    w.healthy = swallowing_probe
+    with waker_served(w) as url:
+        r = httpx.post(f"{url}/x", content=b"body", headers={"X-Onevps-App": "kb"}, timeout=DEADLINE)
+    assert r.status_code == 503 and r.headers["retry-after"]
+    assert "kb did not wake in 0.5 s; its last 50 log lines:" in said
+
+
 def test_a_browser_gets_the_waking_page_when_the_wake_is_slow(world, monkeypatch):
     fake, settings, said = world
     fake.flag.touch()
