@@ -147,7 +147,7 @@ def _link_or_copy(src: Path, dst: Path) -> bool:
     """Place src at dst (hard link when possible); True when dst changed."""
     if dst.exists() and dst.stat().st_size == src.stat().st_size and dst.read_bytes() == src.read_bytes():
         return False
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")  # two stagers at once each replace atomically
     dst.parent.mkdir(parents=True, exist_ok=True)  # git-ignored staging folders may be missing in a copy
     try:
         os.link(src, tmp)

@@ -9,6 +9,7 @@ run `make unit` for the tests that need no Docker.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -52,23 +54,78 @@ os.environ.update(TEST_ENV)
 os.environ.setdefault("ONEVPS_ENV_FILE", str(ROOT / ".env") if (ROOT / ".env").exists() else str(ROOT / ".env.absent"))
 
 
-# --- the order of the modules ---------------------------------------------------
-# Modules run grouped by what they stand on, so each shared thing is made once and
-# gone when its last user is done: the local test stack (and throwaway containers),
-# then the shared test server over SSH (server.py), then bare servers, then this
-# engine's single-node swarm (test_swarm_cli last: nothing runs on an engine that
-# was switched into swarm mode and out again). Within a group, file order.
-MODULE_ORDER = ["test_stack", "test_security", "test_top", "test_docker_cli", "test_dockerproxy", "test_scale",
-                "test_deploy", "test_secrets", "test_sleep",
-                "test_first_server", "test_swarm_nodes",
+# --- the order of the modules, in two groups side by side ------------------------
+# `make test` runs the integration tests in two processes (pytest-xdist, `-n 2 --dist
+# loadgroup`), one per group:
+#   bare    the bare servers (test_first_server, test_swarm_nodes): each has its own engine
+#           and shares only CPU, disk and the tier images (built once, under a lock) with
+#   engine  everything on this machine's engine: first the shared test server over SSH
+#           (server.py: test_deploy, test_secrets, test_sleep), then the local test stack (and
+#           throwaway containers), then this engine's single-node swarm (test_swarm_cli last:
+#           nothing runs on an engine that was switched into swarm mode and out again).
+# The local test stack's modules wait until the bare group is done (bare_group_turn below):
+# they restart this engine (test_security) and read every volume's size (test_docker_cli),
+# the bare servers' too. Within a group, file order; without -n, the same order, one process.
+BARE_GROUP = ("test_first_server", "test_swarm_nodes")
+SERVER_MODULES = ("test_deploy", "test_secrets", "test_sleep")
+MODULE_ORDER = [*SERVER_MODULES,
+                "test_stack", "test_security", "test_top", "test_docker_cli", "test_dockerproxy", "test_scale",
+                *BARE_GROUP,
                 "test_swarm", "test_swarm_cli"]
 
 
+def _module(item) -> str:
+    return item.module.__name__.rsplit(".", 1)[-1]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
-        name = item.module.__name__.rsplit(".", 1)[-1]
+        name = _module(item)
         return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
     items.sort(key=rank)  # stable: file order within a module
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("bare" if _module(item) in BARE_GROUP else "engine"))
+
+
+# Cross-process locks of one run (xdist workers share PYTEST_XDIST_TESTRUNUID); in a run
+# without -n nothing runs beside anything, and these do nothing.
+_held: dict[str, object] = {}
+
+
+def _lock(name: str, shared: bool = False) -> None:
+    """Take the run's lock NAME (once per process; kept until released or the process ends)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run or name in _held:
+        return
+    f = open(Path(tempfile.gettempdir()) / f"onevps-test-{run}-{name}.lock", "a")
+    fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+    _held[name] = f
+
+
+def _unlock(name: str) -> None:
+    f = _held.pop(name, None)
+    if f is not None:
+        f.close()  # closing the file releases the lock
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    _lock(name)
+    try:
+        yield
+    finally:
+        _unlock(name)
+
+
+def bare_group_turn(item) -> None:
+    """The bare group holds the lock `bare` shared from its first test to its last; the local
+    test stack's modules take it exclusively, so they start once the bare servers are gone."""
+    module = _module(item)
+    if module in BARE_GROUP:
+        _lock("bare", shared=True)
+    elif module not in SERVER_MODULES and module in MODULE_ORDER:
+        _lock("bare")
 
 
 # --- tests that build on each other -------------------------------------------
@@ -90,7 +147,9 @@ def _earlier_tests(item) -> list[str]:
     return names[:names.index(own)] if own in names else []
 
 
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures are set up
 def pytest_runtest_setup(item):
+    bare_group_turn(item)
     if item.get_closest_marker("ordered") is None:
         return
     for name in _earlier_tests(item):
@@ -99,17 +158,22 @@ def pytest_runtest_setup(item):
                         f"and {name} did not run and pass before it (run the whole module)", pytrace=False)
 
 
-_module_seconds: dict[str, float] = {}
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    module = item.module.__name__.rsplit(".", 1)[-1]  # setup + call + teardown, its fixtures included
-    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
     if item.get_closest_marker("ordered") is not None and report.when == "call" and report.passed:
         _passed.add(f"{item.module.__name__}::{getattr(item, 'originalname', item.name)}")
+
+
+_module_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Setup + call + teardown of each test, its fixtures included, summed per module (in the
+    process that prints the summary: the xdist controller gets every worker's reports)."""
+    module = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -119,7 +183,8 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("=", "time per integration module")
     for module, seconds in sorted(_module_seconds.items(), key=lambda kv: -kv[1]):
         terminalreporter.write_line(f"{seconds:8.1f} s  {module}")
-    terminalreporter.write_line(f"{sum(_module_seconds.values()):8.1f} s  in all")
+    terminalreporter.write_line(f"{sum(_module_seconds.values()):8.1f} s  in all (the two groups run side by side "
+                                "under -n 2: the run takes less)")
 
 
 def docker_problem() -> str | None:
@@ -164,10 +229,20 @@ def runner(settings, project):
 
 
 @pytest.fixture(scope="session")
-def built_images(settings, project, reg, runner):
-    """Clear leftovers of an earlier run, then build every image (base -> ml -> apps)."""
+def tier_images(settings, project, runner):
+    """The base and ML tier images, built (or found in the build cache) once at a time: both
+    groups need them, and the first to come builds them."""
+    with _locked("build"):
+        for tier in tiers.TIER_ORDER:
+            stack.build_tier(runner, project, settings, tier)
+    return True
+
+
+@pytest.fixture(scope="session")
+def built_images(tier_images, settings, project, reg, runner):
+    """Clear leftovers of an earlier run, then build every app's image on the tiers."""
     runner.run(stack.commands.down(project, settings, volumes=True), "clear leftovers of an earlier test run")
-    stack.build_all(runner, project, settings, reg)
+    stack.build_apps(runner, project, settings, reg, reg.names())
     return True
 
 
@@ -223,8 +298,13 @@ def vps(tmp_path_factory, built_images, settings, project):
         server.stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    """The shared server goes as soon as no test after this one uses it."""
+    """After a test's own teardown: the bare group's lock goes with its last test (its servers
+    are gone then); the shared server goes as soon as no test after this one uses it."""
+    yield
+    if _module(item) in BARE_GROUP and (nextitem is None or _module(nextitem) not in BARE_GROUP):
+        _unlock("bare")
     if "vps" not in getattr(item, "fixturenames", ()):
         return
     items = item.session.items

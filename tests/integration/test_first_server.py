@@ -170,7 +170,7 @@ def local_plugin() -> Path:
 # ------------------------------------------------------------------ fixture --
 
 @pytest.fixture(scope="module")
-def first(tmp_path_factory, built_images, settings):
+def first(tmp_path_factory, tier_images, settings):
     problem = bare.problem()
     if problem:
         pytest.fail(f"the first-server test needs a bare server; it never skips: {problem}", pytrace=False)

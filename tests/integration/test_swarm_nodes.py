@@ -148,7 +148,7 @@ def _start(results: dict, errors: list, role: str, pub: str, key: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, built_images, settings):
+def cluster(tmp_path_factory, tier_images, settings):
     problem = bare.problem()
     if problem:
         pytest.fail(f"the three-node test needs bare servers; it never skips: {problem}", pytrace=False)
