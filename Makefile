@@ -27,13 +27,13 @@ status: $(STAMP)
 
 test: $(STAMP) ## All tests: unit tests, then the integration tests on the real stack (needs Docker)
 	$(BIN)/pytest tests/unit
-	$(BIN)/pytest -v --durations=25 -n 2 --dist loadgroup tests/integration
+	$(BIN)/pytest -v --durations=25 -n 2 tests/integration
 
 unit: $(STAMP) ## Only the unit tests (no Docker needed)
 	$(BIN)/pytest tests/unit
 
 integration: $(STAMP)
-	$(BIN)/pytest -v --durations=25 -n 2 --dist loadgroup tests/integration
+	$(BIN)/pytest -v --durations=25 -n 2 tests/integration
 
 check: $(STAMP)
 	$(BIN)/inv check

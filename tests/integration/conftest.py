@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -55,8 +56,8 @@ os.environ.setdefault("ONEVPS_ENV_FILE", str(ROOT / ".env") if (ROOT / ".env").e
 
 
 # --- the order of the modules, in two groups side by side ------------------------
-# `make test` runs the integration tests in two processes (pytest-xdist, `-n 2 --dist
-# loadgroup`), one per group:
+# `make test` runs the integration tests in two processes (pytest-xdist, `-n 2`, the
+# scheduler below), one per group:
 #   bare    the bare servers (test_first_server, test_swarm_nodes): each has its own engine
 #           and shares only CPU, disk and the tier images (built once, under a lock) with
 #   engine  everything on this machine's engine: first the shared test server over SSH
@@ -78,14 +79,25 @@ def _module(item) -> str:
     return item.module.__name__.rsplit(".", 1)[-1]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
         name = _module(item)
         return MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER)
     items.sort(key=rank)  # stable: file order within a module
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("bare" if _module(item) in BARE_GROUP else "engine"))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under `-n 2`: two work units, the groups, each sent whole and in order to one worker.
+    (xdist's own `--dist loadgroup` cannot be used: with pytest 9 its group suffix never
+    reaches the test IDs, and the tests were spread over both workers.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+            return "bare" if module in BARE_GROUP else "engine"
+
+    return GroupScheduling(config, log)
 
 
 # Cross-process locks of one run (xdist workers share PYTEST_XDIST_TESTRUNUID); in a run
@@ -93,14 +105,17 @@ def pytest_collection_modifyitems(config, items):
 _held: dict[str, object] = {}
 
 
-def _lock(name: str, shared: bool = False) -> None:
-    """Take the run's lock NAME (once per process; kept until released or the process ends)."""
+def _lock(name: str, shared: bool = False) -> float:
+    """Take the run's lock NAME (once per process; kept until released or the process ends);
+    the seconds it waited."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if not run or name in _held:
-        return
+        return 0.0
     f = open(Path(tempfile.gettempdir()) / f"onevps-test-{run}-{name}.lock", "a")
+    t0 = time.monotonic()
     fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
     _held[name] = f
+    return time.monotonic() - t0
 
 
 def _unlock(name: str) -> None:
@@ -124,8 +139,9 @@ def bare_group_turn(item) -> None:
     module = _module(item)
     if module in BARE_GROUP:
         _lock("bare", shared=True)
-    elif module not in SERVER_MODULES and module in MODULE_ORDER:
-        _lock("bare")
+    elif module not in SERVER_MODULES and module in MODULE_ORDER and "bare" not in _held \
+            and os.environ.get("PYTEST_XDIST_TESTRUNUID"):
+        item.user_properties.append(("waited for the bare group", _lock("bare")))
 
 
 # --- tests that build on each other -------------------------------------------
@@ -167,13 +183,18 @@ def pytest_runtest_makereport(item, call):
 
 
 _module_seconds: dict[str, float] = {}
+_waits: list[str] = []
 
 
 def pytest_runtest_logreport(report):
     """Setup + call + teardown of each test, its fixtures included, summed per module (in the
     process that prints the summary: the xdist controller gets every worker's reports)."""
     module = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration
+    waited = sum(v for k, v in report.user_properties if k == "waited for the bare group") \
+        if report.when == "setup" else 0.0
+    _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration - waited
+    if waited:
+        _waits.append(f"{module} waited {waited:.0f} s for the bare group to end (not counted above)")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -183,8 +204,11 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("=", "time per integration module")
     for module, seconds in sorted(_module_seconds.items(), key=lambda kv: -kv[1]):
         terminalreporter.write_line(f"{seconds:8.1f} s  {module}")
-    terminalreporter.write_line(f"{sum(_module_seconds.values()):8.1f} s  in all (the two groups run side by side "
-                                "under -n 2: the run takes less)")
+    side_by_side = " (the two groups ran side by side: the run took less)" if _waits or \
+        terminalreporter.config.getoption("numprocesses", None) else ""
+    terminalreporter.write_line(f"{sum(_module_seconds.values()):8.1f} s  in all{side_by_side}")
+    for line in _waits:
+        terminalreporter.write_line(line)
 
 
 def docker_problem() -> str | None:
