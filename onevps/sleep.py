@@ -16,7 +16,11 @@ from .commands import docker_cmd
 
 SLEEP_LABEL = "onevps.sleep_after"
 # Where the waker and nginx see the sleep-state volume, and the flags in it.
-STATE_DIR = "/run/onevps"
+# Under no tmpfs of either: nginx's /var/run tmpfs is /run in its image (a
+# link), and Docker mounts a tmpfs and a volume of the same depth in either
+# order, so a volume at /run/onevps was sometimes hidden and nginx failed to
+# start (issue 24; tests/unit/test_composefile.py checks every service).
+STATE_DIR = "/var/lib/onevps"
 FLAG_DIR = f"{STATE_DIR}/asleep"
 WAKER = "waker"
 DOCKER_PROXY = "docker-proxy"

@@ -95,7 +95,7 @@ class Settings:
 
     project: str = ""
     proxy_socket: str = "/run/onevps-docker/docker.sock"
-    state_dir: Path = Path("/run/onevps")
+    state_dir: Path = Path("/var/lib/onevps")
     wake_timeout: float = 60.0
     sleep_check_every: float = 5.0
     app_port: int = 8000

@@ -311,7 +311,7 @@ def test_f_a_sleeping_app_sleeps_through_an_engine_restart(first):
 
     def asleep() -> bool:
         state = first.ssh(f"docker inspect --format '{{{{.State.Running}}}}' {kb}; "
-                          f"docker exec {waker} test -e /run/onevps/asleep/kb && echo flagged").stdout.split()
+                          f"docker exec {waker} test -e /var/lib/onevps/asleep/kb && echo flagged").stdout.split()
         return state == ["false", "flagged"]
 
     deadline = time.monotonic() + 90

@@ -103,7 +103,7 @@ def running() -> bool:
 
 
 def flagged() -> bool:
-    return subprocess.run(["docker", "exec", WAKER, "test", "-e", f"/run/onevps/asleep/{APP}"]).returncode == 0
+    return subprocess.run(["docker", "exec", WAKER, "test", "-e", f"/var/lib/onevps/asleep/{APP}"]).returncode == 0
 
 
 def wait_asleep(within: float = 60) -> None:

@@ -369,7 +369,7 @@ def test_sleep_after_adds_the_label_and_the_waker_route(repo):
     assert registry.load(repo.compose_file).get("blog").sleep_after == 5400
     routes = (repo.root / "nginx" / "templates" / "apps.conf.template").read_text()
     blog = routes[routes.index("server_name blog."):]
-    assert "if (-f /run/onevps/asleep/blog)" in blog and "proxy_set_header X-Onevps-App blog;" in blog
+    assert "if (-f /var/lib/onevps/asleep/blog)" in blog and "proxy_set_header X-Onevps-App blog;" in blog
     assert checks.problems(repo) == []
     remove_app(repo, "blog")
     assert compose_text(repo) == before

@@ -57,7 +57,7 @@ def test_a_sleeping_app_is_routed_to_the_waker_by_its_flag_file_and_others_never
     text = nginx.render_routes(reg)
     kb = text[text.index("server_name kb."):text.index("upstream app_blog")]
     assert ("        set $onevps_upstream app_kb;\n"
-            "        if (-f /run/onevps/asleep/kb) {\n"
+            "        if (-f /var/lib/onevps/asleep/kb) {\n"
             "            set $onevps_upstream onevps_waker;\n"
             "        }\n"
             "        proxy_pass http://$onevps_upstream;\n"
@@ -65,7 +65,7 @@ def test_a_sleeping_app_is_routed_to_the_waker_by_its_flag_file_and_others_never
     blog = text[text.index("server_name blog."):]
     assert "proxy_pass http://app_blog;" in blog and "onevps_waker" not in blog and "asleep" not in blog
     assert "upstream onevps_waker {\n    server ${NETWORK_PREFIX}.7:8080 max_fails=0;\n}" in text
-    assert "access_log /run/onevps/access.log onevps;" in text  # the waker's view of activity
+    assert "access_log /var/lib/onevps/access.log onevps;" in text  # the waker's view of activity
     assert "onevps_waker" not in nginx.render_swarm_routes(reg)  # no sleeping in Swarm mode
 
 

@@ -121,7 +121,7 @@ SLEEPY = App("kb", "base", 12, sleep_after=900)
 def sleeping_kb(server: Server, asleep: bool) -> Containers:
     """kb may sleep; asleep: its flag is in the waker's folder and its container is stopped."""
     containers = Containers(server, None, "exited (0)" if asleep else "running healthy", "sha256:old")
-    server.when(["docker", "exec", "p-waker-1", "ls", "-1", "/run/onevps/asleep"], "kb\n" if asleep else "")
+    server.when(["docker", "exec", "p-waker-1", "ls", "-1", "/var/lib/onevps/asleep"], "kb\n" if asleep else "")
     server.when(["docker", "inspect", "--format", "{{.Name}} {{.State.Running}}"],
                 answer=lambda a: (0, f"/p-kb-1 {str(containers.primary.startswith('running')).lower()}\n", ""))
     server.when(["docker", "start"], answer=lambda a: containers.set(primary="running healthy"))
@@ -148,7 +148,7 @@ def test_deploy_wake_starts_a_sleeping_app_and_drops_its_flag():
                               wake=True)
     assert entry["result"] == "ok" and containers.primary == "running healthy"
     lines = server.lines()
-    assert lines.index("docker start p-kb-1") < lines.index("docker exec p-waker-1 rm -f /run/onevps/asleep/kb")
+    assert lines.index("docker start p-kb-1") < lines.index("docker exec p-waker-1 rm -f /var/lib/onevps/asleep/kb")
 
 
 def test_a_sleeping_app_woken_during_its_deploy_is_started_with_the_new_version():
@@ -158,7 +158,7 @@ def test_a_sleeping_app_woken_during_its_deploy_is_started_with_the_new_version(
     containers = sleeping_kb(server, asleep=True)
     created = []
     server.when(lambda a: "--no-start" in a, answer=lambda a: created.append(1) or containers.set(primary="exited (0)"))
-    server.when(["docker", "exec", "p-waker-1", "ls", "-1", "/run/onevps/asleep"],
+    server.when(["docker", "exec", "p-waker-1", "ls", "-1", "/var/lib/onevps/asleep"],
                 answer=lambda a: (0, "" if created else "kb\n", ""))
     entry = deploy.deploy_app(ctx(server, server_settings(), reg=registry(), tags=TAGS), SLEEPY, image="sha256:new")
     assert entry["result"] == "ok" and containers.primary == "running healthy"
@@ -194,7 +194,7 @@ def test_a_sleep_enabled_app_that_falls_asleep_during_the_watch_is_no_failure(mo
     def flags(argv: list[str]) -> tuple[int, str, str]:
         return 0, "kb\n" if asleep_after_watch and containers.primary.startswith("exited") else "", ""
 
-    server.when(["docker", "exec", "p-waker-1", "ls", "-1", "/run/onevps/asleep"], answer=flags)
+    server.when(["docker", "exec", "p-waker-1", "ls", "-1", "/var/lib/onevps/asleep"], answer=flags)
 
     def stopped_during_the_watch(*args, **kwargs) -> str:
         containers.set(primary="exited (0)")

@@ -296,4 +296,4 @@ def test_fab_top_reads_the_servers_project_over_ssh():
                             "docker compose version --short"]
     assert commands[2] == "docker ps --all --quiet --filter label=com.docker.compose.project=p"
     assert commands[-2] == f"docker logs --since 60s {CONTAINERS[2]['Id']}"
-    assert commands[-1] == "docker exec p-waker-1 ls -1 /run/onevps/asleep"  # which stopped apps sleep
+    assert commands[-1] == "docker exec p-waker-1 ls -1 /var/lib/onevps/asleep"  # which stopped apps sleep

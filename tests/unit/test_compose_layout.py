@@ -1,0 +1,73 @@
+"""The live compose file's container layout: mounts no tmpfs can hide (issue 24)."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from onevps import composefile, nginx, sleep
+from onevps.swarm.convert import plain
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "compose" / "docker-compose.yml"
+SERVICES = plain(composefile.load(COMPOSE))["services"]
+
+# Links every image of the stack has (Debian and its derivatives): a tmpfs at
+# /var/run lands on /run.
+IMAGE_LINKS = {"/var/run": "/run", "/var/lock": "/run/lock"}
+
+
+def _real(path: str) -> PurePosixPath:
+    """A container path with the images' links followed."""
+    for link, target in IMAGE_LINKS.items():
+        if path == link or path.startswith(link + "/"):
+            path = target + path[len(link):]
+    return PurePosixPath(path)
+
+
+def _targets(svc: dict) -> list[str]:
+    """Where each of a service's volumes and bind mounts lands in its container."""
+    out = []
+    for item in svc.get("volumes") or []:
+        if isinstance(item, dict):
+            out.append(str(item["target"]))
+        else:
+            parts = str(item).split(":")
+            out.append(parts[1] if len(parts) > 1 else parts[0])
+    return out
+
+
+@pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if s.get("tmpfs")])
+def test_no_volume_lies_under_a_tmpfs_of_its_service(name):
+    """Docker mounts a tmpfs and a volume of the same depth in either order (/var/run and
+    /run/onevps: both two deep), so a volume below a tmpfs is sometimes hidden by it. nginx
+    then failed to start: open() "/run/onevps/access.log" failed (2: No such file or directory)."""
+    svc = SERVICES[name]
+    tmpfs = [_real(str(p)) for p in svc["tmpfs"]]
+    for target in _targets(svc):
+        real = _real(target)
+        below = [str(t) for t in tmpfs if real == t or t in real.parents]
+        assert not below, f"{name}: {target} lies under the tmpfs {below}"
+
+
+def test_the_rule_catches_the_old_layout():
+    old = {"tmpfs": ["/tmp", "/var/run"], "volumes": ["sleep-state:/run/onevps"]}
+    tmpfs = [_real(p) for p in old["tmpfs"]]
+    assert any(t in _real(target).parents for target in _targets(old) for t in tmpfs)
+
+
+def test_nginx_and_the_waker_see_sleep_state_at_one_path_outside_run():
+    assert sleep.STATE_DIR == "/var/lib/onevps" and sleep.FLAG_DIR == "/var/lib/onevps/asleep"
+    assert "sleep-state:/var/lib/onevps" in SERVICES["nginx"]["volumes"]
+    assert "sleep-state:/var/lib/onevps" in SERVICES[sleep.WAKER]["volumes"]
+    assert SERVICES[sleep.WAKER]["environment"]["ONEVPS_STATE_DIR"] == sleep.STATE_DIR
+    routes = (ROOT / nginx.ROUTES_FILE).read_text()
+    assert f"access_log {sleep.STATE_DIR}/access.log onevps;" in routes
+    assert "/run/onevps/" not in routes and "/run/onevps/" not in (ROOT / "compose" / "docker-compose.yml").read_text()
+
+
+def test_the_waker_defaults_to_the_same_state_dir():
+    from .waker_fakes import parts
+    assert str(parts.Settings().state_dir) == sleep.STATE_DIR
+    assert str(parts.Settings.from_env({}).state_dir) == sleep.STATE_DIR
