@@ -72,6 +72,17 @@ class Settings:
     ollama_mem_limit: int
     waker_mem_limit: int
     docker_proxy_mem_limit: int
+    # Process limits (pids_limit): processes and threads of one container.
+    app_pids_limit: int
+    ml_app_pids_limit: int
+    nginx_pids_limit: int
+    redis_pids_limit: int
+    chroma_pids_limit: int
+    chroma_auth_pids_limit: int
+    ollama_pids_limit: int
+    waker_pids_limit: int
+    docker_proxy_pids_limit: int
+    certbot_pids_limit: int
     # Certificates (paths on the server).
     acme_email: str
     acme_server: str

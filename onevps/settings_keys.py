@@ -355,6 +355,28 @@ KEYS: tuple[Key, ...] = (
     Key("WAKER_MEM_LIMIT", "96m", _memory, "Memory limit of the waker (wakes sleeping apps).", typed=_bytes),
     Key("DOCKER_PROXY_MEM_LIMIT", "48m", _memory, "Memory limit of docker-proxy (the waker's only way to Docker).",
         typed=_bytes),
+    # Process limits (pids_limit: processes and threads together, `docker exec`s and
+    # health checks included). Past it, creating one more fails with EAGAIN; what
+    # runs goes on. Each default is several times the peak measured in the container
+    # under load on 2 CPUs, with room for what grows with the CPUs (README, Security).
+    Key("APP_PIDS_LIMIT", "256", _positive_int,
+        "Process limit (processes and threads) of each base app (override per app in the compose file).",
+        typed=int),
+    Key("ML_APP_PIDS_LIMIT", "512", _positive_int,
+        "Process limit of each ML app (torch and BLAS start thread pools as large as the CPUs).", typed=int),
+    Key("NGINX_PIDS_LIMIT", "256", _positive_int,
+        "Process limit of nginx (a worker per CPU; a reload's old workers stay while their connections last).",
+        typed=int),
+    Key("REDIS_PIDS_LIMIT", "64", _positive_int, "Process limit of Redis.", typed=int),
+    Key("CHROMA_PIDS_LIMIT", "512", _positive_int, "Process limit of ChromaDB.", typed=int),
+    Key("CHROMA_AUTH_PIDS_LIMIT", "128", _positive_int, "Process limit of chroma-auth (nginx: a worker per CPU).",
+        typed=int),
+    Key("OLLAMA_PIDS_LIMIT", "1024", _positive_int,
+        "Process limit of Ollama (a runner process per loaded model, a thread per CPU in each).", typed=int),
+    Key("WAKER_PIDS_LIMIT", "64", _positive_int, "Process limit of the waker.", typed=int),
+    Key("DOCKER_PROXY_PIDS_LIMIT", "128", _positive_int,
+        "Process limit of docker-proxy (a thread per call of the waker).", typed=int),
+    Key("CERTBOT_PIDS_LIMIT", "64", _positive_int, "Process limit of certbot (run by `fab certs`).", typed=int),
     Key("HTTPS_REDIRECT", "off", _on_off,
         "on: plain HTTP is redirected to HTTPS and HTTPS answers carry HSTS (a server with real certificates).",
         typed=_is_on),

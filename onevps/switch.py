@@ -64,10 +64,13 @@ def slot_env_text(app: App, service: dict) -> str:
 
 
 def slot_run_argv(srv: Ctx, app: App, image: str, service: dict, network: str, env_file: str) -> list[str]:
-    """`docker run` for the deploy slot: the service's environment (from env_file) and
-    health check, on app-network at host + 128, with no compose labels (compose leaves it alone)."""
+    """`docker run` for the deploy slot: the service's environment (from env_file), health
+    check and process limit (pids_limit), on app-network at host + 128, with no compose labels
+    (compose leaves it alone)."""
+    pids = service.get("pids_limit")
     return docker_cmd.run_slot(slot_name(srv, app.name), app.name, network, srv.rs.address(app.slot_host), env_file,
-                               docker_cmd.health_flags(service.get("healthcheck") or {}), image)
+                               docker_cmd.health_flags(service.get("healthcheck") or {}), image,
+                               pids_limit=int(pids) if pids is not None and int(pids) > 0 else None)
 
 
 def up_argv(srv: Ctx, app: App, wait: bool = True) -> list[str]:

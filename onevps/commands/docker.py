@@ -171,9 +171,11 @@ def wait_ready(container: str, probe_argv: Sequence[str], seconds: int, pause: f
 
 
 def run_slot(name: str, app: str, network: str, ip: str, env_file: str, health: Sequence[str],
-             image: str) -> list[str]:
-    """A deploy slot: detached, on network at ip, labelled (no compose labels), logs rotated."""
+             image: str, pids_limit: int | None = None) -> list[str]:
+    """A deploy slot: detached, on network at ip, labelled (no compose labels), logs rotated,
+    with the service's process limit."""
+    limits = ["--pids-limit", str(pids_limit)] if pids_limit else []
     return docker("run", "--detach", "--name", name, "--network", network, "--ip", ip,
                   "--label", "onevps.slot=next", "--label", f"onevps.app={app}",
                   "--log-driver", "json-file", "--log-opt", "max-size=10m", "--log-opt", "max-file=3",
-                  "--env-file", env_file, *health, image)
+                  *limits, "--env-file", env_file, *health, image)

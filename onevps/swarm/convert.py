@@ -31,6 +31,7 @@ SERVICE_MONITOR = "10s"
 
 _ADDRESS = re.compile(r"\$\{NETWORK_PREFIX(?::?-[0-9.]*)?\}\.(\d{1,3})")
 _PLUS_INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?\+")
+_VARIABLE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-[^}]*)?\}$")
 
 
 @dataclass(frozen=True)
@@ -172,12 +173,14 @@ def convert(place: Place, name: str, svc: dict) -> Service:
         spec["ports"] = published
     spec["networks"], addressed = networks(svc)
     stateful = bool(mounts.named)
+    pids, bad_pids = pids_limit(place.settings, name, svc)
     spec["deploy"], bad_deploy = deploy_block(name, svc, app, stateful=stateful, published=bool(published),
-                                              workers=bool(place.settings.swarm_workers))
+                                              workers=bool(place.settings.swarm_workers), pids=pids)
     bad_interpolation = interpolation(name, spec)
     _add(notes, *env_notes, *mounts.notes, *(["ports"] if published else []), *(["ipv4_address"] if addressed else []),
          *(["interpolation"] if bad_interpolation else []))
-    return Service(spec, notes, refused + bad_image + bad_env + mounts.refused + bad_deploy + bad_interpolation,
+    return Service(spec, notes, refused + bad_image + bad_env + mounts.refused + bad_pids + bad_deploy
+                   + bad_interpolation,
                    mounts.defs, mounts.named, list(spec["networks"]))
 
 
@@ -300,10 +303,35 @@ def networks(svc: dict) -> tuple[list[str], bool]:
     return [str(n) for n in nets], False
 
 
+def pids_limit(settings: Settings, name: str, svc: dict) -> tuple[int | None, list[OnevpsError]]:
+    """The service's pids_limit as the number deploy.resources.limits.pids needs.
+
+    docker stack deploy fills no variable into that field (CLI 28.2: "must be a
+    integer"), so `${APP_PIDS_LIMIT:-256}` is written as the setting's value in
+    `settings` (the target's: the server's .env for fab). Only onevps settings
+    or plain numbers; anything else is refused.
+    """
+    if svc.get("pids_limit") is None:
+        return None, []
+    value = str(svc["pids_limit"]).strip()
+    match = _VARIABLE.match(value)
+    if match:
+        if match.group(1) not in settings.raw:
+            return None, [ComposeFileError(f"service {name}: pids_limit {value} names no onevps setting",
+                                           "use a *_PIDS_LIMIT setting or a number: docker stack deploy "
+                                           "fills no variable into deploy.resources.limits.pids")]
+        value = settings.raw[match.group(1)]
+    if not value.isdigit() or int(value) < 1:
+        return None, [ComposeFileError(f"service {name}: pids_limit {value!r} is not a number of at least 1",
+                                       "give it a *_PIDS_LIMIT setting or a whole number")]
+    return int(value), []
+
+
 def deploy_block(name: str, svc: dict, app: bool, stateful: bool, published: bool,
-                 workers: bool = False) -> tuple[dict, list[OnevpsError]]:
+                 workers: bool = False, pids: int | None = None) -> tuple[dict, list[OnevpsError]]:
     """deploy: replicas, resources, restart policy, rolling updates and rollbacks, placement
-    (with SWARM_WORKERS an app runs on the workers, spread over them)."""
+    (with SWARM_WORKERS an app runs on the workers, spread over them). `pids`: the process
+    limit as a number (pids_limit())."""
     replicas, refused = _replicas(name, labels(svc).get(REPLICAS_LABEL, "1"), pinned=stateful or published)
     out: dict[str, Any] = {"mode": "replicated", "replicas": replicas, "endpoint_mode": "dnsrr"}
     limits = {}
@@ -311,6 +339,8 @@ def deploy_block(name: str, svc: dict, app: bool, stateful: bool, published: boo
         limits["cpus"] = str(svc["cpus"])
     if "mem_limit" in svc:
         limits["memory"] = str(svc["mem_limit"])
+    if pids is not None:
+        limits["pids"] = pids
     resources: dict[str, Any] = {}
     if limits:
         resources["limits"] = limits

@@ -54,6 +54,11 @@ RULES: dict[str, Rule] = {
                             "deploy.resources.reservations.memory"),
     "cpus": Rule("rejects", "cpus: not in the 3.x schema (\"Additional property cpus is not allowed\")",
                  "deploy.resources.limits.cpus"),
+    "pids_limit": Rule("rejects", "pids_limit: not in the 3.x schema (\"Additional property pids_limit is not allowed\"); "
+                       "its place, deploy.resources.limits.pids (3.9), takes no ${VAR} (\"must be a integer\")",
+                       "deploy.resources.limits.pids with the setting's number written in (stack file 3.9; "
+                       "services have it since Docker 20.10, API 1.41); a new value takes effect at the next "
+                       "swarm-deploy"),
     "restart": Rule("ignores", "restart: (warning: Ignoring unsupported options: restart)",
                     "deploy.restart_policy (unless-stopped/always -> any, on-failure, no -> none)"),
     "security_opt": Rule("ignores", "security_opt: (warning) no-new-privileges is NOT applied to tasks",
@@ -104,6 +109,7 @@ KEYS: dict[str, Key] = {
     "mem_limit": Key(CONVERT, "mem_limit", "deploy.resources.limits.memory"),
     "mem_reservation": Key(CONVERT, "mem_reservation", "deploy.resources.reservations.memory"),
     "cpus": Key(CONVERT, "cpus", "deploy.resources.limits.cpus"),
+    "pids_limit": Key(CONVERT, "pids_limit", "deploy.resources.limits.pids, the setting's number"),
     "deploy": Key(CONVERT, how="merged over the deploy: block onevps writes (the compose file wins)"),
     "profiles": Key(CONVERT, "profiles", "the service is left out of the stack"),
     "configs": Key(CONVERT, how="replaced by configs made from the read-only bind mounts"),

@@ -1,4 +1,5 @@
-"""The live compose file's container layout: mounts no tmpfs can hide (issue 24)."""
+"""The live compose file's container layout (issue 24): mounts no tmpfs can hide, and a
+process limit (pids_limit) on every container, from a setting."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from onevps import composefile, nginx, sleep
+from onevps.registry import TIER_LABEL
+from onevps.settings_keys import KEYS
 from onevps.swarm.convert import plain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,3 +74,44 @@ def test_the_waker_defaults_to_the_same_state_dir():
     from .waker_fakes import parts
     assert str(parts.Settings().state_dir) == sleep.STATE_DIR
     assert str(parts.Settings.from_env({}).state_dir) == sleep.STATE_DIR
+
+
+# ------------------------------------------------------------ process limits --
+
+# The tier builders only build images (profile "tiers"): no container ever runs from them.
+RUNS = [name for name, svc in SERVICES.items() if "tiers" not in (svc.get("profiles") or [])]
+# Each service's process limit setting; apps take their tier's.
+PIDS_KEY = {"nginx": "NGINX_PIDS_LIMIT", "chroma-auth": "CHROMA_AUTH_PIDS_LIMIT", "chromadb": "CHROMA_PIDS_LIMIT",
+            "redis": "REDIS_PIDS_LIMIT", "ollama": "OLLAMA_PIDS_LIMIT", "certbot": "CERTBOT_PIDS_LIMIT",
+            "waker": "WAKER_PIDS_LIMIT", "docker-proxy": "DOCKER_PROXY_PIDS_LIMIT"}
+TIER_PIDS_KEY = {"base": "APP_PIDS_LIMIT", "ml": "ML_APP_PIDS_LIMIT"}
+DEFAULTS = {k.name: k.default for k in KEYS}
+
+
+def test_only_the_tier_builders_are_left_out():
+    assert sorted(set(SERVICES) - set(RUNS)) == ["base-tier", "ml-tier"]
+    assert all("pids_limit" not in SERVICES[name] for name in ("base-tier", "ml-tier"))
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_every_container_has_a_process_limit_from_its_setting(name):
+    """`${KEY:-default}`: KEY is the service's own setting (an app's: its tier's), and the
+    default written in the compose file is the setting's default, so compose without onevps
+    (a bare `docker compose up`) gets the same limit."""
+    svc = SERVICES[name]
+    tier = (svc.get("labels") or {}).get(TIER_LABEL)
+    key = TIER_PIDS_KEY[tier] if tier else PIDS_KEY[name]
+    assert svc.get("pids_limit") == f"${{{key}:-{DEFAULTS[key]}}}", name
+
+
+def test_every_process_limit_setting_is_used():
+    used = {str(SERVICES[name]["pids_limit"]).split(":-")[0].removeprefix("${") for name in RUNS}
+    assert used == {k for k in DEFAULTS if k.endswith("_PIDS_LIMIT")}
+
+
+@pytest.mark.parametrize("name", [n for n in RUNS if (SERVICES[n].get("labels") or {}).get(TIER_LABEL)])
+def test_apps_take_the_limit_from_their_tiers_block_never_their_own_entry(name):
+    """An app's entry holds no pids_limit of its own unless someone wrote one (then it is an
+    override, as for mem_limit); the repository's apps have none."""
+    own = composefile.load(COMPOSE)["services"][name]
+    assert "pids_limit" not in [k for k, _ in own.non_merged_items()]

@@ -185,6 +185,33 @@ def test_bad_limits_name_the_key(tmp_path, key, value):
         load(Project(tmp_path), environ={key: value})
 
 
+PIDS_KEYS = ("APP_PIDS_LIMIT", "ML_APP_PIDS_LIMIT", "NGINX_PIDS_LIMIT", "REDIS_PIDS_LIMIT", "CHROMA_PIDS_LIMIT",
+             "CHROMA_AUTH_PIDS_LIMIT", "OLLAMA_PIDS_LIMIT", "WAKER_PIDS_LIMIT", "DOCKER_PROXY_PIDS_LIMIT",
+             "CERTBOT_PIDS_LIMIT")
+
+
+@pytest.mark.parametrize("key", PIDS_KEYS)
+@pytest.mark.parametrize("value", ["0", "-1", "lots", "1.5", "256m", " "])
+def test_a_bad_process_limit_names_the_key_and_where_it_came_from(tmp_path, key, value):
+    """0 and -1 (no limit to Docker) are refused too: every container keeps a limit.
+    A blank value takes the default, as for every key."""
+    write_env(tmp_path, f"{key}={value}\n")
+    if not value.strip():
+        assert getattr(load(Project(tmp_path), environ={}), key.lower()) == int(next(k for k in KEYS
+                                                                                     if k.name == key).default)
+        return
+    with pytest.raises(ConfigError) as err:
+        load(Project(tmp_path), environ={})
+    assert err.value.message.startswith(f"error: {key}={value!r} (.env line 1) must be a whole number of at least 1")
+
+
+def test_process_limits_are_numbers_from_env_file_and_environment(tmp_path):
+    write_env(tmp_path, "APP_PIDS_LIMIT=300\nNGINX_PIDS_LIMIT=1000\n")
+    s = load(Project(tmp_path), environ={"ML_APP_PIDS_LIMIT": "2048", "NGINX_PIDS_LIMIT": "512"})
+    assert (s.app_pids_limit, s.ml_app_pids_limit, s.nginx_pids_limit) == (300, 2048, 512)  # environment wins
+    assert s.compose_env()["APP_PIDS_LIMIT"] == "300" and s.compose_env()["NGINX_PIDS_LIMIT"] == "512"
+
+
 @pytest.mark.parametrize("key", ["REDIS_PASSWORD", "CHROMA_TOKEN"])
 def test_a_rejected_secret_names_the_key_and_why_never_the_value(tmp_path, key):
     value = "short!secret"
@@ -233,6 +260,9 @@ def test_an_env_file_behind_a_folder_that_may_not_be_entered_is_one_line(tmp_pat
 KEY_TYPES = {
     "DEPLOY_WATCH": int, "DEPLOY_WATCH_5XX": float, "WAKE_TIMEOUT": int,
     "WAKER_MEM_LIMIT": int, "DOCKER_PROXY_MEM_LIMIT": int,
+    "APP_PIDS_LIMIT": int, "ML_APP_PIDS_LIMIT": int, "NGINX_PIDS_LIMIT": int, "REDIS_PIDS_LIMIT": int,
+    "CHROMA_PIDS_LIMIT": int, "CHROMA_AUTH_PIDS_LIMIT": int, "OLLAMA_PIDS_LIMIT": int, "WAKER_PIDS_LIMIT": int,
+    "DOCKER_PROXY_PIDS_LIMIT": int, "CERTBOT_PIDS_LIMIT": int,
     "COMPOSE_PROJECT_NAME": str, "DOMAIN": str, "BIND_ADDRESS": str, "HTTP_PORT": int, "HTTPS_PORT": int,
     "NETWORK_PREFIX": str, "CHROMA_SUBNET": str, "IMAGE_NAMESPACE": str, "TORCH_INDEX_URL": str,
     "TORCH_CUDA": bool, "TORCH_WHEEL_DIR": (Path, type(None)), "EXTRA_CA_DIR": (Path, type(None)),
@@ -265,6 +295,9 @@ def test_typed_defaults(tmp_path):
     assert (s.build_free_mb, s.prune_keep, s.prune_cache_mb) == (1024, 3, 2000)
     assert (s.deploy_timeout, s.up_timeout) == (180, 900)
     assert s.app_mem_limit == 256 * 1024 ** 2 and s.ollama_mem_limit == 8 * 1024 ** 3 and s.app_cpus == 1.0
+    assert (s.app_pids_limit, s.ml_app_pids_limit, s.nginx_pids_limit, s.redis_pids_limit, s.chroma_pids_limit,
+            s.chroma_auth_pids_limit, s.ollama_pids_limit, s.waker_pids_limit, s.docker_proxy_pids_limit,
+            s.certbot_pids_limit) == (256, 512, 256, 64, 512, 128, 1024, 64, 128, 64)
     assert s.docker_install == "docker-repo" and s.cert_cron_file == "/etc/cron.d/onevps-certs"
     assert s.acme_email == "" and s.acme_ca_bundle == "" and s.acme_server.startswith("https://acme-v02.")
     assert s.chroma_subnet == "172.20.1.0/28" and s.vps_env_file == tmp_path / ".env"

@@ -112,7 +112,7 @@ class FakeCtx:
 
 
 def test_slot_container_argv():
-    service = {"environment": {"REDIS_URL": "redis://10.9.0.4:6379/0", "EMPTY": None},
+    service = {"environment": {"REDIS_URL": "redis://10.9.0.4:6379/0", "EMPTY": None}, "pids_limit": 256,
                "healthcheck": {"test": ["CMD", "python", "-c", "print('ok')"], "timeout": "5s", "retries": 3,
                                "start_period": "60s"}}
     argv = switch.slot_run_argv(FakeCtx(), App("kb", "base", 12), "sha256:abc", service, "prod_app-network",
@@ -122,11 +122,23 @@ def test_slot_container_argv():
     assert shlex.join(argv[:health] + argv[health + 2:]) == (
         "docker run --detach --name prod-kb-next --network prod_app-network --ip 10.9.0.140 "
         "--label onevps.slot=next --label onevps.app=kb --log-driver json-file --log-opt max-size=10m "
-        "--log-opt max-file=3 --env-file /srv/apps/.onevps/kb.slot.env "
+        "--log-opt max-file=3 --pids-limit 256 --env-file /srv/apps/.onevps/kb.slot.env "
         "--health-interval 1s --health-timeout 5s --health-retries 3 --health-start-period 60s sha256:abc")
     assert "com.docker.compose.project" not in " ".join(argv)  # compose leaves the slot alone
     assert "REDIS_URL" not in " ".join(argv)  # the environment travels in the file, never on the command line
     assert switch.slot_env_text(App("kb", "base", 12), service) == "EMPTY\nREDIS_URL=redis://10.9.0.4:6379/0\n"
+
+
+@pytest.mark.parametrize("pids, flags", [(512, ["--pids-limit", "512"]), (None, []), (-1, []), (0, [])])
+def test_the_slot_keeps_the_services_process_limit(pids, flags):
+    """The new version serves from the slot during a deploy (and after a failed step 5, until
+    the next one): it has the limit compose gives the app (`docker compose config` resolves
+    ${APP_PIDS_LIMIT:-256} to a number). Without one (or -1/0: none, to compose) no flag."""
+    service = {"environment": {}} if pids is None else {"environment": {}, "pids_limit": pids}
+    argv = switch.slot_run_argv(FakeCtx(), App("kb", "base", 12), "sha256:abc", service, "prod_app-network",
+                                "/srv/apps/.onevps/kb.slot.env")
+    at = argv.index("--env-file")
+    assert argv[at - len(flags):at] == flags and argv.count("--pids-limit") == (1 if flags else 0)
 
 
 def test_proof_lists_unchanged_and_refuses_changes():

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
 
-from onevps import apps, checks, composefile, config, nginx, registry
+from onevps import apps, checks, composefile, config, nginx, registry, swarm
 from onevps.errors import OnevpsError
 from onevps.project import Project
 
@@ -159,6 +159,17 @@ def test_new_app_creates_the_folder_from_the_template(repo):
         assert text == expected.replace("__APP_NAME__", "blog").replace("__APP_TIER__", "base")
     assert '"app": "blog"' in (target / "tests" / "test_main.py").read_text()
     assert 'os.getenv("APP_TIER", "base")' in (target / "main.py").read_text()
+
+
+@pytest.mark.parametrize("tier, key, default", [("base", "APP_PIDS_LIMIT", 256), ("ml", "ML_APP_PIDS_LIMIT", 512)])
+def test_a_new_app_gets_its_tiers_process_limit(repo, tier, key, default):
+    """The entry merges its tier's defaults block (`<<: *app` / `<<: *ml-app`), which holds
+    pids_limit; the limit is the tier's setting, as for every app already there."""
+    new_app(repo, "blog", tier)
+    service = swarm.plain(composefile.load(repo.compose_file))["services"]["blog"]
+    assert service["pids_limit"] == f"${{{key}:-{default}}}"
+    assert service["mem_limit"] == ("${APP_MEM_LIMIT:-256m}" if tier == "base" else "${ML_APP_MEM_LIMIT:-1g}")
+    assert "pids_limit" not in apps.entry_text("blog", tier, 14)  # from the anchor, never written per app
 
 
 def test_new_app_ml_substitutes_the_tier(repo):

@@ -30,7 +30,8 @@ from .test_backup import archive
 TAGS = {"BASE_TAG": "c-6f91ef1596ce", "ML_TAG": "c-b58f04ca7e0c"}
 FIXED = time.gmtime(1767225600)  # 2026-01-01 00:00:00 UTC
 FIXTURES = ROOT / "tests" / "unit" / "fixtures" / "docker"
-SERVICE = {"environment": {"APP_NAME": "kb"}, "healthcheck": {"test": ["CMD", "python", "-c", "print('ok')"]}}
+SERVICE = {"environment": {"APP_NAME": "kb"}, "healthcheck": {"test": ["CMD", "python", "-c", "print('ok')"]},
+           "pids_limit": 256}  # as `docker compose config` gives it
 KB = App("kb", "base", 12)
 
 

@@ -68,12 +68,12 @@ def test_no_secret_is_written_the_deploy_fills_it_in():
 # ------------------------------------------------------- what Swarm accepts --
 
 REJECTED_OR_IGNORED = {"build", "container_name", "depends_on", "mem_limit", "cpus", "restart", "security_opt",
-                       "profiles", "tmpfs", "memswap_limit", "mem_reservation", "pull_policy"}
+                       "profiles", "tmpfs", "memswap_limit", "mem_reservation", "pull_policy", "pids_limit"}
 
 
 def test_the_stack_file_has_none_of_the_keys_swarm_rejects_or_ignores():
     doc = load_stack(swarm.render(PROJECT, settings()).stack)
-    assert doc["version"] == "3.8"
+    assert doc["version"] == "3.9"  # deploy.resources.limits.pids is new in 3.9
     for name, svc in doc["services"].items():
         assert not REJECTED_OR_IGNORED & set(svc), name
         assert isinstance(svc["networks"], list), f"{name}: no static address left"
@@ -90,8 +90,9 @@ def test_app_limits_become_deploy_resources_and_updates_roll_start_first():
     doc = load_stack(swarm.render(PROJECT, settings()).stack)
     portfolio, embedder = doc["services"]["portfolio"], doc["services"]["embedder"]
     assert portfolio["deploy"]["resources"] == {"limits": {"cpus": "${APP_CPUS:-1.0}",
-                                                           "memory": "${APP_MEM_LIMIT:-256m}"}}
+                                                           "memory": "${APP_MEM_LIMIT:-256m}", "pids": 256}}
     assert embedder["deploy"]["resources"]["limits"]["memory"] == "${ML_APP_MEM_LIMIT:-1g}"
+    assert embedder["deploy"]["resources"]["limits"]["pids"] == 512
     assert portfolio["deploy"]["replicas"] == 1
     assert portfolio["deploy"]["update_config"] == {
         "parallelism": 1, "delay": "2s", "order": "start-first", "failure_action": "rollback",
@@ -100,6 +101,66 @@ def test_app_limits_become_deploy_resources_and_updates_roll_start_first():
     assert portfolio["deploy"]["restart_policy"]["condition"] == "any"
     assert {"type": "tmpfs", "target": "/tmp"} in portfolio["volumes"]
     assert portfolio["cap_drop"] == ["ALL"] and portfolio["read_only"] is True and portfolio["user"] == "app"
+
+
+# ------------------------------------------------------------ process limits --
+
+SHARED_PIDS = {"nginx": 256, "chroma-auth": 128, "chromadb": 512, "redis": 64, "ollama": 1024}
+
+
+def test_every_service_gets_its_process_limit_as_a_number():
+    """docker stack deploy (CLI 28.2) rejects pids_limit ("Additional property pids_limit is not
+    allowed") and takes deploy.resources.limits.pids (3.9) as a number only: "${VAR:-256}" there is
+    "must be a integer". So the setting's value is written in; the stack file says 3.9."""
+    rendered = swarm.render(PROJECT, settings())
+    doc = load_stack(rendered.stack)
+    apps = set(rendered.apps)
+    for name, svc in doc["services"].items():
+        pids = svc["deploy"]["resources"]["limits"]["pids"]
+        want = SHARED_PIDS.get(name) or (512 if name in ("embedder", "classify", "summary") else 256)
+        assert type(pids) is int and pids == want, name
+        assert name in apps or name in SHARED_PIDS
+    assert "pids: 256\n" in rendered.stack and "pids: '256'" not in rendered.stack  # a YAML number
+    finding = next(f for f in rendered.findings if f.key == "pids_limit")
+    assert set(finding.services) == set(doc["services"]) and finding.rule.swarm == "rejects"
+
+
+def test_the_process_limit_is_the_targets_setting():
+    """The deploy renders with the target's settings (fab: the server's .env), so the number
+    written is the one that target's compose would use."""
+    doc = load_stack(swarm.render(PROJECT, settings(APP_PIDS_LIMIT="300", ML_APP_PIDS_LIMIT="2000",
+                                                    REDIS_PIDS_LIMIT="32")).stack)
+    limits = {n: s["deploy"]["resources"]["limits"]["pids"] for n, s in doc["services"].items()}
+    assert (limits["kb"], limits["summary"], limits["redis"], limits["nginx"]) == (300, 2000, 32, 256)
+
+
+@pytest.mark.parametrize("value, pids", [(128, 128), ("77", 77), ("${REDIS_PIDS_LIMIT}", 64),
+                                         ("${APP_PIDS_LIMIT:-9}", 256)])
+def test_a_hand_written_process_limit_is_a_number_or_a_setting(value, pids):
+    d = data()
+    d["services"]["kb"]["pids_limit"] = value
+    doc = load_stack(swarm.render(PROJECT, settings(), data=d).stack)
+    assert doc["services"]["kb"]["deploy"]["resources"]["limits"]["pids"] == pids
+
+
+@pytest.mark.parametrize("value, message", [
+    ("${MY_LIMIT:-100}", r"service kb: pids_limit \$\{MY_LIMIT:-100\} names no onevps setting"),
+    ("-1", "service kb: pids_limit '-1' is not a number of at least 1"),
+    ("0", "service kb: pids_limit '0' is not a number of at least 1"),
+    ("many", "service kb: pids_limit 'many' is not a number of at least 1"),
+])
+def test_a_process_limit_swarm_cannot_take_is_refused(value, message):
+    d = data()
+    d["services"]["kb"]["pids_limit"] = value
+    with pytest.raises(OnevpsError, match=message):
+        swarm.render(PROJECT, settings(), data=d)
+
+
+def test_a_hand_written_deploy_limit_wins():
+    d = data()
+    d["services"]["kb"]["deploy"] = {"resources": {"limits": {"pids": 40, "memory": "100m"}}}
+    kb = load_stack(swarm.render(PROJECT, settings(), data=d).stack)["services"]["kb"]
+    assert kb["deploy"]["resources"] == {"limits": {"pids": 40, "memory": "100m"}}
 
 
 def test_stateful_and_published_services_stop_first_and_stay_on_the_manager():
@@ -252,8 +313,9 @@ def test_bad_swarm_settings_name_the_key():
 
 def test_swarm_check_finds_what_swarm_ignores_or_rejects():
     found = {f.key: f for f in swarm.findings(PROJECT, settings())}
-    assert set(found) == {"build", "ipv4_address", "ipam", "depends_on", "mem_limit", "cpus", "restart",
-                          "security_opt", "cap_add", "profiles", "tmpfs", "ports", "bind", "volume", "sleep"}
+    assert set(found) == {"build", "ipv4_address", "ipam", "depends_on", "mem_limit", "cpus", "pids_limit",
+                          "restart", "security_opt", "cap_add", "profiles", "tmpfs", "ports", "bind", "volume",
+                          "sleep"}
     assert found["depends_on"].services == ("chroma-auth",)
     assert found["sleep"].services == ("waker", "docker-proxy")  # left out: apps never sleep in Swarm mode
     assert found["bind"].services == ("nginx", "chroma-auth")
@@ -264,15 +326,17 @@ def test_swarm_check_finds_what_swarm_ignores_or_rejects():
     assert "portfolio" in found["cpus"].services and "redis" not in found["cpus"].services
     text = swarm.report(swarm.findings(PROJECT, settings()))
     assert "mem_limit [rejects] in nginx, chroma-auth, chromadb" in text
-    assert text.endswith("15 findings (3 would make `docker stack deploy` fail); "
+    assert "pids_limit [rejects] in nginx, chroma-auth, chromadb" in text
+    assert text.endswith("16 findings (4 would make `docker stack deploy` fail); "
                          "`inv swarm-render` applies every fix above")
 
 
 def test_unknown_keys_and_plus_interpolation_are_reported():
     d = data()
-    d["services"]["kb"]["pids_limit"] = 100
+    d["services"]["kb"]["oom_score_adj"] = 100  # a key onevps does not know: dropped, and said so
     found = {f.key: f.services for f in swarm.findings(PROJECT, settings(), data=d)}
     assert found["unknown"] == ("kb",)
+    assert "oom_score_adj" not in load_stack(swarm.render(PROJECT, settings(), data=d).stack)["services"]["kb"]
     d["services"]["kb"]["env_file"] = ["../kb.env"]
     with pytest.raises(OnevpsError, match="kb: env_file is not carried"):
         swarm.render(PROJECT, settings(), data=d)
@@ -429,7 +493,7 @@ def test_swarm_check_lists_every_refused_construct_and_exits_non_zero(tmp_path, 
     assert "error: service api-gw: the writable bind mount ./gw-data:/data cannot move between nodes " \
            "(hint: use a named volume, or leave the service to compose)" in out
     assert "bind [differs] in nginx, chroma-auth, api-gw" in out  # the findings are all listed too
-    assert out[-1].startswith("15 findings (3 would make `docker stack deploy` fail); ")
+    assert out[-1].startswith("16 findings (4 would make `docker stack deploy` fail); ")
 
 
 def test_swarm_check_exits_zero_when_nothing_is_refused(monkeypatch, capsys):
