@@ -137,8 +137,18 @@ def ensure_shared(srv: Ctx, recreate_changed: bool = False) -> None:
 
 
 def reload_nginx_if_changed(srv: Ctx, plan: remote.SyncPlan) -> None:
+    """Test and reload the running nginx when its files changed. An nginx made by an onevps
+    before sleep-state moved to sleep.STATE_DIR (it was /run/onevps) cannot take the new
+    routes (their access log is there): refused with the one step that mends it."""
     if any(rel.startswith("nginx/") for rel in plan.send + plan.delete):
-        if inspect(srv, "{{.State.Running}}", container_name(srv, "nginx")) == "true":
+        name = container_name(srv, "nginx")
+        if inspect(srv, "{{.State.Running}}", name) == "true":
+            mounts = inspect(srv, "{{range .Mounts}}{{.Destination}} {{end}}", name)
+            if mounts is not None and sleep.STATE_DIR not in mounts.split():
+                raise OnevpsError(f"nginx on the server has no {sleep.STATE_DIR} (an older onevps's container), "
+                                  "which the new nginx files need; nothing was reloaded",
+                                  "run `fab setup` once (it recreates nginx and the waker from the new compose "
+                                  "file: a few seconds' restart), then deploy again")
             srv.run.run(compose_cmd.exec_in(srv.vps, srv.rs, "nginx", nginx.reload_argv()),
                         "test and reload nginx on the server", hint="the old nginx configuration is still serving")
             srv.say("==> nginx: new configuration tested with `nginx -t` and reloaded")

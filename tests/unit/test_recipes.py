@@ -210,6 +210,35 @@ def test_a_sleep_enabled_app_that_falls_asleep_during_the_watch_is_no_failure(mo
             deploy.deploy_app(srv, SLEEPY, image="sha256:new", watch_after=True)
 
 
+@pytest.mark.parametrize("mounts, reloads", [
+    ("/etc/nginx/certs /var/www/acme /var/lib/onevps \n", True),
+    ("/etc/nginx/certs /var/www/acme /run/onevps \n", False),  # made by an onevps before issue 24
+])
+def test_new_nginx_files_reload_nginx_only_where_its_state_volume_is_where_they_need_it(mounts, reloads):
+    """The routes log to sleep.STATE_DIR/access.log: an nginx container from before the state
+    volume moved there would fail `nginx -t`; the deploy says to run `fab setup` instead."""
+    server = Server()
+    server.when(lambda a: a[:3] == ["docker", "container", "inspect"] and "{{.State.Running}}" in a, "true\n")
+    server.when(lambda a: a[:3] == ["docker", "container", "inspect"] and "{{range .Mounts}}" in a[4], mounts)
+    srv = ctx(server, server_settings())
+    plan = remote.SyncPlan(send=["nginx/templates/apps.conf.template"], delete=[], bytes=1)
+    if reloads:
+        deploy.reload_nginx_if_changed(srv, plan)
+    else:
+        with pytest.raises(OnevpsError) as err:
+            deploy.reload_nginx_if_changed(srv, plan)
+        assert "nginx on the server has no /var/lib/onevps" in err.value.message
+        assert "fab setup" in err.value.message
+    reloaded = [c for c in server.commands() if "exec" in c and "nginx" in c]
+    assert bool(reloaded) == reloads
+    assert server.commands()[:2] == ["docker container inspect --format '{{.State.Running}}' p-nginx-1",
+                                     "docker container inspect --format '{{range .Mounts}}{{.Destination}} {{end}}' "
+                                     "p-nginx-1"]
+    untouched = Server()
+    deploy.reload_nginx_if_changed(ctx(untouched, server_settings()), remote.SyncPlan(["apps/kb/main.py"], [], 1))
+    assert untouched.commands() == []  # no nginx file changed: nothing asked
+
+
 def test_rollback():
     server = switching(Server(), image="sha256:new")
     journal = [{"app": "kb", "result": "ok", "image": "sha256:old", "previous_image": None},
