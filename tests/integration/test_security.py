@@ -16,6 +16,8 @@ import pytest
 from onevps import config, tiers
 from onevps.registry import SHARED_SERVICES
 
+from tests import loadgen
+
 from .conftest import docker, http, inv, project_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.stack]
@@ -48,6 +50,76 @@ def test_every_container_runs_with_least_privilege(stack_up, settings, reg):
                       "touch /app/x 2>/dev/null && echo writable || echo read-only; touch /tmp/x && echo tmp-ok")
         assert res.split() == ["read-only", "tmp-ok"], app.name
     assert containers["nginx"]["HostConfig"]["ReadonlyRootfs"] is True
+
+
+# The process limit (pids_limit) of each shared service: the setting that names it.
+PIDS_SETTING = {"nginx": "nginx_pids_limit", "redis": "redis_pids_limit", "chromadb": "chroma_pids_limit",
+                "chroma-auth": "chroma_auth_pids_limit", "ollama": "ollama_pids_limit",
+                "waker": "waker_pids_limit", "docker-proxy": "docker_proxy_pids_limit"}
+
+# Started inside an app with `compose exec`: threads until the kernel refuses one (or 5,000).
+THREAD_BOMB = """
+import threading
+hold, n = threading.Event(), 0
+try:
+    while n < 5000:
+        threading.Thread(target=hold.wait, daemon=True).start()
+        n += 1
+    print(n, "all started")
+except RuntimeError as exc:
+    print(n, "refused:", exc)
+hold.set()
+"""
+
+
+def test_every_container_has_its_process_limit(stack_up, settings, reg):
+    containers = by_service(settings)
+    for name, c in containers.items():
+        if name in PIDS_SETTING:
+            want = getattr(settings, PIDS_SETTING[name])
+        else:
+            want = settings.ml_app_pids_limit if reg.get(name).tier == "ml" else settings.app_pids_limit
+        assert c["HostConfig"]["PidsLimit"] == want, (name, c["HostConfig"]["PidsLimit"], want)
+
+
+def test_a_thread_bomb_in_an_app_stops_at_its_limit_and_other_apps_serve_on(stack_up, settings):
+    """Attack 7 of issue 24: 1,500 threads started in an app without error. Now the kernel
+    refuses threads past APP_PIDS_LIMIT; a keep-alive GET+POST client of another app sees
+    no failure meanwhile, and the bombed app answers again once the bomb is gone."""
+    with loadgen.Load(int(settings.http_port), f"portfolio.{settings.domain}", threads=2) as load:
+        out = compose(settings, "exec", "-T", "api-gw", "python3", "-c", THREAD_BOMB)
+    n, verdict = out.split()[0], out.split()[1]
+    assert verdict == "refused:", out
+    assert 0 < int(n) < settings.app_pids_limit, out
+    print(f"\nthread bomb in api-gw: {out.strip()}; portfolio meanwhile: {load.summary()}")
+    assert load.failed == 0 and load.total_of("POST") > 0, load.summary()
+    assert http(settings, "api-gw", "/health").status == 200
+
+
+def test_nginx_starts_every_time_its_state_volume_is_never_hidden(stack_up, settings):
+    """Issue 24, item 7: nginx's /var/run tmpfs (a link to /run in its image) sometimes hid
+    the sleep-state volume mounted at /run/onevps and nginx failed to start ([emerg] open()
+    ... access.log). The volume now sits at /var/lib/onevps; 12 restarts, 12 clean starts."""
+    nginx = by_service(settings)["nginx"]["Id"]
+    for i in range(12):
+        since = docker("inspect", "--format", "{{.State.StartedAt}}", nginx).strip()
+        docker("restart", "--time", "5", nginx)
+        deadline = time.monotonic() + 120
+        while not _ok_health(settings):
+            state = docker("inspect", "--format", "{{.State.Status}} {{.State.StartedAt}}", nginx).strip()
+            assert time.monotonic() < deadline, f"restart {i + 1}: nginx does not answer ({state})"
+            time.sleep(0.5)
+        logs = subprocess.run(["docker", "logs", "--since", since, nginx], capture_output=True, text=True,
+                              timeout=60)
+        assert "[emerg]" not in logs.stdout + logs.stderr, f"restart {i + 1}:\n{logs.stderr[-2000:]}"
+    assert docker("inspect", "--format", "{{.RestartCount}}", nginx).strip() == "0"
+
+
+def _ok_health(settings) -> bool:
+    try:
+        return http(settings, None, "/nginx-health", timeout=5).status == 200
+    except OSError:
+        return False
 
 
 def test_redis_requires_the_password(stack_up, settings):

@@ -219,7 +219,10 @@ def test_least_privilege_survives_the_move_to_swarm(stack):
         assert host["CapDrop"] == ["ALL"]
         assert host["ReadonlyRootfs"] is True
         assert host["Memory"] == 256 * 1024 * 1024 and host["NanoCpus"] == 1_000_000_000
+        assert host["PidsLimit"] == 256, (app, host["PidsLimit"])  # APP_PIDS_LIMIT's default, as on compose
         assert tasks_of(app)[0]["Config"]["User"] == "app"
+    for svc, limit in (("nginx", 256), ("redis", 64), ("chromadb", 512), ("chroma-auth", 128)):
+        assert tasks_of(svc)[0]["HostConfig"]["PidsLimit"] == limit, svc
     # Only nginx publishes a port.
     for svc in SERVICES:
         ports = json.loads(docker("service", "inspect", "--format", "{{json .Endpoint.Ports}}", f"{STACK}_{svc}"))
