@@ -16,6 +16,9 @@ TIER_LABEL = "onevps.tier"
 SERVICE_LABEL = "com.docker.compose.service"
 SLOT_LABEL = "onevps.slot"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
+# Compose puts these on each container it creates; no image carries them (a compose-built
+# image carries only the project, service and version labels).
+CREATED_BY_COMPOSE = ("com.docker.compose.container-number", "com.docker.compose.config-hash")
 MAX_PATH = 256
 MAX_QUERY = 2048
 MAX_ANSWER = 4 * 1024 * 1024  # bytes of an engine answer's body: its few copies stay far below the 48m mem_limit
@@ -187,6 +190,10 @@ def labels_problem(labels: dict, project: str) -> str | None:
     # or a one-off `compose run` container looks like the app; neither is it.
     if not labels.get(SERVICE_LABEL) or labels.get(SLOT_LABEL) or labels.get(ONEOFF_LABEL, "False") != "False":
         return "not an app's own container (a deploy slot or a one-off)"
+    # A plain `docker run` of an app image inherits all of the above from the image (issue 24,
+    # attack 6: it was listed, its logs shown, and stopped): compose did not create it.
+    if not all(labels.get(key) for key in CREATED_BY_COMPOSE):
+        return "not an app's own container (not created by compose: a plain `docker run` of an app image)"
     return None
 
 

@@ -9,15 +9,18 @@ without reaching it, and one line `denied: METHOD PATH: why` goes to stderr:
   POST /containers/{id}/start
   POST /containers/{id}/stop?t=N   N <= 120
   GET  /containers/{id}/logs       stdout, stderr, timestamps, tail <= 200; no follow
-An app container has label com.docker.compose.project=$ONEVPS_PROJECT and a
-non-empty onevps.tier. {id} (a name or an id) is resolved to the full Id with
+An app container has label com.docker.compose.project=$ONEVPS_PROJECT, a
+non-empty onevps.tier, and the labels compose puts on a container it creates
+(container-number, config-hash; not a slot, not a one-off): a plain `docker
+run` of an app image inherits the image's labels but is no app. {id} (a name or an id) is resolved to the full Id with
 the engine's inspect, checked, and the call forwarded by that Id: a name swap
 cannot retarget it. No upgrades (attach/exec), no request bodies.
 
 Design: the policy is the pure `decide()`, then `app_problem()` on the
 inspected container (both in onevps_dockerpolicy.py beside this file).
 Threads (ThreadingUnixStreamServer), not asyncio: the callers are few (the
-waker), every allowed call is short and bounded. One call per connection:
+waker), every allowed call is short and bounded; calls with a large answer
+(logs, list) run BIG_AT_ONCE at a time, so memory stays bounded too. One call per connection:
 the request's head is read (no body is ever accepted), the engine's answer
 read whole (the proxy asks it for `Connection: close`) and sent with
 Content-Length and `Connection: close`. A 403 or a 400 is answered before what
@@ -51,6 +54,13 @@ MAX_LINE = 8192  # bytes of a request line or a header line
 MAX_HEADERS = 100
 LINGER_BYTES = 1 << 20  # what a lingering close reads and drops at most...
 LINGER_SECONDS = 2.0  # ...and for how long: a client that sends on and on is cut off
+# Calls whose answer can be large (logs up to MAX_ANSWER, a list) hold a few copies of it
+# until it is sent: at most this many at once, so twelve 4 MiB log reads cannot take
+# the proxy past its 48m limit (issue 24, attack 6). Others wait up to BIG_WAIT seconds,
+# then get 503 with Retry-After. Small calls (inspect, start, stop) are not held back.
+BIG_ROUTES = ("logs", "list")
+BIG_AT_ONCE = 2
+BIG_WAIT = 30.0
 
 
 class BadRequest(Exception):
@@ -183,6 +193,21 @@ class Handler(socketserver.StreamRequestHandler):
         decision = decide(self.command, path, query, self.headers, cfg.project)
         if not decision.allowed:
             return self.deny(path, decision.why)
+        if decision.route not in BIG_ROUTES:
+            return self.forward(path, decision)
+        if not self.server.big_calls.acquire(timeout=BIG_WAIT):
+            print(f"busy: {self.command} {_printable(path)}: {BIG_AT_ONCE} large answers in progress",
+                  file=sys.stderr, flush=True)
+            return self.answer(503, {"Content-Type": "application/json", "Retry-After": "1"},
+                               json.dumps({"message": "onevps docker proxy: busy, try again"}).encode())
+        try:
+            self.forward(path, decision)
+        finally:
+            self.server.big_calls.release()
+
+    def forward(self, path: str, decision) -> None:
+        """The allowed call, to the engine (by full Id for a container) and its answer, filtered."""
+        cfg = self.server.cfg
         try:
             container_id = None
             if decision.container_ref is not None:
@@ -230,8 +255,14 @@ class Config:
 
 
 class ProxyServer(socketserver.ThreadingUnixStreamServer):
+    # The listen backlog (socketserver's default is 5): a UNIX socket's connect past a full
+    # backlog fails at once with EAGAIN for a non-blocking client (the waker's asyncio, or
+    # any client with a timeout); twelve calls at once were refused that way.
+    request_queue_size = 128
+
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.big_calls = threading.BoundedSemaphore(BIG_AT_ONCE)
         super().__init__(cfg.socket_path, Handler, bind_and_activate=True)
 
     def server_bind(self) -> None:

@@ -15,6 +15,7 @@ import secrets
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -38,9 +39,12 @@ STARTED = f"{PROJECT}-app-started"
 # PID 1 with a SIGTERM handler: a stop is quick, and it prints a line to find in the logs.
 SERVE = ["python", "-c", "import signal, sys; signal.signal(signal.SIGTERM, lambda *a: sys.exit(0)); "
          f"print({STARTED!r}, flush=True); signal.pause()"]
+# What compose puts on each container it creates (besides what the app image carries).
+BY_COMPOSE = {"com.docker.compose.container-number": "1", "com.docker.compose.config-hash": "9f86d081884c7d65",
+              "com.docker.compose.oneoff": "False"}
 CONTAINERS = {
     f"{PROJECT}-app": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "app",
-                       "onevps.tier": "base"},
+                       "onevps.tier": "base", **BY_COMPOSE},
     f"{PROJECT}-shared": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "shared"},
     f"{PROJECT}-notier": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "notier",
                      "onevps.tier": ""},
@@ -50,6 +54,13 @@ CONTAINERS = {
     f"{PROJECT}-app-next": {"com.docker.compose.project": PROJECT, "com.docker.compose.service": "app",
                        "onevps.tier": "base", "onevps.slot": "next"},
 }
+# An app image as compose builds it: its labels name the project, the service and the tier.
+# A plain `docker run` of it (PLAIN_RUN, no label of its own) inherits them (issue 24, attack 6).
+APP_IMAGE = f"{PROJECT}-appimage:latest"
+APP_IMAGE_DOCKERFILE = (f"FROM {IMAGE}\nLABEL {MARK}=\"\" com.docker.compose.project={PROJECT} "
+                        "com.docker.compose.service=app com.docker.compose.version=2.40.3 onevps.tier=base\n")
+PLAIN_RUN = f"{PROJECT}-app-run"
+PROXY_MEMORY = "48m"
 
 
 def call(sock: str, method: str, target: str, body: bytes | None = None,
@@ -73,6 +84,7 @@ def remove_ours() -> None:
                   "--filter", f"name={PROJECT}-renamed").split()
     if ids:
         subprocess.run(["docker", "rm", "--force", "--volumes", *ids], capture_output=True, timeout=120)
+    subprocess.run(["docker", "image", "rm", APP_IMAGE], capture_output=True, timeout=120)
 
 
 def wait_for(check, what: str, tries: int = 600) -> None:
@@ -109,7 +121,14 @@ def sock(tmp_path_factory):
             label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
             docker("run", "--detach", "--name", name, "--label", MARK, *label_args,
                    "--env", f"SECRET_X={SECRET}", IMAGE, *SERVE)
+        build = subprocess.run(["docker", "build", "--quiet", "--tag", APP_IMAGE, "-"], input=APP_IMAGE_DOCKERFILE,
+                               capture_output=True, text=True, timeout=300)
+        assert build.returncode == 0, build.stderr
+        docker("run", "--detach", "--name", PLAIN_RUN, "--env", f"SECRET_X={SECRET}", APP_IMAGE, *SERVE)
+        labels = inspect(PLAIN_RUN)["Config"]["Labels"]
+        assert labels["com.docker.compose.project"] == PROJECT and labels["onevps.tier"] == "base", labels
         docker("run", "--detach", "--name", f"{PROJECT}-proxy", "--label", MARK, "--network", "none",
+               "--memory", PROXY_MEMORY,  # the compose file's default DOCKER_PROXY_MEM_LIMIT
                "--volume", f"{PROXY_DIR}:/srv:ro",
                "--volume", "/var/run/docker.sock:/var/run/docker.sock",
                "--volume", f"{run_dir}:/run/onevps-docker",
@@ -193,7 +212,8 @@ DENIED = [  # (method, target, body, extra headers, the why in the proxy's log)
     (method, f"/containers/{name}/{action}", None, None, why)
     for name, why in ((f"{PROJECT}-shared", "not an app container"), (f"{PROJECT}-notier", "not an app container"),
                       (f"{PROJECT}-otherapp", "not an app container"), (f"{PROJECT}-nothing", "no such container"),
-                      (f"{PROJECT}-app-next", "not an app's own container"))
+                      (f"{PROJECT}-app-next", "not an app's own container"),
+                      (PLAIN_RUN, "not an app's own container (not created by compose"))
     for method, action in (("POST", "stop"), ("POST", "start"), ("GET", "json"), ("GET", "logs"))
 ]
 
@@ -213,7 +233,7 @@ def snapshot() -> dict:
 
 def test_denied_calls_are_refused_and_change_nothing(sock):
     before = snapshot()
-    assert len(before["containers"]) == len(CONTAINERS) + 1
+    assert len(before["containers"]) == len(CONTAINERS) + 2  # and the proxy, and the plain run (the MARK of its image)
     for method, target, body, headers, _ in DENIED:
         status, answer = call(sock, method, target, body, headers)
         assert status == 403, (method, target, answer)
@@ -223,6 +243,40 @@ def test_denied_calls_are_refused_and_change_nothing(sock):
     for method, target, _, _, why in DENIED:
         assert f"denied: {method} {target.split('?')[0]}: {why}" in log, (method, target, log)
     assert SECRET not in log and "busybox" not in log and f"{PROJECT}-renamed" not in log
+
+
+LOG_LINE = 16_000  # characters; 200 lines (the proxy's largest tail) make ~3.2 MB
+
+
+def test_twelve_large_log_reads_at_once_leave_the_proxy_standing(sock):
+    """Issue 24, attack 6: twelve concurrent reads of ~3 MB of logs (under the 4 MiB answer
+    limit) OOM-killed the proxy at its 48m. Now at most two large answers are made at once;
+    the others wait (or, past 30 s, get 503 busy). Every reader gets the whole log or 503."""
+    docker("exec", f"{PROJECT}-app", "python", "-c",
+           f"out = open('/proc/1/fd/1', 'w')\nfor i in range(200): out.write('%03d ' % i + 'x' * {LOG_LINE} + '\\n')\n"
+           "out.close()")
+    answers: list = []
+
+    def read() -> None:
+        try:
+            answers.append(call(sock, "GET", f"/containers/{PROJECT}-app/logs?stdout=1&tail=200"))
+        except OSError as exc:
+            answers.append((type(exc).__name__, b""))
+
+    readers = [threading.Thread(target=read) for _ in range(12)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join()
+    statuses = sorted(str(status) for status, _ in answers)
+    assert all(status in (200, 503) for status, _ in answers), " ".join(statuses) + "\n" + proxy_log()[-1500:]
+    full = [body for status, body in answers if status == 200]
+    assert full and all(len(body) > 200 * LOG_LINE and b"199 xxx" in body for body in full), \
+        [len(body) for body in full]
+    state = inspect(f"{PROJECT}-proxy")["State"]
+    assert state["Running"] is True and state["OOMKilled"] is False, (state, proxy_log()[-2000:])
+    assert _pings(sock)
+    print(f"\n12 log reads of {len(full[0]):,} bytes at once: {statuses}")
 
 
 def test_sigterm_stops_the_proxy_cleanly(sock):

@@ -219,7 +219,11 @@ def _container(cid, labels, name):
                                                                  "Aliases": ["blog"], "MacAddress": "02:42"}}}}
 
 
-APP_LABELS = {"com.docker.compose.project": P, "onevps.tier": "base", "com.docker.compose.service": "blog"}
+# What a compose-built app image carries (every container made from it inherits these)...
+IMAGE_LABELS = {"com.docker.compose.project": P, "onevps.tier": "base", "com.docker.compose.service": "blog"}
+# ...and what compose adds to each container it creates.
+APP_LABELS = {**IMAGE_LABELS, "com.docker.compose.container-number": "1",
+              "com.docker.compose.config-hash": "9f86d081884c7d65", "com.docker.compose.oneoff": "False"}
 CONTAINERS = {
     "h15-blog-1": _container(APP_ID, APP_LABELS, "h15-blog-1"),
     "h15-redis-1": _container(SHARED_ID, {"com.docker.compose.project": P}, "h15-redis-1"),
@@ -270,6 +274,19 @@ def test_app_problem_needs_a_full_id_and_a_non_empty_tier():
 def test_a_deploy_slot_or_a_one_off_container_of_an_app_image_is_no_app(labels):
     assert pol.app_problem({"Id": APP_ID, "Config": {"Labels": {**APP_LABELS, **labels}}}, P) == \
         "not an app's own container (a deploy slot or a one-off)"
+
+
+@pytest.mark.parametrize("drop", [(), ("com.docker.compose.container-number",), ("com.docker.compose.config-hash",)])
+def test_a_plain_docker_run_of_an_app_image_is_no_app(drop):
+    """Issue 24, attack 6: the image's labels name the project, service and tier; only the
+    labels compose adds when it creates a container tell the app's own container apart."""
+    labels = IMAGE_LABELS if not drop else {k: v for k, v in APP_LABELS.items() if k not in drop}
+    assert pol.app_problem({"Id": APP_ID, "Config": {"Labels": labels}}, P) == \
+        "not an app's own container (not created by compose: a plain `docker run` of an app image)"
+    entry = {"Id": APP_ID, "Names": ["/h15-blog-run"], "Labels": labels}
+    assert pol.filter_list([entry, {**entry, "Labels": APP_LABELS}], P) == \
+        [{"Id": APP_ID, "Names": ["/h15-blog-run"], "Image": None, "Created": None, "State": None, "Status": None,
+          "Labels": APP_LABELS, "NetworkSettings": {"Networks": {}}}]
 
 
 # --- settings ------------------------------------------------------------------------

@@ -73,17 +73,24 @@ def _serve(server):
 
 
 @pytest.fixture
-def stand(tmp_path):
+def proxy_stand(tmp_path):
+    """(settings, the engine's calls, the proxy server) for a test that reaches into the server."""
     engine = socketserver.ThreadingUnixStreamServer(str(tmp_path / "engine.sock"), FakeEngine)
     engine.calls = []
     cfg = px.Config(P, str(tmp_path / "run" / "proxy.sock"), str(tmp_path / "engine.sock"), 0o660, None)
     proxy = _serve(px.ProxyServer(cfg))
     _serve(engine)
-    yield cfg, engine.calls
+    yield cfg, engine.calls, proxy
     proxy.shutdown()
     proxy.server_close()
     engine.shutdown()
     engine.server_close()
+
+
+@pytest.fixture
+def stand(proxy_stand):
+    cfg, calls, _ = proxy_stand
+    return cfg, calls
 
 
 def call(sock, method, target, headers=None, body=None, chunked=False):
@@ -175,6 +182,62 @@ def test_logs_ping_and_head(stand):
     assert call(cfg.socket_path, "GET", "/_ping") == (200, b"OK")
     assert call(cfg.socket_path, "HEAD", "/v1.41/_ping") == (204, b"")
     assert calls[-1] == ("HEAD", "/v1.41/_ping")
+
+
+def test_large_answers_are_given_a_few_at_once_and_a_call_past_them_gets_503(proxy_stand, monkeypatch, capsys):
+    """Issue 24, attack 6: twelve log reads of ~3 MB at once took the proxy past its memory
+    limit. A call with a large answer (logs, list) takes one of BIG_AT_ONCE slots; with all
+    of them taken it waits BIG_WAIT, then gets 503 with Retry-After. Small calls go on."""
+    cfg, calls, proxy = proxy_stand
+    monkeypatch.setattr(px, "BIG_WAIT", 0.05)
+    for _ in range(px.BIG_AT_ONCE):  # every slot taken, as by calls in progress
+        assert proxy.big_calls.acquire(timeout=DEADLINE)
+    try:
+        for target in ("/containers/h15-blog-1/logs?stdout=1", "/containers/json"):
+            conn = UnixHTTPConnection(cfg.socket_path, timeout=DEADLINE)
+            try:
+                res = rawhttp.getresponse(conn, "GET", target)
+                assert (res.status, res.getheader("Retry-After")) == (503, "1"), target
+                assert json.loads(res.read())["message"] == "onevps docker proxy: busy, try again"
+            finally:
+                conn.close()
+        assert call(cfg.socket_path, "GET", "/containers/h15-blog-1/json")[0] == 200  # not held back
+        assert call(cfg.socket_path, "POST", "/containers/h15-blog-1/start")[0] == 204
+        assert not any(target.startswith(("/containers/json", f"/containers/{APP_ID}/logs")) for _, target in calls)
+    finally:
+        for _ in range(px.BIG_AT_ONCE):
+            proxy.big_calls.release()
+    assert call(cfg.socket_path, "GET", "/containers/h15-blog-1/logs?stdout=1") == (200, b"line one\nline two\n")
+    assert "busy: GET /containers/h15-blog-1/logs: 2 large answers in progress" in capsys.readouterr().err
+
+
+def test_a_large_answer_gives_its_slot_back_when_the_engine_fails(proxy_stand, tmp_path):
+    cfg, _, proxy = proxy_stand
+    broken = px.Config(P, cfg.socket_path, str(tmp_path / "no-engine.sock"), 0o660, None)
+    proxy.cfg = broken
+    for _ in range(px.BIG_AT_ONCE + 1):
+        assert call(cfg.socket_path, "GET", "/containers/h15-blog-1/logs?stdout=1")[0] == 502
+    for _ in range(px.BIG_AT_ONCE):  # every slot is free again
+        assert proxy.big_calls.acquire(blocking=False)
+
+
+def test_a_burst_of_connections_waits_in_the_backlog_instead_of_being_refused(tmp_path):
+    """A UNIX socket's connect past a full listen backlog fails at once (EAGAIN) for a client
+    with a timeout or asyncio: with socketserver's default of 5, twelve log reads at once
+    were refused so. Here nothing accepts: 64 connections must still get in."""
+    cfg = px.Config(P, str(tmp_path / "run" / "proxy.sock"), str(tmp_path / "engine.sock"), 0o660, None)
+    proxy = px.ProxyServer(cfg)  # bound and listening, never serving
+    clients = []
+    try:
+        for _ in range(64):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            clients.append(c)
+            c.settimeout(DEADLINE)
+            c.connect(cfg.socket_path)
+    finally:
+        for c in clients:
+            c.close()
+        proxy.server_close()
 
 
 def connect(sock_path: str) -> socket.socket:
