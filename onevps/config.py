@@ -212,12 +212,51 @@ def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:
             )
         if binding.key is None:
             continue
+        if binding.value and "$" in binding.value and not _single_quoted(binding.original.string):
+            # compose reads $NAME / ${NAME} in an unquoted or "double-quoted" value as a variable,
+            # onevps reads it as written: the two would disagree (a password would differ).
+            raise ConfigError(
+                f"{path.name} line {line}: the value of {binding.key} holds a $ outside single quotes, "
+                "which compose reads as a variable",
+                f"put the value in single quotes, {binding.key}='...': compose and onevps then both "
+                "take every character as written ($, `, ;, #, \\, spaces and \" too; a ' as \\')",
+            )
         if binding.value is None and binding.key not in KEY_NAMES:
             # A line with no "=" (a value pasted alone?): its text may be a secret, never shown.
             values[f"{BARE}{line}"] = ("", line)
             continue
         values[binding.key] = (binding.value or "", line)
     return values
+
+
+def _single_quoted(original: str) -> bool:
+    """Whether the binding's value, as written, starts with a single quote (taken literally)."""
+    return original.partition("=")[2].lstrip(" \t").startswith("'")
+
+
+def env_file_values(path: Path) -> dict[str, str]:
+    """Every KEY=value of a settings file, as compose reads it (also keys onevps does not know,
+    such as an app's own token); the same checks as load()."""
+    return {k: v for k, (v, _) in _read_env_file(path).items() if not k.startswith(BARE)}
+
+
+def literal_env_text(values: Mapping[str, str | None], owner: str) -> str:
+    """KEY=value lines taken literally by their reader (`docker run --env-file`, or a shell's
+    `read -r` + `export "$line"`): no quoting, no expansion, so no value is ever parsed by a
+    shell. A key alone (value None) is taken from the reader's environment. A value that holds
+    a line break cannot be written so; the error names the key, never the value."""
+    lines = []
+    for key, value in values.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"{owner}: {key!r} is not a variable name", "use letters, digits and _ only")
+        if value is None:
+            lines.append(key)
+        elif "\n" in value or "\r" in value:
+            raise ConfigError(f"the environment variable {key} of {owner} holds a line break; it cannot be "
+                              "passed on", f"keep {key} on one line in the compose file or the settings file")
+        else:
+            lines.append(f"{key}={value}")
+    return "".join(line + "\n" for line in lines)
 
 
 def _file_values(env_path: Path, warn: Callable[[str], None]) -> dict[str, tuple[str, int]]:

@@ -29,6 +29,7 @@ import time
 
 from . import nginx, remote, sleep
 from .commands import compose_cmd, docker_cmd, shell
+from .config import literal_env_text
 from .errors import OnevpsError
 from .registry import App
 from .server import Ctx, container_name, inspect, sleeping, slot_name
@@ -50,17 +51,14 @@ def slot_env_path(srv: Ctx, name: str) -> str:
 
 def slot_env_text(app: App, service: dict) -> str:
     """The service's environment as a `docker run --env-file` file: one KEY=value a line,
-    taken literally. Values travel in this file, never on a command line (they hold secrets)."""
-    lines = []
-    for key, value in sorted((service.get("environment") or {}).items()):
-        if value is None:
-            lines.append(key)  # unset in compose: docker takes it from its own environment, as compose does
-            continue
-        if "\n" in str(value) or "\r" in str(value):
-            raise OnevpsError(f"the environment variable {key} of {app.name} holds a line break; "
-                              "the deploy slot cannot take it", f"keep {key} on one line in the compose file or .env")
-        lines.append(f"{key}={value}")
-    return "".join(line + "\n" for line in lines)
+    taken literally. Values travel in this file, never on a command line (they hold secrets).
+    A key with no value (unset in compose) is written alone: docker takes it from its own
+    environment, as compose does."""
+    env = service.get("environment") or {}
+    # `compose config` writes a literal $ as $$ (so that its output reads back the same);
+    # the container gets one $, as from `compose up`.
+    return literal_env_text({k: None if env[k] is None else str(env[k]).replace("$$", "$") for k in sorted(env)},
+                            app.name)
 
 
 def slot_run_argv(srv: Ctx, app: App, image: str, service: dict, network: str, env_file: str) -> list[str]:

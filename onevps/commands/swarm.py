@@ -16,9 +16,17 @@ def stack_deploy_argv(stack_file: str, stack: str, registry: bool, resolve: bool
                   "--with-registry-auth" if registry else None, stack)
 
 
-def with_env_file(env_file: str, argv: Sequence[str]) -> list[str]:
-    """argv run by a shell that first exports every variable of env_file (the server's .env)."""
-    return ["sh", "-c", 'set -a && . "$1" && set +a && shift && exec "$@"', "sh", env_file, *argv]
+# Reads KEY=value lines (config.literal_env_text) into the environment: `read -r` and
+# `export "$kv"` take each line as it is, so no value is ever expanded or run by the shell
+# (a value holding $(...), `...`, ; or quotes stays text). The file is removed once read.
+_WITH_ENV_LINES = ('f=$1; shift; ok=0; while IFS= read -r kv; do export "$kv" || ok=1; done < "$f" || ok=1; '
+                   'rm -f -- "$f"; [ "$ok" = 0 ] || { echo "cannot read the settings file $f" >&2; exit 2; }; '
+                   'exec "$@"')
+
+
+def with_env_lines(lines_file: str, argv: Sequence[str]) -> list[str]:
+    """argv run with the variables of lines_file (KEY=value lines, taken literally), which goes."""
+    return ["sh", "-c", _WITH_ENV_LINES, "sh", lines_file, *argv]
 
 
 def swarm_state_argv() -> list[str]:

@@ -2,16 +2,18 @@
 
 Renders with the server's settings, sends compose/ (stack file included),
 nginx/, dockerfiles/ and the apps, builds on the server through compose,
-tags by content (pushes with REGISTRY), `docker stack deploy` reading the
-server's .env, waits; Swarm rolls a failed update back by itself.
+tags by content (pushes with REGISTRY), `docker stack deploy` with the
+server's settings, waits; Swarm rolls a failed update back by itself.
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .. import remote, state
-from ..commands.swarm import with_env_file
+import posixpath
+
+from .. import config, remote, state
+from ..commands.swarm import with_env_lines
 from ..deploy import build_app, missing_tiers, require_room, sync, sync_env
 from ..server import Ctx, require_docker_on_server
 from ..stack import columns
@@ -35,8 +37,14 @@ class ServerTarget:
             build_app(self.ctx, self.ctx.reg.get(name))
 
     def command(self, argv: list[str]) -> tuple[list[str], Mapping[str, str]]:
-        """Secrets stay off the command line: the server's shell exports its .env first."""
-        return with_env_file(f"{self.ctx.rs.vps_path}/.env", argv), {}
+        """Secrets stay off the command line and out of any shell's parsing: the settings
+        (VPS_ENV_FILE, read here as for every other task, uploaded as the server's .env) go
+        to a private file of literal KEY=value lines that the command reads, then removes."""
+        values = config.env_file_values(self.ctx.local.vps_env_file)  # type: ignore[arg-type]
+        target = posixpath.join(self.ctx.rs.vps_path, remote.STATE_DIR, "stack.env")
+        remote.put_text(self.ctx.conn, self.ctx.run, target, config.literal_env_text(values, "the server's settings"),
+                        mode="600")
+        return with_env_lines(target, argv), {}
 
 
 def deploy_on_server(ctx: Ctx, app: str | None = None, only: list[str] | None = None) -> DeployResult:

@@ -74,6 +74,14 @@ MODULE_ORDER = [*SERVER_MODULES,
                 *BARE_GROUP,
                 "test_swarm", "test_swarm_cli"]
 
+# A settings value with every character a shell would act on (issue 24, item 6): it must reach
+# inv, compose and every container as written, and nothing in it may ever run. Single quotes
+# in the file keep it literal for compose and onevps alike (a ' inside is written \').
+SHELL_RAN = Path(tempfile.gettempdir()) / f"onevps-shell-ran-{secrets.token_hex(6)}"
+SHELLISH = f"llama$HOME`touch {SHELL_RAN}`;x'y\"z#w v\\u $(touch {SHELL_RAN}) ${{PATH}}"
+SHELLISH_QUOTED = "'" + SHELLISH.replace("'", "\\'") + "'"
+
+
 
 def _module(item) -> str:
     return item.module.__name__.rsplit(".", 1)[-1]

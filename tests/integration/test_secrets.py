@@ -14,7 +14,9 @@ import json
 
 import pytest
 
-from .conftest import docker, file_text
+from onevps import registry
+
+from .conftest import SHELL_RAN, SHELLISH, docker, file_text
 from .leakcheck import BROKEN, SECRETS, assert_slot_env_file_used, check, cli, cli_many
 from .server import PROJECT, SERVER_ENV, Run, served_version, set_version
 
@@ -177,3 +179,20 @@ def test_local_inv_tasks_leak_nothing(server):
             assert "REDIS_PASSWORD=(set, hidden)" in res.stdout and "CHROMA_TOKEN=(set, hidden)" in res.stdout
         if res.argv[1] == "swarm-render":
             assert "${REDIS_PASSWORD" in res.stdout  # a variable, filled in at deploy time
+
+
+def test_a_value_with_shell_characters_arrives_as_written_and_nothing_in_it_runs(server):
+    """Issue 24, item 6: the server's OLLAMA_MODEL holds $, `...`, ;, quotes, #, spaces, \\ and
+    $(touch ...), single-quoted in its settings file (server.SHELLISH). inv reads it as written;
+    compose, through `fab setup` and `fab deploy`, hands every app exactly that value (the deploy
+    slot's file: test_deploy_units); no shell ran any part of it on this machine, the server."""
+    repo = server
+    res = cli(repo, "inv", "settings", scenario="a value with shell characters")
+    assert res.returncode == 0, res.output
+    assert f"OLLAMA_MODEL={SHELLISH}" in res.stdout.splitlines()
+    apps = registry.load(repo["root"] / "compose" / "docker-compose.yml").names()
+    assert "portfolio" in apps, apps
+    for app in apps:
+        env = json.loads(docker("inspect", "--format", "{{json .Config.Env}}", f"{PROJECT}-{app}-1"))
+        assert f"OLLAMA_MODEL={SHELLISH}" in env, (app, [e for e in env if e.startswith("OLLAMA_MODEL=")])
+    assert not SHELL_RAN.exists()

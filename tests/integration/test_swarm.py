@@ -32,7 +32,7 @@ import pytest
 
 from tests import loadgen
 
-from .conftest import ROOT, docker, docker_problem, file_text, http
+from .conftest import ROOT, SHELL_RAN, SHELLISH, SHELLISH_QUOTED, docker, docker_problem, file_text, http
 from .sshd import SshdError, local_sshd
 
 pytestmark = [pytest.mark.docker, pytest.mark.cluster, pytest.mark.ordered]
@@ -50,6 +50,10 @@ SWARM_ENV = {
     "DOMAIN": "localhost",
     "NETWORK_PREFIX": "172.20.0",  # unused by Swarm but handed to nginx: the same on both sides (inv and fab)
     "REGISTRY": "",
+    # Every character a shell acts on (issue 24, item 6): given to inv as an environment
+    # variable, to fab in the server's settings file (single-quoted); the same value must reach
+    # the services either way, or fab's deploy would update every service.
+    "OLLAMA_MODEL": SHELLISH,
     "REDIS_PASSWORD": secrets.token_urlsafe(24),
     "CHROMA_TOKEN": secrets.token_urlsafe(24),
     "DEPLOY_TIMEOUT": "180",
@@ -247,6 +251,10 @@ def test_a_rolling_update_under_load_fails_no_request(stack, repo):
     assert "dev" in load.versions and load.versions[-1] == "v2"  # answers moved to the new version
     assert http(Site, "portfolio", "/health").json()["version"] == "v2"
     assert {svc: [t["Id"] for t in tasks_of(svc)] for svc in others} == others  # nothing else was touched
+    env = json.loads(docker("service", "inspect", "--format", "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+                            f"{STACK}_portfolio"))
+    assert f"OLLAMA_MODEL={SHELLISH}" in env, [e for e in env if e.startswith("OLLAMA_MODEL=")]
+    assert not SHELL_RAN.exists()  # the server's shell ran nothing of it
 
 
 def deploy_broken_portfolio(repo, breaks, threads: int):
@@ -325,7 +333,8 @@ def server(tmp_path_factory, repo):
     settings (VPS_ENV_FILE) are the same as the stack's, so `fab` updates it."""
     try:
         with local_sshd(tmp_path_factory.mktemp("swarm-sshd"), SSH_PORT) as key:
-            (repo / ".env.vps").write_text("".join(f"{k}={v}\n" for k, v in SWARM_ENV.items()))
+            (repo / ".env.vps").write_text("".join(f"{k}={SHELLISH_QUOTED if v == SHELLISH else v}\n"
+                                                   for k, v in SWARM_ENV.items()))
             yield {"VPS_HOST": "127.0.0.1", "VPS_PORT": str(SSH_PORT), "VPS_USER": "root", "VPS_SSH_KEY": str(key),
                    "VPS_PATH": str(tmp_path_factory.mktemp("swarm-vps")), "VPS_ENV_FILE": ".env.vps",
                    "TORCH_WHEEL_DIR": ""}

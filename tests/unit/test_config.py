@@ -364,3 +364,44 @@ def test_a_line_holding_only_a_value_is_never_shown(tmp_path):
     assert s.domain == "example.com"
     assert warnings == ["warning: .env line 2 is not KEY=value (ignored; its text is not shown)"]
     assert not any("sk-live" in w for w in warnings)
+
+
+# ------------------------------------ values with shell characters (issue 24, item 6) --
+
+SHELLISH = "p$a`id`;b'c\"d#e f\\g $(touch /tmp/onevps-pwned) ${HOME}"
+
+
+def single_quoted(value: str) -> str:
+    """How a value is written so compose and onevps read it alike: in single quotes, a ' as \\'."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def test_a_value_with_shell_characters_in_single_quotes_is_read_as_written(tmp_path):
+    write_env(tmp_path, f"OLLAMA_MODEL={single_quoted(SHELLISH)}\nBLOG_TOKEN={single_quoted(SHELLISH)}\n")
+    s = load(Project(tmp_path), environ={}, warn=lambda msg: None)
+    assert s.ollama_model == SHELLISH
+    assert s.compose_env()["OLLAMA_MODEL"] == SHELLISH
+    assert config.env_file_values(tmp_path / ".env") == {"OLLAMA_MODEL": SHELLISH, "BLOG_TOKEN": SHELLISH}
+
+
+@pytest.mark.parametrize("line", ['REDIS_PASSWORD=pa$word', 'REDIS_PASSWORD="pa$word"', "REDIS_PASSWORD=pa${HOME}x",
+                                  'BLOG_TOKEN=a$$b', "REDIS_PASSWORD=  pa$word # comment"])
+def test_a_dollar_outside_single_quotes_is_refused_as_compose_would_read_a_variable(tmp_path, line):
+    write_env(tmp_path, f"DOMAIN=example.com\n{line}\n")
+    with pytest.raises(ConfigError) as err:
+        load(Project(tmp_path), environ={}, warn=lambda msg: None)
+    key = line.split("=")[0]
+    assert err.value.what == (f".env line 2: the value of {key} holds a $ outside single quotes, "
+                                 "which compose reads as a variable")
+    assert f"{key}='...'" in err.value.hint
+    assert "word" not in err.value.message and "$$b" not in err.value.message
+
+
+def test_literal_env_lines_refuse_line_breaks_and_bad_names_without_showing_the_value():
+    assert config.literal_env_text({"A": SHELLISH, "B": "", "C": None}, "x") == f"A={SHELLISH}\nB=\nC\n"
+    with pytest.raises(ConfigError) as err:
+        config.literal_env_text({"TOKEN": "secret-one\nsecret-two"}, "the server's settings")
+    assert "TOKEN of the server's settings holds a line break" in err.value.what
+    assert "secret-" not in err.value.message
+    with pytest.raises(ConfigError, match="is not a variable name"):
+        config.literal_env_text({"A B": "x"}, "x")

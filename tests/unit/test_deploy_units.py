@@ -127,6 +127,9 @@ def test_slot_container_argv():
     assert "com.docker.compose.project" not in " ".join(argv)  # compose leaves the slot alone
     assert "REDIS_URL" not in " ".join(argv)  # the environment travels in the file, never on the command line
     assert switch.slot_env_text(App("kb", "base", 12), service) == "EMPTY\nREDIS_URL=redis://10.9.0.4:6379/0\n"
+    # `compose config` writes a literal $ as $$; the slot gets the value compose up gives.
+    escaped = {"environment": {"MODEL": "a$$HOME`x`;$$(y) $${Z}\\"}}
+    assert switch.slot_env_text(App("kb", "base", 12), escaped) == "MODEL=a$HOME`x`;$(y) ${Z}\\\n"
 
 
 @pytest.mark.parametrize("pids, flags", [(512, ["--pids-limit", "512"]), (None, []), (-1, []), (0, [])])

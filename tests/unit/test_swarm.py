@@ -4,6 +4,10 @@ the nginx routes for Swarm, and the commands. No Docker here."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
+import subprocess
+import sys
 import os
 import shlex
 from pathlib import Path
@@ -366,8 +370,9 @@ def test_stack_deploy_commands():
     assert shlex.join(swarm_commands.stack_deploy_argv("/opt/apps/compose/swarm/docker-stack.yml", "onevps", registry=True)) == (
         "docker stack deploy --compose-file /opt/apps/compose/swarm/docker-stack.yml --resolve-image always "
         "--with-registry-auth onevps")
-    assert shlex.join(swarm_commands.with_env_file("/opt/apps/.env", ["docker", "stack", "deploy", "x"])) == (
-        "sh -c 'set -a && . \"$1\" && set +a && shift && exec \"$@\"' sh /opt/apps/.env docker stack deploy x")
+    argv = swarm_commands.with_env_lines("/opt/apps/.onevps/stack.env", ["docker", "stack", "deploy", "x"])
+    assert argv[:2] == ["sh", "-c"] and argv[3:] == ["sh", "/opt/apps/.onevps/stack.env", "docker", "stack", "deploy", "x"]
+    assert ". " not in argv[2] and "eval" not in argv[2]  # the settings are never sourced
     assert swarm_commands.tag_argv("onevps/kb:latest", "r.example/onevps/kb:s-0123") == [
         "docker", "image", "tag", "onevps/kb:latest", "r.example/onevps/kb:s-0123"]
     assert swarm_commands.push_argv("r.example/onevps/kb:s-0123") == ["docker", "image", "push", "r.example/onevps/kb:s-0123"]
@@ -569,3 +574,30 @@ def test_deploy_asks_the_target_to_send_build_and_wrap_in_that_order():
                    "docker image inspect", "docker image tag", "wrapped docker stack"]
     assert runner.env == {"FROM_TARGET": "1", "TAG_KB": "s-0123456789ab"}
     assert result.outcome == {"nginx": "dry-run", "redis": "dry-run", "kb": "dry-run"}
+
+
+@pytest.mark.parametrize("shell", ["sh", "dash", "bash"])
+def test_the_stack_settings_reach_the_command_as_written_and_no_shell_runs_them(tmp_path, shell):
+    """What `fab swarm-deploy` hands `docker stack deploy`: values with $, backticks, ;, quotes,
+    #, spaces and \\ arrive as written; $(...) runs nothing; the file is gone afterwards."""
+    if shutil.which(shell) is None:
+        pytest.fail(f"{shell} is not installed")
+    marker = tmp_path / "ran"
+    values = {"REDIS_PASSWORD": f"p$a`touch {marker}`;b'c\"d#e f\\g $(touch {marker}) ${{HOME}}",
+              "EMPTY": "", "EQUALS": "x=y=z ", "LEADING": " lead"}
+    lines = tmp_path / "stack.env"
+    lines.write_text(config.literal_env_text(values, "the server's settings"))
+    argv = swarm_commands.with_env_lines(str(lines), [sys.executable, "-c",
+                                                      "import json, os; print(json.dumps(dict(os.environ)))"])
+    res = subprocess.run([shell, *argv[1:]], capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert res.returncode == 0, res.stderr
+    seen = json.loads(res.stdout)
+    assert {k: seen.get(k) for k in values} == values
+    assert not marker.exists() and not lines.exists()
+
+
+def test_the_stack_settings_file_missing_is_one_line_and_nothing_runs(tmp_path):
+    argv = swarm_commands.with_env_lines(str(tmp_path / "gone.env"), ["touch", str(tmp_path / "ran")])
+    res = subprocess.run(argv, capture_output=True, text=True)
+    assert res.returncode == 2 and not (tmp_path / "ran").exists()
+    assert res.stderr.strip().splitlines()[-1] == f"cannot read the settings file {tmp_path / 'gone.env'}"
