@@ -14,9 +14,11 @@ import json
 import os
 import posixpath
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
+from . import remote, tarcheck
 from .commands import compose_cmd, docker_cmd, shell
 from .errors import CommandFailed, OnevpsError
 from .server import Ctx, container_name, inspect, tier_ref
@@ -30,12 +32,21 @@ def volume_name(srv: Ctx, volume: str) -> str:
     return f"{srv.rs.project_name}_{volume}"
 
 
-def _helper(srv: Ctx, volume: str, backup_dir: str, script: str, writable: bool) -> list[str]:
-    """A throw-away container with the volume at /data and the backup folder at /backup.
+def _helper(srv: Ctx, volume: str | None, backup_dir: str, argv: list[str], writable: bool = False) -> list[str]:
+    """A throw-away container with the volume (if any) at /data and the backup folder at /backup.
 
     It uses the base tier image, which every server that ran `fab setup` has.
     """
-    return docker_cmd.volume_helper(volume_name(srv, volume), backup_dir, tier_ref(srv, "base"), script, writable)
+    return docker_cmd.volume_helper(volume_name(srv, volume) if volume else None, backup_dir,
+                                    tier_ref(srv, "base"), argv, writable)
+
+
+EXTRACTOR = "tarcheck.py"  # onevps/tarcheck.py, sent into the restore folder
+
+
+def _extractor(*args: str) -> list[str]:
+    """onevps.tarcheck, the code that checked the archive here, run in the helper: it writes."""
+    return ["python3", f"/backup/{EXTRACTOR}", *args]
 
 
 def backup(srv: Ctx, local_dir: Path) -> Path | None:
@@ -54,7 +65,7 @@ def backup(srv: Ctx, local_dir: Path) -> Path | None:
                         "pause the databases for a consistent copy")
         for volume in present:
             srv.say(f"==> copying volume {volume_name(srv, volume)}")
-            srv.run.run(_helper(srv, volume, work, f"tar -czf /backup/volumes/{volume}.tar.gz -C /data .", False),
+            srv.run.run(_helper(srv, volume, work, ["sh", "-c", f"tar -czf /backup/volumes/{volume}.tar.gz -C /data ."]),
                         f"copy volume {volume}")
     finally:
         if paused:
@@ -106,63 +117,80 @@ def check_archive(path: Path) -> dict:
 # What `fab backup` writes, and nothing else: the server unpacks these.
 FOLDERS = (".", "./volumes")
 FILES = ("./env", "./manifest.json") + tuple(f"./volumes/{v}.tar.gz" for v in VOLUMES)
+STRICT = {**{name: "dir" for name in FOLDERS}, **{name: "file" for name in FILES}}
 
 
 def check_members(path: Path, volumes: list[str]) -> None:
-    """Every member stays inside the archive: the outer archive holds only what `fab backup`
-    writes (folders and plain files, no links); each volume's archive holds no absolute path,
-    no `..` leaving the volume, no link pointing out of it and no device file
-    (Python's tarfile.data_filter decides, the rules of PEP 706)."""
+    """Every member stays inside the archive, checked by onevps.tarcheck, the same code that
+    unpacks it on the server: the outer archive holds only what `fab backup` writes (folders
+    and plain files, no links); each volume's archive holds no absolute path, no `..` leaving
+    the volume, no link pointing out of it or through a link it made, no device file, no
+    setuid/setgid file and nothing after its end."""
     def refuse(member: str, why: str) -> OnevpsError:
         return OnevpsError(f"{path} holds {member[:80]!r} ({why}); nothing was restored",
                            "give a file made by `fab backup`")
 
+    where = tempfile.mkdtemp(prefix="onevps-check-")
     try:
+        tarcheck.check_outer(str(path), STRICT, os.path.join(where, "restore"))
         with tarfile.open(path) as tar:
-            for m in tar.getmembers():
-                if not ((m.name in FOLDERS and m.isdir()) or (m.name in FILES and m.isfile())):
-                    raise refuse(m.name, "not written by `fab backup`")
             for volume in volumes:
                 inner = tar.extractfile(f"./volumes/{volume}.tar.gz")
-                with tarfile.open(fileobj=inner, mode="r:gz") as data:
-                    for m in data:
-                        if m.name.startswith("/"):  # data_filter would strip it; tar would too: refuse
-                            raise refuse(f"volumes/{volume}.tar.gz:{m.name}", "an absolute path")
-                        try:
-                            tarfile.data_filter(m, "/data")
-                        except tarfile.FilterError as exc:
-                            raise refuse(f"volumes/{volume}.tar.gz:{m.name}", str(exc).split(" (", 1)[0]) from None
+                try:
+                    tarcheck.check_volume(inner, os.path.join(where, volume))
+                except tarcheck.Refused as exc:
+                    raise refuse(f"volumes/{volume}.tar.gz:{exc.member}", exc.why) from None
+    except tarcheck.Refused as exc:
+        raise refuse(exc.member, exc.why) from None
     except (tarfile.TarError, OSError, EOFError):
         raise OnevpsError(f"{path} is not an onevps backup archive (a volume's archive does not read)",
                           "give a file made by `fab backup`") from None
+    finally:
+        os.rmdir(where)
 
 
 def restore(srv: Ctx, archive: Path, with_env: bool = False) -> None:
+    """Checked here first (check_archive); on the server the helper checks again with the same
+    code and writes: the archive unpacked, every volume's archive checked before the services
+    stop, each volume's new data complete before its old data goes. A failure cleans up."""
     manifest = check_archive(archive)
+    volumes = manifest["volumes"]
     root = posixpath.join(srv.rs.vps_path, "backups")
     work = posixpath.join(root, f"restore-{time.strftime('%Y%m%d-%H%M%S')}")
-    remote_archive = posixpath.join(root, archive.name)
     srv.run.run(shell.private_dir(work), "create the restore folder")
-    if not srv.run.dry_run:
-        try:
-            srv.conn.put(str(archive), remote_archive)
-        except OSError as exc:
-            raise CommandFailed(f"upload of {archive.name} failed: {exc}", "check free space on the server") from None
-    srv.run.run(shell.untar(remote_archive, work), "unpack the archive on the server")
-    srv.say(f"==> stopping {', '.join(STATEFUL)} while their data is replaced")
-    srv.run.run(compose_cmd.stop(srv.vps, srv.rs, STATEFUL), "stop the stateful services")
     try:
-        for volume in manifest["volumes"]:
-            srv.say(f"==> restoring volume {volume_name(srv, volume)}")
-            srv.run.run(docker_cmd.volume_create(volume_name(srv, volume)), f"create volume {volume}")
-            srv.run.run(_helper(srv, volume, work, "find /data -mindepth 1 -delete && "
-                                f"tar -xzf /backup/volumes/{volume}.tar.gz -C /data", True),
-                        f"restore volume {volume}")
-        if with_env:
-            srv.run.run(shell.restore_env(work, srv.rs.vps_path), "restore the server's .env")
+        remote.put_text(srv.conn, srv.run, posixpath.join(work, EXTRACTOR),
+                        Path(tarcheck.__file__).read_text(encoding="utf-8"), mode="600")
+        if not srv.run.dry_run:
+            try:
+                srv.conn.put(str(archive), posixpath.join(work, "archive.tar"))
+            except OSError as exc:
+                raise CommandFailed(f"upload of {archive.name} failed: {exc}",
+                                    "check free space on the server") from None
+        srv.run.run(_helper(srv, None, work, _extractor("unpack", "/backup/archive.tar", "/backup",
+                                                        *[f"{k}:{v}" for k, v in STRICT.items()])),
+                    "unpack the archive on the server", hint=REFUSED_HINT)
+        for volume in volumes:
+            srv.run.run(_helper(srv, None, work, _extractor("check", f"/backup/volumes/{volume}.tar.gz")),
+                        f"check the archive of volume {volume}", hint=REFUSED_HINT)
+        srv.say(f"==> stopping {', '.join(STATEFUL)} while their data is replaced")
+        srv.run.run(compose_cmd.stop(srv.vps, srv.rs, STATEFUL), "stop the stateful services")
+        try:
+            for volume in volumes:
+                srv.say(f"==> restoring volume {volume_name(srv, volume)}")
+                srv.run.run(docker_cmd.volume_create(volume_name(srv, volume)), f"create volume {volume}")
+                srv.run.run(_helper(srv, volume, work, _extractor("restore", f"/backup/volumes/{volume}.tar.gz",
+                                                                  "/data"), writable=True),
+                            f"restore volume {volume}", hint="the volume keeps its data from before this restore")
+            if with_env:
+                srv.run.run(shell.restore_env(work, srv.rs.vps_path), "restore the server's .env")
+        finally:
+            srv.run.run(compose_cmd.up(srv.vps, srv.rs, STATEFUL, timeout=srv.rs.up_timeout,
+                                       remove_orphans=False),
+                        "start the stateful services again")
     finally:
-        srv.run.run(compose_cmd.up(srv.vps, srv.rs, STATEFUL, timeout=srv.rs.up_timeout,
-                                   remove_orphans=False),
-                    "start the stateful services again")
         srv.run.run(shell.rm_rf(work), "remove the restore folder", check=False)
-    srv.say(f"==> restored {len(manifest['volumes'])} volume(s) from {archive.name} (made {manifest.get('time')})")
+    srv.say(f"==> restored {len(volumes)} volume(s) from {archive.name} (made {manifest.get('time')})")
+
+
+REFUSED_HINT = "nothing was restored; give a file made by `fab backup`"

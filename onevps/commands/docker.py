@@ -126,12 +126,13 @@ def list_files(ref: str, roots: Sequence[str]) -> list[str]:
                   *roots, "-xdev", "-type", "f", "-printf", "%s %p\\n")
 
 
-def volume_helper(volume: str, folder: str, image: str, script: str, writable: bool) -> list[str]:
-    """A throw-away container (no network) running script with the volume at /data
-    (read-only unless writable) and folder at /backup."""
-    mode = "" if writable else ":ro"
-    return docker("run", "--rm", "--network", "none", "--volume", f"{volume}:/data{mode}",
-                  "--volume", f"{folder}:/backup", image, "sh", "-c", script)
+def volume_helper(volume: str | None, folder: str, image: str, argv: Sequence[str], writable: bool = False) -> list[str]:
+    """A throw-away container (no network) running argv with folder at /backup and the
+    volume (if any) at /data, read-only unless writable."""
+    mounts: list[str] = []
+    if volume is not None:
+        mounts += ["--volume", f"{volume}:/data{'' if writable else ':ro'}"]
+    return docker("run", "--rm", "--network", "none", *mounts, "--volume", f"{folder}:/backup", image, *argv)
 
 
 def health_flags(check: dict) -> list[str]:

@@ -57,10 +57,6 @@ def free_mb(path: str) -> list[str]:
     return ["df", "-P", "-m", path]
 
 
-def untar(archive: str, folder: str) -> list[str]:
-    return ["tar", "-xf", archive, "-C", folder]
-
-
 def empty_private_file(path: str) -> list[str]:
     """A new, empty file of mode 600 (a leftover file of that name goes first: it keeps no other mode)."""
     return sh('rm -f "$1" && umask 077 && : > "$1"', path)
