@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import math
 import os
 import select
 import socket
@@ -190,25 +191,31 @@ class Load:
         self.connections = 0  # connections opened, summed as the threads end
         self.reconnects = 0  # idle connections the server had closed, replaced before use
         self.seconds = 0.0
+        self.latencies: list[float] = []  # seconds from sending a request to its whole answer, every request
         self._lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
 
     def _get(self, client: Client) -> None:
+        t0 = time.monotonic()
         status, data, error = client.request("GET", self.path)
+        took = time.monotonic() - t0
         version = None if is_failure(status) else json_of(data).get("version")
-        self._count("GET", status, error, version)
+        self._count("GET", status, error, version, took)
 
     def _post(self, client: Client, n: int) -> None:
         body = post_body(n)
+        t0 = time.monotonic()
         status, data, error = client.request("POST", self.post_path, body)
+        took = time.monotonic() - t0
         bad = check_echo(status, data, body)
         if bad:
             status, error = BAD_ECHO, f"POST {self.post_path}: {bad}"
-        self._count("POST", status, error, None)
+        self._count("POST", status, error, None, took)
 
-    def _count(self, method: str, status: int | str, error: str | None, version: object) -> None:
+    def _count(self, method: str, status: int | str, error: str | None, version: object, took: float) -> None:
         with self._lock:
             self.by_method[method][status] += 1
+            self.latencies.append(took)
             if isinstance(version, str):
                 self.versions.append(version)
             if error and len(self.errors) < MAX_ERRORS:
@@ -257,6 +264,18 @@ class Load:
     def total(self) -> int:
         return sum(self.status.values())
 
+    def percentile(self, p: float) -> float:
+        """The p-th percentile of the requests' latencies in seconds (nearest rank; 0 with none)."""
+        with self._lock:
+            ranked = sorted(self.latencies)
+        if not ranked:
+            return 0.0
+        return ranked[max(0, math.ceil(p / 100 * len(ranked)) - 1)]
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(99)
+
     def failed_of(self, method: str) -> int:
         with self._lock:
             return failed_count(self.by_method[method])
@@ -273,7 +292,8 @@ class Load:
         first = " | ".join(self.errors[:3])
         failed = sum(failed_count(c) for c in counts.values())
         total = sum(sum(c.values()) for c in counts.values())
-        return (f"{failed} failed of {total} requests in {self.seconds:.1f} s on {self.connections} "
+        return (f"{failed} failed of {total} requests in {self.seconds:.1f} s (p99 {self.p99 * 1000:.0f} ms) "
+                f"on {self.connections} "
                 f"connection(s), {self.reconnects} reconnect(s) after an idle close"
                 + (f", {self.resent} resent after a close with no answer" if self.resend_on_idle_close else "")
                 + f": {'; '.join(parts)}"

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
+import onevps
 from onevps import config
 from onevps.project import Project
-from tests import loadgen
+from tests import loadgen, tarcraft
 
 from .conftest import docker, file_text, http
 from .leakcheck import SECRETS, archive_leaks, assert_slot_env_file_used, check, cli, watch
@@ -293,6 +294,37 @@ def test_backup_and_restore_round_trip(repo):
     assert res.returncode == 1
     assert res.err == ("error: /etc/hostname is not an onevps backup archive "
                                   "(hint: give a file made by `fab backup`)")
+
+
+def test_a_crafted_archive_is_refused_and_the_volume_stays_byte_identical(repo, tmp_path):
+    """Issue 24, item 5, with the archives of the attack: `fab restore` refuses each before it
+    connects; were that check skipped, the server's helper (the base image's Python, running
+    the same onevps/tarcheck.py) refuses it too; the volume is the same, byte for byte."""
+    volume = f"{PROJECT}_nginx-certs"  # nothing writes to it while the test runs (Redis would)
+    image = f"{PROJECT}/base:latest"
+
+    def snapshot() -> str:
+        return docker("run", "--rm", "--network", "none", "--volume", f"{volume}:/data:ro", image, "sh", "-c",
+                      "cd /data && find . -printf '%p %y %m %U %G %s %l\\n' | sort && "
+                      "find . -type f -exec sha256sum {} + | sort")
+
+    before = snapshot()
+    assert "./" in before  # the volume has data (the self-signed certificate)
+    (tmp_path / "tarcheck.py").write_text((Path(onevps.__file__).parent / "tarcheck.py").read_text())
+    for i, (name, inner) in enumerate(tarcraft.crafted_volumes().items()):
+        path = tmp_path / f"crafted-{i}.tar"
+        tarcraft.backup_archive(path, "nginx-certs", inner)
+        res = fab(repo, "restore", str(path), "--yes")
+        assert res.returncode == 1 and "nothing was restored" in res.err and len(res.err.splitlines()) == 1, (
+            name, res.stdout[-2000:] + res.stderr)
+        (tmp_path / f"inner-{i}.tar.gz").write_bytes(inner)
+        helper = subprocess.run(["docker", "run", "--rm", "--network", "none", "--volume", f"{volume}:/data",
+                                 "--volume", f"{tmp_path}:/backup:ro", image, "python3", "/backup/tarcheck.py",
+                                 "restore", f"/backup/inner-{i}.tar.gz", "/data"],
+                                capture_output=True, text=True, timeout=300)
+        assert helper.returncode == 3 and helper.stderr.startswith("refused: "), (name, helper.stderr)
+        print(f"\n{name}: fab restore: {res.err}\n  the server's helper: {helper.stderr.strip()}")
+        assert snapshot() == before, name
 
 
 @pytest.fixture

@@ -105,6 +105,17 @@ def test_a_healthy_app_gets_gets_and_posts_on_one_keepalive_connection_per_threa
     assert server.hosts == {HOST}
     assert run.errors == []
     assert run.summary().startswith(f"0 failed of {run.total} requests in ")
+    assert len(run.latencies) == run.total and all(t > 0 for t in run.latencies)
+    assert f"(p99 {run.p99 * 1000:.0f} ms)" in run.summary()
+
+
+def test_the_p99_is_the_nearest_rank_of_every_request():
+    run = loadgen.Load(1, HOST)
+    assert run.p99 == 0.0  # no request yet
+    run.latencies = [i / 1000 for i in range(1, 201)]  # 1..200 ms
+    assert run.p99 == 0.198 and run.percentile(50) == 0.100 and run.percentile(100) == 0.200
+    run.latencies = [0.5]
+    assert run.p99 == 0.5
 
 
 def test_get_only(server):

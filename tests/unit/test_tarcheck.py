@@ -15,57 +15,7 @@ from pathlib import Path
 import pytest
 
 from onevps import tarcheck
-
-UID, GID = os.getuid(), os.getgid()
-
-
-def info(name: str, kind=tarfile.REGTYPE, mode=0o644, linkname="", **extra) -> tarfile.TarInfo:
-    m = tarfile.TarInfo(name)
-    m.type, m.mode, m.linkname, m.uid, m.gid, m.mtime = kind, mode, linkname, UID, GID, 1_700_000_000
-    for key, value in extra.items():
-        setattr(m, key, value)
-    return m
-
-
-def volume_tar(members, tail: bytes = b"") -> bytes:
-    """A volume's archive as `tar -czf - -C /data .` makes it, then `tail` (raw tar blocks)
-    spliced in before the end-of-archive blocks; members: (TarInfo, data)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        tar.addfile(info(".", tarfile.DIRTYPE, 0o755))
-        for m, data in members:
-            m.size = len(data) if m.isfile() else 0
-            tar.addfile(m, io.BytesIO(data) if m.isfile() else None)
-        end = raw.tell()
-    body = raw.getvalue()
-    return gzip_bytes(body[:end] + tail + body[end:])
-
-
-def gzip_bytes(data: bytes) -> bytes:
-    import gzip
-    return gzip.compress(data, mtime=0)
-
-
-def blocks(members) -> bytes:
-    """Raw tar blocks of members, no end-of-archive."""
-    raw = io.BytesIO()
-    tar = tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT)
-    for m, data in members:
-        m.size = len(data) if m.isfile() else 0
-        tar.addfile(m, io.BytesIO(data) if m.isfile() else None)
-    return raw.getvalue()[:tar.offset]
-
-
-def bad_checksum(name: str) -> bytes:
-    """One header block whose checksum is wrong (tarfile stops there; GNU tar skips it)."""
-    block = bytearray(blocks([(info(name), b"")])[:512])
-    block[148:156] = b"0000000\0"
-    return bytes(block)
-
-
-HIDDEN = [(info("./dev-null", tarfile.CHRTYPE, 0o666, devmajor=1, devminor=3), b""),
-          (info("./shadow", tarfile.SYMTYPE, 0o777, linkname="/etc/shadow"), b"")]
-
+from tests.tarcraft import HIDDEN, bad_checksum, blocks, info, volume_tar
 
 def tree(root: Path) -> dict[str, tuple]:
     """Every entry under root: kind, mode, owner, content's sha256 or link target."""
