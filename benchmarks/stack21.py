@@ -55,8 +55,12 @@ LOCAL_ENV = {
     "BIND_ADDRESS": "127.0.0.1", "HTTP_PORT": "18480", "HTTPS_PORT": "18843",
     "NETWORK_PREFIX": "172.26.0", "CHROMA_SUBNET": "172.26.1.0/28", "UP_TIMEOUT": "900",
     "REDIS_PASSWORD": secrets.token_urlsafe(24), "CHROMA_TOKEN": secrets.token_urlsafe(24),
+    # One load generator, one client address, hundreds of requests a second: past nginx's
+    # per-client rate (README, Security), raised here as in the tests.
+    "NGINX_RATE_PER_CLIENT": "100000", "NGINX_BURST_PER_CLIENT": "100000",
 }
 SERVER_ENV = {
+    "NGINX_RATE_PER_CLIENT": "100000", "NGINX_BURST_PER_CLIENT": "100000",
     "COMPOSE_PROJECT_NAME": "onevps-bench-vps", "IMAGE_NAMESPACE": "onevps-bench-vps",
     "HTTP_PORT": "18580", "HTTPS_PORT": "18943", "NETWORK_PREFIX": "172.25.0",
     "CHROMA_SUBNET": "172.25.1.0/28", "DOMAIN": "bench.test",

@@ -72,6 +72,13 @@ class Settings:
     ollama_mem_limit: int
     waker_mem_limit: int
     docker_proxy_mem_limit: int
+    # What one client may do at nginx (nginx/templates/00-limits.conf.template).
+    nginx_max_body: str
+    nginx_conn_per_client: int
+    nginx_rate_per_client: int
+    nginx_burst_per_client: int
+    nginx_client_timeout: int
+    nginx_max_temp_file: str
     # Process limits (pids_limit): processes and threads of one container.
     app_pids_limit: int
     ml_app_pids_limit: int

@@ -145,6 +145,13 @@ def _memory(raw: str) -> str:
     return raw.strip().lower()
 
 
+def _nginx_size(raw: str) -> str:
+    value = raw.strip().lower()
+    if not re.fullmatch(r"[0-9]{1,9}[km]?|[0-9]{1,3}g", value):
+        raise ValueError("must be a size as nginx writes it, such as 20m, 512k or 1g")
+    return value
+
+
 def _cpus(raw: str) -> str:
     try:
         value = float(raw)
@@ -377,6 +384,21 @@ KEYS: tuple[Key, ...] = (
     Key("DOCKER_PROXY_PIDS_LIMIT", "128", _positive_int,
         "Process limit of docker-proxy (a thread per call of the waker).", typed=int),
     Key("CERTBOT_PIDS_LIMIT", "64", _positive_int, "Process limit of certbot (run by `fab certs`).", typed=int),
+    # What one client may do at nginx, the one door (nginx/templates/00-limits.conf.template).
+    # "Client" is an address; over a limit it gets 429 or 413, or is cut off (408 in the log), and
+    # the others notice nothing.
+    Key("NGINX_MAX_BODY", "20m", _nginx_size, "Largest request body nginx passes on (413 past it)."),
+    Key("NGINX_CONN_PER_CLIENT", "100", _positive_int,
+        "Connections one client address may hold open at nginx at once (429 past it).", typed=int),
+    Key("NGINX_RATE_PER_CLIENT", "100", _positive_int,
+        "Requests a second one client address may send on average (429 past it and the burst).", typed=int),
+    Key("NGINX_BURST_PER_CLIENT", "400", _whole_number,
+        "Requests one client address may send at once above NGINX_RATE_PER_CLIENT before 429.", typed=int),
+    Key("NGINX_CLIENT_TIMEOUT", "15", _positive_int,
+        "Seconds a client may take between two reads of its request head or body (then it is cut off).",
+        typed=int),
+    Key("NGINX_MAX_TEMP_FILE", "256m", _nginx_size,
+        "Most of one answer nginx spools to disk for a slow client (0: none, the app waits on the client)."),
     Key("HTTPS_REDIRECT", "off", _on_off,
         "on: plain HTTP is redirected to HTTPS and HTTPS answers carry HSTS (a server with real certificates).",
         typed=_is_on),

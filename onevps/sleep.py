@@ -19,7 +19,7 @@ SLEEP_LABEL = "onevps.sleep_after"
 # Under no tmpfs of either: nginx's /var/run tmpfs is /run in its image (a
 # link), and Docker mounts a tmpfs and a volume of the same depth in either
 # order, so a volume at /run/onevps was sometimes hidden and nginx failed to
-# start (issue 24; tests/unit/test_composefile.py checks every service).
+# start (issue 24; tests/unit/test_compose_layout.py checks every service).
 STATE_DIR = "/var/lib/onevps"
 FLAG_DIR = f"{STATE_DIR}/asleep"
 WAKER = "waker"

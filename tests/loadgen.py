@@ -298,3 +298,23 @@ class Load:
                 + (f", {self.resent} resent after a close with no answer" if self.resend_on_idle_close else "")
                 + f": {'; '.join(parts)}"
                 + (f"; first errors: {first}" if first else ""))
+
+
+def main(argv: list[str]) -> int:
+    """`python3 loadgen.py ADDRESS PORT HOST REQUESTS [THREADS]`: the well-behaved client of the
+    attack tests, run in a container of its own (its own address): keep-alive GET+POST until
+    REQUESTS answers, then one JSON line: total, failed, status counts, p99 (ms), first errors."""
+    address, port, host, wanted = argv[0], int(argv[1]), argv[2], int(argv[3])
+    threads = int(argv[4]) if len(argv) > 4 else 2
+    with Load(port, host, threads=threads, settle=0, address=address) as load:
+        while load.total < wanted and any(t.is_alive() for t in load.threads):
+            time.sleep(0.05)
+    print(json.dumps({"total": load.total, "failed": load.failed, "p99_ms": round(load.p99 * 1000, 1),
+                      "status": {str(k): v for k, v in load.status.items()}, "errors": load.errors[:5],
+                      "summary": load.summary()}))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))

@@ -37,7 +37,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # checkout can run its integration tests beside the first by setting
 # ONEVPS_TEST_PROJECT and the ONEVPS_TEST_* ports and subnets below.
 TEST_PROJECT = os.environ.get("ONEVPS_TEST_PROJECT", "onevps-test")
+# The load generators (tests/loadgen.py) are one client address sending hundreds of
+# requests a second, far past what nginx lets a real client send (NGINX_RATE_PER_CLIENT,
+# 100 a second after a burst of 400): every stack the tests load raises it. The limits
+# themselves are tested in test_security.
+LOAD_TEST_RATE = {"NGINX_RATE_PER_CLIENT": "100000", "NGINX_BURST_PER_CLIENT": "100000"}
 TEST_ENV = {
+    **LOAD_TEST_RATE,
     "COMPOSE_PROJECT_NAME": TEST_PROJECT,
     "BIND_ADDRESS": "127.0.0.1",
     "HTTP_PORT": os.environ.get("ONEVPS_TEST_HTTP_PORT", "18080"),
@@ -87,6 +93,11 @@ def _module(item) -> str:
     return item.module.__name__.rsplit(".", 1)[-1]
 
 
+def _module_of(nodeid: str) -> str:
+    """The module name of a test's node ID (tests/integration/test_x.py::test_y -> test_x)."""
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+
+
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
         name = _module(item)
@@ -102,8 +113,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class GroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-            return "bare" if module in BARE_GROUP else "engine"
+            return "bare" if _module_of(nodeid) in BARE_GROUP else "engine"
 
     return GroupScheduling(config, log)
 
@@ -119,11 +129,28 @@ def _lock(name: str, shared: bool = False) -> float:
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if not run or name in _held:
         return 0.0
-    f = open(Path(tempfile.gettempdir()) / f"onevps-test-{run}-{name}.lock", "a")
+    f = open(_lock_path(run, name), "a")
     t0 = time.monotonic()
     fcntl.flock(f, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
     _held[name] = f
     return time.monotonic() - t0
+
+
+def _lock_path(run: str, name: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"onevps-test-{run}-{name}.lock"
+
+
+def pytest_sessionfinish(session):
+    """A worker done with its tests releases its locks and removes the run's lock files: the
+    other worker keeps any it holds or waits on (flock goes with the open file), and opens
+    a fresh one for a later lock, which only it then uses."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if not run:
+        return
+    for name in list(_held):
+        _unlock(name)
+    for name in ("bare", "build"):
+        _lock_path(run, name).unlink(missing_ok=True)
 
 
 def _unlock(name: str) -> None:
@@ -197,7 +224,7 @@ _waits: list[str] = []
 def pytest_runtest_logreport(report):
     """Setup + call + teardown of each test, its fixtures included, summed per module (in the
     process that prints the summary: the xdist controller gets every worker's reports)."""
-    module = report.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+    module = _module_of(report.nodeid)
     waited = sum(v for k, v in report.user_properties if k == "waited for the bare group") \
         if report.when == "setup" else 0.0
     _module_seconds[module] = _module_seconds.get(module, 0.0) + report.duration - waited

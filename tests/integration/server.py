@@ -27,7 +27,7 @@ from onevps import config, registry, tiers
 from onevps.project import Project
 
 from . import leakcheck
-from .conftest import SHELLISH_QUOTED, clear_compose_project, copy_repo, docker, http
+from .conftest import LOAD_TEST_RATE, SHELLISH_QUOTED, clear_compose_project, copy_repo, docker, http
 from .leakcheck import Run, check, cli
 from .sshd import SshdError, local_sshd
 
@@ -45,7 +45,7 @@ class Server:
 
 
 SECRETS = leakcheck.SECRETS
-SERVER_ENV = f"""\
+SERVER_ENV = "".join(f"{k}={v}\n" for k, v in LOAD_TEST_RATE.items()) + f"""\
 OLLAMA_MODEL={SHELLISH_QUOTED}
 COMPOSE_PROJECT_NAME={PROJECT}
 HTTP_PORT={Server.http_port}

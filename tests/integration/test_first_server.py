@@ -36,7 +36,7 @@ from onevps import config, tiers
 from onevps.project import Project
 
 from . import bare
-from .conftest import ROOT, copy_repo
+from .conftest import LOAD_TEST_RATE, ROOT, copy_repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.bare, pytest.mark.ordered]
 
@@ -77,7 +77,7 @@ class FirstServer:
         self.server_env = (
             f"COMPOSE_PROJECT_NAME={PROJECT}\nBIND_ADDRESS=0.0.0.0\nHTTP_PORT=80\nHTTPS_PORT=443\n"
             f"DOMAIN={DOMAIN}\nACME_EMAIL=ops@{DOMAIN}\nIMAGE_NAMESPACE={SERVER_NAMESPACE}\nDEPLOY_WATCH=2\n"
-            + "".join(f"{k}={v}\n" for k, v in self.secrets.items())
+            + "".join(f"{k}={v}\n" for k, v in {**self.secrets, **LOAD_TEST_RATE}.items())
             # The ML tier's tag covers the builder's torch settings: the server names the shipped
             # tier as built here (CI sets TORCH_INDEX_URL for its local wheel; a user's machine
             # and server usually both keep the default).

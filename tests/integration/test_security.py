@@ -7,8 +7,11 @@ import json
 import os
 import socket
 import subprocess
+import threading
 import time
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from onevps import config, tiers
 from onevps.registry import SHARED_SERVICES
 
 from tests import loadgen
+from tests.unit import rawhttp
 
 from .conftest import docker, http, inv, project_containers
 
@@ -275,3 +279,158 @@ def test_data_survives_a_docker_engine_restart(stack_up, settings, reg):
     _read_everything(settings, tag)
     for app in reg.names():
         assert http(settings, app, "/health").status == 200, app
+
+
+# ------------------------------------------------ the one door under hostile traffic --
+# Issue 24, item 1. The attacker is this machine (127.0.0.1: Docker's gateway address at
+# nginx); the well-behaved client is tests/loadgen.py in a container of its own on
+# app-network (its own address), sending keep-alive GET+POST to portfolio through nginx.
+
+ATTACK_BODY = 20 * 1024 * 1024  # NGINX_MAX_BODY's default, 20m: the largest body nginx takes
+
+
+def well_behaved(settings, requests: int = 3000) -> dict:
+    """The well-behaved client's run: total, failed, status, p99_ms, errors, summary."""
+    out = docker("run", "--rm", "--network", f"{settings.project_name}_app-network",
+                 "--volume", f"{config.REPO_ROOT / 'tests'}:/t:ro", tiers.tier_image(config.REPO, settings, "base"),
+                 "python3", "/t/loadgen.py", settings.address(2), "80", f"portfolio.{settings.domain}", str(requests))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def nginx_state(settings) -> tuple[str, str, bool]:
+    state = json.loads(docker("inspect", "--format", "{{json .State}}", by_service(settings)["nginx"]["Id"]))
+    return state["StartedAt"], docker("inspect", "--format", "{{.RestartCount}}", by_service(settings)["nginx"]["Id"]
+                                      ).strip(), state["OOMKilled"]
+
+
+def oom_lines() -> list[str]:
+    res = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, f"dmesg: {res.stderr}"
+    return [line for line in res.stdout.splitlines() if "out of memory" in line.lower() or "oom-kill" in line.lower()]
+
+
+def open_held(settings, n: int, length: int, sent: int, host: str = "api-gw") -> list[socket.socket]:
+    """n connections, each with a POST head saying `length` and `sent` bytes of its body, held."""
+    head = (f"POST /kv/held HTTP/1.1\r\nHost: {host}.{settings.domain}\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+    chunk = b"x" * (1024 * 1024)
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", int(settings.http_port)), timeout=120)
+        socks.append(s)
+        assert rawhttp.send(s, head), "nginx closed a held connection before its body"
+        left = sent
+        while left:
+            part = chunk[:min(left, len(chunk))]
+            assert rawhttp.send(s, part), "nginx closed a held connection during its body"
+            left -= len(part)
+    return socks
+
+
+SPOOLED = ("n=0; for f in /proc/[0-9]*/fd/*; do case $(readlink \"$f\") in /var/cache/nginx/client_temp/*) "
+           "n=$((n + $(stat -L -c %s \"$f\"))) ;; esac; done; echo $n")
+
+
+def spooled(nginx: str) -> int:
+    """Bytes of request bodies nginx holds in its temp files (unlinked at once, open in a worker)."""
+    return int(docker("exec", "--user", "nginx", nginx, "sh", "-c", SPOOLED).strip() or 0)
+
+
+def test_held_20mb_uploads_go_to_disk_and_nginx_is_never_killed(stack_up, settings):
+    """The attack: 14 connections each sent nearly all of a 20 MiB POST and held it. nginx
+    kept the bodies in a tmpfs counted against its 256m and was OOM-killed, every connection
+    cut. Now they sit in files on the nginx-buffers volume (nginx's open temp files hold them
+    all), nginx keeps running (same start, no restart, not OOM-killed, no new OOM line in the
+    kernel's log) and the well-behaved client sees no failure. The attacker sends a byte a
+    connection now and then, as a slow client may, so nginx's body timeout does not end the
+    attack before it is measured."""
+    before, oom_before = nginx_state(settings), oom_lines()
+    nginx = by_service(settings)["nginx"]["Id"]
+    held = open_held(settings, 14, ATTACK_BODY, ATTACK_BODY - 4096)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(2):
+            for s in held:
+                rawhttp.send(s, b"x")
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        # Sent is not yet read: wait until nginx has taken the bodies in, however slow the machine.
+        want, deadline = 14 * (ATTACK_BODY - 4096 - 64 * 1024), time.monotonic() + 300
+        while (held_bytes := spooled(nginx)) < want:
+            assert time.monotonic() < deadline, f"nginx took in {held_bytes:,} of {want:,} bytes"
+            time.sleep(0.5)
+        run = well_behaved(settings)
+        still = spooled(nginx)
+    finally:
+        stop.set()
+        trickler.join()
+        for s in held:
+            s.close()
+    print(f"\n14 held 20 MiB uploads: {held_bytes:,} bytes in nginx's temp files on the volume "
+          f"({still:,} after the well-behaved run); the well-behaved client: {run['summary']}")
+    assert still >= want  # the attack lasted the whole run
+    assert run["failed"] == 0 and run["total"] >= 3000, run["summary"]
+    assert nginx_state(settings) == before  # same start, no restart, not OOM-killed
+    assert oom_lines() == oom_before
+    assert http(settings, "portfolio", "/health").status == 200
+
+
+def logged(settings, since: str, method: str, uri: str) -> Counter:
+    """The statuses nginx logged (its JSON access log) for METHOD URI since the time given."""
+    res = subprocess.run(["docker", "logs", "--since", since, by_service(settings)["nginx"]["Id"]],
+                         capture_output=True, text=True, timeout=120)
+    out: Counter = Counter()
+    for line in res.stdout.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("method") == method and entry.get("uri") == uri:
+            out[entry["status"]] += 1
+    return out
+
+
+def test_a_client_over_a_limit_gets_413_or_429_or_is_cut_off_and_the_others_do_not_notice(stack_up, settings):
+    """NGINX_MAX_BODY: 413 before the body is read. NGINX_CONN_PER_CLIENT: requests from one
+    address past that many in progress get 429. NGINX_CLIENT_TIMEOUT: a body that stops
+    coming ends in 408 (nginx logs it and closes the connection without an answer). Meanwhile the well-behaved
+    client, at its own address, fails nothing. The settings reach nginx (its rendered
+    conf.d/00-limits.conf)."""
+    nginx = by_service(settings)["nginx"]["Id"]
+    rendered = docker("exec", nginx, "cat", "/etc/nginx/conf.d/00-limits.conf")
+    for line in (f"client_max_body_size {settings.nginx_max_body};",
+                 f"limit_conn onevps_conn {settings.nginx_conn_per_client};",
+                 f"rate={settings.nginx_rate_per_client}r/s;", f"burst={settings.nginx_burst_per_client} nodelay;",
+                 f"client_body_timeout {settings.nginx_client_timeout}s;",
+                 f"proxy_max_temp_file_size {settings.nginx_max_temp_file};"):
+        assert line in rendered, line
+    before = nginx_state(settings)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+
+    with socket.create_connection(("127.0.0.1", int(settings.http_port)), timeout=120) as s:
+        answer = rawhttp.exchange(s, (f"POST /kv/big HTTP/1.1\r\nHost: api-gw.{settings.domain}\r\n"
+                                      f"Content-Length: {ATTACK_BODY + 1}\r\n\r\n").encode(), b"x" * 65536)
+    assert rawhttp.status_of(answer) == 413, answer[:200]
+
+    # NGINX_CONN_PER_CLIENT + 5 requests whose bodies stop after one byte: that many stay in
+    # progress, the 5 others get 429; all of them end when NGINX_CLIENT_TIMEOUT has passed.
+    over = 5
+    held = open_held(settings, settings.nginx_conn_per_client + over, 10, 1)
+    try:
+        with ThreadPoolExecutor(len(held)) as pool:
+            reads = [pool.submit(rawhttp.read_until_closed, s) for s in held]
+            run = well_behaved(settings, 1000)
+            answers = Counter(rawhttp.status_of(r.result()) for r in reads)
+    finally:
+        for s in held:
+            s.close()
+    statuses = logged(settings, since, "POST", "/kv/held")
+    print(f"\none client over its limits: 413 for a body over NGINX_MAX_BODY; held requests logged {dict(statuses)}, "
+          f"answered {dict(answers)}; the well-behaved client: {run['summary']}")
+    assert statuses == {429: over, 408: settings.nginx_conn_per_client}, statuses
+    assert answers[429] == over, answers  # the 429s were answered; the timed-out ones were closed
+    assert run["failed"] == 0, run["summary"]
+    assert nginx_state(settings) == before

@@ -32,7 +32,7 @@ import pytest
 
 from tests import loadgen
 
-from .conftest import ROOT, SHELL_RAN, SHELLISH, SHELLISH_QUOTED, docker, docker_problem, file_text, http
+from .conftest import LOAD_TEST_RATE, ROOT, SHELL_RAN, SHELLISH, SHELLISH_QUOTED, docker, docker_problem, file_text, http
 from .sshd import SshdError, local_sshd
 
 pytestmark = [pytest.mark.docker, pytest.mark.cluster, pytest.mark.ordered]
@@ -41,6 +41,7 @@ STACK = "onevps-swarm"
 SSH_PORT = int(os.environ.get("ONEVPS_TEST_SWARM_SSH_PORT", "2231"))
 SERVICES = ("nginx", "chroma-auth", "chromadb", "redis", "portfolio", "api-gw")
 SWARM_ENV = {
+    **LOAD_TEST_RATE,
     "COMPOSE_PROJECT_NAME": STACK,
     "IMAGE_NAMESPACE": STACK,
     "BIND_ADDRESS": "127.0.0.1",

@@ -49,7 +49,7 @@ from onevps.project import Project
 from tests import loadgen
 
 from . import bare
-from .conftest import copy_repo
+from .conftest import LOAD_TEST_RATE, copy_repo
 
 pytestmark = [pytest.mark.docker, pytest.mark.cluster, pytest.mark.bare, pytest.mark.ordered]
 
@@ -78,7 +78,7 @@ class Cluster:
         self.server_env = (
             f"COMPOSE_PROJECT_NAME={STACK}\nBIND_ADDRESS=0.0.0.0\nHTTP_PORT=80\nHTTPS_PORT=443\n"
             f"DOMAIN={DOMAIN}\nIMAGE_NAMESPACE={NAMESPACE}\nDEPLOY_TIMEOUT=240\nSWARM_SUBNET=10.232.0.0/23\n"
-            + "".join(f"{k}={v}\n" for k, v in self.secrets.items())
+            + "".join(f"{k}={v}\n" for k, v in {**self.secrets, **LOAD_TEST_RATE}.items())
             + "".join(f"{k}={os.environ[k]}\n" for k in ("TORCH_INDEX_URL", "TORCH_CUDA") if os.environ.get(k)))
         self.env = {"VPS_HOST": ADDRS["manager"], "VPS_USER": "root", "VPS_PORT": "22", "VPS_SSH_KEY": str(key),
                     "VPS_PATH": VPS_PATH, "VPS_ENV_FILE": ".env.server", "DOCKER_INSTALL": "distro",

@@ -269,6 +269,8 @@ KEY_TYPES = {
     "OLLAMA_MODEL": str, "UP_TIMEOUT": int, "REDIS_PASSWORD": str, "CHROMA_TOKEN": str,
     "APP_MEM_LIMIT": int, "APP_CPUS": float, "ML_APP_MEM_LIMIT": int, "NGINX_MEM_LIMIT": int,
     "REDIS_MEM_LIMIT": int, "CHROMA_MEM_LIMIT": int, "CHROMA_AUTH_MEM_LIMIT": int, "OLLAMA_MEM_LIMIT": int,
+    "NGINX_MAX_BODY": str, "NGINX_CONN_PER_CLIENT": int, "NGINX_RATE_PER_CLIENT": int,
+    "NGINX_BURST_PER_CLIENT": int, "NGINX_CLIENT_TIMEOUT": int, "NGINX_MAX_TEMP_FILE": str,
     "HTTPS_REDIRECT": bool, "ACME_EMAIL": str, "ACME_SERVER": str, "ACME_CA_BUNDLE": str, "CERT_CRON_FILE": str,
     "PRUNE_ON_DEPLOY": bool, "BUILD_FREE_MB": int, "PRUNE_KEEP": int, "PRUNE_CACHE_MB": int,
     "VPS_HOST": str, "VPS_USER": str, "VPS_PORT": int, "VPS_PATH": str, "VPS_SSH_KEY": (Path, type(None)),
@@ -298,6 +300,8 @@ def test_typed_defaults(tmp_path):
     assert (s.app_pids_limit, s.ml_app_pids_limit, s.nginx_pids_limit, s.redis_pids_limit, s.chroma_pids_limit,
             s.chroma_auth_pids_limit, s.ollama_pids_limit, s.waker_pids_limit, s.docker_proxy_pids_limit,
             s.certbot_pids_limit) == (256, 512, 256, 64, 512, 128, 1024, 64, 128, 64)
+    assert (s.nginx_max_body, s.nginx_conn_per_client, s.nginx_rate_per_client, s.nginx_burst_per_client,
+            s.nginx_client_timeout, s.nginx_max_temp_file) == ("20m", 100, 100, 400, 15, "256m")
     assert s.docker_install == "docker-repo" and s.cert_cron_file == "/etc/cron.d/onevps-certs"
     assert s.acme_email == "" and s.acme_ca_bundle == "" and s.acme_server.startswith("https://acme-v02.")
     assert s.chroma_subnet == "172.20.1.0/28" and s.vps_env_file == tmp_path / ".env"
@@ -405,3 +409,27 @@ def test_literal_env_lines_refuse_line_breaks_and_bad_names_without_showing_the_
     assert "secret-" not in err.value.message
     with pytest.raises(ConfigError, match="is not a variable name"):
         config.literal_env_text({"A B": "x"}, "x")
+
+
+@pytest.mark.parametrize("line, shown", [
+    ("NGINX_MAX_BODY=20mb", "must be a size as nginx writes it"),
+    ("NGINX_MAX_BODY=-1", "must be a size as nginx writes it"),
+    ("NGINX_MAX_TEMP_FILE=1.5g", "must be a size as nginx writes it"),
+    ("NGINX_CONN_PER_CLIENT=0", "at least 1"),
+    ("NGINX_RATE_PER_CLIENT=ten", "at least 1"),
+    ("NGINX_BURST_PER_CLIENT=-5", "0 or more"),
+    ("NGINX_CLIENT_TIMEOUT=0", "at least 1"),
+])
+def test_a_bad_client_limit_is_one_line_naming_the_key(tmp_path, line, shown):
+    write_env(tmp_path, line + "\n")
+    with pytest.raises(ConfigError) as err:
+        load(Project(tmp_path), environ={})
+    key = line.split("=")[0]
+    assert err.value.what.startswith(f"{line.split('=')[0]}={line.split('=', 1)[1]!r} (.env line 1) ")
+    assert shown in err.value.what and key in err.value.hint
+
+
+def test_client_limits_accept_what_nginx_accepts(tmp_path):
+    write_env(tmp_path, "NGINX_MAX_BODY=512K\nNGINX_MAX_TEMP_FILE=0\nNGINX_BURST_PER_CLIENT=0\n")
+    s = load(Project(tmp_path), environ={})
+    assert (s.nginx_max_body, s.nginx_max_temp_file, s.nginx_burst_per_client) == ("512k", "0", 0)

@@ -238,7 +238,7 @@ def test_a_selection_of_services_and_its_routes():
     doc = load_stack(rendered.stack)
     assert list(doc["services"]) == ["nginx", "redis", "portfolio", "api-gw"]
     assert rendered.apps == ("portfolio", "api-gw")
-    assert set(doc["volumes"]) == {"nginx-certs", "acme-webroot", "redis-data", "sleep-state"}
+    assert set(doc["volumes"]) == {"nginx-certs", "nginx-buffers", "acme-webroot", "redis-data", "sleep-state"}
     assert "server_name portfolio.${DOMAIN};" in rendered.routes and "kb." not in rendered.routes
     with pytest.raises(OnevpsError, match="unknown service"):
         swarm.render(PROJECT, settings(), only=["nginx", "nope"])
