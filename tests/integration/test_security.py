@@ -309,9 +309,10 @@ def oom_lines() -> list[str]:
     return [line for line in res.stdout.splitlines() if "out of memory" in line.lower() or "oom-kill" in line.lower()]
 
 
-def open_held(settings, n: int, length: int, sent: int, host: str = "api-gw") -> list[socket.socket]:
+def open_held(settings, n: int, length: int, sent: int, path: str = "/kv/held") -> list[socket.socket]:
     """n connections, each with a POST head saying `length` and `sent` bytes of its body, held."""
-    head = (f"POST /kv/held HTTP/1.1\r\nHost: {host}.{settings.domain}\r\nContent-Type: application/octet-stream\r\n"
+    host = "api-gw"
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}.{settings.domain}\r\nContent-Type: application/octet-stream\r\n"
             f"Content-Length: {length}\r\n\r\n").encode()
     chunk = b"x" * (1024 * 1024)
     socks = []
@@ -418,7 +419,8 @@ def test_a_client_over_a_limit_gets_413_or_429_or_is_cut_off_and_the_others_do_n
     # NGINX_CONN_PER_CLIENT + 5 requests whose bodies stop after one byte: that many stay in
     # progress, the 5 others get 429; all of them end when NGINX_CLIENT_TIMEOUT has passed.
     over = 5
-    held = open_held(settings, settings.nginx_conn_per_client + over, 10, 1)
+    path = f"/kv/held-{uuid.uuid4().hex}"  # this test's requests alone in nginx's log
+    held = open_held(settings, settings.nginx_conn_per_client + over, 10, 1, path)
     try:
         with ThreadPoolExecutor(len(held)) as pool:
             reads = [pool.submit(rawhttp.read_until_closed, s) for s in held]
@@ -427,7 +429,7 @@ def test_a_client_over_a_limit_gets_413_or_429_or_is_cut_off_and_the_others_do_n
     finally:
         for s in held:
             s.close()
-    statuses = logged(settings, since, "POST", "/kv/held")
+    statuses = logged(settings, since, "POST", path)
     print(f"\none client over its limits: 413 for a body over NGINX_MAX_BODY; held requests logged {dict(statuses)}, "
           f"answered {dict(answers)}; the well-behaved client: {run['summary']}")
     assert statuses == {429: over, 408: settings.nginx_conn_per_client}, statuses
