@@ -228,6 +228,14 @@ def _read_env_file(path: Path) -> dict[str, tuple[str, int]]:
                 f"put the value in single quotes, {binding.key}='...': compose and onevps then both "
                 "take every character as written ($, `, ;, #, \\, spaces and \" too; a ' as \\')",
             )
+        if _single_quoted(binding.original.string) and "\\\\" in binding.original.string:
+            # In single quotes python-dotenv reads \\ as one backslash, compose as two.
+            raise ConfigError(
+                f"{path.name} line {line}: the value of {binding.key} holds \\\\ in single quotes, which compose "
+                "reads as two backslashes and onevps as one",
+                "write the value without quotes (when it holds no $, no ' #' and no space at either end) "
+                "or without the double backslash",
+            )
         if binding.value is None and binding.key not in KEY_NAMES:
             # A line with no "=" (a value pasted alone?): its text may be a secret, never shown.
             values[f"{BARE}{line}"] = ("", line)

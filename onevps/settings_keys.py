@@ -152,6 +152,19 @@ def _nginx_size(raw: str) -> str:
     return value
 
 
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+WAKER_MAX_BODY = 20 * 1024 ** 2  # the waker holds a sleeping app's request body in memory, at most this
+
+
+def _nginx_body(raw: str) -> str:
+    value = _nginx_size(raw)
+    size = int(value.rstrip("kmg")) * _SIZE_UNITS[value[-1] if value[-1] in "kmg" else ""]
+    if not 1024 <= size <= WAKER_MAX_BODY:
+        raise ValueError("must be from 1k to 20m: a request for a sleeping app waits at the waker, which "
+                         "takes bodies up to 20m")
+    return value
+
+
 def _cpus(raw: str) -> str:
     try:
         value = float(raw)
@@ -387,7 +400,7 @@ KEYS: tuple[Key, ...] = (
     # What one client may do at nginx, the one door (nginx/templates/00-limits.conf.template).
     # "Client" is an address; over a limit it gets 429 or 413, or is cut off (408 in the log), and
     # the others notice nothing.
-    Key("NGINX_MAX_BODY", "20m", _nginx_size, "Largest request body nginx passes on (413 past it)."),
+    Key("NGINX_MAX_BODY", "20m", _nginx_body, "Largest request body nginx passes on (413 past it)."),
     Key("NGINX_CONN_PER_CLIENT", "100", _positive_int,
         "Connections one client address may hold open at nginx at once (429 past it).", typed=int),
     Key("NGINX_RATE_PER_CLIENT", "100", _positive_int,

@@ -65,6 +65,19 @@ def _inside(root: str, path: str) -> bool:
     return real == root or real.startswith(root + os.sep)
 
 
+def _through_links(start: tuple[str, ...], target: str, links: set[tuple[str, ...]]) -> tuple[str, ...] | None:
+    """Walk target (a path, relative to start) one part at a time, as the kernel would: the
+    first folder on the way that is a link the archive made, or None. `..` is taken lexically,
+    which is only right when no folder on the way is a link: that is what this checks."""
+    at = start
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    for i, part in enumerate(parts):
+        at = at[:-1] if part == ".." else at + (part,)
+        if at in links and i < len(parts) - 1:
+            return at
+    return None
+
+
 def _check(m: tarfile.TarInfo, root: str, links: set[tuple[str, ...]]) -> None:
     """One member against the rules (root: the real path it is unpacked under); raises Refused."""
     if m.name.startswith("/"):
@@ -74,10 +87,19 @@ def _check(m: tarfile.TarInfo, root: str, links: set[tuple[str, ...]]) -> None:
     if m.mode & (stat.S_ISUID | stat.S_ISGID):
         raise Refused(m.name, "a setuid or setgid file")
     parts = tuple(_parts(m.name))
+    if ".." in parts:  # `tar -C /data .` never writes one
+        raise Refused(m.name, "a path outside the destination")
+    if parts and parts[0] in (NEW, OLD):
+        raise Refused(m.name, "the name of a folder restore uses")
     through = [parts[:i] for i in range(1, len(parts)) if parts[:i] in links]
     if m.islnk():
+        if ".." in _parts(m.linkname):
+            raise Refused(m.name, "a link pointing outside the destination")
         target = tuple(_parts(m.linkname))
         through += [target[:i] for i in range(1, len(target) + 1) if target[:i] in links]
+    elif m.issym():
+        hop = _through_links(parts[:-1], m.linkname, links)
+        through += [hop] if hop else []
     if through:
         raise Refused(m.name, f"goes through the link {'/'.join(through[0])} the archive made")
     path = os.path.join(root, *parts)
@@ -131,15 +153,17 @@ def check_volume(fileobj, dest: str) -> list[tarfile.TarInfo]:
 
 def unpack(path: str, folder: str, strict: dict[str, str]) -> None:
     """The outer archive's files into folder (mode 600: it holds the server's .env)."""
+    owner = os.stat(folder)  # the SSH user's, who reads .env from here and removes the folder
     with tarfile.open(path, "r:") as tar:
         for m in members(tar, folder, strict):
             target = os.path.join(folder, *_parts(m.name))
             if m.isdir():
                 os.makedirs(target, mode=0o700, exist_ok=True)
-                continue
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(tar.extractfile(m), out, CHUNK)
+            else:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(tar.extractfile(m), out, CHUNK)
+            os.chown(target, owner.st_uid, owner.st_gid)
 
 
 def _parent(root: str, parts: list[str]) -> str:
@@ -205,15 +229,30 @@ def restore(archive: str, data: str) -> None:
         except BaseException:
             shutil.rmtree(new, ignore_errors=True)
             raise
-    top = os.stat(new)
+    top, was = os.stat(new), os.stat(data)
     os.mkdir(old, 0o700)
-    for name in os.listdir(data):
-        if name not in (NEW, OLD):
-            os.rename(os.path.join(data, name), os.path.join(old, name))
-    for name in os.listdir(new):
-        os.rename(os.path.join(new, name), os.path.join(data, name))
-    os.chown(data, top.st_uid, top.st_gid)
-    os.chmod(data, stat.S_IMODE(top.st_mode))
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for name in os.listdir(data):
+            if name not in (NEW, OLD):
+                os.rename(os.path.join(data, name), os.path.join(old, name))
+                moved_out.append(name)
+        for name in os.listdir(new):
+            os.rename(os.path.join(new, name), os.path.join(data, name))
+            moved_in.append(name)
+        os.chown(data, top.st_uid, top.st_gid)
+        os.chmod(data, stat.S_IMODE(top.st_mode))
+    except BaseException:  # put the old data back as it was; the new goes
+        for name in moved_in:
+            os.rename(os.path.join(data, name), os.path.join(new, name))
+        for name in moved_out:
+            os.rename(os.path.join(old, name), os.path.join(data, name))
+        os.chown(data, was.st_uid, was.st_gid)
+        os.chmod(data, stat.S_IMODE(was.st_mode))
+        os.rmdir(old)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     os.rmdir(new)
     shutil.rmtree(old)
 
@@ -234,8 +273,8 @@ def main(argv: list[str]) -> int:
     except Refused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 3
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        print(f"cannot read the archive: {exc}", file=sys.stderr)
+    except (tarfile.TarError, OSError, EOFError, OverflowError, ValueError) as exc:
+        print(f"cannot restore from the archive: {exc}", file=sys.stderr)
         return 3
     return 0
 

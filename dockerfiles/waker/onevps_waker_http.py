@@ -17,7 +17,7 @@ from http import HTTPStatus
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
                         b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
 MAX_HEAD = 64 * 1024  # bytes of a head (start line + headers), and of a chunk-size line
-MAX_BODY = 20 * 1024 * 1024  # bytes of a request body: nginx's client_max_body_size 20m
+MAX_BODY = 20 * 1024 * 1024  # bytes of a request body: the most NGINX_MAX_BODY may be (settings_keys.WAKER_MAX_BODY)
 IDLE = 75.0  # seconds a kept-alive connection may wait for its next request; one body read or relay step too
 READ = 64 * 1024
 LINGER_BYTES = 1 << 20  # what a lingering close reads and drops at most...

@@ -414,6 +414,8 @@ def test_literal_env_lines_refuse_line_breaks_and_bad_names_without_showing_the_
 @pytest.mark.parametrize("line, shown", [
     ("NGINX_MAX_BODY=20mb", "must be a size as nginx writes it"),
     ("NGINX_MAX_BODY=-1", "must be a size as nginx writes it"),
+    ("NGINX_MAX_BODY=21m", "from 1k to 20m"),
+    ("NGINX_MAX_BODY=0", "from 1k to 20m"),
     ("NGINX_MAX_TEMP_FILE=1.5g", "must be a size as nginx writes it"),
     ("NGINX_CONN_PER_CLIENT=0", "at least 1"),
     ("NGINX_RATE_PER_CLIENT=ten", "at least 1"),
@@ -433,3 +435,19 @@ def test_client_limits_accept_what_nginx_accepts(tmp_path):
     write_env(tmp_path, "NGINX_MAX_BODY=512K\nNGINX_MAX_TEMP_FILE=0\nNGINX_BURST_PER_CLIENT=0\n")
     s = load(Project(tmp_path), environ={})
     assert (s.nginx_max_body, s.nginx_max_temp_file, s.nginx_burst_per_client) == ("512k", "0", 0)
+
+
+def test_two_backslashes_in_single_quotes_are_refused_as_compose_reads_them_differently(tmp_path):
+    write_env(tmp_path, "DOMAIN=example.com\nBLOG_TOKEN='a\\\\b'\n")
+    with pytest.raises(ConfigError) as err:
+        load(Project(tmp_path), environ={}, warn=lambda msg: None)
+    assert err.value.what == (".env line 2: the value of BLOG_TOKEN holds \\\\ in single quotes, which compose "
+                              "reads as two backslashes and onevps as one")
+    write_env(tmp_path, "BLOG_TOKEN=a\\\\b\nOLLAMA_MODEL='a\\b\\'c'\n")  # unquoted; one \ and \' in quotes
+    assert config.env_file_values(tmp_path / ".env") == {"BLOG_TOKEN": "a\\\\b", "OLLAMA_MODEL": "a\\b'c"}
+
+
+def test_nginx_body_limit_never_exceeds_what_the_waker_takes():
+    from onevps.settings_keys import WAKER_MAX_BODY
+    text = (ROOT / "dockerfiles" / "waker" / "onevps_waker_http.py").read_text()
+    assert "MAX_BODY = 20 * 1024 * 1024" in text and WAKER_MAX_BODY == 20 * 1024 * 1024

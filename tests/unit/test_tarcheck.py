@@ -151,7 +151,7 @@ def test_the_helper_command_line_says_refused_in_one_line(tmp_path, volume, caps
     assert tarcheck.main(["check", archive]) == 3
     assert capsys.readouterr().err == "refused: './su' (a setuid or setgid file)\n"
     assert tarcheck.main(["check", str(tmp_path / "missing.tar.gz")]) == 3
-    assert capsys.readouterr().err.startswith("cannot read the archive: ")
+    assert capsys.readouterr().err.startswith("cannot restore from the archive: ")
 
 
 def test_unpack_writes_only_the_names_fab_backup_writes_private(tmp_path):
@@ -164,5 +164,54 @@ def test_unpack_writes_only_the_names_fab_backup_writes_private(tmp_path):
     folder.mkdir()
     tarcheck.unpack(str(outer), str(folder), {".": "dir", "./env": "file"})
     assert (folder / "env").read_bytes() == b"A=1\n" and oct((folder / "env").stat().st_mode & 0o777) == "0o600"
+    (tmp_path / "other").mkdir()
     with pytest.raises(tarcheck.Refused, match="not written by `fab backup`"):
         tarcheck.unpack(str(outer), str(tmp_path / "other"), {".": "dir"})
+    assert list((tmp_path / "other").iterdir()) == []
+
+
+@pytest.mark.parametrize("members, member, why", [
+    # the staging folders' names: the swap would move the live data away for good
+    ([(info(f"./{tarcheck.NEW}", tarfile.DIRTYPE, 0o755), b"")], f"./{tarcheck.NEW}", "the name of a folder"),
+    ([(info(f"./{tarcheck.OLD}/x"), b"x")], f"./{tarcheck.OLD}/x", "the name of a folder"),
+    # `..` in a name, lexically inside
+    ([(info("./a/../b"), b"x")], "./a/../b", "outside the destination"),
+    # a link whose target walks through a link the archive made: b -> ., c -> b/.. is the
+    # volume's parent once b is a link
+    ([(info("./b", tarfile.SYMTYPE, 0o777, linkname="."), b""),
+      (info("./c", tarfile.SYMTYPE, 0o777, linkname="b/.."), b"")], "./c", "goes through the link b"),
+    # a hard link through `..` (x/../b/../live: the live data outside the staging folder)
+    ([(info("./b", tarfile.SYMTYPE, 0o777, linkname="."), b""), (info("./x", tarfile.DIRTYPE, 0o755), b""),
+      (info("./h", tarfile.LNKTYPE, 0o644, linkname="x/../b/../live"), b"")], "./h", "outside the destination"),
+])
+def test_names_and_link_targets_that_could_reach_out_are_refused(tmp_path, volume, members, member, why):
+    archive = write(tmp_path, volume_tar(members))
+    before = tree(volume)
+    with pytest.raises(tarcheck.Refused) as err:
+        tarcheck.restore(archive, str(volume))
+    assert (err.value.member, why in err.value.why) == (member, True), err.value
+    assert tree(volume) == before
+
+
+def test_a_swap_that_fails_midway_puts_the_old_data_back(tmp_path, volume, monkeypatch):
+    archive = write(tmp_path, volume_tar([(info("./one"), b"1"), (info("./two"), b"2")]))
+    before = tree(volume)
+    real, calls = os.rename, []
+
+    def rename(src, dst):
+        if os.path.dirname(src).endswith(tarcheck.NEW) and calls.append(1) is None and len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(tarcheck.os, "rename", rename)
+    with pytest.raises(OSError):
+        tarcheck.restore(archive, str(volume))
+    assert tree(volume) == before
+
+
+def test_a_header_the_writer_cannot_apply_is_one_line(tmp_path, volume, capsys):
+    archive = write(tmp_path, volume_tar([(info("./big-owner", uid=2 ** 40), b"x")]))
+    before = tree(volume)
+    assert tarcheck.main(["restore", archive, str(volume)]) == 3
+    assert capsys.readouterr().err.startswith("cannot restore from the archive: ")
+    assert tree(volume) == before
