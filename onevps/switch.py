@@ -35,10 +35,22 @@ from .registry import App
 from .server import Ctx, container_name, inspect, sleeping, slot_name
 
 
+def compose_literal(value):
+    """A value of `compose config`'s output as compose up uses it: the output writes a literal
+    $ as $$ (so that it reads back the same); environment and health check get one $."""
+    if isinstance(value, str):
+        return value.replace("$$", "$")
+    if isinstance(value, dict):
+        return {k: compose_literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compose_literal(v) for v in value]
+    return value
+
+
 def _service_config(srv: Ctx, name: str) -> tuple[dict, str]:
     res = srv.run.run(compose_cmd.config_json(srv.vps, srv.rs), "read the server's compose config",
                       mutates=False)
-    data = json.loads(res.stdout)
+    data = compose_literal(json.loads(res.stdout))
     networks = data.get("networks", {})
     net = networks.get("app-network", {}).get("name") or f"{srv.rs.project_name}_app-network"
     return data["services"][name], net
@@ -55,10 +67,7 @@ def slot_env_text(app: App, service: dict) -> str:
     A key with no value (unset in compose) is written alone: docker takes it from its own
     environment, as compose does."""
     env = service.get("environment") or {}
-    # `compose config` writes a literal $ as $$ (so that its output reads back the same);
-    # the container gets one $, as from `compose up`.
-    return literal_env_text({k: None if env[k] is None else str(env[k]).replace("$$", "$") for k in sorted(env)},
-                            app.name)
+    return literal_env_text({k: None if env[k] is None else str(env[k]) for k in sorted(env)}, app.name)
 
 
 def slot_run_argv(srv: Ctx, app: App, image: str, service: dict, network: str, env_file: str) -> list[str]:

@@ -128,8 +128,11 @@ def test_slot_container_argv():
     assert "REDIS_URL" not in " ".join(argv)  # the environment travels in the file, never on the command line
     assert switch.slot_env_text(App("kb", "base", 12), service) == "EMPTY\nREDIS_URL=redis://10.9.0.4:6379/0\n"
     # `compose config` writes a literal $ as $$; the slot gets the value compose up gives.
-    escaped = {"environment": {"MODEL": "a$$HOME`x`;$$(y) $${Z}\\"}}
-    assert switch.slot_env_text(App("kb", "base", 12), escaped) == "MODEL=a$HOME`x`;$(y) ${Z}\\\n"
+    escaped = {"environment": {"MODEL": "a$$HOME`x`;$$(y) $${Z}\\", "TWO": "a$$$$b"},
+               "healthcheck": {"test": ["CMD-SHELL", "test $$HOME"]}}
+    literal = switch.compose_literal(escaped)
+    assert switch.slot_env_text(App("kb", "base", 12), literal) == "MODEL=a$HOME`x`;$(y) ${Z}\\\nTWO=a$$b\n"
+    assert literal["healthcheck"]["test"] == ["CMD-SHELL", "test $HOME"]
 
 
 @pytest.mark.parametrize("pids, flags", [(512, ["--pids-limit", "512"]), (None, []), (-1, []), (0, [])])
