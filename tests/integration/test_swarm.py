@@ -262,10 +262,29 @@ def deploy_broken_portfolio(repo, breaks, threads: int):
     """Deploy portfolio with its code changed by `breaks`, under load; the good code goes back after."""
     path = repo / "apps" / "portfolio" / "main.py"
     assert breaks(path.read_text()) != path.read_text()
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
     with file_text(path, breaks):
         with loadgen.Load(Site.http_port, "portfolio.localhost", threads=threads) as load:
             res = deploy(repo, "--app", "portfolio")
+    if load.failed:  # what nginx and Swarm saw, for the failure's report (shown with the test's output)
+        print(failure_report(since))
     return res, load
+
+
+def failure_report(since: str) -> str:
+    """nginx's error lines, portfolio's task history and its containers' events since `since`."""
+    def run(*args: str) -> str:
+        res = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+        return res.stdout + res.stderr
+
+    errors = [line for line in run("service", "logs", "--timestamps", "--since", since, f"{STACK}_nginx").splitlines()
+              if "[error]" in line or "[warn]" in line or '"status":502' in line]
+    events = [line for line in run("events", "--since", since, "--until", "0s", "--filter", "type=container",
+                                   "--format", "{{.Time}} {{.Action}} {{.Actor.Attributes.name}}").splitlines()
+              if "portfolio" in line and not line.split(" ", 2)[1].startswith("exec_")]
+    return ("--- nginx errors (first 40 of %d) ---\n" % len(errors) + "\n".join(errors[:40])
+            + "\n--- portfolio tasks ---\n" + run("service", "ps", "--no-trunc", f"{STACK}_portfolio")
+            + "--- portfolio container events ---\n" + "\n".join(events[-60:]))
 
 
 def test_a_crashing_version_rolls_back_by_itself_and_the_old_one_keeps_serving(stack, repo):
