@@ -152,14 +152,12 @@ def _nginx_size(raw: str) -> str:
     return value
 
 
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 WAKER_MAX_BODY = 20 * 1024 ** 2  # the waker holds a sleeping app's request body in memory, at most this
 
 
 def _nginx_body(raw: str) -> str:
     value = _nginx_size(raw)
-    size = int(value.rstrip("kmg")) * _SIZE_UNITS[value[-1] if value[-1] in "kmg" else ""]
-    if not 1024 <= size <= WAKER_MAX_BODY:
+    if not 1024 <= _bytes(value) <= WAKER_MAX_BODY:
         raise ValueError("must be from 1k to 20m: a request for a sleeping app waits at the waker, which "
                          "takes bodies up to 20m")
     return value

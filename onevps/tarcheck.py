@@ -7,7 +7,8 @@ Here the same code does both, so nothing is written that was not checked:
 
 - `check_outer` / `check_volume` run on the machine that runs `fab`, before it connects;
 - `main` runs the same file in a throw-away helper container on the server
-  (`python3 -c SOURCE unpack|check|restore ...`, standard library only): it unpacks the
+  (`python3 /backup/tarcheck.py unpack|check|restore ...`, standard library only; fab
+  restore sends it into the restore folder): it unpacks the
   outer archive and replaces each volume's data from its archive.
 
 An archive is refused when, after its last member, anything but zero bytes follows (a
