@@ -7,7 +7,9 @@ nginx sends a request for a sleeping app (flag file STATE_DIR/asleep/NAME) here
 with `X-Onevps-App: NAME`; GET /_onevps/state (no such header) answers the apps'
 states. Docker is reached only through the filtering proxy's socket. Env (see
 Settings.from_env): ONEVPS_PROJECT, ONEVPS_PROXY_SOCKET, ONEVPS_STATE_DIR,
-WAKE_TIMEOUT, SLEEP_CHECK_EVERY, APP_PORT, ACTIVITY_PORT, APP_HOST. stdout holds
+WAKE_TIMEOUT, SLEEP_CHECK_EVERY, APP_PORT, ACTIVITY_PORT, APP_HOST, WAKER_CLIENTS,
+WAKER_MAX_CONNECTIONS, WAKER_MAX_HELD. Only WAKER_CLIENTS (nginx) and 127.0.0.1 are
+served: an app container's connection is reset unread. stdout holds
 one line per wake and per sleep and a failed wake's last app log lines; never a
 request's headers or body. Standard library only (asyncio streams): its modules
 onevps_waker_http (HTTP/1.1) and onevps_waker_parts (pure parts) lie beside it.
@@ -21,10 +23,11 @@ import os
 import signal
 import sys
 import time
+from http import HTTPStatus
 from urllib.parse import urlencode
 
-from onevps_waker_http import (FAILURES, MAX_HEAD, Request, fetch, header, open_answer, relay, respond, serve,
-                               websocket_close)
+from onevps_waker_http import (FAILURES, MAX_HEAD, BadMessage, Request, fetch, header, open_answer, relay, respond,
+                               serve, websocket_close)
 from onevps_waker_parts import (PROJECT_LABEL, App, AccessLog, Settings, container_app, demux_logs, forwardable,
                                 network_ip, should_sleep, starting, wants_page)
 
@@ -34,6 +37,8 @@ LOG_TAIL = 50  # app log lines printed when a wake fails
 BROWSER_WAIT = 1.5  # seconds a browser waits before it gets the "waking up" page
 DOCKER_TIMEOUT = 30.0  # seconds one call through the proxy may take
 ANSWER_WAIT = 75.0  # seconds an app may take to send its answer's head (nginx: proxy_read_timeout 75s)
+DOCKER_ANSWER = 4 << 20  # bytes of a Docker proxy answer read at most (the proxy's own limit)
+APP_ANSWER = 64 << 10  # bytes of an app's /health or /activity answer read at most
 WAKING_PAGE = (b"<!doctype html><meta http-equiv=refresh content=1><title>Waking up</title>"
                b"<p>Waking up the app&hellip; this page reloads by itself.")
 
@@ -54,7 +59,7 @@ class Docker:
     async def call(self, method: str, path: str, **params: str) -> bytes:
         """The answer's body; DockerError unless 200, 204 or 304."""
         target = path + (f"?{urlencode(params)}" if params else "")
-        status, body = await fetch(self.connect, method, target, [(b"Host", b"docker")], DOCKER_TIMEOUT)
+        status, body = await fetch(self.connect, method, target, [(b"Host", b"docker")], DOCKER_TIMEOUT, DOCKER_ANSWER)
         if status not in (200, 204, 304):
             raise DockerError(f"{method} {path}: {status} {body[:200].decode('utf-8', 'replace').strip()}")
         return body
@@ -93,7 +98,7 @@ class Waker:
 
     async def get(self, app: App, port: int, path: str, timeout: float) -> tuple[int, bytes]:
         host, port, connect = self.address(app, port)
-        return await fetch(connect, "GET", path, [(b"Host", f"{host}:{port}".encode())], timeout)
+        return await fetch(connect, "GET", path, [(b"Host", f"{host}:{port}".encode())], timeout, APP_ANSWER)
 
     async def handle(self, request: Request, writer) -> bool:
         """Answer one request; whether its connection stays open."""
@@ -106,6 +111,10 @@ class Waker:
         app = await self.find(name)
         if app is None:
             return await respond(writer, request, 404, {"message": f"no sleep-enabled app named {name!r}"})
+        if app.state != "awake" and self.held() >= self.s.max_held:  # each held request holds a connection
+            self.say(f"{self.s.max_held} requests already wait for sleeping apps: one for {name} got 503")
+            return await respond(writer, request, 503, {"message": "too many requests wait for sleeping apps, "
+                                                        "try again"}, [(b"retry-after", b"5")])
         wake, gone = asyncio.ensure_future(self.ensure_awake(app)), asyncio.ensure_future(request.client_gone())
         try:
             done, _ = await asyncio.wait([wake, gone], return_when=asyncio.FIRST_COMPLETED,
@@ -134,16 +143,27 @@ class Waker:
         await writer.drain()
         return False
 
+    def held(self) -> int:
+        """Requests waiting for an app to wake, all apps together."""
+        return sum(a.held for a in self.apps.values())
+
     async def forward(self, app: App, request: Request, writer) -> bool:
-        """The request to the app (its body whole), the answer's head within ANSWER_WAIT seconds
-        (else 504), its body streamed back (a stalled step closes the connection: see relay)."""
+        """The request to the app (its body streamed from the client as it is read), the
+        answer's head within ANSWER_WAIT seconds of the body's end (else 504), its body
+        streamed back (a stalled step closes the connection: see relay). A body that fails
+        on the client's side (408, 413, 400) is answered so and never reaches the app whole."""
         host, port, connect = self.address(app, self.s.app_port)
         headers = forwardable(request.headers)
         if header(headers, b"host") is None:
             headers.insert(0, (b"Host", f"{host}:{port}".encode()))
         try:
-            async with asyncio.timeout(ANSWER_WAIT):
-                answer = await open_answer(connect, request.method, request.target, headers, request.body)
+            answer = await open_answer(connect, request.method, request.target, headers, request,
+                                       answer_wait=ANSWER_WAIT)
+        except BadMessage as exc:
+            if exc is not request.error:  # the app's answer is malformed
+                return await respond(writer, request, 502, {"message": f"{app.name} did not answer"})
+            await respond(writer, request, exc.status, {"message": f"{HTTPStatus(exc.status).phrase}: {exc}"})
+            return False
         except TimeoutError:
             return await respond(writer, request, 504, {"message": f"{app.name} did not answer in time"})
         except FAILURES:
@@ -300,9 +320,11 @@ async def run(settings: Settings) -> None:
     waker, stop = Waker(settings), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    server = await serve(waker.handle, "0.0.0.0", PORT)
+    server = await serve(waker.handle, "0.0.0.0", PORT, settings.clients, settings.max_connections)
     sleeping = asyncio.create_task(waker.sleep_loop())
-    waker.say(f"onevps waker: port {PORT}, project {settings.project or '(any)'}, docker via {settings.proxy_socket}")
+    waker.say(f"onevps waker: port {PORT} for {', '.join(sorted(settings.clients))} only (at most "
+              f"{settings.max_connections} connections, {settings.max_held} held requests), project "
+              f"{settings.project or '(any)'}, docker via {settings.proxy_socket}")
     await stop.wait()
     sleeping.cancel()
     server.close()

@@ -3,6 +3,13 @@ that holds requests (keep-alive, bodies by Content-Length or chunked, Expect:
 100-continue; a refused request's connection closed the lingering way), one-request
 client connections (to the apps over TCP, to the Docker proxy over its unix socket)
 and the relay of an answer back.
+
+Memory is bounded whatever a client or an app sends (issue 24): a request's body
+is never held, it stays in the client's socket until the app is awake and is then
+streamed to it (READ bytes at a time); a head is MAX_HEAD bytes at most; the server
+takes only its allowed clients (nginx) and at most max_connections at once; an
+answer the waker reads itself (/health, /activity, the Docker proxy's) is read up
+to a size limit.
 """
 
 from __future__ import annotations
@@ -45,6 +52,11 @@ class SlowClient(BadMessage):
     """A request body that did not come within IDLE seconds."""
 
     status = 408
+
+
+_BUSY = b'{"message": "the waker has too many connections, try again"}'
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 5\r\n"
+        b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY))
 
 
 def has_control(text: bytes) -> bool:
@@ -123,19 +135,66 @@ async def read_chunks(reader: asyncio.StreamReader, idle: float | None = None, l
 
 @dataclass
 class Request:
-    """One request as the server read it, its body whole."""
+    """One request as the server read it: its head; its body is read by `stream` (once)."""
 
     method: str
     target: bytes
     version: bytes
     headers: list[tuple[bytes, bytes]]
-    body: bytes = b""
+    length: int | None = 0  # the body's length; None: chunked
     reader: asyncio.StreamReader | None = None  # the client's connection
+    writer: asyncio.StreamWriter | None = None
+    idle: float = IDLE  # seconds each piece of the body may take
+    done: bool = True  # the body was read whole (or there is none): the connection may carry another request
+    error: BadMessage | None = None  # what went wrong with the body, as the client sent it
+
+    def __post_init__(self) -> None:
+        self.done = self.length == 0
+
+    async def stream(self):
+        """The body's data as the client sends it (chunked framing removed), READ bytes at
+        most a piece, each piece within `idle` seconds: SlowClient (408) when it stops
+        coming, TooLarge (413) past MAX_BODY, BadMessage when it is malformed or cut off.
+        Nothing of it is kept here."""
+        if self.done:
+            return
+        try:
+            if b"100-continue" in tokens(self.headers, b"expect") and self.version == b"HTTP/1.1":
+                self.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if self.length is None:
+                async for data in read_chunks(self.reader, self.idle, MAX_BODY):
+                    yield data
+            else:
+                left = self.length
+                while left:
+                    async with asyncio.timeout(self.idle):
+                        data = await self.reader.read(min(left, READ))
+                    if not data:
+                        raise BadMessage("the stream ended inside a body")
+                    left -= len(data)
+                    yield data
+        except TimeoutError:
+            self.error = SlowClient(f"the body did not come within {self.idle:g} s")
+            raise self.error from None
+        except asyncio.IncompleteReadError:
+            self.error = BadMessage("the stream ended inside a body")
+            raise self.error from None
+        except BadMessage as exc:
+            self.error = exc
+            raise
+        self.done = True
+
+    async def read_body(self) -> bytes:
+        """The whole body (tests and small bodies only: the waker itself streams it)."""
+        return b"".join([data async for data in self.stream()])
 
     async def client_gone(self, every: float = 0.25) -> None:
-        """Returns once the client closed its connection (nothing left to read from it).
-        A client that only half-closes looks gone too: nginx and browsers never do."""
-        while self.reader is None or not self.reader.at_eof():
+        """Returns once the client closed its connection. Its body may still wait unread in
+        the reader (so not at_eof(): the end of the stream has come, `_eof`, CPython's
+        StreamReader since 3.4); a body too large for the reader's buffer hides the end
+        until the wake is over. A client that only half-closes looks gone too: nginx and
+        browsers never do."""
+        while self.reader is None or not (self.reader.at_eof() or getattr(self.reader, "_eof", False)):
             await asyncio.sleep(every)
 
     @property
@@ -144,8 +203,10 @@ class Request:
 
     @property
     def keep_alive(self) -> bool:
+        """The connection may carry another request: the client wants it and the body was read whole."""
         connection = tokens(self.headers, b"connection")
-        return b"close" not in connection if self.version == b"HTTP/1.1" else b"keep-alive" in connection
+        wanted = b"close" not in connection if self.version == b"HTTP/1.1" else b"keep-alive" in connection
+        return wanted and self.done
 
     @property
     def websocket(self) -> bool:
@@ -154,8 +215,9 @@ class Request:
 
 async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        idle: float | None = None) -> Request | None:
-    """The next request of a connection, its body at most MAX_BODY bytes, each read within
-    `idle` seconds (IDLE); None when the client closed it or stayed idle too long."""
+    """The next request's head (its body is left to Request.stream), within `idle` seconds
+    (IDLE); None when the client closed the connection or stayed idle too long. BadMessage
+    (TooLarge for a Content-Length over MAX_BODY) when the head is not one to forward."""
     idle = IDLE if idle is None else idle
     try:
         async with asyncio.timeout(idle):  # not wait_for: see open_answer
@@ -168,19 +230,8 @@ async def read_request(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     if (len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[0].isalpha() or not parts[1]
             or has_control(parts[1])):
         raise BadMessage("malformed request line")
-    request = Request(parts[0].decode("ascii"), parts[1], parts[2], parse_headers(lines[1:]), reader=reader)
-    length = body_length(request.headers)
-    if length != 0 and b"100-continue" in tokens(request.headers, b"expect") and request.version == b"HTTP/1.1":
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    try:
-        if length is None:
-            request.body = b"".join([chunk async for chunk in read_chunks(reader, idle, MAX_BODY)])
-        elif length:
-            async with asyncio.timeout(idle):
-                request.body = await reader.readexactly(length)
-    except TimeoutError:
-        raise SlowClient(f"the body did not come within {idle:g} s") from None
-    return request
+    headers = parse_headers(lines[1:])
+    return Request(parts[0].decode("ascii"), parts[1], parts[2], headers, body_length(headers), reader, writer, idle)
 
 
 def head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -230,11 +281,29 @@ async def linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         pass
 
 
-async def serve(handle, host: str, port: int) -> asyncio.Server:
+async def serve(handle, host: str, port: int, clients: frozenset[str] = frozenset(),
+                max_connections: int = 0) -> asyncio.Server:
     """A listening server: each connection's requests, one after another, go to
-    `await handle(request, writer)`, which answers and says whether to keep the connection."""
+    `await handle(request, writer)`, which answers and says whether to keep the connection.
+    Only peers whose address is in `clients` (when given) are served: any other connection
+    is reset before a byte of it is read. Past `max_connections` (when given) at once, a
+    connection gets a 503 with Retry-After and is closed."""
+    active = 0
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal active
+        peer = writer.get_extra_info("peername")
+        if clients and (not isinstance(peer, tuple) or peer[0] not in clients):
+            writer.transport.abort()
+            return
+        if max_connections and active >= max_connections:
+            try:
+                writer.write(BUSY)
+                await linger(reader, writer)
+            finally:
+                writer.close()
+            return
+        active += 1
         try:
             while True:
                 try:
@@ -244,11 +313,18 @@ async def serve(handle, host: str, port: int) -> asyncio.Server:
                     await respond(writer, bad, exc.status, {"message": f"{HTTPStatus(exc.status).phrase}: {exc}"})
                     await linger(reader, writer)  # answered before the request was read whole
                     break
-                if request is None or not await handle(request, writer):
+                if request is None:
+                    break
+                keep = await handle(request, writer)
+                if not request.done:  # answered without its body (or the body failed): never read on
+                    await linger(reader, writer)
+                    break
+                if not keep:
                     break
         except FAILURES:
             pass  # the client went away, or an app's answer broke off after its head was sent
         finally:
+            active -= 1
             writer.close()
 
     return await asyncio.start_server(connection, host, port, limit=MAX_HEAD, reuse_address=True)
@@ -282,8 +358,15 @@ class Answer:
             left = left if left < 0 else left - len(data)
             yield data
 
-    async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
+    async def read(self, limit: int) -> bytes:
+        """The whole body; BadMessage past `limit` bytes (nothing more is read)."""
+        out, total = [], 0
+        async for chunk in self.chunks():
+            total += len(chunk)
+            if total > limit:
+                raise BadMessage(f"an answer over {limit} bytes")
+            out.append(chunk)
+        return b"".join(out)
 
     def close(self) -> None:
         self.writer.close()
@@ -302,43 +385,70 @@ def answer_length(method: str, status: int, headers: list[tuple[bytes, bytes]]) 
     return int(length)
 
 
+async def send_body(writer: asyncio.StreamWriter, body: "bytes | Request") -> None:
+    """A request's body to an app: bytes whole, or a client's Request streamed piece by
+    piece (chunked framing anew when the client chunked it); each write within IDLE seconds."""
+    if isinstance(body, bytes):
+        writer.write(body)
+        return await writer.drain()
+    async for data in body.stream():
+        writer.write(b"%x\r\n%s\r\n" % (len(data), data) if body.length is None else data)
+        async with asyncio.timeout(IDLE):
+            await writer.drain()
+    if body.length is None:
+        writer.write(b"0\r\n\r\n")
+    async with asyncio.timeout(IDLE):
+        await writer.drain()
+
+
 async def open_answer(connect, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
-                      body: bytes = b"", connect_timeout: float = 10.0) -> Answer:
-    """Send one request on a new connection (`await connect()` opens it; Connection: close)
-    and read the answer's head (informational 1xx answers skipped)."""
+                      body: "bytes | Request" = b"", connect_timeout: float = 10.0,
+                      answer_wait: float | None = None) -> Answer:
+    """Send one request on a new connection (`await connect()` opens it; Connection: close),
+    its body bytes or a client's Request streamed (see send_body), and read the answer's
+    head within `answer_wait` seconds of the body's end (informational 1xx answers skipped).
+    An app that stops reading the body and closes may have answered already (a 413, a 401):
+    that answer is read. A failure of the client's body is raised as it is (Request.error)."""
     # asyncio.timeout, never wait_for: Python 3.11's wait_for loses a cancellation that
     # arrives as the awaited call completes, and so would a caller's own timeout (a wake
     # held a request for ever, seen beside CPU burners); asyncio.timeout keeps it.
     async with asyncio.timeout(connect_timeout):
         reader, writer = await connect()
     try:
-        sized = bool(body) or method in ("POST", "PUT", "PATCH")
+        streamed = isinstance(body, Request)
+        sized = bool(body) if not streamed else body.length != 0
+        sized = sized or method in ("POST", "PUT", "PATCH")
+        framing = [b"Transfer-Encoding: chunked"] if streamed and body.length is None else \
+            [b"Content-Length: %d" % (body.length if streamed else len(body))] if sized else []
         lines = [method.encode() + b" " + target + b" HTTP/1.1", *(k + b": " + v for k, v in headers),
-                 b"Connection: close", *([b"Content-Length: %d" % len(body)] if sized else [])]
+                 b"Connection: close", *framing]
         writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
-        if body:
-            writer.write(body)
-        await writer.drain()
-        while True:
-            lines = await read_head(reader)
-            parts = (lines or [b""])[0].split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-                raise BadMessage("malformed status line")
-            status, answer_headers = int(parts[1]), parse_headers(lines[1:])
-            if status >= 200 or status == 101:
-                return Answer(status, answer_headers, reader, writer, answer_length(method, status, answer_headers))
+        try:
+            await send_body(writer, body)
+        except (OSError, TimeoutError):
+            pass  # the app stopped reading the body: its answer may be there already
+        async with asyncio.timeout(answer_wait):
+            while True:
+                lines = await read_head(reader)
+                parts = (lines or [b""])[0].split(b" ", 2)
+                if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+                    raise BadMessage("malformed status line")
+                status, answer_headers = int(parts[1]), parse_headers(lines[1:])
+                if status >= 200 or status == 101:
+                    return Answer(status, answer_headers, reader, writer, answer_length(method, status, answer_headers))
     except BaseException:
         writer.close()
         raise
 
 
 async def fetch(connect, method: str, target: str, headers: list[tuple[bytes, bytes]],
-                timeout: float) -> tuple[int, bytes]:
-    """(status, body) of one whole call within `timeout` seconds."""
+                timeout: float, limit: int) -> tuple[int, bytes]:
+    """(status, body) of one whole call within `timeout` seconds; BadMessage when the
+    answer's body passes `limit` bytes."""
     async with asyncio.timeout(timeout):
         answer = await open_answer(connect, method, target.encode("latin-1"), headers, connect_timeout=timeout)
         try:
-            return answer.status, await answer.read()
+            return answer.status, await answer.read(limit)
         finally:
             answer.close()
 

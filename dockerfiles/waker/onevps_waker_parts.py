@@ -47,7 +47,7 @@ def should_sleep(now: float, last_activity: float, sleep_after: float, connectio
 
 def forwardable(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """headers without the hop-by-hop ones (and those Connection names) and Content-Length
-    (the body is sent whole, its length set anew); Host and X-Forwarded-* stay."""
+    (the body's framing is set anew); Host and X-Forwarded-* stay."""
     named = {t.strip().lower() for k, v in headers if k.lower() == b"connection" for t in v.split(b",")}
     drop = HOP_BY_HOP | named | {b"content-length"}
     return [(k, v) for k, v in headers if k.lower() not in drop]
@@ -89,6 +89,13 @@ def network_ip(c: dict, network_suffix: str = "app-network") -> str:
     return next((n.get("IPAddress") or "" for name, n in nets.items() if name.endswith(network_suffix)), "")
 
 
+def _at_least_one(raw) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
 @dataclass
 class Settings:
     """The waker's environment (see from_env)."""
@@ -101,18 +108,26 @@ class Settings:
     app_port: int = 8000
     activity_port: int = 8001
     app_host: str = ""  # "" = the container's IP on app-network (tests: 127.0.0.1)
+    # The peers served (nginx; 127.0.0.1 for the health check): anyone else is reset unread.
+    clients: frozenset[str] = frozenset({"127.0.0.1"})
+    max_connections: int = 128  # at once; past it 503 + Retry-After (about 0.3 MiB each at worst)
+    max_held: int = 100  # requests waiting for wakes, all apps together; past it 503 + Retry-After
 
     @classmethod
     def from_env(cls, env: dict) -> "Settings":
         """ONEVPS_PROJECT, ONEVPS_PROXY_SOCKET, ONEVPS_STATE_DIR, WAKE_TIMEOUT, SLEEP_CHECK_EVERY,
-        APP_PORT, ACTIVITY_PORT, APP_HOST; ValueError naming the bad one."""
+        APP_PORT, ACTIVITY_PORT, APP_HOST, WAKER_CLIENTS (addresses, comma-separated, besides
+        127.0.0.1), WAKER_MAX_CONNECTIONS, WAKER_MAX_HELD; ValueError naming the bad one."""
         d = cls()
         out = {"project": env.get("ONEVPS_PROJECT", d.project), "app_host": env.get("APP_HOST", d.app_host),
                "proxy_socket": env.get("ONEVPS_PROXY_SOCKET", d.proxy_socket),
-               "state_dir": Path(env.get("ONEVPS_STATE_DIR", str(d.state_dir)))}
+               "state_dir": Path(env.get("ONEVPS_STATE_DIR", str(d.state_dir))),
+               "clients": d.clients | {a.strip() for a in env.get("WAKER_CLIENTS", "").split(",") if a.strip()}}
         for key, name, kind in (("wake_timeout", "WAKE_TIMEOUT", parse_duration),
                                 ("sleep_check_every", "SLEEP_CHECK_EVERY", parse_duration),
-                                ("app_port", "APP_PORT", int), ("activity_port", "ACTIVITY_PORT", int)):
+                                ("app_port", "APP_PORT", int), ("activity_port", "ACTIVITY_PORT", int),
+                                ("max_connections", "WAKER_MAX_CONNECTIONS", _at_least_one),
+                                ("max_held", "WAKER_MAX_HELD", _at_least_one)):
             try:
                 out[key] = kind(env.get(name, getattr(d, key)))
             except ValueError:

@@ -444,6 +444,13 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def oom_lines() -> list[str]:
+    """The kernel's OOM lines (dmesg): a test compares them before and after an attack."""
+    res = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, f"dmesg: {res.stderr}"
+    return [line for line in res.stdout.splitlines() if "out of memory" in line.lower() or "oom-kill" in line.lower()]
+
+
 def docker(*args: str) -> str:
     res = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"docker {' '.join(args)} failed: {res.stderr}"

@@ -22,7 +22,7 @@ from onevps.registry import SHARED_SERVICES
 from tests import loadgen
 from tests.unit import rawhttp
 
-from .conftest import docker, http, inv, project_containers
+from .conftest import docker, http, inv, oom_lines, project_containers
 
 pytestmark = [pytest.mark.docker, pytest.mark.stack]
 
@@ -301,12 +301,6 @@ def nginx_state(settings) -> tuple[str, str, bool]:
     state = json.loads(docker("inspect", "--format", "{{json .State}}", by_service(settings)["nginx"]["Id"]))
     return state["StartedAt"], docker("inspect", "--format", "{{.RestartCount}}", by_service(settings)["nginx"]["Id"]
                                       ).strip(), state["OOMKilled"]
-
-
-def oom_lines() -> list[str]:
-    res = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, f"dmesg: {res.stderr}"
-    return [line for line in res.stdout.splitlines() if "out of memory" in line.lower() or "oom-kill" in line.lower()]
 
 
 def open_held(settings, n: int, length: int, sent: int, path: str = "/kv/held") -> list[socket.socket]:

@@ -4,7 +4,8 @@ its first GET and first POST (body intact) are answered by it; 50 concurrent
 first requests start it once; a request in flight keeps it awake; the waker's
 Docker access is limited to starting, stopping and inspecting apps; `fab
 status` says sleeping; a deploy and a rollback of a sleeping app leave it
-asleep on the new image.
+asleep on the new image. Issue 24: held 19 MiB uploads to a sleeping app never
+kill the waker, and no app container reaches it.
 
 The waker and docker-proxy are the real services of the compose file (the
 code in dockerfiles/waker/), nginx is the stack's nginx.
@@ -22,9 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .conftest import docker
+from onevps import config, tiers
+
+from .conftest import docker, oom_lines
 from .leakcheck import has_secret
-from .server import DOMAIN, PROJECT, Server, fab, inv
+from .server import DOMAIN, NETWORK_PREFIX, PROJECT, Server, fab, inv
 
 pytestmark = [pytest.mark.docker, pytest.mark.server, pytest.mark.ordered]
 
@@ -52,8 +55,11 @@ def health() -> dict:
 
 @app.post("/api/echo")
 async def echo(request: Request) -> dict:
-    body = await request.body()
-    return {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "version": APP_VERSION}
+    digest, size = hashlib.sha256(), 0
+    async for chunk in request.stream():  # a 19 MiB body is never held whole
+        digest.update(chunk)
+        size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest(), "version": APP_VERSION}
 
 
 @app.get("/api/slow")
@@ -233,3 +239,87 @@ def test_a_deploy_and_a_rollback_of_a_sleeping_app_leave_it_asleep_on_the_new_im
     assert not running() and flagged()
     status, body = request("GET", "/health")  # wakes the version the rollback put back
     assert status == 200 and json.loads(body)["version"] == "dev"
+
+
+# --------------------------------------------- issue 24: the waker under attack --
+
+def waker_state() -> tuple[str, str, bool]:
+    state = json.loads(docker("inspect", "--format", "{{json .State}}", WAKER))
+    return state["StartedAt"], docker("inspect", "--format", "{{.RestartCount}}", WAKER).strip(), state["OOMKilled"]
+
+
+def well_behaved(settings, stop: threading.Event) -> dict:
+    """tests/loadgen.py's keep-alive GET and POST traffic for portfolio (an app that never
+    sleeps) from a container on the server's app-network to its nginx, until `stop` is set
+    (then its standard input is closed and it reports)."""
+    proc = subprocess.Popen(
+        ["docker", "run", "--rm", "-i", "--network", f"{PROJECT}_app-network",
+         "--volume", f"{config.REPO_ROOT / 'tests'}:/t:ro", tiers.tier_image(config.REPO, settings, "base"),
+         "python3", "/t/loadgen.py", f"{NETWORK_PREFIX}.2", "80", f"portfolio.{DOMAIN}", "stdin"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    stop.wait()
+    out, _ = proc.communicate(timeout=300)  # closes its standard input
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_held_19mb_uploads_to_a_sleeping_app_are_streamed_and_the_waker_is_never_killed(server, settings):
+    """The attack: six concurrent 19 MiB POSTs to a sleeping app got 502 and the waker (96m)
+    was OOM-killed: it held every body in memory while the app woke. Now the bodies wait in
+    nginx's temp files and reach the app streamed: all six are answered by the app with
+    the right receipt, the waker keeps running (same start, no restart, not OOM-killed, no
+    new OOM line in the kernel's log) and a well-behaved client on another app fails
+    nothing meanwhile."""
+    wait_asleep()
+    before, oom_before = waker_state(), oom_lines()
+    bodies = [bytes([n]) * (19 * 1024 * 1024) for n in range(6)]
+    stop, results = threading.Event(), {}
+    client = threading.Thread(target=lambda: results.update(well_behaved(settings, stop)))
+    client.start()
+    try:
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            answers = list(pool.map(lambda body: request("POST", "/api/echo", body), bodies))
+    finally:
+        stop.set()
+        client.join()
+    peak = docker("exec", WAKER, "cat", "/sys/fs/cgroup/memory.peak").strip()
+    print(f"\nsix 19 MiB uploads to sleeping {APP}: {[status for status, _ in answers]}; the waker's memory peak "
+          f"{int(peak) / 2**20:.1f} MiB (limit 96m); the well-behaved client: {results.get('summary')}")
+    for body, (status, answer) in zip(bodies, answers):
+        assert status == 200, answer[:300]
+        assert json.loads(answer)["sha256"] == hashlib.sha256(body).hexdigest()
+    assert waker_state() == before  # same start, no restart, not OOM-killed
+    assert oom_lines() == oom_before
+    assert results["failed"] == 0 and results["total"] > 0, results.get("summary")
+
+
+REACH_WAKER = r'''
+import json, socket, sys
+out = []
+for request in (b"GET /_onevps/state HTTP/1.1\r\nHost: waker\r\n\r\n",
+                b"GET /health HTTP/1.1\r\nHost: sleepy\r\nX-Onevps-App: sleepy\r\n\r\n"):
+    got = b""
+    try:
+        with socket.create_connection((sys.argv[1], 8080), timeout=30) as s:
+            s.sendall(request)
+            while data := s.recv(65536):
+                got += data
+    except OSError as exc:
+        got += f"<{type(exc).__name__}>".encode()
+    out.append(got.decode("latin-1"))
+print(json.dumps(out))
+'''
+
+
+def test_no_app_container_reaches_the_waker(server):
+    """From an app container, GET /_onevps/state listed every sleeping app and a request
+    with X-Onevps-App woke that app and was answered by it, past nginx. Now the waker
+    resets every connection that is not nginx's before reading a byte of it."""
+    portfolio = f"{PROJECT}-portfolio-1"
+    res = subprocess.run(["docker", "exec", portfolio, "python", "-c", REACH_WAKER, f"{NETWORK_PREFIX}.7"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    # Reset (or closed, when nothing had come yet) without a byte of an answer.
+    assert len(got) == 2 and set(got) <= {"", "<ConnectionResetError>", "<BrokenPipeError>"}, got
+    status, body = request("GET", "/health")  # through nginx it is served
+    assert status == 200 and json.loads(body)["app"] == APP

@@ -89,6 +89,15 @@ def test_settings_from_env():
     assert parts.Settings.from_env({}).proxy_socket == "/run/onevps-docker/docker.sock"
     with pytest.raises(ValueError, match="WAKE_TIMEOUT"):
         parts.Settings.from_env({"WAKE_TIMEOUT": "soon"})
+    bounded = parts.Settings.from_env({"WAKER_CLIENTS": "172.20.0.2, 10.0.0.2", "WAKER_MAX_CONNECTIONS": "7",
+                                       "WAKER_MAX_HELD": "3"})
+    assert (bounded.clients, bounded.max_connections, bounded.max_held) == (
+        {"127.0.0.1", "172.20.0.2", "10.0.0.2"}, 7, 3)
+    assert parts.Settings.from_env({}).clients == {"127.0.0.1"}  # no one else unless named
+    for key in ("WAKER_MAX_CONNECTIONS", "WAKER_MAX_HELD"):
+        for bad in ("0", "-1", "many"):
+            with pytest.raises(ValueError, match=key):
+                parts.Settings.from_env({key: bad})
 
 
 def log_line(host: str, when: str) -> str:

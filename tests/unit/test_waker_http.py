@@ -19,7 +19,7 @@ import pytest
 
 from . import rawhttp
 from .rawhttp import read_until_closed
-from .waker_fakes import CID, DEADLINE, fake_world, waker, waker_served, wh
+from .waker_fakes import CID, DEADLINE, fake_world, until, waker, waker_served, wh
 
 KB = {"X-Onevps-App": "kb", "Host": "kb.example.com"}
 
@@ -149,7 +149,7 @@ APP = b"Host: kb\r\nX-Onevps-App: kb\r\n"
     (b"NOT HTTP AT ALL\r\n\r\n", 400), (b"GET / HTTP/2.0\r\n\r\n", 400), (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
     (b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab", 400),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"POST / HTTP/1.1\r\n" + APP + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400),  # found while streamed
     (b"POST / HTTP/1.1\r\n" + APP + b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\n" + APP + b"X-A: one\nX-Injected: two\r\n\r\n", 400),  # bare LF in a value
     (b"GET / HTTP/1.1\r\n" + APP + b"X-A: one\rX-Injected: two\r\n\r\n", 400),  # bare CR in a value
@@ -165,16 +165,17 @@ def test_a_malformed_request_is_refused_and_closed(world, request_bytes, status)
     assert world[0].calls == []
 
 
-def test_a_chunked_body_over_the_limit_is_413_and_never_forwarded(world, monkeypatch):
+def test_a_chunked_body_over_the_limit_is_413_and_never_reaches_the_app_whole(world, monkeypatch):
+    """A chunked body is streamed to the app as it comes: once its chunks pass MAX_BODY the
+    app's connection is cut before the last chunk (the app never has a whole request) and the
+    client gets 413."""
     monkeypatch.setattr(wh, "MAX_BODY", 100)
     fake, w = awake(world)
-    hits = []
-    forward = w.forward
-    w.forward = lambda *args: hits.append(args) or forward(*args)
     with waker_served(w) as url, raw(url) as sock:
         answer = rawhttp.exchange(sock, b"POST /big HTTP/1.1\r\n" + APP + b"Transfer-Encoding: chunked\r\n\r\n"
                                   b"50\r\n" + b"a" * 80 + b"\r\n50\r\n" + b"b" * 80 + b"\r\n0\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 413 ") and hits == [], answer[:300]
+        until(lambda: fake.cut == ["/big"])
+    assert answer.startswith(b"HTTP/1.1 413 ") and fake.answered == [], answer[:300]
 
 
 @pytest.mark.parametrize("body", [b"Content-Length: 10\r\n\r\nabc", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhel"])
@@ -312,3 +313,122 @@ def test_a_head_too_large_is_400():
         return answer
 
     assert asyncio.run(scenario()).startswith(b"HTTP/1.1 400 ")
+
+
+# --- issue 24: nothing a client or an app sends can exhaust the waker ------------------
+
+def test_only_its_clients_are_served_anyone_else_is_reset_unread(world):
+    """WAKER_CLIENTS: nginx's address (and 127.0.0.1). From anywhere else (an app container)
+    neither /_onevps/state nor a request naming an app gets a byte back."""
+    fake, settings, said = world
+    fake.running, fake.ready_at = True, 0.0
+    w = waker.Waker(wh_settings(settings, clients=frozenset({"10.255.255.2"})), said.append)
+    with waker_served(w) as url:
+        for request in (b"GET /_onevps/state HTTP/1.1\r\nHost: w\r\n\r\n",
+                        b"GET / HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\n\r\n"):
+            with raw(url) as sock:
+                assert rawhttp.exchange(sock, request) == b""
+    assert fake.answered == [] and fake.calls == []
+    w = waker.Waker(wh_settings(settings, clients=frozenset({"10.255.255.2", "127.0.0.1"})), said.append)
+    with waker_served(w) as url, raw(url) as sock:
+        assert rawhttp.status_of(rawhttp.exchange(sock, b"GET /_onevps/state HTTP/1.0\r\n\r\n")) == 200
+
+
+def wh_settings(settings, **changes):
+    return waker.Settings(**{**settings.__dict__, **changes})
+
+
+def test_past_max_connections_a_connection_gets_503_with_retry_after_and_the_others_go_on(world):
+    fake, settings, said = world
+    fake.running, fake.ready_at = True, 0.0
+    w = waker.Waker(wh_settings(settings, max_connections=2), said.append)
+    with waker_served(w) as url:
+        first, second = raw(url), raw(url)
+        try:
+            first.sendall(b"GET /one HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\n\r\n")
+            assert rawhttp.status_of(first.recv(65536)) == 200  # both are taken in
+            with raw(url) as third:
+                busy = read_until_closed(third)
+            assert rawhttp.status_of(busy) == 503 and b"retry-after: 5" in busy.lower(), busy
+            second.sendall(b"GET /two HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\nConnection: close\r\n\r\n")
+            assert rawhttp.status_of(read_until_closed(second)) == 200
+        finally:
+            first.close()
+            second.close()
+        until(lambda: fake.answered == ["/one", "/two"])
+        with raw(url) as again:  # the slots are free again
+            again.sendall(b"GET /three HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\nConnection: close\r\n\r\n")
+            assert rawhttp.status_of(read_until_closed(again)) == 200
+
+
+def test_past_max_held_a_request_for_a_sleeping_app_gets_503_with_retry_after(world):
+    fake, settings, said = world
+    fake.flag.touch()
+    fake.start_delay = float("inf")  # the wake goes on until the test ends
+    w = waker.Waker(wh_settings(settings, max_held=1), said.append)
+    with waker_served(w) as url, raw(url) as held:
+        held.sendall(b"GET /held HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\n\r\n")
+        until(lambda: w.held() == 1)
+        with raw(url) as sock:
+            answer = rawhttp.exchange(sock, b"POST /more HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\n"
+                                      b"Content-Length: 5\r\n\r\nhello")
+        assert rawhttp.status_of(answer) == 503 and b"retry-after: 5" in answer.lower(), answer
+        assert "1 requests already wait for sleeping apps: one for kb got 503" in said
+
+
+def test_a_body_stays_in_the_clients_socket_until_the_app_is_awake_then_reaches_it_whole(world):
+    """The waker reads no byte of a held request's body past its reader's buffer: a client
+    sending a body far larger than that finishes sending only once the app is awake."""
+    fake, settings, said = world
+    fake.flag.touch()
+    fake.start_delay = float("inf")
+    w = waker.Waker(settings, said.append)
+    body = bytes(range(256)) * (16 * 4096)  # 16 MiB
+    sent = threading.Event()
+    with waker_served(w) as url, raw(url) as sock:
+        def send() -> None:
+            rawhttp.send(sock, b"POST /up HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))
+            rawhttp.send(sock, body)
+            sent.set()
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        until(lambda: f"POST /containers/{CID}/start" in fake.calls)
+        assert not sent.wait(1.0), "the waker took in a 16 MiB body while the app slept"
+        fake.ready_at = 0.0  # healthy now
+        answer = read_until_closed(sock)
+        sender.join(DEADLINE)
+    assert rawhttp.status_of(answer) == 200, answer[:300]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_an_answer_read_by_the_waker_itself_is_read_up_to_its_limit():
+    """An app whose /health (or the Docker proxy, whose answer) never ends: the waker stops
+    reading at the limit (BadMessage: the app is not healthy) instead of holding it all."""
+    async def scenario() -> tuple[str, int]:
+        wrote = [0]
+
+        async def endless(reader, writer) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try:
+                while True:
+                    writer.write(b"10000\r\n" + b"x" * 65536 + b"\r\n")
+                    wrote[0] += 65536
+                    await writer.drain()
+            except OSError:
+                writer.close()
+
+        server = await asyncio.start_server(endless, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await wh.fetch(lambda: asyncio.open_connection("127.0.0.1", port), "GET", "/health", [], DEADLINE, 1 << 20)
+        except wh.BadMessage as exc:
+            return str(exc), wrote[0]
+        finally:
+            server.close()
+        return "no error", wrote[0]
+
+    error, wrote = asyncio.run(scenario())
+    assert error == f"an answer over {1 << 20} bytes"
+    assert wrote < 64 << 20  # it stopped: the endless server's writes were bounded by the waker's reading

@@ -49,10 +49,13 @@ async def asgi_respond(send, status: int, body: bytes | dict, headers: list[tupl
     await send({"type": "http.response.body", "body": body})
 
 
-async def asgi_body(receive) -> bytes:
+async def asgi_body(receive) -> bytes | None:
+    """The whole body; None when the connection ended before it (as Starlette's ClientDisconnect)."""
     chunks = []
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
@@ -70,6 +73,8 @@ class Fake:
         self.activity = {"connections": 0, "idle": 1000.0, "requests": 7}
         self.activity_asked = 0
         self.on_second_activity = None
+        self.answered: list[str] = []  # paths of the requests answered whole (their body complete)
+        self.cut: list[str] = []  # paths of the requests whose connection ended inside the body
 
     async def docker(self, scope, receive, send):
         if scope["type"] != "http":
@@ -117,6 +122,10 @@ class Fake:
         if not self.running:  # a request forwarded before the wake
             return await asgi_respond(send, 500, {"message": "asleep"})
         body = await asgi_body(receive)
+        if body is None:
+            self.cut.append(scope["path"])
+            return
+        self.answered.append(scope["path"])
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         await asgi_respond(send, 200, {"method": scope["method"], "path": scope["path"],
                                         "query": scope["query_string"].decode(),
@@ -151,12 +160,13 @@ def port_of(server) -> int:
 
 @contextmanager
 def waker_served(w):
-    """The waker's own server (onevps_waker_http.serve) on 127.0.0.1 in a thread; yields its URL."""
+    """The waker's own server (onevps_waker_http.serve) on 127.0.0.1 in a thread, with its
+    settings' clients and connection bound; yields its URL."""
     ready, port = threading.Event(), []
 
     async def main() -> None:
         stop = asyncio.Event()
-        server = await wh.serve(w.handle, "127.0.0.1", 0)
+        server = await wh.serve(w.handle, "127.0.0.1", 0, w.s.clients, w.s.max_connections)
         port.append((server.sockets[0].getsockname()[1], asyncio.get_running_loop(), stop))
         ready.set()
         await stop.wait()
