@@ -152,7 +152,7 @@ def _nginx_size(raw: str) -> str:
     return value
 
 
-WAKER_MAX_BODY = 20 * 1024 ** 2  # the waker holds a sleeping app's request body in memory, at most this
+WAKER_MAX_BODY = 20 * 1024 ** 2  # the waker streams a sleeping app's request body and passes at most this
 
 
 def _nginx_body(raw: str) -> str:

@@ -5,7 +5,9 @@ first requests start it once; a request in flight keeps it awake; the waker's
 Docker access is limited to starting, stopping and inspecting apps; `fab
 status` says sleeping; a deploy and a rollback of a sleeping app leave it
 asleep on the new image. Issue 24: held 19 MiB uploads to a sleeping app never
-kill the waker, and no app container reaches it.
+kill the waker, no app container reaches it, and a slow reader of a 700 MiB
+answer never kills nginx (this server's nginx is the stack's, and sleepy is the
+test app that can send such an answer).
 
 The waker and docker-proxy are the real services of the compose file (the
 code in dockerfiles/waker/), nginx is the stack's nginx.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -43,6 +46,7 @@ import hashlib
 import os
 
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 APP_VERSION = os.getenv("APP_VERSION", "dev")
 app = FastAPI()
@@ -60,6 +64,17 @@ async def echo(request: Request) -> dict:
         digest.update(chunk)
         size += len(chunk)
     return {"bytes": size, "sha256": digest.hexdigest(), "version": APP_VERSION}
+
+
+@app.get("/api/big")
+async def big(mib: int = 1) -> StreamingResponse:
+    """mib MiB of answer, made as it is sent (the slow-reader attack of issue 24)."""
+    mib, part = min(mib, 1024), b"x" * (1 << 20)
+
+    async def parts():
+        for _ in range(mib):
+            yield part
+    return StreamingResponse(parts(), media_type="application/octet-stream", headers={"content-length": str(mib << 20)})
 
 
 @app.get("/api/slow")
@@ -248,17 +263,18 @@ def waker_state() -> tuple[str, str, bool]:
     return state["StartedAt"], docker("inspect", "--format", "{{.RestartCount}}", WAKER).strip(), state["OOMKilled"]
 
 
-def well_behaved(settings, stop: threading.Event) -> dict:
+def well_behaved(settings, stop: threading.Event | None = None, requests: int = 0) -> dict:
     """tests/loadgen.py's keep-alive GET and POST traffic for portfolio (an app that never
-    sleeps) from a container on the server's app-network to its nginx, until `stop` is set
-    (then its standard input is closed and it reports)."""
+    sleeps) from a container on the server's app-network to its nginx: until `stop` is set
+    (then its standard input is closed and it reports), or for `requests` answers."""
     proc = subprocess.Popen(
         ["docker", "run", "--rm", "-i", "--network", f"{PROJECT}_app-network",
          "--volume", f"{config.REPO_ROOT / 'tests'}:/t:ro", tiers.tier_image(config.REPO, settings, "base"),
-         "python3", "/t/loadgen.py", f"{NETWORK_PREFIX}.2", "80", f"portfolio.{DOMAIN}", "stdin"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    stop.wait()
-    out, _ = proc.communicate(timeout=300)  # closes its standard input
+         "python3", "/t/loadgen.py", f"{NETWORK_PREFIX}.2", "80", f"portfolio.{DOMAIN}",
+         "stdin" if stop else str(requests)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if stop:
+        stop.wait()
+    out, _ = proc.communicate(timeout=600)  # closes its standard input
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -281,7 +297,8 @@ def test_held_19mb_uploads_to_a_sleeping_app_are_streamed_and_the_waker_is_never
     finally:
         stop.set()
         client.join()
-    peak = docker("exec", WAKER, "cat", "/sys/fs/cgroup/memory.peak").strip()
+    peak = docker("exec", WAKER, "sh", "-c", "cat /sys/fs/cgroup/memory.peak 2>/dev/null "
+                  "|| cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes").strip()  # cgroup v2, or v1
     print(f"\nsix 19 MiB uploads to sleeping {APP}: {[status for status, _ in answers]}; the waker's memory peak "
           f"{int(peak) / 2**20:.1f} MiB (limit 96m); the well-behaved client: {results.get('summary')}")
     for body, (status, answer) in zip(bodies, answers):
@@ -323,3 +340,60 @@ def test_no_app_container_reaches_the_waker(server):
     assert len(got) == 2 and set(got) <= {"", "<ConnectionResetError>", "<BrokenPipeError>"}, got
     status, body = request("GET", "/health")  # through nginx it is served
     assert status == 200 and json.loads(body)["app"] == APP
+
+
+PROXY_SPOOLED = ("n=0; for f in /proc/[0-9]*/fd/*; do case $(readlink \"$f\") in /var/cache/nginx/proxy_temp/*) "
+                 "n=$((n + $(stat -L -c %s \"$f\"))) ;; esac; done; echo $n")
+
+
+def test_a_slow_reader_of_a_700mib_answer_is_bounded_and_nginx_is_never_killed(server, settings):
+    """The attack: a client asked an app for a 700 MiB download and read nothing; nginx spooled
+    the answer into a tmpfs counted against its memory and was OOM-killed. Now it spools to
+    files on the nginx-buffers volume, at most NGINX_MAX_TEMP_FILE (256m) for one answer,
+    and then reads the app only as fast as the client reads. The client here takes 64 KiB
+    every 2 s (so nginx's send_timeout does not end the attack early); once nginx's temp file
+    is full, a well-behaved client fails nothing, nginx keeps running (same start, no
+    restart, not OOM-killed, no new OOM line), and the slow client still gets every byte."""
+    nginx = f"{PROJECT}-nginx-1"
+    assert request("GET", "/health")[0] == 200  # awake: the answer comes from the app, not the waker
+    before = docker("inspect", "--format", "{{.State.StartedAt}} {{.RestartCount}} {{.State.OOMKilled}}", nginx)
+    oom_before, size, bound = oom_lines(), 700 << 20, 256 << 20
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.settimeout(300)
+    sock.connect(("127.0.0.1", HTTP_PORT))
+    sock.sendall(f"GET /api/big?mib=700 HTTP/1.1\r\nHost: {APP}.{DOMAIN}\r\nConnection: close\r\n\r\n".encode())
+    got, stop = bytearray(), threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(2):
+            got.extend(sock.recv(64 * 1024))
+
+    reader = threading.Thread(target=trickle, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while (spooled := int(docker("exec", "--user", "nginx", nginx, "sh", "-c", PROXY_SPOOLED).strip() or 0)) \
+                < bound - (8 << 20):
+            assert time.monotonic() < deadline, f"nginx spooled {spooled:,} bytes of the answer"
+            time.sleep(0.5)
+        run = well_behaved(settings, requests=1500)
+        still = int(docker("exec", "--user", "nginx", nginx, "sh", "-c", PROXY_SPOOLED).strip() or 0)
+    finally:
+        stop.set()
+        reader.join()
+    total = len(got)
+    head, _, _ = bytes(got[:65536]).partition(b"\r\n\r\n")
+    del got[:]
+    while data := sock.recv(1 << 20):
+        total += len(data)
+    sock.close()
+    print(f"\na slow reader of a 700 MiB answer: nginx spooled {spooled:,} bytes of it ({still:,} after the "
+          f"well-behaved run; NGINX_MAX_TEMP_FILE 256m); the well-behaved client: {run['summary']}")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert spooled <= bound and still <= bound
+    assert run["failed"] == 0 and run["total"] >= 1500, run["summary"]
+    assert docker("inspect", "--format", "{{.State.StartedAt}} {{.RestartCount}} {{.State.OOMKilled}}",
+                  nginx) == before
+    assert oom_lines() == oom_before
+    assert total - len(head) - 4 == size  # every byte of the answer, after its head
