@@ -287,20 +287,26 @@ async def serve(handle, host: str, port: int, clients: frozenset[str] = frozense
     `await handle(request, writer)`, which answers and says whether to keep the connection.
     Only peers whose address is in `clients` (when given) are served: any other connection
     is reset before a byte of it is read. Past `max_connections` (when given) at once, a
-    connection gets a 503 with Retry-After and is closed."""
-    active = 0
+    connection gets a 503 with Retry-After and is closed (the lingering way; past as many
+    again being turned away, reset at once: memory stays bounded in a flood)."""
+    active = refusing = 0
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal active
+        nonlocal active, refusing
         peer = writer.get_extra_info("peername")
         if clients and (not isinstance(peer, tuple) or peer[0] not in clients):
             writer.transport.abort()
             return
         if max_connections and active >= max_connections:
+            if refusing >= max_connections:
+                writer.transport.abort()
+                return
+            refusing += 1
             try:
                 writer.write(BUSY)
                 await linger(reader, writer)
             finally:
+                refusing -= 1
                 writer.close()
             return
         active += 1
