@@ -70,6 +70,14 @@ def test_nginx_and_the_waker_see_sleep_state_at_one_path_outside_run():
     assert "/run/onevps/" not in routes and "/run/onevps/" not in (ROOT / "compose" / "docker-compose.yml").read_text()
 
 
+def test_the_waker_serves_nginx_alone():
+    """Issue 24: the waker's only client is nginx (its address on app-network); an app
+    container reaching for the waker is reset (onevps_waker_http.serve)."""
+    nginx_address = SERVICES["nginx"]["networks"]["app-network"]["ipv4_address"]
+    assert nginx_address == "${NETWORK_PREFIX:-172.20.0}.2"
+    assert SERVICES[sleep.WAKER]["environment"]["WAKER_CLIENTS"] == nginx_address
+
+
 def test_the_waker_defaults_to_the_same_state_dir():
     from .waker_fakes import parts
     assert str(parts.Settings().state_dir) == sleep.STATE_DIR
