@@ -172,7 +172,7 @@ def convert(place: Place, name: str, svc: dict) -> Service:
     if published:
         spec["ports"] = published
     spec["networks"], addressed = networks(svc)
-    stateful = bool(mounts.named)
+    stateful = any(not is_scratch(v) for v in mounts.named)
     pids, bad_pids = pids_limit(place.settings, name, svc)
     spec["deploy"], bad_deploy = deploy_block(name, svc, app, stateful=stateful, published=bool(published),
                                               workers=bool(place.settings.swarm_workers), pids=pids)
@@ -325,6 +325,15 @@ def pids_limit(settings: Settings, name: str, svc: dict) -> tuple[int | None, li
         return None, [ComposeFileError(f"service {name}: pids_limit {value!r} is not a number of at least 1",
                                        "give it a *_PIDS_LIMIT setting or a whole number")]
     return int(value), []
+
+
+SCRATCH_SUFFIX = "-buffers"  # nginx-buffers, chroma-auth-buffers: temp files, refilled by traffic
+
+
+def is_scratch(volume: str) -> bool:
+    """A named volume of temp files only: no state, so no reason to pin its service to the
+    manager or stop it first (each node's Docker makes its own)."""
+    return volume.endswith(SCRATCH_SUFFIX)
 
 
 def deploy_block(name: str, svc: dict, app: bool, stateful: bool, published: bool,

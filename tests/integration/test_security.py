@@ -430,3 +430,60 @@ def test_a_client_over_a_limit_gets_413_or_429_or_is_cut_off_and_the_others_do_n
     assert answers[429] == over, answers  # the 429s were answered; the timed-out ones were closed
     assert run["failed"] == 0, run["summary"]
     assert nginx_state(settings) == before
+
+
+# From inside an app: N connections to chroma-auth, each a POST with the app's own token
+# and nearly all of a large body, held (a byte now and then) until standard input closes.
+HELD_AT_CHROMA_AUTH = r"""
+import os, socket, sys, threading
+n, length = int(sys.argv[1]), int(sys.argv[2])
+head = (f"POST /api/v2/tenants/default_tenant/databases/default_database/collections HTTP/1.1\r\n"
+        f"Host: chroma-auth\r\nX-Chroma-Token: {os.environ['CHROMA_TOKEN']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
+socks, part = [], b"x" * (1 << 20)
+for _ in range(n):
+    s = socket.create_connection((os.environ["CHROMA_URL"].split("//")[1].split(":")[0], 8000), timeout=120)
+    s.sendall(head)
+    left = length - 4096
+    while left:
+        left -= s.send(part[:min(left, len(part))])
+    socks.append(s)
+print("held", flush=True)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+while not stop.wait(2):
+    for s in socks:
+        s.send(b"x")
+"""
+
+
+def test_held_uploads_from_an_app_go_to_disk_and_chroma_auth_is_never_killed(stack_up, settings):
+    """chroma-auth (64m) buffered request bodies in a tmpfs counted against its memory, and
+    takes bodies up to 64m: one app holding three 60 MiB uploads, with its own valid
+    token, OOM-killed it, and no app could reach ChromaDB until it restarted. Now the
+    bodies sit in files on the chroma-auth-buffers volume: chroma-auth keeps running (same
+    start, no restart, not OOM-killed, no new OOM line) and another app's requests
+    through it are answered meanwhile. A body reaches ChromaDB only once whole (these never)."""
+    auth = by_service(settings)["chroma-auth"]["Id"]
+    state = "{{.State.StartedAt}} {{.RestartCount}} {{.State.OOMKilled}}"
+    before, oom_before, length = docker("inspect", "--format", state, auth), oom_lines(), 60 << 20
+    attacker = subprocess.Popen(
+        ["docker", "compose", "--project-name", settings.project_name, "--file", str(config.REPO.compose_file),
+         "exec", "-T", "api-gw", "python", "-c", HELD_AT_CHROMA_AUTH, "3", str(length)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert attacker.stdout.readline().strip() == "held"
+        want, deadline = 3 * (length - 4096 - (1 << 20)), time.monotonic() + 300
+        while (held := int(docker("exec", "--user", "nginx", auth, "sh", "-c", SPOOLED).strip() or 0)) < want:
+            assert time.monotonic() < deadline, f"chroma-auth took in {held:,} of {want:,} bytes"
+            time.sleep(0.5)
+        token = os.environ["CHROMA_TOKEN"]
+        others = json.loads(compose(settings, "exec", "-T", "portfolio", "python", "-c", CHROMA_PROBE,
+                                    json.dumps([{"X-Chroma-Token": token}] * 20)))
+    finally:
+        attacker.communicate(timeout=120)  # closes its standard input: the held uploads end
+    print(f"\nthree held 60 MiB uploads to chroma-auth from an app: {held:,} bytes in its temp files on the "
+          f"volume; another app's 20 requests through it: {others}")
+    assert others == [200] * 20
+    assert docker("inspect", "--format", state, auth) == before  # same start, no restart, not OOM-killed
+    assert oom_lines() == oom_before

@@ -601,3 +601,16 @@ def test_the_stack_settings_file_missing_is_one_line_and_nothing_runs(tmp_path):
     res = subprocess.run(argv, capture_output=True, text=True)
     assert res.returncode == 2 and not (tmp_path / "ran").exists()
     assert res.stderr.strip().splitlines()[-1] == f"cannot read the settings file {tmp_path / 'gone.env'}"
+
+
+def test_a_scratch_volume_does_not_pin_its_service():
+    """chroma-auth's buffer volume (temp files, issue 24) is no state: the service is not
+    pinned to the manager nor stopped first, as redis (its data volume) is."""
+    from onevps.swarm.convert import is_scratch
+    assert is_scratch("chroma-auth-buffers") and is_scratch("nginx-buffers") and not is_scratch("redis-data")
+    doc = load_stack(swarm.render(PROJECT, settings()).stack)
+    auth, redis = doc["services"]["chroma-auth"], doc["services"]["redis"]
+    assert "chroma-auth-buffers:/var/cache/nginx" in auth["volumes"]
+    assert "placement" not in auth["deploy"] and auth["deploy"]["update_config"]["order"] == "start-first"
+    assert redis["deploy"]["placement"] == {"constraints": ["node.role == manager"]}
+    assert redis["deploy"]["update_config"]["order"] == "stop-first"
