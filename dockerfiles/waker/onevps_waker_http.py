@@ -184,10 +184,6 @@ class Request:
             raise
         self.done = True
 
-    async def read_body(self) -> bytes:
-        """The whole body (tests and small bodies only: the waker itself streams it)."""
-        return b"".join([data async for data in self.stream()])
-
     async def client_gone(self, every: float = 0.25) -> None:
         """Returns once the client closed its connection. Its body may still wait unread in
         the reader (so not at_eof(): the end of the stream has come, `_eof`, CPython's
