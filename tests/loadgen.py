@@ -304,7 +304,8 @@ def main(argv: list[str]) -> int:
     """`python3 loadgen.py ADDRESS PORT HOST REQUESTS [THREADS]`: the well-behaved client of the
     attack tests, run in a container of its own (its own address): keep-alive GET+POST until
     REQUESTS answers (REQUESTS "stdin": until its standard input closes, for as long as an
-    attack lasts), then one JSON line: total, failed, status counts, p99 (ms), first errors."""
+    attack lasts; it prints "running" once its first answer came), then one JSON line: total,
+    failed, status counts, p99 (ms), first errors."""
     address, port, host = argv[0], int(argv[1]), argv[2]
     wanted = None if argv[3] == "stdin" else int(argv[3])
     threads = int(argv[4]) if len(argv) > 4 else 2
@@ -313,8 +314,12 @@ def main(argv: list[str]) -> int:
         import sys
         threading.Thread(target=lambda: (sys.stdin.buffer.read(), closed.set()), daemon=True).start()
     with Load(port, host, threads=threads, settle=0, address=address) as load:
+        said = wanted is not None
         while not closed.is_set() and (wanted is None or load.total < wanted) \
                 and any(t.is_alive() for t in load.threads):
+            if not said and load.total:
+                print("running", flush=True)  # "stdin" mode: an attack may start now
+                said = True
             time.sleep(0.05)
     print(json.dumps({"total": load.total, "failed": load.failed, "p99_ms": round(load.p99 * 1000, 1),
                       "status": {str(k): v for k, v in load.status.items()}, "errors": load.errors[:5],

@@ -263,18 +263,23 @@ def waker_state() -> tuple[str, str, bool]:
     return state["StartedAt"], docker("inspect", "--format", "{{.RestartCount}}", WAKER).strip(), state["OOMKilled"]
 
 
-def well_behaved(settings, stop: threading.Event | None = None, requests: int = 0) -> dict:
+def well_behaved(settings, requests: int | str) -> subprocess.Popen:
     """tests/loadgen.py's keep-alive GET and POST traffic for portfolio (an app that never
-    sleeps) from a container on the server's app-network to its nginx: until `stop` is set
-    (then its standard input is closed and it reports), or for `requests` answers."""
+    sleeps) from a container on the server's app-network to its nginx: `requests` answers,
+    or "stdin": until its standard input closes (returned once its first answer came)."""
     proc = subprocess.Popen(
         ["docker", "run", "--rm", "-i", "--network", f"{PROJECT}_app-network",
          "--volume", f"{config.REPO_ROOT / 'tests'}:/t:ro", tiers.tier_image(config.REPO, settings, "base"),
-         "python3", "/t/loadgen.py", f"{NETWORK_PREFIX}.2", "80", f"portfolio.{DOMAIN}",
-         "stdin" if stop else str(requests)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    if stop:
-        stop.wait()
-    out, _ = proc.communicate(timeout=600)  # closes its standard input
+         "python3", "/t/loadgen.py", f"{NETWORK_PREFIX}.2", "80", f"portfolio.{DOMAIN}", str(requests)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if requests == "stdin":
+        assert proc.stdout.readline().strip() == "running", "the well-behaved client did not start"
+    return proc
+
+
+def report(proc: subprocess.Popen) -> dict:
+    """The well-behaved client's summary (its standard input closed: it stops)."""
+    out, _ = proc.communicate(timeout=600)
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -288,25 +293,22 @@ def test_held_19mb_uploads_to_a_sleeping_app_are_streamed_and_the_waker_is_never
     wait_asleep()
     before, oom_before = waker_state(), oom_lines()
     bodies = [bytes([n]) * (19 * 1024 * 1024) for n in range(6)]
-    stop, results = threading.Event(), {}
-    client = threading.Thread(target=lambda: results.update(well_behaved(settings, stop)))
-    client.start()
+    client = well_behaved(settings, "stdin")  # running before the attack starts
     try:
         with ThreadPoolExecutor(len(bodies)) as pool:
             answers = list(pool.map(lambda body: request("POST", "/api/echo", body), bodies))
     finally:
-        stop.set()
-        client.join()
+        results = report(client)
     peak = docker("exec", WAKER, "sh", "-c", "cat /sys/fs/cgroup/memory.peak 2>/dev/null "
                   "|| cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes").strip()  # cgroup v2, or v1
     print(f"\nsix 19 MiB uploads to sleeping {APP}: {[status for status, _ in answers]}; the waker's memory peak "
-          f"{int(peak) / 2**20:.1f} MiB (limit 96m); the well-behaved client: {results.get('summary')}")
+          f"{int(peak) / 2**20:.1f} MiB (limit 96m); the well-behaved client: {results['summary']}")
     for body, (status, answer) in zip(bodies, answers):
         assert status == 200, answer[:300]
         assert json.loads(answer)["sha256"] == hashlib.sha256(body).hexdigest()
     assert waker_state() == before  # same start, no restart, not OOM-killed
     assert oom_lines() == oom_before
-    assert results["failed"] == 0 and results["total"] > 0, results.get("summary")
+    assert results["failed"] == 0 and results["total"] > 0, results["summary"]
 
 
 REACH_WAKER = r'''
@@ -377,7 +379,7 @@ def test_a_slow_reader_of_a_700mib_answer_is_bounded_and_nginx_is_never_killed(s
                 < bound - (8 << 20):
             assert time.monotonic() < deadline, f"nginx spooled {spooled:,} bytes of the answer"
             time.sleep(0.5)
-        run = well_behaved(settings, requests=1500)
+        run = report(well_behaved(settings, 1500))
         still = int(docker("exec", "--user", "nginx", nginx, "sh", "-c", PROXY_SPOOLED).strip() or 0)
     finally:
         stop.set()
