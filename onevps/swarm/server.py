@@ -8,9 +8,8 @@ server's settings, waits; Swarm rolls a failed update back by itself.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
 import posixpath
+from typing import Mapping, Sequence
 
 from .. import config, remote, state
 from ..commands.swarm import with_env_lines
