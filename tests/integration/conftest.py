@@ -444,6 +444,47 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+RUN_STATE = "{{.State.StartedAt}} {{.RestartCount}} {{.State.OOMKilled}}"
+
+
+def run_state(container: str) -> str:
+    """When the container started, its restart count and whether it was OOM-killed: the
+    same before and after an attack means it was never killed or restarted."""
+    return docker("inspect", "--format", RUN_STATE, container).strip()
+
+
+def temp_bytes(container: str, folder: str) -> int:
+    """Bytes an nginx holds in its temp files under `folder` (often unlinked at once, open
+    in a worker): the sizes of its workers' open files there."""
+    script = (f"n=0; for f in /proc/[0-9]*/fd/*; do case $(readlink \"$f\") in {folder}/*) "
+              "n=$((n + $(stat -L -c %s \"$f\"))) ;; esac; done; echo $n")
+    return int(docker("exec", "--user", "nginx", container, "sh", "-c", script).strip() or 0)
+
+
+def well_behaved(settings, project: str, nginx_address: str, domain: str,
+                 requests: int | str) -> subprocess.Popen:
+    """The well-behaved client of the attack tests: tests/loadgen.py's keep-alive GET and
+    POST traffic for portfolio, from a container of its own on the project's app-network to
+    its nginx: `requests` answers, or "stdin": until its standard input closes (returned
+    once its first answer came). `report` reads its summary."""
+    proc = subprocess.Popen(
+        ["docker", "run", "--rm", "-i", "--network", f"{project}_app-network",
+         "--volume", f"{config.REPO_ROOT / 'tests'}:/t:ro", tiers.tier_image(config.REPO, settings, "base"),
+         "python3", "/t/loadgen.py", nginx_address, "80", f"portfolio.{domain}", str(requests)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if requests == "stdin":
+        assert proc.stdout.readline().strip() == "running", "the well-behaved client did not start"
+    return proc
+
+
+def report(proc: subprocess.Popen) -> dict:
+    """The well-behaved client's summary (its standard input closed: it stops): total,
+    failed, status, p99_ms, errors, summary."""
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"the well-behaved client failed: {out[-2000:]}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def oom_lines() -> list[str]:
     """The kernel's OOM lines (dmesg): a test compares them before and after an attack."""
     res = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=60)

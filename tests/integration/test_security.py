@@ -22,7 +22,7 @@ from onevps.registry import SHARED_SERVICES
 from tests import loadgen
 from tests.unit import rawhttp
 
-from .conftest import docker, http, inv, oom_lines, project_containers
+from .conftest import docker, http, inv, oom_lines, project_containers, report, run_state, temp_bytes, well_behaved
 
 pytestmark = [pytest.mark.docker, pytest.mark.stack]
 
@@ -289,18 +289,13 @@ def test_data_survives_a_docker_engine_restart(stack_up, settings, reg):
 ATTACK_BODY = 20 * 1024 * 1024  # NGINX_MAX_BODY's default, 20m: the largest body nginx takes
 
 
-def well_behaved(settings, requests: int = 3000) -> dict:
-    """The well-behaved client's run: total, failed, status, p99_ms, errors, summary."""
-    out = docker("run", "--rm", "--network", f"{settings.project_name}_app-network",
-                 "--volume", f"{config.REPO_ROOT / 'tests'}:/t:ro", tiers.tier_image(config.REPO, settings, "base"),
-                 "python3", "/t/loadgen.py", settings.address(2), "80", f"portfolio.{settings.domain}", str(requests))
-    return json.loads(out.strip().splitlines()[-1])
+def well_behaved_run(settings, requests: int = 3000) -> dict:
+    """The well-behaved client's run on the test stack (conftest.well_behaved)."""
+    return report(well_behaved(settings, settings.project_name, settings.address(2), settings.domain, requests))
 
 
-def nginx_state(settings) -> tuple[str, str, bool]:
-    state = json.loads(docker("inspect", "--format", "{{json .State}}", by_service(settings)["nginx"]["Id"]))
-    return state["StartedAt"], docker("inspect", "--format", "{{.RestartCount}}", by_service(settings)["nginx"]["Id"]
-                                      ).strip(), state["OOMKilled"]
+def nginx_state(settings) -> str:
+    return run_state(by_service(settings)["nginx"]["Id"])
 
 
 def open_held(settings, n: int, length: int, sent: int, path: str = "/kv/held") -> list[socket.socket]:
@@ -322,13 +317,12 @@ def open_held(settings, n: int, length: int, sent: int, path: str = "/kv/held") 
     return socks
 
 
-SPOOLED = ("n=0; for f in /proc/[0-9]*/fd/*; do case $(readlink \"$f\") in /var/cache/nginx/client_temp/*) "
-           "n=$((n + $(stat -L -c %s \"$f\"))) ;; esac; done; echo $n")
+BODY_TEMP = "/var/cache/nginx/client_temp"  # where nginx and chroma-auth spool request bodies
 
 
 def spooled(nginx: str) -> int:
-    """Bytes of request bodies nginx holds in its temp files (unlinked at once, open in a worker)."""
-    return int(docker("exec", "--user", "nginx", nginx, "sh", "-c", SPOOLED).strip() or 0)
+    """Bytes of request bodies nginx holds in its temp files."""
+    return temp_bytes(nginx, BODY_TEMP)
 
 
 def test_held_20mb_uploads_go_to_disk_and_nginx_is_never_killed(stack_up, settings):
@@ -357,7 +351,7 @@ def test_held_20mb_uploads_go_to_disk_and_nginx_is_never_killed(stack_up, settin
         while (held_bytes := spooled(nginx)) < want:
             assert time.monotonic() < deadline, f"nginx took in {held_bytes:,} of {want:,} bytes"
             time.sleep(0.5)
-        run = well_behaved(settings)
+        run = well_behaved_run(settings)
         still = spooled(nginx)
     finally:
         stop.set()
@@ -418,7 +412,7 @@ def test_a_client_over_a_limit_gets_413_or_429_or_is_cut_off_and_the_others_do_n
     try:
         with ThreadPoolExecutor(len(held)) as pool:
             reads = [pool.submit(rawhttp.read_until_closed, s) for s in held]
-            run = well_behaved(settings, 1000)
+            run = well_behaved_run(settings, 1000)
             answers = Counter(rawhttp.status_of(r.result()) for r in reads)
     finally:
         for s in held:
@@ -465,8 +459,7 @@ def test_held_uploads_from_an_app_go_to_disk_and_chroma_auth_is_never_killed(sta
     start, no restart, not OOM-killed, no new OOM line) and another app's requests
     through it are answered meanwhile. A body reaches ChromaDB only once whole (these never)."""
     auth = by_service(settings)["chroma-auth"]["Id"]
-    state = "{{.State.StartedAt}} {{.RestartCount}} {{.State.OOMKilled}}"
-    before, oom_before, length = docker("inspect", "--format", state, auth), oom_lines(), 60 << 20
+    before, oom_before, length = run_state(auth), oom_lines(), 60 << 20
     attacker = subprocess.Popen(
         ["docker", "compose", "--project-name", settings.project_name, "--file", str(config.REPO.compose_file),
          "exec", "-T", "api-gw", "python", "-c", HELD_AT_CHROMA_AUTH, "3", str(length)],
@@ -474,7 +467,7 @@ def test_held_uploads_from_an_app_go_to_disk_and_chroma_auth_is_never_killed(sta
     try:
         assert attacker.stdout.readline().strip() == "held"
         want, deadline = 3 * (length - 4096 - (1 << 20)), time.monotonic() + 300
-        while (held := int(docker("exec", "--user", "nginx", auth, "sh", "-c", SPOOLED).strip() or 0)) < want:
+        while (held := spooled(auth)) < want:
             assert time.monotonic() < deadline, f"chroma-auth took in {held:,} of {want:,} bytes"
             time.sleep(0.5)
         token = os.environ["CHROMA_TOKEN"]
@@ -485,5 +478,5 @@ def test_held_uploads_from_an_app_go_to_disk_and_chroma_auth_is_never_killed(sta
     print(f"\nthree held 60 MiB uploads to chroma-auth from an app: {held:,} bytes in its temp files on the "
           f"volume; another app's 20 requests through it: {others}")
     assert others == [200] * 20
-    assert docker("inspect", "--format", state, auth) == before  # same start, no restart, not OOM-killed
+    assert run_state(auth) == before  # same start, no restart, not OOM-killed
     assert oom_lines() == oom_before

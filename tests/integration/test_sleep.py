@@ -26,9 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from onevps import config, tiers
-
-from .conftest import docker, oom_lines
+from .conftest import docker, oom_lines, report, run_state, temp_bytes, well_behaved
 from .leakcheck import has_secret
 from .server import DOMAIN, NETWORK_PREFIX, PROJECT, Server, fab, inv
 
@@ -258,29 +256,9 @@ def test_a_deploy_and_a_rollback_of_a_sleeping_app_leave_it_asleep_on_the_new_im
 
 # --------------------------------------------- issue 24: the waker under attack --
 
-def waker_state() -> tuple[str, str, bool]:
-    state = json.loads(docker("inspect", "--format", "{{json .State}}", WAKER))
-    return state["StartedAt"], docker("inspect", "--format", "{{.RestartCount}}", WAKER).strip(), state["OOMKilled"]
-
-
-def well_behaved(settings, requests: int | str) -> subprocess.Popen:
-    """tests/loadgen.py's keep-alive GET and POST traffic for portfolio (an app that never
-    sleeps) from a container on the server's app-network to its nginx: `requests` answers,
-    or "stdin": until its standard input closes (returned once its first answer came)."""
-    proc = subprocess.Popen(
-        ["docker", "run", "--rm", "-i", "--network", f"{PROJECT}_app-network",
-         "--volume", f"{config.REPO_ROOT / 'tests'}:/t:ro", tiers.tier_image(config.REPO, settings, "base"),
-         "python3", "/t/loadgen.py", f"{NETWORK_PREFIX}.2", "80", f"portfolio.{DOMAIN}", str(requests)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    if requests == "stdin":
-        assert proc.stdout.readline().strip() == "running", "the well-behaved client did not start"
-    return proc
-
-
-def report(proc: subprocess.Popen) -> dict:
-    """The well-behaved client's summary (its standard input closed: it stops)."""
-    out, _ = proc.communicate(timeout=600)
-    return json.loads(out.strip().splitlines()[-1])
+def portfolio_client(settings, requests: int | str) -> subprocess.Popen:
+    """The well-behaved client (conftest.well_behaved) on the server's stack."""
+    return well_behaved(settings, PROJECT, f"{NETWORK_PREFIX}.2", DOMAIN, requests)
 
 
 def test_held_19mb_uploads_to_a_sleeping_app_are_streamed_and_the_waker_is_never_killed(server, settings):
@@ -291,9 +269,9 @@ def test_held_19mb_uploads_to_a_sleeping_app_are_streamed_and_the_waker_is_never
     new OOM line in the kernel's log) and a well-behaved client on another app fails
     nothing meanwhile."""
     wait_asleep()
-    before, oom_before = waker_state(), oom_lines()
+    before, oom_before = run_state(WAKER), oom_lines()
     bodies = [bytes([n]) * (19 * 1024 * 1024) for n in range(6)]
-    client = well_behaved(settings, "stdin")  # running before the attack starts
+    client = portfolio_client(settings, "stdin")  # running before the attack starts
     try:
         with ThreadPoolExecutor(len(bodies)) as pool:
             answers = list(pool.map(lambda body: request("POST", "/api/echo", body), bodies))
@@ -306,7 +284,7 @@ def test_held_19mb_uploads_to_a_sleeping_app_are_streamed_and_the_waker_is_never
     for body, (status, answer) in zip(bodies, answers):
         assert status == 200, answer[:300]
         assert json.loads(answer)["sha256"] == hashlib.sha256(body).hexdigest()
-    assert waker_state() == before  # same start, no restart, not OOM-killed
+    assert run_state(WAKER) == before  # same start, no restart, not OOM-killed
     assert oom_lines() == oom_before
     assert results["failed"] == 0 and results["total"] > 0, results["summary"]
 
@@ -344,8 +322,7 @@ def test_no_app_container_reaches_the_waker(server):
     assert status == 200 and json.loads(body)["app"] == APP
 
 
-PROXY_SPOOLED = ("n=0; for f in /proc/[0-9]*/fd/*; do case $(readlink \"$f\") in /var/cache/nginx/proxy_temp/*) "
-                 "n=$((n + $(stat -L -c %s \"$f\"))) ;; esac; done; echo $n")
+ANSWER_TEMP = "/var/cache/nginx/proxy_temp"  # where nginx spools answers
 
 
 def test_a_slow_reader_of_a_700mib_answer_is_bounded_and_nginx_is_never_killed(server, settings):
@@ -358,7 +335,7 @@ def test_a_slow_reader_of_a_700mib_answer_is_bounded_and_nginx_is_never_killed(s
     restart, not OOM-killed, no new OOM line), and the slow client still gets every byte."""
     nginx = f"{PROJECT}-nginx-1"
     assert request("GET", "/health")[0] == 200  # awake: the answer comes from the app, not the waker
-    before = docker("inspect", "--format", "{{.State.StartedAt}} {{.RestartCount}} {{.State.OOMKilled}}", nginx)
+    before = run_state(nginx)
     oom_before, size, bound = oom_lines(), 700 << 20, 256 << 20
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -375,12 +352,11 @@ def test_a_slow_reader_of_a_700mib_answer_is_bounded_and_nginx_is_never_killed(s
     reader.start()
     try:
         deadline = time.monotonic() + 300
-        while (spooled := int(docker("exec", "--user", "nginx", nginx, "sh", "-c", PROXY_SPOOLED).strip() or 0)) \
-                < bound - (8 << 20):
+        while (spooled := temp_bytes(nginx, ANSWER_TEMP)) < bound - (8 << 20):
             assert time.monotonic() < deadline, f"nginx spooled {spooled:,} bytes of the answer"
             time.sleep(0.5)
-        run = report(well_behaved(settings, 1500))
-        still = int(docker("exec", "--user", "nginx", nginx, "sh", "-c", PROXY_SPOOLED).strip() or 0)
+        run = report(portfolio_client(settings, 1500))
+        still = temp_bytes(nginx, ANSWER_TEMP)
     finally:
         stop.set()
         reader.join()
@@ -395,7 +371,6 @@ def test_a_slow_reader_of_a_700mib_answer_is_bounded_and_nginx_is_never_killed(s
     assert head.startswith(b"HTTP/1.1 200 "), head
     assert spooled <= bound and still <= bound
     assert run["failed"] == 0 and run["total"] >= 1500, run["summary"]
-    assert docker("inspect", "--format", "{{.State.StartedAt}} {{.RestartCount}} {{.State.OOMKilled}}",
-                  nginx) == before
+    assert run_state(nginx) == before  # same start, no restart, not OOM-killed
     assert oom_lines() == oom_before
     assert total - len(head) - 4 == size  # every byte of the answer, after its head

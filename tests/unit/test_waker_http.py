@@ -13,6 +13,7 @@ import json
 import select
 import socket
 import threading
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 import pytest
@@ -322,26 +323,22 @@ def test_only_its_clients_are_served_anyone_else_is_reset_unread(world):
     neither /_onevps/state nor a request naming an app gets a byte back."""
     fake, settings, said = world
     fake.running, fake.ready_at = True, 0.0
-    w = waker.Waker(wh_settings(settings, clients=frozenset({"10.255.255.2"})), said.append)
+    w = waker.Waker(replace(settings, clients=frozenset({"10.255.255.2"})), said.append)
     with waker_served(w) as url:
         for request in (b"GET /_onevps/state HTTP/1.1\r\nHost: w\r\n\r\n",
                         b"GET / HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\n\r\n"):
             with raw(url) as sock:
                 assert rawhttp.exchange(sock, request) == b""
     assert fake.answered == [] and fake.calls == []
-    w = waker.Waker(wh_settings(settings, clients=frozenset({"10.255.255.2", "127.0.0.1"})), said.append)
+    w = waker.Waker(replace(settings, clients=frozenset({"10.255.255.2", "127.0.0.1"})), said.append)
     with waker_served(w) as url, raw(url) as sock:
         assert rawhttp.status_of(rawhttp.exchange(sock, b"GET /_onevps/state HTTP/1.0\r\n\r\n")) == 200
-
-
-def wh_settings(settings, **changes):
-    return waker.Settings(**{**settings.__dict__, **changes})
 
 
 def test_past_max_connections_a_connection_gets_503_with_retry_after_and_the_others_go_on(world):
     fake, settings, said = world
     fake.running, fake.ready_at = True, 0.0
-    w = waker.Waker(wh_settings(settings, max_connections=2), said.append)
+    w = waker.Waker(replace(settings, max_connections=2), said.append)
     with waker_served(w) as url:
         first, second = raw(url), raw(url)
         try:
@@ -365,7 +362,7 @@ def test_past_max_held_a_request_for_a_sleeping_app_gets_503_with_retry_after(wo
     fake, settings, said = world
     fake.flag.touch()
     fake.start_delay = float("inf")  # the wake goes on until the test ends
-    w = waker.Waker(wh_settings(settings, max_held=1), said.append)
+    w = waker.Waker(replace(settings, max_held=1), said.append)
     with waker_served(w) as url, raw(url) as held:
         held.sendall(b"GET /held HTTP/1.1\r\nHost: kb\r\nX-Onevps-App: kb\r\n\r\n")
         until(lambda: w.held() == 1)
