@@ -23,11 +23,10 @@ import os
 import signal
 import sys
 import time
-from http import HTTPStatus
 from urllib.parse import urlencode
 
-from onevps_waker_http import (FAILURES, MAX_HEAD, BadMessage, Request, fetch, header, open_answer, relay, respond,
-                               serve, websocket_close)
+from onevps_waker_http import (FAILURES, MAX_HEAD, BadMessage, Request, fetch, header, open_answer, refusal, relay,
+                               respond, serve, websocket_close)
 from onevps_waker_parts import (PROJECT_LABEL, App, AccessLog, Settings, container_app, demux_logs, forwardable,
                                 network_ip, should_sleep, starting, wants_page)
 
@@ -162,7 +161,7 @@ class Waker:
         except BadMessage as exc:
             if exc is not request.error:  # the app's answer is malformed
                 return await respond(writer, request, 502, {"message": f"{app.name} did not answer"})
-            await respond(writer, request, exc.status, {"message": f"{HTTPStatus(exc.status).phrase}: {exc}"})
+            await respond(writer, request, exc.status, refusal(exc))
             return False
         except TimeoutError:
             return await respond(writer, request, 504, {"message": f"{app.name} did not answer in time"})

@@ -42,6 +42,11 @@ class BadMessage(ValueError):
     status = 400
 
 
+def refusal(exc: BadMessage) -> dict:
+    """The JSON answer to a request refused for what it sent (its status is exc.status)."""
+    return {"message": f"{HTTPStatus(exc.status).phrase}: {exc}"}
+
+
 class TooLarge(BadMessage):
     """A request body over MAX_BODY."""
 
@@ -312,7 +317,7 @@ async def serve(handle, host: str, port: int, clients: frozenset[str] = frozense
                     request = await read_request(reader, writer)
                 except BadMessage as exc:
                     bad = Request("GET", b"/", b"HTTP/1.0", [])
-                    await respond(writer, bad, exc.status, {"message": f"{HTTPStatus(exc.status).phrase}: {exc}"})
+                    await respond(writer, bad, exc.status, refusal(exc))
                     await linger(reader, writer)  # answered before the request was read whole
                     break
                 if request is None:
