@@ -427,7 +427,8 @@ def test_a_client_over_a_limit_gets_413_or_429_or_is_cut_off_and_the_others_do_n
 
 
 # From inside an app: N connections to chroma-auth, each a POST with the app's own token
-# and nearly all of a large body, held (a byte now and then) until standard input closes.
+# and nearly all of a large body, then small held POSTs up to LIMIT in progress, and one
+# request more (its status printed); all held (a byte now and then) until standard input closes.
 HELD_AT_CHROMA_AUTH = r"""
 import os, socket, sys, threading
 n, length = int(sys.argv[1]), int(sys.argv[2])
@@ -442,7 +443,20 @@ for _ in range(n):
     while left:
         left -= s.send(part[:min(left, len(part))])
     socks.append(s)
-print("held", flush=True)
+for _ in range(int(sys.argv[3]) - n):  # more in progress, up to chroma-auth's limit per app: small bodies, held
+    s = socket.create_connection((os.environ["CHROMA_URL"].split("//")[1].split(":")[0], 8000), timeout=120)
+    s.sendall(head.replace(b"Content-Length: %d" % length, b"Content-Length: 100000") + b"x")
+    socks.append(s)
+def one_more() -> str:  # the status of one request more (chroma-auth may still be reading held heads: asked again)
+    with socket.create_connection((os.environ["CHROMA_URL"].split("//")[1].split(":")[0], 8000), timeout=120) as s:
+        s.sendall(f"GET /api/v2/heartbeat HTTP/1.1\r\nHost: chroma-auth\r\nX-Chroma-Token: {os.environ['CHROMA_TOKEN']}"
+                  "\r\nConnection: close\r\n\r\n".encode())
+        got = b""
+        while b"\r\n" not in got and (data := s.recv(64)):
+            got += data
+        return got.split(b" ")[1].decode()
+over = next((status for status in (one_more() for _ in range(100)) if status == "429"), "never 429")
+print("held", over, flush=True)
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 while not stop.wait(2):
@@ -457,15 +471,18 @@ def test_held_uploads_from_an_app_go_to_disk_and_chroma_auth_is_never_killed(sta
     token, OOM-killed it, and no app could reach ChromaDB until it restarted. Now the
     bodies sit in files on the chroma-auth-buffers volume: chroma-auth keeps running (same
     start, no restart, not OOM-killed, no new OOM line) and another app's requests
-    through it are answered meanwhile. A body reaches ChromaDB only once whole (these never)."""
+    through it are answered meanwhile. A body reaches ChromaDB only once whole (these never).
+    Past 32 requests in progress from one app, the next gets 429 (its disk use is bounded)."""
     auth = by_service(settings)["chroma-auth"]["Id"]
     before, oom_before, length = run_state(auth), oom_lines(), 60 << 20
     attacker = subprocess.Popen(
         ["docker", "compose", "--project-name", settings.project_name, "--file", str(config.REPO.compose_file),
-         "exec", "-T", "api-gw", "python", "-c", HELD_AT_CHROMA_AUTH, "3", str(length)],
+         "exec", "-T", "api-gw", "python", "-c", HELD_AT_CHROMA_AUTH, "3", str(length), "32"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert attacker.stdout.readline().strip() == "held"
+        held_line = attacker.stdout.readline().split()
+        assert held_line[:1] == ["held"], held_line
+        assert held_line[1:] == ["429"], held_line  # one request more than its 32 in progress
         want, deadline = 3 * (length - 4096 - (1 << 20)), time.monotonic() + 300
         while (held := spooled(auth)) < want:
             assert time.monotonic() < deadline, f"chroma-auth took in {held:,} of {want:,} bytes"
