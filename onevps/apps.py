@@ -21,7 +21,7 @@ from ruamel.yaml.error import CommentMark
 from ruamel.yaml.mergevalue import MergeValue
 from ruamel.yaml.tokens import CommentToken
 
-from . import commands, composefile, nginx, registry as registry_mod, sleep, tiers
+from . import commands, composefile, isolation, nginx, registry as registry_mod, sleep, tiers
 from .config import Settings
 from .settings_keys import _domain
 from .errors import OnevpsError
@@ -32,6 +32,8 @@ TEMPLATE_DIR = Path("templates/app")
 APP_ANCHOR_KEY = "x-app"
 # The defaults block each tier's apps merge (`<<: *app` / `<<: *ml-app`).
 TIER_ANCHOR_KEYS = {"base": "x-app", "ml": "x-ml-app"}
+# The environment every app shares, merged into each app's own (`<<: *app-env`).
+ENV_ANCHOR_KEY = "x-app-env"
 DOMAIN_LABEL = "onevps.domain"
 
 _ENTRY = """\
@@ -46,6 +48,11 @@ _ENTRY = """\
       TIER_IMAGE: ${{IMAGE_NAMESPACE:-onevps}}/{tier}:${{{tag_var}:-latest}}
   labels:
     onevps.tier: {tier}{domain_label}{sleep_label}
+  environment:
+    REDIS_URL: redis://{name}:${{{redis_var}:-}}@${{NETWORK_PREFIX:-172.20.0}}.4:6379/0
+    REDIS_KEY_PREFIX: "{name}:"
+    CHROMA_TOKEN: ${{{chroma_var}:-}}
+    CHROMA_TENANT: app-{name}
   networks:
     app-network:
       ipv4_address: ${{NETWORK_PREFIX:-172.20.0}}.{host}
@@ -91,7 +98,16 @@ def entry_text(name: str, tier: str, host: int, domain: str | None = None, sleep
     sleep_label = f'\n    {sleep.SLEEP_LABEL}: "{sleep.duration_text(sleep_after)}"' if sleep_after else ""
     tag_var = tiers.tag_key(tier)
     return _ENTRY.format(name=name, tier=tier, host=host, tag_var=tag_var, domain_label=domain_label,
-                         sleep_label=sleep_label)
+                         sleep_label=sleep_label, redis_var=isolation.env_name("redis", name),
+                         chroma_var=isolation.env_name("chroma", name))
+
+
+def _merge(node: CommentedMap, anchor: CommentedMap) -> None:
+    """`<<: *anchor` as the node's first key."""
+    merge = MergeValue()
+    merge.append(anchor)
+    merge.merge_pos = 0
+    node.add_yaml_merge(merge)
 
 
 def add_service(data: Any, reg: Registry, name: str, tier: str, host: int, domain: str | None = None,
@@ -103,11 +119,13 @@ def add_service(data: Any, reg: Registry, name: str, tier: str, host: int, domai
     if not isinstance(anchor, CommentedMap):
         raise OnevpsError(f"the compose file has no `{APP_ANCHOR_KEY}: &app` block to merge into new apps",
                           "restore it with `git checkout -- compose/`")
+    env_anchor = data.get(ENV_ANCHOR_KEY)
+    if not isinstance(env_anchor, CommentedMap):
+        raise OnevpsError(f"the compose file has no `{ENV_ANCHOR_KEY}: &app-env` block to merge into new apps' "
+                          "environment", "restore it from the repository (`git checkout -- compose/`)")
     entry = composefile.loads(entry_text(name, tier, host, domain, sleep_after))[name]
-    merge = MergeValue()
-    merge.append(anchor)
-    merge.merge_pos = 0
-    entry.add_yaml_merge(merge)
+    _merge(entry, anchor)
+    _merge(entry["environment"], env_anchor)
 
     same_tier = reg.by_tier(tier)
     previous = (same_tier or list(reg.apps) or [None])[-1]

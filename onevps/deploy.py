@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from . import disk, nginx, provision, prune, remote, ship as shipping, sleep, state, switch, tiers, watch
+from . import disk, nginx, provision, prune, remote, ship as shipping, sleep, state, switch, tenants, tiers, watch
 from .commands import compose_cmd, docker_cmd, shell
 from .errors import CommandFailed, OnevpsError
 from .registry import SHARED_SERVICES, App
@@ -47,9 +47,25 @@ def sync(srv: Ctx, dirs: tuple[str, ...]) -> remote.SyncPlan:
     return plan
 
 
-def sync_env(srv: Ctx) -> bool:
-    """Upload VPS_ENV_FILE as the server's .env (mode 600) when it differs."""
+def server_env_text(srv: Ctx) -> str:
+    """VPS_ENV_FILE's text, then each app's own Redis password and ChromaDB token, derived
+    from its secrets (onevps.tenants): what compose on the server interpolates."""
     text = srv.local.vps_env_file.read_text(encoding="utf-8")  # type: ignore[union-attr]
+    derived = tenants.derived(srv.rs, srv.reg.names())
+    if not derived:
+        return text
+    lines = "".join(f"{key}={value}\n" for key, value in derived.items())
+    return (text if text.endswith("\n") or not text else text + "\n") + ENV_MARK + lines
+
+
+# Starts the part of the server's .env that fab writes (never edit it there: it is rewritten).
+ENV_MARK = ("# --- written by fab: each app's own Redis password and ChromaDB token, derived from\n"
+            "# --- REDIS_PASSWORD and CHROMA_TOKEN above (onevps/isolation.py); rewritten on every deploy\n")
+
+
+def sync_env(srv: Ctx) -> bool:
+    """Upload VPS_ENV_FILE (and the apps' derived secrets) as the server's .env (mode 600) when it differs."""
+    text = server_env_text(srv)
     target = f"{srv.rs.vps_path}/.env"
     if not remote.put_text_if_changed(srv.conn, srv.run, target, text, mode="600", step="read the server's .env"):
         return False
@@ -313,6 +329,7 @@ def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None, watch_after: bool,
     if forced:
         srv.lap("build")
     ensure_shared(srv)
+    tenants.sync(tenants.server_compose(srv), srv.say, srv.rs, srv.reg, dry_run=srv.run.dry_run)
     reload_nginx_if_changed(srv, plan)
     srv.lap("services")
     for a in apps:
@@ -386,4 +403,5 @@ def setup(srv: Ctx, ship: bool = False, swap: str | None = None, swarm_extra: Se
         return
     srv.say("==> starting the shared services (a changed entry is applied now)")
     ensure_shared(srv, recreate_changed=True)
+    tenants.sync(tenants.server_compose(srv), srv.say, srv.rs, srv.reg, dry_run=srv.run.dry_run)
     srv.say("==> the server is ready; next: fab deploy --all")

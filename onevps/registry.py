@@ -9,16 +9,18 @@ here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import composefile, sleep, tiers
+from . import composefile, isolation, sleep, tiers
 from .errors import ComposeFileError, OnevpsError
 
 NETWORK = "app-network"
 TIERS = tiers.TIER_ORDER
 TIER_LABEL = "onevps.tier"
+REDIS_PREFIXES_LABEL = "onevps.redis_prefixes"
+CHROMA_LEGACY_LABEL = "onevps.chroma_legacy"
 
 # Shared services and their fixed host numbers on app-network.
 SHARED = {"nginx": 2, "chroma-auth": 3, "redis": 4, "ollama": 5, sleep.WAKER: 7}
@@ -84,6 +86,13 @@ class App:
     host: int  # last octet of the static address
     domain: str | None = None  # an extra host name (label onevps.domain)
     sleep_after: int | None = None  # seconds idle before the waker stops it (label onevps.sleep_after)
+    # Existing data it keeps reading (onevps.isolation.Legacy): Redis key prefixes from before
+    # per-app users (label onevps.redis_prefixes, comma-separated), and Chroma's default tenant
+    # (label onevps.chroma_legacy: "true").
+    redis_prefixes: tuple[str, ...] = ()
+    chroma_legacy: bool = False
+    # What is wrong with its own credentials in its environment, if anything.
+    credentials_problem: str | None = field(default=None, compare=False)
 
     def address(self, network_prefix: str) -> str:
         return f"{network_prefix}.{self.host}"
@@ -106,6 +115,12 @@ class Registry:
                 return app
         known = ", ".join(a.name for a in self.apps) or "none"
         raise OnevpsError(f"unknown app {name!r}", f"known apps: {known}")
+
+    def legacy(self) -> isolation.Legacy:
+        """The apps' grants to data from before per-app users (checked by isolation)."""
+        owners = [a.name for a in self.apps if a.chroma_legacy]
+        return isolation.Legacy(redis_prefixes={a.name: a.redis_prefixes for a in self.apps if a.redis_prefixes},
+                                chroma_owner=owners[0] if owners else None)
 
     def names(self) -> list[str]:
         return [a.name for a in self.apps]
@@ -176,9 +191,32 @@ def from_data(data: Any, name: str = "compose file") -> Registry:
                 f"add networks: {{{NETWORK}: {{ipv4_address: ...}}}}",
             )
         domain = labels.get("onevps.domain") if isinstance(labels, dict) else None
+        prefixes = str(labels.get(REDIS_PREFIXES_LABEL) or "")
         apps.append(App(name=svc_name, tier=str(tier), host=host, domain=str(domain) if domain else None,
-                        sleep_after=_sleep_after(name, svc_name, labels)))
+                        sleep_after=_sleep_after(name, svc_name, labels),
+                        redis_prefixes=tuple(p.strip() for p in prefixes.split(",") if p.strip()),
+                        chroma_legacy=str(labels.get(CHROMA_LEGACY_LABEL, "")).lower() == "true",
+                        credentials_problem=_credentials_problem(svc_name, service.get("environment"))))
     return Registry(apps=tuple(apps), services=tuple(str(s) for s in data["services"]), hosts=hosts)
+
+
+def _credentials_problem(app: str, environment: Any) -> str | None:
+    """Why the app's entry does not give it its own Redis user and ChromaDB token, or None.
+    Its REDIS_URL must name user <app> with the variable of <app>'s password, and its
+    CHROMA_TOKEN the variable of <app>'s token (onevps.isolation.env_name)."""
+    if isinstance(environment, list):
+        environment = dict(str(item).split("=", 1) for item in environment if "=" in str(item))
+    env = environment if isinstance(environment, dict) else {}
+    try:
+        redis_var, chroma_var = isolation.env_name("redis", app), isolation.env_name("chroma", app)
+    except isolation.IsolationError:
+        return None  # name_problem reports the name
+    url, token = str(env.get("REDIS_URL") or ""), str(env.get("CHROMA_TOKEN") or "")
+    if not url.startswith(f"redis://{app}:${{{redis_var}") or not token.startswith(f"${{{chroma_var}"):
+        return (f"app {app} does not get its own Redis user and ChromaDB token: its environment needs "
+                f"REDIS_URL: redis://{app}:${{{redis_var}:-}}@... and CHROMA_TOKEN: ${{{chroma_var}:-}} "
+                "(see any app in the compose file)")
+    return None
 
 
 def load(compose_file: Path) -> Registry:
@@ -210,6 +248,15 @@ def problems(registry: Registry) -> list[str]:
             found.append(problem)
         if app.host not in POOLS[app.tier]:
             found.append(f"app {app.name} ({app.tier}) is at .{app.host}, outside the {app.tier} pool")
+        if app.credentials_problem:
+            found.append(app.credentials_problem)
+    owners = [a.name for a in registry.apps if a.chroma_legacy]
+    if len(owners) > 1:
+        found.append(f"only one app may keep Chroma's default tenant ({CHROMA_LEGACY_LABEL}); found {', '.join(owners)}")
+    try:
+        registry.legacy().check([a.name for a in registry.apps if not name_problem(a.name)])
+    except isolation.IsolationError as exc:
+        found.append(str(exc))
     return found
 
 

@@ -5,6 +5,7 @@ only here. A failing command becomes one clear error naming the step.
 
 from __future__ import annotations
 
+import io
 import shlex
 import shutil
 import sys
@@ -78,11 +79,13 @@ class Runner:
 
     def run(self, argv: Sequence[str], step: str, *, hide: bool = True, check: bool = True,
             hint: str | None = None, env: Mapping[str, str] | None = None,
-            mutates: bool = True) -> Result:
+            mutates: bool = True, stdin: str | None = None) -> Result:
         """Run argv; raise CommandFailed naming `step` when it fails and check is set.
 
         hide=False streams the output (long builds show their progress).
         With dry_run, commands that change something are printed, not run.
+        stdin: text the command reads on its standard input (closed after it), the way
+        to hand a command anything secret.
         """
         argv = [str(a) for a in argv]
         command = shlex.join(argv)
@@ -92,7 +95,8 @@ class Runner:
         merged = {**self.env, **(env or {})}
         streams = {} if hide else {"out_stream": RedactingStream(sys.stdout), "err_stream": RedactingStream(sys.stderr)}
         try:
-            res = self.ctx.run(command, env=merged, hide=hide, warn=True, in_stream=False, pty=False, **streams)
+            res = self.ctx.run(command, env=merged, hide=hide, warn=True, pty=False,
+                               in_stream=io.StringIO(stdin) if stdin is not None else False, **streams)
         except OSError as exc:  # the program itself cannot start
             raise CommandFailed(f"{step}: cannot run {argv[0]}: {exc.strerror}", hint,
                                 step=f"{step}: cannot run {argv[0]}") from None

@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 from invoke.context import Context
 
-from . import commands, config, nginx, registry as registry_mod, sleep, tiers
+from . import commands, config, nginx, registry as registry_mod, sleep, tenants, tiers
 from .config import Settings
 from .errors import CommandFailed, OnevpsError, confirm
 from .project import Project
@@ -21,8 +21,19 @@ from .runner import Runner, require_docker
 
 
 def compose_env(project: Project, settings: Settings) -> dict[str, str]:
-    """Everything compose interpolates: validated settings + tier tags."""
-    return {**settings.compose_env(), **tiers.tag_env(project, settings)}
+    """Everything compose interpolates: validated settings, tier tags, and each app's own
+    Redis password and ChromaDB token (derived from the settings, onevps.tenants)."""
+    return {**settings.compose_env(), **tiers.tag_env(project, settings), **app_secrets(project, settings)}
+
+
+def app_secrets(project: Project, settings: Settings) -> dict[str, str]:
+    """The apps' derived secrets; {} when the compose file cannot be read (the task then
+    reports that file's problem on its own)."""
+    try:
+        names = registry_mod.load(project.compose_file).names()
+    except OnevpsError:
+        return {}
+    return tenants.derived(settings, names)
 
 
 def make_runner(ctx: Context, project: Project, settings: Settings, dry_run: bool = False) -> Runner:
@@ -216,6 +227,12 @@ def up(runner: Runner, project: Project, settings: Settings, reg: Registry, rebu
                    f"(waiting up to {settings.up_timeout}s for health checks)"
                    + (f"; {len(asleep)} sleeping app(s) sleep on: {', '.join(sorted(asleep))}" if asleep else ""))
     try:
+        # The shared services first: each app's Redis user and ChromaDB token exist before
+        # any app starts (onevps.tenants), so no app's first call is refused.
+        runner.run(commands.up(project, settings, [s for s in SHARED_SERVICES if s in reg.services],
+                               remove_orphans=False), "start the shared services", hide=False)
+        tenants.sync(tenants.local_compose(runner, project, settings), runner.say, settings, reg,
+                     dry_run=runner.dry_run)
         runner.run(commands.up(project, settings, services, remove_orphans=not only), "start the stack",
                    hide=False)
     except CommandFailed as exc:

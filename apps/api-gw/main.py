@@ -17,7 +17,10 @@ and the ``httpx.AsyncClient`` are injectable through :func:`create_app`.
 
 Environment:
     APP_NAME, APP_VERSION, APP_TIER   identity (defaults "api-gw", "dev", "base")
-    REDIS_URL             default redis://redis:6379/0 (may carry a password: redis://:pass@redis:6379/0)
+    REDIS_URL             default redis://redis:6379/0 (may carry a user and password:
+                          redis://user:pass@redis:6379/0; onevps gives the app its own user)
+    REDIS_KEY_PREFIX      prefix of every key it writes (default "gw:"; onevps sets "api-gw:",
+                          the only keys its Redis user may touch)
     GW_UPSTREAM_TEMPLATE  default http://{app}:8000
     GW_RATE_LIMIT         requests per minute per client IP (default 120; 0 disables)
     GW_CACHE_TTL          seconds to cache successful GETs (default 30; 0 disables)
@@ -74,6 +77,7 @@ class Settings:
     """Gateway settings; :meth:`from_env` reads them from the environment."""
 
     redis_url: str = "redis://redis:6379/0"
+    key_prefix: str = "gw:"
     upstream_template: str = "http://{app}:8000"
     rate_limit: int = 120
     cache_ttl: int = 30
@@ -85,6 +89,7 @@ class Settings:
         allowed = {a.strip().lower() for a in os.getenv("GW_ALLOWED_APPS", "").split(",") if a.strip()}
         return cls(
             redis_url=os.getenv("REDIS_URL", cls.redis_url),
+            key_prefix=os.getenv("REDIS_KEY_PREFIX", cls.key_prefix),
             upstream_template=os.getenv("GW_UPSTREAM_TEMPLATE", cls.upstream_template),
             rate_limit=_int_env("GW_RATE_LIMIT", cls.rate_limit),
             cache_ttl=_int_env("GW_CACHE_TTL", cls.cache_ttl),
@@ -201,7 +206,7 @@ def create_app(
         r = request.app.state.redis
         now = time.time()
         window = int(now // WINDOW_SECONDS)
-        key = f"gw:rl:{client_ip(request)}:{window}"
+        key = f"{cfg.key_prefix}rl:{client_ip(request)}:{window}"
         count = await r.incr(key)
         if count == 1:
             await r.expire(key, WINDOW_SECONDS + 1)
@@ -248,7 +253,7 @@ def create_app(
         if request.url.query:
             target += "?" + request.url.query
         r = request.app.state.redis
-        cache_key = f"gw:cache:{target}"
+        cache_key = f"{cfg.key_prefix}cache:{target}"
 
         if cfg.cache_ttl > 0:
             cached = await r.get(cache_key)
@@ -287,13 +292,13 @@ def create_app(
     @app.post("/kv/{key}", dependencies=[Depends(rate_limit)])
     async def kv_set(key: KeyPath, body: KVIn, request: Request) -> dict[str, Any]:
         """Store a string value in Redis (optionally with a TTL)."""
-        await request.app.state.redis.set(f"gw:kv:{key}", body.value, ex=body.ttl)
+        await request.app.state.redis.set(f"{cfg.key_prefix}kv:{key}", body.value, ex=body.ttl)
         return {"key": key, "value": body.value, "stored": True}
 
     @app.get("/kv/{key}", dependencies=[Depends(rate_limit)])
     async def kv_get(key: KeyPath, request: Request) -> dict[str, Any]:
         """Read a value stored by ``POST /kv/{key}``; 404 if absent."""
-        value = await request.app.state.redis.get(f"gw:kv:{key}")
+        value = await request.app.state.redis.get(f"{cfg.key_prefix}kv:{key}")
         if value is None:
             raise HTTPException(status_code=404, detail=f"key {key!r} not found")
         return {"key": key, "value": value}

@@ -88,6 +88,17 @@ def exec_(container: str, *argv: str) -> list[str]:
     return docker("exec", container, *argv)
 
 
+def exec_stdin(container: str, argv: Sequence[str]) -> list[str]:
+    """A command inside a running container that reads the caller's standard input (-i, no TTY)."""
+    return docker("exec", "-i", container, *argv)
+
+
+def service_containers(service: str) -> list[str]:
+    """The IDs of a swarm service's running task containers on this node."""
+    return docker("ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={service}",
+                  "--filter", "status=running")
+
+
 def rm(container: str, force: bool = False) -> list[str]:
     return docker("rm", "--force" if force else None, container)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from .. import stack as local_stack
+from .. import stack as local_stack, tenants
 from ..commands.docker import image_inspect
 from ..commands.swarm import (compose_networks_argv, push_argv, service_logs_argv, service_ps_argv,
                               stack_deploy_argv, swarm_state_argv, tag_argv)
@@ -17,7 +17,7 @@ from ..config import Settings
 from ..errors import OnevpsError
 from ..project import Project
 from ..registry import Registry
-from ..runner import Runner
+from ..runner import Result, Runner
 from .convert import ROUTES_FILE, STACK_FILE, tag_var
 from .nodes import with_registry
 from .render import Rendered, render, write
@@ -40,6 +40,9 @@ class Target(Protocol):
     def command(self, argv: list[str]) -> tuple[list[str], Mapping[str, str]]:
         """argv and the environment that hand `docker stack deploy` the compose variables."""
 
+    def feed(self, argv: Sequence[str], step: str, stdin: str | None) -> Result:
+        """argv there, reading stdin (the apps' Redis users and ChromaDB tokens, onevps.tenants)."""
+
 
 class LocalTarget:
     """This machine: the compose variables travel in the environment of the command."""
@@ -57,6 +60,9 @@ class LocalTarget:
 
     def command(self, argv: list[str]) -> tuple[list[str], Mapping[str, str]]:
         return argv, self.env
+
+    def feed(self, argv: Sequence[str], step: str, stdin: str | None) -> Result:
+        return self.runner.run(argv, step, stdin=stdin)
 
 
 @dataclass
@@ -168,6 +174,9 @@ def deploy(runner: Runner, project: Project, settings: Settings, reg: Registry, 
     argv, env = target.command(stack_deploy_argv(target.stack_file, stack, bool(settings.registry), resolve=outside))
     runner.run(argv, "docker stack deploy", env={**env, **tags}, hint="the services keep running their previous version")
     outcome = wait(runner, stack, before, [app] if app else list(rendered.services), settings.deploy_timeout + 60)
+    # Each app's own Redis user and ChromaDB token, in the services the stack runs now
+    # (an app's first calls before this are refused; its health check does not use them).
+    tenants.sync(tenants.swarm_exec(runner, stack, target.feed), runner.say, settings, reg, dry_run=runner.dry_run)
     bad = {s: o for s, o in outcome.items() if o not in SETTLED}
     if bad:
         _report_rollback(runner, stack, bad)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import posixpath
 from typing import Mapping, Sequence
 
-from .. import config, remote, state
+from .. import config, remote, state, tenants
 from ..commands.swarm import with_env_lines
 from ..deploy import build_app, missing_tiers, require_room, sync, sync_env
 from ..server import Ctx, require_docker_on_server
@@ -35,11 +35,16 @@ class ServerTarget:
         for name in apps:
             build_app(self.ctx, self.ctx.reg.get(name))
 
+    def feed(self, argv: Sequence[str], step: str, stdin: str | None):
+        """argv on the server, reading stdin (from a private file there)."""
+        return tenants.server_input(self.ctx, argv, step, stdin)
+
     def command(self, argv: list[str]) -> tuple[list[str], Mapping[str, str]]:
         """Secrets stay off the command line and out of any shell's parsing: the settings
         (VPS_ENV_FILE, read here as for every other task, uploaded as the server's .env) go
         to a private file of literal KEY=value lines that the command reads, then removes."""
         values = config.env_file_values(self.ctx.local.vps_env_file)  # type: ignore[arg-type]
+        values.update(tenants.derived(self.ctx.rs, self.ctx.reg.names()))  # each app's own secrets
         target = posixpath.join(self.ctx.rs.vps_path, remote.STATE_DIR, "stack.env")
         remote.put_text(self.ctx.conn, self.ctx.run, target, config.literal_env_text(values, "the server's settings"),
                         mode="600")

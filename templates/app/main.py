@@ -4,7 +4,10 @@ Runs as `uvicorn main:app --host 0.0.0.0 --port 8000` in its container (through
 onevps_serve, which only makes its shutdown lose no request);
 nginx serves it at http://__APP_NAME__.<DOMAIN>/. The shared services are
 reachable through OLLAMA_URL, CHROMA_URL and REDIS_URL (see the compose
-file's x-app block).
+file's x-app-env block and this app's entry). Redis and ChromaDB know this app
+by credentials of its own: its Redis user may use only keys (and channels)
+that start with REDIS_KEY_PREFIX ("__APP_NAME__:"), and its CHROMA_TOKEN only
+the tenant CHROMA_TENANT ("app-__APP_NAME__").
 """
 
 from __future__ import annotations

@@ -155,6 +155,111 @@ def test_chromadb_requires_the_token(stack_up, settings):
     assert statuses == [401, 401, 401, 200, 200]
 
 
+# Run in api-gw with its own REDIS_URL (user api-gw): what Redis answers to each attempt on
+# another app's keys and to admin commands, as the error's first word (NOPERM) or "ok".
+REDIS_PROBE = r"""
+import json, os, sys
+import redis
+r = redis.Redis.from_url(os.environ["REDIS_URL"], decode_responses=True)
+other = sys.argv[1]
+tries = {
+    "own SET": lambda: r.set("api-gw:isolation-probe", "mine"),
+    "own GET": lambda: r.get("api-gw:isolation-probe"),
+    "GET": lambda: r.get(other),
+    "SET": lambda: r.set(other, "overwritten"),
+    "DEL": lambda: r.delete(other),
+    "KEYS": lambda: r.keys("*"),
+    "SCAN": lambda: r.scan(0, match="*"),
+    "RANDOMKEY": lambda: r.randomkey(),
+    "CONFIG GET": lambda: r.config_get("requirepass"),
+    "CONFIG SET": lambda: r.config_set("maxmemory", "1"),
+    "FLUSHALL": lambda: r.flushall(),
+    "FLUSHDB": lambda: r.flushdb(),
+    "EVAL on the key": lambda: r.eval("return redis.call('GET', KEYS[1])", 1, other),
+    "EVAL naming no key": lambda: r.eval("return redis.call('GET', ARGV[1])", 0, other),
+    "ACL LIST": lambda: r.acl_list(),
+    "AUTH as kb": lambda: r.execute_command("AUTH", "kb", os.environ["REDIS_URL"].split(":")[2].split("@")[0]),
+}
+out = {}
+for name, call in tries.items():
+    try:
+        value = call()
+        out[name] = "ok" if name.startswith("own") or name == "AUTH as kb" else f"ok: {value!r}"
+    except redis.exceptions.RedisError as e:
+        out[name] = str(e).split()[0] if str(e) else type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def test_an_apps_redis_user_reaches_only_its_own_keys(stack_up, settings, reg):
+    """Each app has its own Redis user (issue 24): api-gw's cannot read, write, list or delete
+    kb's keys, nor run admin commands, nor log in as kb with its own password."""
+    key, value = f"kb:isolation-{uuid.uuid4().hex[:8]}", f"kb-only-{uuid.uuid4().hex}"
+    assert compose(settings, "exec", "-T", "redis", "redis-cli", "SET", key, value).strip() == "OK"
+    got = json.loads(compose(settings, "exec", "-T", "api-gw", "python", "-c", REDIS_PROBE, key))
+    print(f"\napi-gw's Redis user against {key}: {got}")
+    assert got.pop("own SET") == "ok" and got.pop("own GET") == "ok"
+    assert got.pop("AUTH as kb").startswith("WRONGPASS")  # its password is no other app's
+    assert got.pop("EVAL naming no key") in ("NOPERM", "Error")  # refused inside the script too
+    assert got == {name: "NOPERM" for name in got}, got
+    # kb's key is untouched, and Redis has exactly one user per app (and its own `default`).
+    assert compose(settings, "exec", "-T", "redis", "redis-cli", "GET", key).strip() == value
+    users = compose(settings, "exec", "-T", "redis", "redis-cli", "ACL", "USERS").split()
+    assert sorted(users) == sorted(["default", *reg.names()])
+    compose(settings, "exec", "-T", "redis", "redis-cli", "DEL", key, "api-gw:isolation-probe")
+
+
+def test_each_app_gets_only_its_own_credentials(stack_up, settings, reg):
+    """No app container holds REDIS_PASSWORD or the master CHROMA_TOKEN; each holds its own."""
+    containers = by_service(settings)
+    masters = (os.environ["REDIS_PASSWORD"], os.environ["CHROMA_TOKEN"])
+    tokens = set()
+    for app in reg.names():
+        env = dict(e.split("=", 1) for e in containers[app]["Config"]["Env"])
+        assert not any(m in "\n".join(env.values()) for m in masters), app
+        assert env["REDIS_URL"].startswith(f"redis://{app}:") and env["REDIS_KEY_PREFIX"] == f"{app}:"
+        assert env["CHROMA_TENANT"] == f"app-{app}" and len(env["CHROMA_TOKEN"]) == 64
+        tokens.add(env["CHROMA_TOKEN"])
+    assert len(tokens) == len(reg.names())
+
+
+# Run in an app: the status chroma-auth gives its own token for each path (argv: JSON list).
+CHROMA_PATHS_PROBE = r"""
+import json, os, sys, urllib.error, urllib.request
+out = []
+for path in json.loads(sys.argv[1]):
+    req = urllib.request.Request(os.environ["CHROMA_URL"] + path, headers={"X-Chroma-Token": os.environ["CHROMA_TOKEN"]})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            out.append(r.status)
+    except urllib.error.HTTPError as e:
+        out.append(e.code)
+print(json.dumps(out))
+"""
+
+
+def test_an_apps_chroma_token_reaches_only_its_own_collections(stack_up, settings):
+    """kb stores a document in its own tenant; api-gw's token cannot list or read it (403),
+    while reaching its own tenant; onevps's master token sees kb's collection there."""
+    doc = {"id": f"iso-{uuid.uuid4().hex[:8]}", "text": "only kb may read this"}
+    assert http(settings, "kb", "/documents", "POST", doc).status in (200, 201)
+    collections = "/api/v2/tenants/app-kb/databases/default_database/collections"
+    # onevps's master token, from chroma-auth's own environment to curl's stdin (on no command line).
+    listed = json.loads(compose(settings, "exec", "-T", "chroma-auth", "sh", "-c",
+                                'printf "X-Chroma-Token: %s\\n" "$CHROMA_TOKEN" | curl -fsS -H @- "http://127.0.0.1:8000$1"',
+                                "sh", collections))
+    assert listed, "kb's collection is not in its tenant"
+    kb_collection = listed[0]["id"]
+    paths = [collections, f"{collections}/{kb_collection}", f"{collections}/{kb_collection}/count",
+             "/api/v2/tenants/app-kb", "/api/v2/tenants/default_tenant/databases/default_database/collections",
+             "/api/v2/tenants/app-api-gw/databases/default_database/collections", "/api/v2/heartbeat"]
+    got = json.loads(compose(settings, "exec", "-T", "api-gw", "python", "-c", CHROMA_PATHS_PROBE, json.dumps(paths)))
+    print(f"\napi-gw's Chroma token: {dict(zip(paths, got))}")
+    assert got == [403, 403, 403, 403, 403, 200, 200]
+    assert json.loads(compose(settings, "exec", "-T", "kb", "python", "-c", CHROMA_PATHS_PROBE,
+                              json.dumps(paths[:3])))[:3] == [200, 200, 200]
+
+
 def test_chromadb_itself_is_only_on_its_private_network(stack_up, settings):
     containers = by_service(settings)
     nets = containers["chromadb"]["NetworkSettings"]["Networks"]
@@ -427,12 +532,12 @@ def test_a_client_over_a_limit_gets_413_or_429_or_is_cut_off_and_the_others_do_n
 
 
 # From inside an app: N connections to chroma-auth, each a POST with the app's own token
-# and nearly all of a large body, then small held POSTs up to LIMIT in progress, and one
+# (to its own tenant) and nearly all of a large body, then small held POSTs up to LIMIT in progress, and one
 # request more (its status printed); all held (a byte now and then) until standard input closes.
 HELD_AT_CHROMA_AUTH = r"""
 import os, socket, sys, threading
 n, length = int(sys.argv[1]), int(sys.argv[2])
-head = (f"POST /api/v2/tenants/default_tenant/databases/default_database/collections HTTP/1.1\r\n"
+head = (f"POST /api/v2/tenants/{os.environ['CHROMA_TENANT']}/databases/default_database/collections HTTP/1.1\r\n"
         f"Host: chroma-auth\r\nX-Chroma-Token: {os.environ['CHROMA_TOKEN']}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode()
 socks, part = [], b"x" * (1 << 20)

@@ -83,9 +83,9 @@ def test_api_gw_round_trips_through_redis(stack_up, settings, project):
     assert http(settings, "api-gw", f"/kv/{key}", "POST", {"value": value}).status == 200
     res = http(settings, "api-gw", f"/kv/{key}")
     assert res.status == 200 and res.json()["value"] == value
-    # The value really is in the Redis server.
+    # The value really is in the Redis server, under api-gw's own prefix (its Redis user's keys).
     stored = docker("compose", "--project-name", settings.project_name, "--file", str(project.compose_file),
-                    "exec", "-T", "redis", "redis-cli", "GET", f"gw:kv:{key}")
+                    "exec", "-T", "redis", "redis-cli", "GET", f"api-gw:kv:{key}")
     assert stored.strip() == value
 
 

@@ -140,6 +140,8 @@ def test_new_app_compose_diff_matches_golden(tmp_path, golden, args):
     entry = textwrap.indent(apps.entry_text(name, tier, host, domain), "  ")
     anchor = "*ml-app" if tier == "ml" else "*app"  # each tier merges its defaults block
     entry = entry.replace("  " + name + ":\n", "  " + name + ":\n    <<: " + anchor + "\n", 1)
+    # and its environment merges the shared one (its own Redis user and Chroma token added)
+    entry = entry.replace("    environment:\n", "    environment:\n      <<: *app-env\n", 1)
     assert "".join(line[1:] for line in changed) == entry + "\n"
 
 
@@ -818,7 +820,7 @@ def test_inv_new_app_on_a_crlf_compose_file_git_diff_shows_only_the_entry(tmp_pa
 
     res = run_inv(["new-app", "blog"], copy, env)
     assert res.returncode == 0, res
-    entry_lines = textwrap.indent(apps.entry_text("blog", "base", 14), "  ").count("\n") + 2  # + `<<: *app`, blank
+    entry_lines = textwrap.indent(apps.entry_text("blog", "base", 14), "  ").count("\n") + 3  # + `<<: *app`, `<<: *app-env`, blank
     assert git_run("diff", "--numstat", "--", "compose").split() == [str(entry_lines), "0", COMPOSE_REL]
     added = [line for line in git_run("diff", "-U0", "--", COMPOSE_REL).split("\n") if line.startswith("+ ")
              or line == "+\r"]

@@ -280,7 +280,14 @@ def test_setup_after_provisioning(tmp_path, monkeypatch):
     server.when(["docker", "image", "inspect", "--format", "{{.Id}}"], code=1)  # no tier yet
     server.when(["docker", "image", "inspect", "--format", "{{.Id}}", f"onevps/base:{TAGS['BASE_TAG']}"], "sha256:b\n")
     server.when(["test", "-d"], code=1)
-    deploy.setup(ctx(server, server_settings(), local=local, reg=registry(), tags=TAGS))
+    # Redis answers each command onevps reads to it (from the private file it uploaded) with OK.
+    server.when(lambda a: a[-1:] == ["redis-cli"],
+                answer=lambda a: (0, "OK\n" * len(server.files[a[4] + ".onevps-tmp"].decode().splitlines()), ""))
+    server.when(lambda a: a[-3:] == ["redis-cli", "ACL", "USERS"], "default\n")
+    rs = server_settings(REDIS_PASSWORD="a-good-server-secret-0123456789", CHROMA_TOKEN="a-good-server-token-0123456789")
+    deploy.setup(ctx(server, rs, local=local, reg=registry(), tags=TAGS))
+    # Every secret went to the server in a file of mode 600, none on a command line.
+    assert not any("a-good-server" in line for line in server.lines())
     assert_golden("setup-after-provision", server.lines())
 
 

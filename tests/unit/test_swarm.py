@@ -65,8 +65,12 @@ def test_render_is_deterministic():
 def test_no_secret_is_written_the_deploy_fills_it_in():
     text = swarm.render(PROJECT, settings(REDIS_PASSWORD="a-secret-value-0123456789")).stack
     assert "a-secret-value" not in text
-    # Redis reads its password from the environment (filled in by the deploy), through its stdin.
-    assert "requirepass $$REDISCLI_AUTH" in text and "REDISCLI_AUTH: ${REDIS_PASSWORD:?" in text
+    # Redis reads its password from the environment (filled in by the deploy) and writes only its
+    # hash to its ACL file; each app's own password is a variable the deploy fills in too.
+    doc = load_stack(text)
+    assert 'printf %s "$$REDISCLI_AUTH" | sha256sum' in doc["services"]["redis"]["command"][2]
+    assert "REDISCLI_AUTH: ${REDIS_PASSWORD:?" in text
+    assert doc["services"]["kb"]["environment"]["REDIS_URL"] == "redis://kb:${ONEVPS_REDIS_PASSWORD_KB:-}@redis:6379/0"
 
 
 # ------------------------------------------------------- what Swarm accepts --
@@ -272,7 +276,7 @@ def test_any_network_becomes_an_overlay_and_internal_stays_internal():
     assert doc["services"]["chromadb"]["networks"] == ["chroma-private"]
     assert doc["services"]["chroma-auth"]["networks"] == ["app-network", "chroma-private"]
     assert doc["services"]["kb"]["environment"]["CHROMA_URL"] == "http://chroma-auth:8000"
-    assert doc["services"]["kb"]["environment"]["CHROMA_TOKEN"].startswith("${CHROMA_TOKEN:?")
+    assert doc["services"]["kb"]["environment"]["CHROMA_TOKEN"] == "${ONEVPS_CHROMA_TOKEN_KB:-}"
     gate = doc["services"]["chroma-auth"]
     assert [c["target"] for c in gate["configs"]] == ["/etc/nginx/templates/default.conf.template"]
     assert gate["environment"]["NGINX_ENVSUBST_FILTER"] == "^CHROMA_TOKEN$$"  # stack deploy reads $$ as $
@@ -544,6 +548,10 @@ class FakeTarget:
     def command(self, argv):
         return ["wrapped", *argv], {"FROM_TARGET": "1"}
 
+    def feed(self, argv, step, stdin):
+        self.log.append(f"feed {step}")
+        return Result(list(argv), 0, "", "")
+
 
 class Recording:
     """A dry-run Runner stand-in: records each command, answers the read-only ones."""
@@ -567,11 +575,17 @@ class Recording:
 def test_deploy_asks_the_target_to_send_build_and_wrap_in_that_order():
     log = []
     runner = Recording(log)
-    s = settings()
+    s = settings(REDIS_PASSWORD="a-secret-value-0123456789", CHROMA_TOKEN="a-secret-token-0123456789")
     result = swarm.deploy(runner, PROJECT, s, registry.load(PROJECT.compose_file), FakeTarget(log),
                           only=["nginx", "redis", "kb"])
+    # then, once the services run: the apps' Redis users and Chroma tokens, in redis's and
+    # chroma-auth's task containers (found on this node), the secrets through the target's stdin
+    sync = ["docker ps --quiet", "feed list the Redis users", "docker ps --quiet", "feed set the apps' Redis users",
+            "docker ps --quiet", "feed write chroma-auth's tokens.map", "docker ps --quiet",
+            "feed write chroma-auth's paths.map", "docker ps --quiet", "feed load chroma-auth's app tokens",
+            "docker ps --quiet", "feed create the apps' ChromaDB tenants"]
     assert log == ["docker info --format", "docker service ls", "docker network ls", "upload", "build kb",
-                   "docker image inspect", "docker image tag", "wrapped docker stack"]
+                   "docker image inspect", "docker image tag", "wrapped docker stack", *sync]
     assert runner.env == {"FROM_TARGET": "1", "TAG_KB": "s-0123456789ab"}
     assert result.outcome == {"nginx": "dry-run", "redis": "dry-run", "kb": "dry-run"}
 
@@ -604,13 +618,20 @@ def test_the_stack_settings_file_missing_is_one_line_and_nothing_runs(tmp_path):
 
 
 def test_a_scratch_volume_does_not_pin_its_service():
-    """chroma-auth's buffer volume (temp files, issue 24) is no state: the service is not
-    pinned to the manager nor stopped first, as redis (its data volume) is."""
-    from onevps.swarm.convert import is_scratch
-    assert is_scratch("chroma-auth-buffers") and is_scratch("nginx-buffers") and not is_scratch("redis-data")
+    """chroma-auth's buffer volume (temp files, issue 24) is no state; its app-token volume is,
+    since onevps writes the apps' tokens there on the manager: chroma-auth runs there, as redis
+    (its data volume) does."""
+    from onevps.swarm import convert
+    assert convert.is_scratch("chroma-auth-buffers") and convert.is_scratch("nginx-buffers")
+    assert not convert.is_scratch("redis-data") and not convert.is_scratch("chroma-auth-apps")
     doc = load_stack(swarm.render(PROJECT, settings()).stack)
     auth, redis = doc["services"]["chroma-auth"], doc["services"]["redis"]
     assert "chroma-auth-buffers:/var/cache/nginx" in auth["volumes"]
-    assert "placement" not in auth["deploy"] and auth["deploy"]["update_config"]["order"] == "start-first"
+    assert "chroma-auth-apps:/etc/nginx/onevps" in auth["volumes"]
+    assert auth["deploy"]["placement"] == {"constraints": ["node.role == manager"]}
+    # A service with only scratch volumes is placed anywhere and updated start-first.
+    only_scratch = {"image": "nginx:1.27-bookworm", "volumes": ["nginx-buffers:/var/cache/nginx"]}
+    block, _ = convert.deploy_block("gate", only_scratch, False, stateful=False, published=False, workers=True, pids=64)
+    assert "placement" not in block and block["update_config"]["order"] == "start-first"
     assert redis["deploy"]["placement"] == {"constraints": ["node.role == manager"]}
     assert redis["deploy"]["update_config"]["order"] == "stop-first"

@@ -94,7 +94,7 @@ def make(settings=None, redis_client=None, upstream=None):
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
-    for var in ("APP_NAME", "APP_VERSION", "APP_TIER", "REDIS_URL", "GW_UPSTREAM_TEMPLATE", "GW_RATE_LIMIT",
+    for var in ("APP_NAME", "APP_VERSION", "APP_TIER", "REDIS_URL", "REDIS_KEY_PREFIX", "GW_UPSTREAM_TEMPLATE", "GW_RATE_LIMIT",
                 "GW_CACHE_TTL", "GW_ALLOWED_APPS", "GW_UPSTREAM_TIMEOUT"):
         monkeypatch.delenv(var, raising=False)
 
@@ -112,6 +112,16 @@ def test_settings_from_env(monkeypatch):
     assert s.allowed_apps == {"portfolio", "kb"}
     monkeypatch.setenv("GW_RATE_LIMIT", "lots")
     assert main.Settings.from_env().rate_limit == 120
+    monkeypatch.setenv("REDIS_KEY_PREFIX", "api-gw:")  # what onevps sets: its Redis user's keys
+    assert main.Settings.from_env().key_prefix == "api-gw:"
+
+
+def test_every_key_carries_the_prefix():
+    fake = FakeRedis()
+    with make(settings=main.Settings(key_prefix="api-gw:"), redis_client=fake) as c:
+        assert c.post("/kv/greeting", json={"value": "hi"}).status_code == 200
+        assert c.get("/kv/greeting").json()["value"] == "hi"
+    assert fake.data and all(k.startswith("api-gw:") for k in fake.data), fake.data
 
 
 def test_redact_url():
