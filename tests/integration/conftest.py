@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import pytest
 from invoke import Context
 
-from onevps import config, registry as registry_mod, stack, tiers
+from onevps import config, registry as registry_mod, stack, tenants, tiers
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -318,7 +318,10 @@ def docker_compose_project_name(settings):
 
 
 @pytest.fixture(scope="session")
-def docker_setup(built_images, settings):
+def docker_setup(built_images, settings, reg):
+    # pytest-docker runs `docker compose up` itself, with this process's environment: each
+    # app's own Redis password and ChromaDB token go there, as `inv up` hands them to compose.
+    os.environ.update(tenants.derived(settings, reg.names()))
     return [f"up --detach --no-build --wait --wait-timeout {settings.up_timeout}"]
 
 
@@ -330,11 +333,13 @@ def docker_cleanup():
 
 
 @pytest.fixture(scope="session")
-def stack_up(docker_services, settings, reg):
+def stack_up(docker_services, settings, reg, runner, project):
     """The running test stack; waits until nginx answers on 127.0.0.1."""
     docker_services.wait_until_responsive(
         check=lambda: _ok(lambda: http(settings, None, "/nginx-health").status == 200),
         timeout=120, pause=1)
+    # What `inv up` does once the shared services run: each app's Redis user and Chroma tenant.
+    tenants.sync(tenants.local_compose(runner, project, settings), print, settings, reg)
     return docker_services
 
 
