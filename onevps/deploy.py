@@ -329,7 +329,7 @@ def _deploy_apps(srv: Ctx, apps: list[App], tier: str | None, watch_after: bool,
     if forced:
         srv.lap("build")
     ensure_shared(srv)
-    tenants.sync(tenants.server_compose(srv), srv.say, srv.rs, srv.reg, dry_run=srv.run.dry_run)
+    tenants.server_sync(srv)
     reload_nginx_if_changed(srv, plan)
     srv.lap("services")
     for a in apps:
@@ -403,5 +403,5 @@ def setup(srv: Ctx, ship: bool = False, swap: str | None = None, swarm_extra: Se
         return
     srv.say("==> starting the shared services (a changed entry is applied now)")
     ensure_shared(srv, recreate_changed=True)
-    tenants.sync(tenants.server_compose(srv), srv.say, srv.rs, srv.reg, dry_run=srv.run.dry_run)
+    tenants.server_sync(srv)
     srv.say("==> the server is ready; next: fab deploy --all")

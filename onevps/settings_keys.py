@@ -358,9 +358,11 @@ KEYS: tuple[Key, ...] = (
     Key("UP_TIMEOUT", "900", _positive_int,
         "Seconds `inv up` waits for every container to become healthy."),
     Key("REDIS_PASSWORD", "", _secret,
-        "Password Redis requires; apps get it in REDIS_URL. Required: `inv up` and `fab` refuse without it."),
+        "Password of onevps's own Redis user; each app's own password (in its REDIS_URL) is derived from it. "
+        "Required: `inv up` and `fab` refuse without it."),
     Key("CHROMA_TOKEN", "", _secret,
-        "Token ChromaDB's gate (chroma-auth) requires; apps get it in CHROMA_TOKEN. Required like REDIS_PASSWORD."),
+        "onevps's own token at ChromaDB's gate (chroma-auth); each app's own CHROMA_TOKEN is derived from it. "
+        "Required like REDIS_PASSWORD."),
     Key("APP_MEM_LIMIT", "256m", _memory, "Memory limit of each base app (override per app in the compose file).",
         typed=_bytes),
     Key("APP_CPUS", "1.0", _cpus, "CPU limit of each app.", typed=float),

@@ -92,6 +92,46 @@ def local_compose(runner: Runner, project: Project, settings: Settings) -> Exec:
     return exec_
 
 
+# VPS_PATH/.onevps/tenants.stamp: what the last sync on the server set, and in which redis and
+# chroma-auth containers (their IDs and start times). A deploy that finds the same skips the
+# ~15 commands of a sync; a new app, a changed secret, a recreated or restarted service do not.
+STAMP = "tenants.stamp"
+
+
+def fingerprint(names: Sequence[str], settings: Settings, legacy: isolation.Legacy) -> str:
+    """A digest of everything sync sets for these apps (IsolationError when it cannot be made)."""
+    digest = hashlib.sha256()
+    for part in (isolation.redis_sync_commands(names, settings.redis_password, present=[], legacy=legacy),
+                 isolation.render_chroma_tokens(names, settings.chroma_token),
+                 isolation.render_chroma_paths(names, legacy), " ".join(isolation.chroma_provision_argv(names, legacy))):
+        digest.update(hashlib.sha256(part.encode()).digest())
+    return digest.hexdigest()
+
+
+def server_sync(srv) -> None:
+    """sync in the compose project on the server (server.Ctx), unless its stamp says that the
+    same was set in the same running redis and chroma-auth."""
+    from .server import container_name, inspect
+
+    reg = srv.reg
+    try:
+        want = fingerprint(reg.names(), srv.rs, reg.legacy())
+    except isolation.IsolationError:
+        want = None  # sync says why
+    started = inspect(srv, "{{.Id}} {{.State.StartedAt}}", container_name(srv, "redis"),
+                      container_name(srv, "chroma-auth"))
+    stamp = posixpath.join(srv.rs.vps_path, remote.STATE_DIR, STAMP)
+    key = hashlib.sha256(f"{want}\n{started}".encode()).hexdigest() if want and started else None
+    if key and not srv.run.dry_run:
+        current = srv.run.run(shell.cat(stamp), "read the last sync's stamp", check=False, mutates=False)
+        if current.ok and current.stdout.strip() == key:
+            srv.say(f"==> {len(reg.names())} app(s), each with its own Redis user and ChromaDB tenant (unchanged)")
+            return
+    sync(server_compose(srv), srv.say, srv.rs, reg, dry_run=srv.run.dry_run)
+    if key:
+        remote.put_text(srv.conn, srv.run, stamp, key + "\n", mode="600")
+
+
 def server_input(srv, argv: Sequence[str], step: str, stdin: str | None) -> Result:
     """argv on the server, reading stdin from a private file there (the server's one shell
     gives every command /dev/null): written mode 600, removed after the command."""

@@ -174,10 +174,17 @@ def deploy(runner: Runner, project: Project, settings: Settings, reg: Registry, 
     argv, env = target.command(stack_deploy_argv(target.stack_file, stack, bool(settings.registry), resolve=outside))
     runner.run(argv, "docker stack deploy", env={**env, **tags}, hint="the services keep running their previous version")
     outcome = wait(runner, stack, before, [app] if app else list(rendered.services), settings.deploy_timeout + 60)
+    bad = {s: o for s, o in outcome.items() if o not in SETTLED}
     # Each app's own Redis user and ChromaDB token, in the services the stack runs now
     # (an app's first calls before this are refused; its health check does not use them).
-    tenants.sync(tenants.swarm_exec(runner, stack, target.feed), runner.say, settings, reg, dry_run=runner.dry_run)
-    bad = {s: o for s, o in outcome.items() if o not in SETTLED}
+    # After a rollback too: the apps that run need them; the rollback stays the error.
+    try:
+        tenants.sync(tenants.swarm_exec(runner, stack, target.feed), runner.say, settings, reg,
+                     dry_run=runner.dry_run)
+    except OnevpsError as exc:
+        if not bad:
+            raise
+        runner.say(f"warning: {exc.message}")
     if bad:
         _report_rollback(runner, stack, bad)
     return DeployResult(project.root / STACK_FILE, outcome, tags)
