@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onevps import config
+from onevps import config, isolation, registry
 
 from .conftest import docker
 
@@ -64,7 +64,11 @@ BROKEN = {
     "unterminated": "leakcheck-broken-quote-" + secrets.token_urlsafe(18),  # an unterminated quote
     "colon": "leakcheck-broken-colon-" + secrets.token_urlsafe(18),  # `KEY: value`, no `=`
 }
-ALL_VALUES = {**SECRETS, **{f"broken {k}": v for k, v in BROKEN.items()}}
+# Each example app's own Redis password and Chroma token, derived from the two above (issue 24):
+# secrets like them, written below the settings in the server's .env and nowhere else.
+DERIVED = isolation.derived_env(registry.load(config.REPO.compose_file).names(), SECRETS["REDIS_PASSWORD"],
+                                SECRETS["CHROMA_TOKEN"])
+ALL_VALUES = {**SECRETS, **{f"broken {k}": v for k, v in BROKEN.items()}, **DERIVED}
 
 
 # -------------------------------------------------------------- masking --

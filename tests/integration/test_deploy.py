@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import onevps
-from onevps import config
+from onevps import config, deploy, isolation, registry
 from onevps.project import Project
 from tests import loadgen, tarcraft
 
@@ -72,7 +72,14 @@ def test_setup_makes_the_server_ready_and_is_idempotent(repo):
     assert "the server is ready" in res.stdout
     assert "unknown key LEAKCHECK_API_KEY" in res.stderr  # the key is named, its value never
     env_file = repo["vps"] / ".env"
-    assert env_file.read_text() == SERVER_ENV
+    # The settings as written, then each app's own Redis password and Chroma token (derived).
+    text = env_file.read_text()
+    assert text.startswith(SERVER_ENV + deploy.ENV_MARK), "the server's .env does not begin with VPS_ENV_FILE"
+    derived = dict(line.split("=", 1) for line in text[len(SERVER_ENV + deploy.ENV_MARK):].splitlines())
+    apps = registry.load(Project(repo["vps"]).compose_file).names()
+    names = [isolation.env_name(s, a) for a in apps for s in ("redis", "chroma")]
+    assert sorted(derived) == sorted(names)
+    assert all(len(v) == 64 for v in derived.values())
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
     assert (repo["vps"] / "compose" / "docker-compose.yml").is_file()
     again = fab(repo, "setup")
