@@ -227,13 +227,16 @@ def up(runner: Runner, project: Project, settings: Settings, reg: Registry, rebu
                    f"(waiting up to {settings.up_timeout}s for health checks)"
                    + (f"; {len(asleep)} sleeping app(s) sleep on: {', '.join(sorted(asleep))}" if asleep else ""))
     try:
-        # The shared services first: each app's Redis user and ChromaDB token exist before
-        # any app starts (onevps.tenants), so no app's first call is refused.
-        runner.run(commands.up(project, settings, [s for s in SHARED_SERVICES if s in reg.services],
-                               remove_orphans=False), "start the shared services", hide=False)
+        # Everything starts at once; as soon as Redis and chroma-auth are healthy, each app
+        # gets its own Redis user and ChromaDB token (onevps.tenants), while the apps still
+        # start (their health checks use neither); then wait for the rest.
+        runner.run(commands.up(project, settings, services, remove_orphans=not only, wait=False),
+                   "start the stack", hide=False)
+        runner.run(commands.up(project, settings, list(tenants.SERVICES), remove_orphans=False),
+                   "wait for Redis and chroma-auth", hide=False)
         tenants.sync(tenants.local_compose(runner, project, settings), runner.say, settings, reg,
                      dry_run=runner.dry_run)
-        runner.run(commands.up(project, settings, services, remove_orphans=not only), "start the stack",
+        runner.run(commands.up(project, settings, services, remove_orphans=not only), "wait for the stack",
                    hide=False)
     except CommandFailed as exc:
         ps = containers(runner, project, settings)

@@ -31,6 +31,9 @@ from .project import Project
 from .registry import Registry
 from .runner import Result, Runner
 
+# The services a sync runs in (they must be healthy first).
+SERVICES = ("redis", "chroma-auth")
+
 # (service, argv, step, stdin) -> the command's result, run in that service's container
 Exec = Callable[[str, Sequence[str], str, Optional[str]], Result]
 
