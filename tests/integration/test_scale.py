@@ -98,3 +98,17 @@ def test_new_app_grows_to_21_apps_and_all_26_containers_serve(scale_repo, settin
     if out:
         with open(out, "w") as fh:
             json.dump(report, fh, indent=2)
+
+    # Each of the 21 apps got its own Redis user (inv new-app wrote its credentials into its
+    # entry, inv up set the user); inv remove-app and the next up take one away again.
+    redis = f"{s.project_name}-redis-1"
+    assert sorted(docker("exec", redis, "redis-cli", "ACL", "USERS").split()) == sorted(["default", *reg.names()])
+    res = inv_in(scale_repo, "remove-app", "site10", "--yes")
+    assert res.returncode == 0, res.stderr
+    res = inv_in(scale_repo, "up", "--app", "site00")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr
+    users = docker("exec", redis, "redis-cli", "ACL", "USERS").split()
+    assert "site10" not in users and sorted(users) == sorted(["default", *(n for n in reg.names() if n != "site10")])
+    tokens = docker("exec", f"{s.project_name}-chroma-auth-1", "cat", "/etc/nginx/onevps/tokens.map")
+    apps_with_tokens = sorted(line.split()[1].strip('";') for line in tokens.splitlines() if line.startswith('"'))
+    assert apps_with_tokens == sorted(n for n in reg.names() if n != "site10")  # (the tokens stay unshown)
