@@ -37,8 +37,9 @@ SERVICES = ("redis", "chroma-auth")
 # (service, argv, step, stdin) -> the command's result, run in that service's container
 Exec = Callable[[str, Sequence[str], str, Optional[str]], Result]
 
-HINT_RECREATE = ("the shared services predate per-app users: `inv up` here, `fab setup` on a server "
-                 "(recreates redis and chroma-auth with their new entries), then deploy again")
+HINT_RECREATE = ("if redis and chroma-auth predate per-app users, `inv up` here or `fab setup` on a server "
+                 "recreates them with their new entries; otherwise their logs say why "
+                 "(`inv logs --app redis`, `--app chroma-auth`)")
 
 
 def derived(settings: Settings, names: Sequence[str]) -> dict[str, str]:
