@@ -56,8 +56,6 @@ _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 MIN_MASTER = 16  # settings_keys._secret's minimum; the .env.example placeholder is shorter
 
 # -------------------------------------------------------------- services --
-REDIS_PORT = 6379
-REDIS_HOST = 4  # registry.SHARED["redis"]
 # What an app's Redis user may not do, after +@all. @admin and @dangerous
 # hold CONFIG, FLUSHALL, FLUSHDB, KEYS, INFO, MONITOR, CLIENT LIST/KILL,
 # SLOWLOG, DEBUG, ACL, SORT (BY/GET read any key), MIGRATE, SWAPDB ...; the
@@ -80,8 +78,6 @@ GENERATED = "# Written by onevps on every up and deploy (onevps/isolation.py); e
 CHROMA_DATABASE = "default_database"
 CHROMA_TENANT_PREFIX = "app-"  # Chroma refuses very short tenant names; "a" -> "app-a"
 CHROMA_LEGACY_TENANT = "default_tenant"  # where every app's collections were before
-CHROMA_PORT = 8000
-CHROMA_HOST = 3  # registry.SHARED["chroma-auth"]
 # Endpoints any app's token may call: they tell nothing about anyone's data.
 CHROMA_OPEN = ("heartbeat", "version", "healthcheck", "pre-flight-checks", "auth/identity")
 # One path segment of a request as sent (nginx's $request_uri, undecoded): no
@@ -151,12 +147,6 @@ def chroma_token(chroma_master: str, app: str) -> str:
     return derive(chroma_master, "chroma", app)
 
 
-def secrets_of(apps: Iterable[str], redis_master: str, chroma_master: str) -> list[str]:
-    """Every derived secret, for errors.register_secrets (masked in output, refused on command lines)."""
-    names = check_apps(apps)
-    return [redis_password(redis_master, a) for a in names] + [chroma_token(chroma_master, a) for a in names]
-
-
 def acl_hash(password: str) -> str:
     """Redis's ACL form of a password: '#' + its SHA-256, hex."""
     return "#" + hashlib.sha256(password.encode("utf-8")).hexdigest()
@@ -216,13 +206,6 @@ def redis_user_rules(app: str, password: str, legacy_prefixes: Iterable[str] = (
     keys = [f"~{prefix}*"] + [f"~{p}*" for p in legacy_prefixes]
     return " ".join(["reset", "on", acl_hash(password), *keys, "resetchannels", f"&{prefix}*", "+@all",
                      *REDIS_DENIED])
-
-
-def redis_url(app: str, redis_master: str, network_prefix: str, db: int = 0) -> str:
-    """The app's REDIS_URL: its own user and password at redis's static address."""
-    if not re.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}", network_prefix):
-        raise IsolationError(f"network prefix {network_prefix!r} is not three octets such as 172.20.0")
-    return f"redis://{check_app(app)}:{redis_password(redis_master, app)}@{network_prefix}.{REDIS_HOST}:{REDIS_PORT}/{db}"
 
 
 # ----------------------------------------------------------------- chroma --

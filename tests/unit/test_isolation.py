@@ -66,8 +66,8 @@ def test_duplicate_apps_are_refused():
         isolation.check_apps(["kb", "api-gw", "kb"])
 
 
-def test_secrets_of_lists_every_derived_secret():
-    found = isolation.secrets_of(APPS, REDIS, CHROMA)
+def test_derived_env_lists_every_derived_secret():
+    found = list(isolation.derived_env(APPS, REDIS, CHROMA).values())
     assert len(found) == 2 * len(APPS) and len(set(found)) == len(found)
     assert isolation.chroma_token(CHROMA, "kb") in found and isolation.redis_password(REDIS, "api-gw") in found
 
@@ -149,14 +149,6 @@ def test_key_namespaces_of_similar_names_do_not_overlap():
 def test_acl_rules_refuse_a_password_that_is_not_derived():
     with pytest.raises(IsolationError):
         isolation.redis_user_rules("kb", "hunter2-not-derived")
-
-
-def test_redis_url_carries_the_apps_user_and_password():
-    url = isolation.redis_url("api-gw", REDIS, "172.20.0")
-    assert url == f"redis://api-gw:{isolation.redis_password(REDIS, 'api-gw')}@172.20.0.4:6379/0"
-    assert REDIS not in url
-    with pytest.raises(IsolationError):
-        isolation.redis_url("kb", REDIS, "172.20.0.0/24")
 
 
 def test_redis_commands_hold_no_secret():

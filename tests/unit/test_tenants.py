@@ -65,7 +65,7 @@ def test_no_secret_is_in_any_argv_only_in_stdin():
     reg = frozen_registry()
     services = Services()
     tenants.sync(services, lambda _: None, settings(), reg)
-    secrets = [REDIS, CHROMA] + isolation.secrets_of(reg.names(), REDIS, CHROMA)
+    secrets = [REDIS, CHROMA, *isolation.derived_env(reg.names(), REDIS, CHROMA).values()]
     for _, argv, _ in services.calls:
         assert not any(s in shlex.join(argv) for s in secrets)
     tokens = services.calls[2][2]
